@@ -1,1 +1,100 @@
+//! End-to-end tests of the `runner` binary.
 
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn runner(args: &[&str], data_dir: &std::path::Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args(args)
+        .env("SAMLAB_DATA_DIR", data_dir)
+        .env_remove("SAMLAB_CIFAR10")
+        .env_remove("SAMLAB_CIFAR100")
+        .output()
+        .expect("runner starts")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn shared_archive() -> PathBuf {
+    let shared = std::env::var_os("SAMLAB_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared"));
+    let p = shared.join("data/cifar10-jpeg.tar.gz");
+    assert!(
+        p.is_file(),
+        "{} is missing (set SAMLAB_SHARED_DIR)",
+        p.display()
+    );
+    p
+}
+
+#[test]
+fn data_command_loads_and_fingerprints_the_shared_archive() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = shared_archive();
+    let args = ["data", "cifar10", "--cifar10", archive.to_str().unwrap()];
+    let first = runner(&args, dir.path());
+    let (out, err) = text(&first);
+    assert!(first.status.success(), "{out}\n{err}");
+    assert!(
+        out.contains(
+            "fingerprint    f654ceae8b5964d5b4e9f5a2c0a07ca667491b113085ad748c822163135b0c61"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("train          50000 images of 3x32x32, 5000..5000 per class"),
+        "{out}"
+    );
+    assert!(out.contains("(written)"), "{out}");
+    let second = runner(&args, dir.path());
+    let (out2, _) = text(&second);
+    assert!(out2.contains("(hit)"), "{out2}");
+}
+
+#[test]
+fn missing_dataset_without_download_names_where_it_looked() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = runner(&["data", "cifar100", "--no-download"], dir.path());
+    let (_, err) = text(&o);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("cifar-100-binary.tar.gz") && err.contains("downloads are off"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unknown_dataset_lists_the_choices() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = runner(&["data", "mnist"], dir.path());
+    let (_, err) = text(&o);
+    assert!(!o.status.success());
+    assert!(err.contains("valid choices: cifar10, cifar100"), "{err}");
+}
+
+#[test]
+fn bad_source_path_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = runner(&["data", "--cifar10", "/no/such/place"], dir.path());
+    let (_, err) = text(&o);
+    assert!(!o.status.success());
+    assert!(err.contains("/no/such/place"), "{err}");
+}
+
+#[test]
+fn study_file_says_the_study_runner_is_not_built_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = runner(&["studies/quick/escape.ron"], dir.path());
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        err.contains("cannot run studies/quick/escape.ron yet"),
+        "{err}"
+    );
+}

@@ -1,1 +1,163 @@
-fn main() {}
+//! `runner`: the samlab command line. Thin glue over the library crates.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use samlab_data::{Cifar100Labels, DataConfig, DatasetName, LoadOptions};
+
+/// Sharpness-aware training studies: run a RON study file, reuse every
+/// checkpoint already computed, write tables and plots under results/.
+#[derive(Parser, Debug)]
+#[command(name = "runner", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    /// The study file (RON) to run.
+    study: Option<PathBuf>,
+
+    #[command(flatten)]
+    data: DataArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Locate, load and describe a dataset (downloading it if needed and allowed).
+    Data {
+        /// cifar10 or cifar100.
+        #[arg(default_value = "cifar10")]
+        dataset: DatasetName,
+        /// CIFAR-100 label set.
+        #[arg(long, value_enum, default_value = "fine")]
+        cifar100_labels: LabelsArg,
+    },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum LabelsArg {
+    Fine,
+    Coarse,
+}
+
+/// Where datasets come from; shared by every command.
+#[derive(Args, Debug)]
+struct DataArgs {
+    /// Folder for downloads, source digests and the decoded cache
+    /// [default: samlab/data under the user's cache directory].
+    #[arg(long, env = "SAMLAB_DATA_DIR", global = true)]
+    data_dir: Option<PathBuf>,
+    /// CIFAR-10 source: the official folder or archive, or an image tree
+    /// (folder, .tar or .tar.gz).
+    #[arg(long, env = "SAMLAB_CIFAR10", global = true)]
+    cifar10: Option<PathBuf>,
+    /// CIFAR-100 source: the official folder or archive, or an image tree.
+    #[arg(long, env = "SAMLAB_CIFAR100", global = true)]
+    cifar100: Option<PathBuf>,
+    /// Never download a missing dataset.
+    #[arg(long, global = true)]
+    no_download: bool,
+    /// Base URL to download the official archives from.
+    #[arg(long, env = "SAMLAB_CIFAR_MIRROR", global = true, default_value = samlab_data::OFFICIAL_BASE_URL)]
+    mirror: String,
+}
+
+impl DataArgs {
+    fn config(&self, name: DatasetName) -> DataConfig {
+        let mut cfg = DataConfig::new(
+            self.data_dir
+                .clone()
+                .unwrap_or_else(samlab_data::default_data_dir),
+        );
+        cfg.source = match name {
+            DatasetName::Cifar10 => self.cifar10.clone(),
+            DatasetName::Cifar100 => self.cifar100.clone(),
+        };
+        cfg.download = !self.no_download;
+        cfg.base_url = self.mirror.clone();
+        cfg.progress = true;
+        cfg
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match (cli.command, cli.study) {
+        (
+            Some(Command::Data {
+                dataset,
+                cifar100_labels,
+            }),
+            _,
+        ) => {
+            let labels = match cifar100_labels {
+                LabelsArg::Fine => Cifar100Labels::Fine,
+                LabelsArg::Coarse => Cifar100Labels::Coarse,
+            };
+            describe_dataset(&cli.data, dataset, labels)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        (None, Some(study)) => {
+            eprintln!(
+                "runner: cannot run {} yet: the study runner (RON studies, stage graph, \
+                 checkpoint cache) is not built yet. What works today: `runner data cifar10` \
+                 locates, decodes, caches and fingerprints a dataset.",
+                study.display()
+            );
+            Ok(ExitCode::from(2))
+        }
+        (None, None) => {
+            eprintln!("runner: give a study file to run, or a command; see `runner --help`");
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+fn describe_dataset(args: &DataArgs, name: DatasetName, labels: Cifar100Labels) -> Result<()> {
+    let start = Instant::now();
+    let cfg = args.config(name);
+    let source = samlab_data::locate(name, &cfg)?;
+    let opts = LoadOptions {
+        data_dir: cfg.data_dir.clone(),
+        cifar100_labels: labels,
+    };
+    let (ds, report) =
+        samlab_data::load(name, &source, &opts).with_context(|| format!("loading {name}"))?;
+    let cache = if report.from_cache { "hit" } else { "written" };
+    println!("{name} from {}", source.describe());
+    println!("  source sha256  {}", report.source_digest);
+    println!("  fingerprint    {}", ds.fingerprint);
+    println!("  decoded cache  {} ({cache})", report.cache_file.display());
+    if let Some(why) = &report.repaired {
+        println!("  repaired       the cache was damaged ({why}) and was rebuilt");
+    }
+    println!(
+        "  classes ({})   {}",
+        ds.num_classes(),
+        ds.classes.join(", ")
+    );
+    for (split, data) in [("train", &ds.train), ("test", &ds.test)] {
+        let counts = data.class_counts(ds.num_classes());
+        println!(
+            "  {split:<5}          {} images of {}, {}..{} per class",
+            data.len(),
+            data.shape,
+            counts.iter().min().unwrap_or(&0),
+            counts.iter().max().unwrap_or(&0)
+        );
+    }
+    println!("  loaded in      {:.2} s", start.elapsed().as_secs_f64());
+    Ok(())
+}
