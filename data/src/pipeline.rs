@@ -186,7 +186,12 @@ impl Loader {
                 config.normalization.std.len()
             )));
         }
-        if let Some(bad) = config.normalization.std.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+        if let Some(bad) = config
+            .normalization
+            .std
+            .iter()
+            .find(|s| !(s.is_finite() && **s > 0.0))
+        {
             return Err(Error::config(format!(
                 "normalisation std {bad} is not positive"
             )));
