@@ -1,0 +1,135 @@
+//! PyramidNet (Han et al. 2017, "Deep Pyramidal Residual Networks") with
+//! additive widening and basic blocks, as in the authors' PyTorch code:
+//! depth 6n+2 (PyramidNet-110: n = 18), widening `alpha` spread evenly
+//! over the 3n blocks (channel counts rounded half-to-even, as Python's
+//! `round`), shortcut = 2x2 average pooling when downsampling plus zero-padded
+//! channels. alpha = 270 gives about 28.3M parameters.
+//!
+//! Names: `conv1`, `bn1`, `layer{s}.{b}.{bn1,conv1,bn2,conv2,bn3}`, `bn_final`, `fc`.
+//!
+//! # Shapes
+//! input (N, 3, H, W) -> logits (N, classes); H, W divisible by 4.
+
+use candle_core::Tensor;
+
+use crate::error::{ErrorKind, Result};
+use crate::params::{BatchNorm2d, Builder, Conv2d, ConvSpec, Linear, global_avg_pool};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub depth: usize,
+    pub alpha: f64,
+}
+
+impl Config {
+    pub fn pyramidnet110() -> Self {
+        Config {
+            depth: 110,
+            alpha: 270.0,
+        }
+    }
+
+    pub fn blocks_per_stage(&self) -> Result<usize> {
+        if self.depth < 8 || (self.depth - 2) % 6 != 0 || !(self.alpha >= 0.0) {
+            return Err(ErrorKind::BadConfig(format!(
+                "PyramidNet depth must be 6n+2 and alpha >= 0, not depth {} alpha {}",
+                self.depth, self.alpha
+            ))
+            .into());
+        }
+        Ok((self.depth - 2) / 6)
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Block {
+    bn1: BatchNorm2d,
+    conv1: Conv2d,
+    bn2: BatchNorm2d,
+    conv2: Conv2d,
+    bn3: BatchNorm2d,
+    downsample: bool,
+}
+
+impl Block {
+    fn new(cin: usize, cout: usize, stride: usize, b: &Builder) -> Result<Self> {
+        Ok(Block {
+            bn1: BatchNorm2d::new(cin, &b.pp("bn1"))?,
+            conv1: Conv2d::new(ConvSpec::new(cin, cout, 3, stride), &b.pp("conv1"))?,
+            bn2: BatchNorm2d::new(cout, &b.pp("bn2"))?,
+            conv2: Conv2d::new(ConvSpec::new(cout, cout, 3, 1), &b.pp("conv2"))?,
+            bn3: BatchNorm2d::new(cout, &b.pp("bn3"))?,
+            downsample: stride != 1,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let y = self.conv1.forward(&self.bn1.forward(x, train)?)?;
+        let y = self.conv2.forward(&self.bn2.forward(&y, train)?.relu()?)?;
+        let y = self.bn3.forward(&y, train)?;
+        let short = if self.downsample {
+            x.avg_pool2d(2)?
+        } else {
+            x.clone()
+        };
+        let (n, c_out, h, w) = y.dims4()?;
+        let c_in = short.dim(1)?;
+        let short = if c_out > c_in {
+            let pad = Tensor::zeros((n, c_out - c_in, h, w), short.dtype(), short.device())?;
+            Tensor::cat(&[&short, &pad], 1)?
+        } else {
+            short
+        };
+        Ok((y + short)?)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct PyramidNet {
+    conv1: Conv2d,
+    bn1: BatchNorm2d,
+    layers: Vec<Block>,
+    bn_final: BatchNorm2d,
+    fc: Linear,
+}
+
+impl PyramidNet {
+    pub fn new(cfg: &Config, classes: usize, b: &Builder) -> Result<Self> {
+        let n = cfg.blocks_per_stage()?;
+        let addrate = cfg.alpha / (3 * n) as f64;
+        let round = |x: f64| x.round_ties_even() as usize;
+        let mut dim = 16.0f64;
+        let mut cin = 16;
+        let mut layers = Vec::new();
+        for s in 0..3 {
+            for i in 0..n {
+                dim += addrate;
+                let stride = if s > 0 && i == 0 { 2 } else { 1 };
+                let cout = round(dim);
+                layers.push(Block::new(
+                    cin,
+                    cout,
+                    stride,
+                    &b.pp(format!("layer{}", s + 1)).pp(i),
+                )?);
+                cin = cout;
+            }
+        }
+        Ok(PyramidNet {
+            conv1: Conv2d::new(ConvSpec::new(3, 16, 3, 1), &b.pp("conv1"))?,
+            bn1: BatchNorm2d::new(16, &b.pp("bn1"))?,
+            layers,
+            bn_final: BatchNorm2d::new(cin, &b.pp("bn_final"))?,
+            fc: Linear::new(cin, classes, &b.pp("fc"))?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let mut y = self.bn1.forward(&self.conv1.forward(x)?, train)?;
+        for block in &self.layers {
+            y = block.forward(&y, train)?;
+        }
+        let y = self.bn_final.forward(&y, train)?.relu()?;
+        self.fc.forward(&global_avg_pool(&y)?)
+    }
+}

@@ -1,0 +1,120 @@
+//! ResNet for CIFAR with basic blocks and 1x1 projection shortcuts: ResNet-18
+//! (stem 64, stages 64/128/256/512 x 2 blocks; 11,173,962 parameters at 10
+//! classes) and the ResNet-(6n+2) family (stem 16, stages 16/32/64 x n).
+//!
+//! Names follow the common PyTorch CIFAR implementation (kuangliu):
+//! `conv1`, `bn1`, `layer{s}.{b}.{conv1,bn1,conv2,bn2,shortcut.0,shortcut.1}`, `linear`.
+//!
+//! # Shapes
+//! input (N, 3, H, W) -> logits (N, classes); H, W divisible by 2^(stages-1).
+
+use candle_core::Tensor;
+
+use crate::error::Result;
+use crate::params::{BatchNorm2d, Builder, Conv2d, ConvSpec, Linear, global_avg_pool};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Channels of the stem convolution.
+    pub stem: usize,
+    /// (width, blocks) per stage; every stage after the first halves the resolution.
+    pub stages: Vec<(usize, usize)>,
+}
+
+impl Config {
+    pub fn resnet18() -> Self {
+        Config {
+            stem: 64,
+            stages: vec![(64, 2), (128, 2), (256, 2), (512, 2)],
+        }
+    }
+
+    /// ResNet-(6n+2): ResNet-8 is n = 1, ResNet-20 n = 3.
+    pub fn cifar(n: usize) -> Self {
+        Config {
+            stem: 16,
+            stages: vec![(16, n), (32, n), (64, n)],
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Block {
+    conv1: Conv2d,
+    bn1: BatchNorm2d,
+    conv2: Conv2d,
+    bn2: BatchNorm2d,
+    shortcut: Option<(Conv2d, BatchNorm2d)>,
+}
+
+impl Block {
+    fn new(cin: usize, cout: usize, stride: usize, b: &Builder) -> Result<Self> {
+        let shortcut = if stride != 1 || cin != cout {
+            let s = b.pp("shortcut");
+            Some((
+                Conv2d::new(ConvSpec::new(cin, cout, 1, stride), &s.pp(0))?,
+                BatchNorm2d::new(cout, &s.pp(1))?,
+            ))
+        } else {
+            None
+        };
+        Ok(Block {
+            conv1: Conv2d::new(ConvSpec::new(cin, cout, 3, stride), &b.pp("conv1"))?,
+            bn1: BatchNorm2d::new(cout, &b.pp("bn1"))?,
+            conv2: Conv2d::new(ConvSpec::new(cout, cout, 3, 1), &b.pp("conv2"))?,
+            bn2: BatchNorm2d::new(cout, &b.pp("bn2"))?,
+            shortcut,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let y = self.bn1.forward(&self.conv1.forward(x)?, train)?.relu()?;
+        let y = self.bn2.forward(&self.conv2.forward(&y)?, train)?;
+        let short = match &self.shortcut {
+            Some((conv, bn)) => bn.forward(&conv.forward(x)?, train)?,
+            None => x.clone(),
+        };
+        Ok((y + short)?.relu()?)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ResNet {
+    conv1: Conv2d,
+    bn1: BatchNorm2d,
+    layers: Vec<Block>,
+    linear: Linear,
+}
+
+impl ResNet {
+    pub fn new(cfg: &Config, classes: usize, b: &Builder) -> Result<Self> {
+        let mut layers = Vec::new();
+        let mut cin = cfg.stem;
+        for (s, &(width, blocks)) in cfg.stages.iter().enumerate() {
+            for i in 0..blocks {
+                let stride = if s > 0 && i == 0 { 2 } else { 1 };
+                layers.push(Block::new(
+                    cin,
+                    width,
+                    stride,
+                    &b.pp(format!("layer{}", s + 1)).pp(i),
+                )?);
+                cin = width;
+            }
+        }
+        Ok(ResNet {
+            conv1: Conv2d::new(ConvSpec::new(3, cfg.stem, 3, 1), &b.pp("conv1"))?,
+            bn1: BatchNorm2d::new(cfg.stem, &b.pp("bn1"))?,
+            layers,
+            linear: Linear::new(cin, classes, &b.pp("linear"))?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let mut y = self.bn1.forward(&self.conv1.forward(x)?, train)?.relu()?;
+        for block in &self.layers {
+            y = block.forward(&y, train)?;
+        }
+        self.linear.forward(&global_avg_pool(&y)?)
+    }
+}
