@@ -98,3 +98,22 @@ fn study_file_says_the_study_runner_is_not_built_yet() {
         "{err}"
     );
 }
+
+#[test]
+fn models_command_lists_the_thesis_models_with_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = runner(&["models"], dir.path());
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    for line in [
+        "resnet18",
+        "11173962",
+        "preactresnet164",
+        "1703258",
+        "wrn28-10",
+        "36479194",
+        "pyramidnet110",
+    ] {
+        assert!(out.contains(line), "missing {line}:\n{out}");
+    }
+}

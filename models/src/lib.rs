@@ -10,6 +10,7 @@
 //!
 //! This crate knows nothing about RON, study files or the runner's cache.
 
+mod batchnorm_cpu;
 mod error;
 pub mod params;
 pub mod preact_resnet;
@@ -194,4 +195,14 @@ impl Model {
             Net::PyramidNet(n) => n.forward(x, train),
         }
     }
+}
+
+/// Mean softmax cross-entropy of logits (N, C) against u32 labels (N,).
+pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    let max = logits.max_keepdim(1)?;
+    let shifted = logits.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(1)?.log()?;
+    let logp = shifted.broadcast_sub(&lse)?;
+    let picked = logp.gather(&labels.unsqueeze(1)?, 1)?;
+    Ok(picked.mean_all()?.neg()?)
 }

@@ -327,6 +327,64 @@ impl BatchNorm2d {
     }
 
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if x.device().is_cpu() {
+            self.forward_cpu(x, train)
+        } else {
+            self.forward_composite(x, train)
+        }
+    }
+
+    /// One fused custom op with f64 per-channel sums (see `batchnorm_cpu`).
+    fn forward_cpu(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        use crate::batchnorm_cpu::{BnOp, Stats};
+        let stats = std::sync::Arc::new(std::sync::Mutex::new(Stats::default()));
+        let running = if train {
+            None
+        } else {
+            Some((
+                self.running_mean.as_tensor().to_vec1::<f32>()?,
+                self.running_var.as_tensor().to_vec1::<f32>()?,
+            ))
+        };
+        let op = BnOp {
+            running,
+            eps: self.eps,
+            stats: stats.clone(),
+        };
+        let y = x.contiguous()?.apply_op3(&self.weight, &self.bias, op)?;
+        if train {
+            let (n, _, h, w) = x.dims4()?;
+            let count = (n * h * w) as f64;
+            let unbiased = if count > 1.0 {
+                count / (count - 1.0)
+            } else {
+                1.0
+            };
+            let m = self.momentum;
+            let s = stats.lock().expect("batch-norm stats lock");
+            let rm = self.running_mean.as_tensor().to_vec1::<f32>()?;
+            let rv = self.running_var.as_tensor().to_vec1::<f32>()?;
+            let new_mean: Vec<f32> = rm
+                .iter()
+                .zip(&s.mean)
+                .map(|(&r, &b)| ((1.0 - m) * r as f64 + m * b) as f32)
+                .collect();
+            let new_var: Vec<f32> = rv
+                .iter()
+                .zip(&s.var)
+                .map(|(&r, &b)| ((1.0 - m) * r as f64 + m * b * unbiased) as f32)
+                .collect();
+            let dev = x.device();
+            self.running_mean
+                .set(&Tensor::from_vec(new_mean, rm.len(), dev)?)?;
+            self.running_var
+                .set(&Tensor::from_vec(new_var, rv.len(), dev)?)?;
+        }
+        Ok(y)
+    }
+
+    /// Composed from candle ops (devices without the fused op).
+    fn forward_composite(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let (n, c, h, w) = x.dims4()?;
         let shape = (1, c, 1, 1);
         let (mean, var) = if train {
@@ -468,3 +526,58 @@ pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
 
 /// f32 is the only parameter type for now.
 pub const DTYPE: DType = DType::F32;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fused CPU op and the composite path (used on other devices) agree.
+    #[test]
+    fn fused_and_composite_batch_norm_agree() {
+        for train in [true, false] {
+            let b = Builder::new(3, &Device::Cpu);
+            let bn = BatchNorm2d::new(5, &b).unwrap();
+            let store = b.finish();
+            for (_, v) in store.all() {
+                let n = v.elem_count();
+                let vals: Vec<f32> = (0..n).map(|i| 0.8 + 0.1 * (i as f32).sin()).collect();
+                v.set(&Tensor::from_vec(vals, n, &Device::Cpu).unwrap())
+                    .unwrap();
+            }
+            let xs: Vec<f32> = (0..4 * 5 * 6 * 6)
+                .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+                .collect();
+            let x = Var::from_tensor(&Tensor::from_vec(xs, (4, 5, 6, 6), &Device::Cpu).unwrap())
+                .unwrap();
+            let snap = store.snapshot_buffers().unwrap();
+            let run = |fused: bool| {
+                store.restore_buffers(&snap).unwrap();
+                let y = if fused {
+                    bn.forward_cpu(x.as_tensor(), train).unwrap()
+                } else {
+                    bn.forward_composite(x.as_tensor(), train).unwrap()
+                };
+                let loss = (y.sqr().unwrap().sum_all().unwrap() + y.sum_all().unwrap()).unwrap();
+                let g = loss.backward().unwrap();
+                let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                let mut out = vec![
+                    flat(&y),
+                    flat(g.get(x.as_tensor()).unwrap()),
+                    flat(g.get(&bn.weight).unwrap()),
+                ];
+                out.push(flat(g.get(&bn.bias).unwrap()));
+                out.push(flat(bn.running_mean.as_tensor()));
+                out.push(flat(bn.running_var.as_tensor()));
+                out
+            };
+            for (i, (a, b)) in run(true).iter().zip(run(false)).enumerate() {
+                for (p, q) in a.iter().zip(&b) {
+                    assert!(
+                        (p - q).abs() <= 1e-4 * (1.0 + q.abs()),
+                        "train {train} output {i}: {p} vs {q}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -34,6 +34,8 @@ enum Command {
         #[arg(long, value_enum, default_value = "fine")]
         cifar100_labels: LabelsArg,
     },
+    /// List the models with their parameter counts.
+    Models,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -109,6 +111,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             describe_dataset(&cli.data, dataset, labels)?;
             Ok(ExitCode::SUCCESS)
         }
+        (Some(Command::Models), _) => {
+            list_models()?;
+            Ok(ExitCode::SUCCESS)
+        }
         (None, Some(study)) => {
             eprintln!(
                 "runner: cannot run {} yet: the study runner (RON studies, stage graph, \
@@ -159,5 +165,28 @@ fn describe_dataset(args: &DataArgs, name: DatasetName, labels: Cifar100Labels) 
         );
     }
     println!("  loaded in      {:.2} s", start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn list_models() -> Result<()> {
+    println!(
+        "{:<18} {:>14} {:>14}  description",
+        "model", "params (10)", "params (100)"
+    );
+    for (arch, about) in samlab_models::Arch::catalogue() {
+        let count = |classes| -> Result<usize> {
+            let m = samlab_models::Model::new(&arch, classes, 0, &candle_core::Device::Cpu)?;
+            Ok(m.params.num_trainable())
+        };
+        println!(
+            "{:<18} {:>14} {:>14}  {about}",
+            arch.name(),
+            count(10)?,
+            count(100)?
+        );
+    }
+    println!(
+        "\nOther depths and widths: resnetN (6n+2), preactresnetN (9n+2), wrnD-K (6n+4), pyramidnetN[-aALPHA] (6n+2)."
+    );
     Ok(())
 }

@@ -1,0 +1,184 @@
+//! Forward logits, input gradients and parameter gradients of ResNet-8 and
+//! ResNet-18 against an independent JAX implementation, in training and
+//! evaluation mode. `reference/gen_resnet_reference.py` wrote the fixture;
+//! weights and inputs are closed formulas evaluated on both sides.
+
+use candle_core::{DType, Device, Tensor, Var};
+use samlab_models::{Arch, Model, cross_entropy};
+use serde_json::Value;
+
+const TOL: f64 = 1e-4;
+
+/// `hashed()` of the generator: uniform in [-1, 1) from a 32-bit hash.
+fn hashed(k: usize, stream: u32) -> f64 {
+    let mut h = (k as u32).wrapping_add(stream.wrapping_mul(0x632B_E5AB));
+    h = h.wrapping_mul(0x9E37_79B1);
+    h ^= h >> 15;
+    h = h.wrapping_mul(0x85EB_CA77);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xC2B2_AE3D);
+    h ^= h >> 16;
+    h as f64 / 2f64.powi(31) - 1.0
+}
+
+/// `value()` of the generator.
+fn fixed_value(name: &str, shape: &[usize], p: usize) -> Vec<f32> {
+    let n: usize = shape.iter().product();
+    (0..n)
+        .map(|k| {
+            let s = hashed(k, p as u32 + 1);
+            let v = match shape.len() {
+                4 => s * (6.0 / (shape[1] * shape[2] * shape[3]) as f64).sqrt(),
+                2 => s / (shape[1] as f64).sqrt(),
+                _ if name.ends_with("running_var") => 1.0 + 0.25 * (1.0 + s),
+                _ if name.ends_with("weight") => 1.0 + 0.1 * s,
+                _ => 0.1 * s,
+            };
+            v as f32
+        })
+        .collect()
+}
+
+fn inputs(n: usize) -> (Tensor, Tensor) {
+    let x: Vec<f32> = (0..n * 3 * 32 * 32).map(|k| hashed(k, 0) as f32).collect();
+    let y: Vec<u32> = (0..n).map(|i| ((7 * i + 1) % 10) as u32).collect();
+    (
+        Tensor::from_vec(x, (n, 3, 32, 32), &Device::Cpu).unwrap(),
+        Tensor::from_vec(y, n, &Device::Cpu).unwrap(),
+    )
+}
+
+fn floats(v: &Value) -> Vec<f64> {
+    match v {
+        Value::Array(a) => a.iter().flat_map(floats).collect(),
+        Value::Number(n) => vec![n.as_f64().unwrap()],
+        other => panic!("not numbers: {other}"),
+    }
+}
+
+fn flat(t: &Tensor) -> Vec<f64> {
+    t.flatten_all()
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+fn close(what: &str, got: &[f64], want: &[f64], scale: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= TOL * scale.max(1e-12),
+            "{what}[{i}]: got {g}, reference {w} (scale {scale})"
+        );
+    }
+}
+
+fn norm(v: &[f64]) -> f64 {
+    v.iter().map(|x| x * x).sum::<f64>().sqrt()
+}
+
+fn check_case(case: &Value) {
+    let name = case["model"].as_str().unwrap();
+    let n = case["batch"].as_u64().unwrap() as usize;
+    let model = Model::new(&name.parse::<Arch>().unwrap(), 10, 0, &Device::Cpu).unwrap();
+    for (p, (tname, var)) in model.params.all().into_iter().enumerate() {
+        let v = fixed_value(tname, var.dims(), p);
+        var.set(&Tensor::from_vec(v, var.dims(), &Device::Cpu).unwrap())
+            .unwrap();
+    }
+    let initial = model.params.snapshot_buffers().unwrap();
+    for mode in ["train", "eval"] {
+        model.params.restore_buffers(&initial).unwrap();
+        let r = &case["modes"][mode];
+        let (x, y) = inputs(n);
+        let x = Var::from_tensor(&x).unwrap();
+        let logits = model.forward(x.as_tensor(), mode == "train").unwrap();
+        let loss = cross_entropy(&logits, &y).unwrap();
+        let want_logits = floats(&r["logits"]);
+        let scale = want_logits.iter().fold(0f64, |m, v| m.max(v.abs()));
+        close(
+            &format!("{name} {mode} logits"),
+            &flat(&logits),
+            &want_logits,
+            scale,
+        );
+        let l = loss.to_scalar::<f32>().unwrap() as f64;
+        let wl = r["loss"].as_f64().unwrap();
+        assert!(
+            (l - wl).abs() <= TOL * wl.abs(),
+            "{name} {mode} loss {l} vs {wl}"
+        );
+
+        let grads = loss.backward().unwrap();
+        let gx = flat(grads.get(x.as_tensor()).unwrap());
+        let want_norm = r["input_grad_norm"].as_f64().unwrap();
+        let rel = (norm(&gx) - want_norm).abs() / want_norm;
+        assert!(rel < TOL, "{name} {mode} input grad norm: rel err {rel}");
+        close(
+            &format!("{name} {mode} input grad"),
+            &gx[..64],
+            &floats(&r["input_grad_head"]),
+            want_norm / (gx.len() as f64).sqrt() * 10.0,
+        );
+
+        let refs = r["param_grads"].as_object().unwrap();
+        let mine: Vec<(&str, &Var)> = model.params.trainable().collect();
+        assert_eq!(mine.len(), refs.len(), "{name}: parameter count");
+        for (pname, var) in mine {
+            let want = &refs[pname];
+            let g = flat(
+                grads
+                    .get(var.as_tensor())
+                    .unwrap_or_else(|| panic!("no gradient for {pname}")),
+            );
+            let wn = want["norm"].as_f64().unwrap();
+            let max_abs = want["max_abs"].as_f64().unwrap();
+            assert!(
+                (norm(&g) - wn).abs() <= TOL * wn.max(1e-6),
+                "{name} {mode} {pname}: grad norm {} vs {wn}",
+                norm(&g)
+            );
+            close(
+                &format!("{name} {mode} grad {pname}"),
+                &g[..g.len().min(8)],
+                &floats(&want["head"]),
+                max_abs,
+            );
+        }
+        if mode == "train" {
+            for (bname, want) in r["running_stats_head"].as_object().unwrap() {
+                let v = flat(model.params.get(bname).unwrap().as_tensor());
+                close(
+                    &format!("{name} running stat {bname}"),
+                    &v[..4],
+                    &floats(want),
+                    1.0,
+                );
+            }
+        } else {
+            // Evaluation leaves the running statistics alone.
+            for (a, b) in model
+                .params
+                .snapshot_buffers()
+                .unwrap()
+                .iter()
+                .zip(&initial)
+            {
+                assert_eq!(flat(a), flat(b));
+            }
+        }
+    }
+}
+
+#[test]
+fn resnets_match_the_jax_reference() {
+    let text = include_str!("reference/resnet_reference.json");
+    let fixture: Value = serde_json::from_str(text).unwrap();
+    let cases = fixture["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 2);
+    for case in cases {
+        check_case(case);
+    }
+}
