@@ -144,10 +144,10 @@ impl FromStr for Arch {
 }
 
 enum Net {
-    ResNet(resnet::ResNet),
-    PreActResNet(preact_resnet::PreActResNet),
-    WideResNet(wide_resnet::WideResNet),
-    PyramidNet(pyramidnet::PyramidNet),
+    Res(resnet::ResNet),
+    PreAct(preact_resnet::PreActResNet),
+    Wide(wide_resnet::WideResNet),
+    Pyramid(pyramidnet::PyramidNet),
 }
 
 /// A network with its parameters.
@@ -166,16 +166,12 @@ impl Model {
         }
         let b = Builder::new(seed, device);
         let net = match arch {
-            Arch::ResNet(c) => Net::ResNet(resnet::ResNet::new(c, num_classes, &b)?),
+            Arch::ResNet(c) => Net::Res(resnet::ResNet::new(c, num_classes, &b)?),
             Arch::PreActResNet(c) => {
-                Net::PreActResNet(preact_resnet::PreActResNet::new(c, num_classes, &b)?)
+                Net::PreAct(preact_resnet::PreActResNet::new(c, num_classes, &b)?)
             }
-            Arch::WideResNet(c) => {
-                Net::WideResNet(wide_resnet::WideResNet::new(c, num_classes, &b)?)
-            }
-            Arch::PyramidNet(c) => {
-                Net::PyramidNet(pyramidnet::PyramidNet::new(c, num_classes, &b)?)
-            }
+            Arch::WideResNet(c) => Net::Wide(wide_resnet::WideResNet::new(c, num_classes, &b)?),
+            Arch::PyramidNet(c) => Net::Pyramid(pyramidnet::PyramidNet::new(c, num_classes, &b)?),
         };
         Ok(Model {
             arch: arch.clone(),
@@ -189,10 +185,10 @@ impl Model {
     /// uses batch statistics and updates its running statistics.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         match &self.net {
-            Net::ResNet(n) => n.forward(x, train),
-            Net::PreActResNet(n) => n.forward(x, train),
-            Net::WideResNet(n) => n.forward(x, train),
-            Net::PyramidNet(n) => n.forward(x, train),
+            Net::Res(n) => n.forward(x, train),
+            Net::PreAct(n) => n.forward(x, train),
+            Net::Wide(n) => n.forward(x, train),
+            Net::Pyramid(n) => n.forward(x, train),
         }
     }
 }

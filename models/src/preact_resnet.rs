@@ -23,7 +23,7 @@ pub struct Config {
 
 impl Config {
     pub fn blocks_per_stage(&self) -> Result<usize> {
-        if self.depth < 11 || (self.depth - 2) % 9 != 0 {
+        if self.depth < 11 || !(self.depth - 2).is_multiple_of(9) {
             return Err(ErrorKind::BadConfig(format!(
                 "PreAct-ResNet depth must be 9n+2 (11, 20, ..., 164), not {}",
                 self.depth

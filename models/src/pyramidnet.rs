@@ -30,7 +30,11 @@ impl Config {
     }
 
     pub fn blocks_per_stage(&self) -> Result<usize> {
-        if self.depth < 8 || (self.depth - 2) % 6 != 0 || !(self.alpha >= 0.0) {
+        if self.depth < 8
+            || !(self.depth - 2).is_multiple_of(6)
+            || self.alpha.is_nan()
+            || self.alpha < 0.0
+        {
             return Err(ErrorKind::BadConfig(format!(
                 "PyramidNet depth must be 6n+2 and alpha >= 0, not depth {} alpha {}",
                 self.depth, self.alpha

@@ -21,7 +21,7 @@ pub struct Config {
 
 impl Config {
     pub fn blocks_per_stage(&self) -> Result<usize> {
-        if self.depth < 10 || (self.depth - 4) % 6 != 0 || self.widen == 0 {
+        if self.depth < 10 || !(self.depth - 4).is_multiple_of(6) || self.widen == 0 {
             return Err(ErrorKind::BadConfig(format!(
                 "WideResNet depth must be 6n+4 (10, 16, 22, 28, ...) and width k >= 1, not {}-{}",
                 self.depth, self.widen

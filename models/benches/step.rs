@@ -1,0 +1,130 @@
+//! Training-step benchmark: `cargo bench -p samlab-models --bench step`.
+//!
+//! For ResNet-8 and ResNet-18 at batch 128 on the CPU: a training step
+//! (forward in training mode + cross-entropy + backward + an SGD update of
+//! every parameter) and an evaluation forward, in images per second; the
+//! process's peak RSS after each net; and the same numbers from JAX
+//! (`bench/jax_step.py`, run in the same command) with the ratio
+//! samlab / JAX. Set `SAMLAB_BENCH_STEPS` to time more steps (default:
+//! 3 for ResNet-8, 1 for ResNet-18, after one warm-up step each).
+
+use std::process::Command;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use samlab_models::{Arch, Model, cross_entropy};
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+fn batch(n: usize) -> (Tensor, Tensor) {
+    let x: Vec<f32> = (0..n * 3 * 32 * 32)
+        .map(|k| ((k as u32).wrapping_mul(0x9E37_79B1) >> 8) as f32 / (1 << 23) as f32 - 1.0)
+        .collect();
+    let y: Vec<u32> = (0..n as u32).map(|i| (7 * i + 1) % 10).collect();
+    (
+        Tensor::from_vec(x, (n, 3, 32, 32), &Device::Cpu).unwrap(),
+        Tensor::from_vec(y, n, &Device::Cpu).unwrap(),
+    )
+}
+
+fn train_step(m: &Model, x: &Tensor, y: &Tensor) {
+    let loss = cross_entropy(&m.forward(x, true).unwrap(), y).unwrap();
+    let grads = loss.backward().unwrap();
+    for (_, var) in m.params.trainable() {
+        let g = grads.get(var.as_tensor()).unwrap();
+        var.set(&(var.as_tensor() - (g * 0.01).unwrap()).unwrap())
+            .unwrap();
+    }
+}
+
+fn jax(model: &str, batch: usize, steps: usize) -> Option<(f64, f64)> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../bench/jax_step.py");
+    let out = Command::new("python3")
+        .args([script, model, &batch.to_string(), &steps.to_string()])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        eprintln!(
+            "JAX baseline failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        );
+        return None;
+    }
+    let line = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()?
+        .to_string();
+    let field = |k: &str| -> Option<f64> {
+        let at = line.find(&format!("\"{k}\": "))? + k.len() + 4;
+        line[at..].split([',', '}']).next()?.trim().parse().ok()
+    };
+    Some((field("train_img_s")?, field("eval_img_s")?))
+}
+
+fn main() {
+    let bs = 128;
+    let steps_env = std::env::var("SAMLAB_BENCH_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok());
+    println!(
+        "training step, batch {bs}, CPU ({} threads), f32",
+        rayon_threads()
+    );
+    println!(
+        "{:<9} {:>12} {:>12} {:>10} {:>12} {:>12} {:>8} {:>8}",
+        "model",
+        "train img/s",
+        "eval img/s",
+        "peak MiB",
+        "JAX train",
+        "JAX eval",
+        "train x",
+        "eval x"
+    );
+    for (name, default_steps) in [("resnet8", 3), ("resnet18", 1)] {
+        let steps = steps_env.unwrap_or(default_steps);
+        let m = Model::new(&name.parse::<Arch>().unwrap(), 10, 0, &Device::Cpu).unwrap();
+        let (x, y) = batch(bs);
+        train_step(&m, &x, &y);
+        let t = Instant::now();
+        for _ in 0..steps {
+            train_step(&m, &x, &y);
+        }
+        let train = (bs * steps) as f64 / t.elapsed().as_secs_f64();
+        m.forward(&x, false).unwrap();
+        let t = Instant::now();
+        for _ in 0..steps {
+            std::hint::black_box(m.forward(&x, false).unwrap());
+        }
+        let eval = (bs * steps) as f64 / t.elapsed().as_secs_f64();
+        let rss = peak_rss_mib();
+        let (jt, je) = jax(name, bs, steps.max(3)).unwrap_or((f64::NAN, f64::NAN));
+        println!(
+            "{name:<9} {train:>12.1} {eval:>12.1} {rss:>10.0} {jt:>12.1} {je:>12.1} {:>8.3} {:>8.3}",
+            train / jt,
+            eval / je
+        );
+    }
+    println!("(x = samlab / JAX; peak MiB is the process high-water mark after that net)");
+}
+
+fn rayon_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
