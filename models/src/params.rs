@@ -519,6 +519,20 @@ impl Linear {
     }
 }
 
+/// Every block of a CIFAR-style residual network with `blocks[s]` blocks in
+/// stage `s`: `(builder for "layer{s+1}.{i}", stage, stride)`, where the first
+/// block of every stage after the first has stride 2.
+pub fn stage_blocks(b: &Builder, blocks: &[usize]) -> Vec<(Builder, usize, usize)> {
+    let mut out = Vec::new();
+    for (s, &n) in blocks.iter().enumerate() {
+        for i in 0..n {
+            let stride = if s > 0 && i == 0 { 2 } else { 1 };
+            out.push((b.pp(format!("layer{}", s + 1)).pp(i), s, stride));
+        }
+    }
+    out
+}
+
 /// Global average pooling (N, C, H, W) -> (N, C).
 pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
     Ok(x.mean(3)?.mean(2)?)

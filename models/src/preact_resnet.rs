@@ -12,7 +12,9 @@
 use candle_core::Tensor;
 
 use crate::error::{ErrorKind, Result};
-use crate::params::{BatchNorm2d, Builder, Conv2d, ConvSpec, Linear, global_avg_pool};
+use crate::params::{
+    BatchNorm2d, Builder, Conv2d, ConvSpec, Linear, global_avg_pool, stage_blocks,
+};
 
 pub const EXPANSION: usize = 4;
 
@@ -93,17 +95,10 @@ impl PreActResNet {
         let n = cfg.blocks_per_stage()?;
         let mut layers = Vec::new();
         let mut cin = 16;
-        for (s, planes) in [16, 32, 64].into_iter().enumerate() {
-            for i in 0..n {
-                let stride = if s > 0 && i == 0 { 2 } else { 1 };
-                layers.push(Bottleneck::new(
-                    cin,
-                    planes,
-                    stride,
-                    &b.pp(format!("layer{}", s + 1)).pp(i),
-                )?);
-                cin = planes * EXPANSION;
-            }
+        for (bb, s, stride) in stage_blocks(b, &[n; 3]) {
+            let planes = 16 << s;
+            layers.push(Bottleneck::new(cin, planes, stride, &bb)?);
+            cin = planes * EXPANSION;
         }
         Ok(PreActResNet {
             conv1: Conv2d::new(ConvSpec::new(3, 16, 3, 1), &b.pp("conv1"))?,

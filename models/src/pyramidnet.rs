@@ -13,7 +13,9 @@
 use candle_core::Tensor;
 
 use crate::error::{ErrorKind, Result};
-use crate::params::{BatchNorm2d, Builder, Conv2d, ConvSpec, Linear, global_avg_pool};
+use crate::params::{
+    BatchNorm2d, Builder, Conv2d, ConvSpec, Linear, global_avg_pool, stage_blocks,
+};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
@@ -105,19 +107,11 @@ impl PyramidNet {
         let mut dim = 16.0f64;
         let mut cin = 16;
         let mut layers = Vec::new();
-        for s in 0..3 {
-            for i in 0..n {
-                dim += addrate;
-                let stride = if s > 0 && i == 0 { 2 } else { 1 };
-                let cout = round(dim);
-                layers.push(Block::new(
-                    cin,
-                    cout,
-                    stride,
-                    &b.pp(format!("layer{}", s + 1)).pp(i),
-                )?);
-                cin = cout;
-            }
+        for (bb, _, stride) in stage_blocks(b, &[n; 3]) {
+            dim += addrate;
+            let cout = round(dim);
+            layers.push(Block::new(cin, cout, stride, &bb)?);
+            cin = cout;
         }
         Ok(PyramidNet {
             conv1: Conv2d::new(ConvSpec::new(3, 16, 3, 1), &b.pp("conv1"))?,

@@ -11,7 +11,9 @@
 use candle_core::Tensor;
 
 use crate::error::Result;
-use crate::params::{BatchNorm2d, Builder, Conv2d, ConvSpec, Linear, global_avg_pool};
+use crate::params::{
+    BatchNorm2d, Builder, Conv2d, ConvSpec, Linear, global_avg_pool, stage_blocks,
+};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -90,17 +92,11 @@ impl ResNet {
     pub fn new(cfg: &Config, classes: usize, b: &Builder) -> Result<Self> {
         let mut layers = Vec::new();
         let mut cin = cfg.stem;
-        for (s, &(width, blocks)) in cfg.stages.iter().enumerate() {
-            for i in 0..blocks {
-                let stride = if s > 0 && i == 0 { 2 } else { 1 };
-                layers.push(Block::new(
-                    cin,
-                    width,
-                    stride,
-                    &b.pp(format!("layer{}", s + 1)).pp(i),
-                )?);
-                cin = width;
-            }
+        let blocks: Vec<usize> = cfg.stages.iter().map(|s| s.1).collect();
+        for (bb, s, stride) in stage_blocks(b, &blocks) {
+            let width = cfg.stages[s].0;
+            layers.push(Block::new(cin, width, stride, &bb)?);
+            cin = width;
         }
         Ok(ResNet {
             conv1: Conv2d::new(ConvSpec::new(3, cfg.stem, 3, 1), &b.pp("conv1"))?,

@@ -11,7 +11,9 @@
 use candle_core::Tensor;
 
 use crate::error::{ErrorKind, Result};
-use crate::params::{BatchNorm2d, Builder, Conv2d, ConvSpec, Linear, global_avg_pool};
+use crate::params::{
+    BatchNorm2d, Builder, Conv2d, ConvSpec, Linear, global_avg_pool, stage_blocks,
+};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -84,18 +86,10 @@ impl WideResNet {
         let n = cfg.blocks_per_stage()?;
         let mut layers = Vec::new();
         let mut cin = 16;
-        for (s, base) in [16, 32, 64].into_iter().enumerate() {
-            let width = base * cfg.widen;
-            for i in 0..n {
-                let stride = if s > 0 && i == 0 { 2 } else { 1 };
-                layers.push(WideBlock::new(
-                    cin,
-                    width,
-                    stride,
-                    &b.pp(format!("layer{}", s + 1)).pp(i),
-                )?);
-                cin = width;
-            }
+        for (bb, s, stride) in stage_blocks(b, &[n; 3]) {
+            let width = (16 << s) * cfg.widen;
+            layers.push(WideBlock::new(cin, width, stride, &bb)?);
+            cin = width;
         }
         Ok(WideResNet {
             conv1: Conv2d::new(ConvSpec::new(3, 16, 3, 1), &b.pp("conv1"))?,

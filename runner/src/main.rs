@@ -131,8 +131,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// Writes to stdout; a reader that went away (`runner models | head`) ends
+/// the output quietly instead of failing.
+fn emit(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
 fn describe_dataset(args: &DataArgs, name: DatasetName, labels: Cifar100Labels) -> Result<()> {
     let start = Instant::now();
+    let mut o = String::new();
     let cfg = args.config(name);
     let source = samlab_data::locate(name, &cfg)?;
     let opts = LoadOptions {
@@ -142,35 +154,39 @@ fn describe_dataset(args: &DataArgs, name: DatasetName, labels: Cifar100Labels) 
     let (ds, report) =
         samlab_data::load(name, &source, &opts).with_context(|| format!("loading {name}"))?;
     let cache = if report.from_cache { "hit" } else { "written" };
-    println!("{name} from {}", source.describe());
-    println!("  source sha256  {}", report.source_digest);
-    println!("  fingerprint    {}", ds.fingerprint);
-    println!("  decoded cache  {} ({cache})", report.cache_file.display());
+    o += &format!("{name} from {}\n", source.describe());
+    o += &format!("  source digest  {}\n", report.source_digest);
+    o += &format!("  fingerprint    {}\n", ds.fingerprint);
+    o += &format!(
+        "  decoded cache  {} ({cache})\n",
+        report.cache_file.display()
+    );
     if let Some(why) = &report.repaired {
-        println!("  repaired       the cache was damaged ({why}) and was rebuilt");
+        o += &format!("  repaired       the cache was damaged ({why}) and was rebuilt\n");
     }
-    println!(
-        "  classes ({})   {}",
+    o += &format!(
+        "  classes ({})   {}\n",
         ds.num_classes(),
         ds.classes.join(", ")
     );
     for (split, data) in [("train", &ds.train), ("test", &ds.test)] {
         let counts = data.class_counts(ds.num_classes());
-        println!(
-            "  {split:<5}          {} images of {}, {}..{} per class",
+        o += &format!(
+            "  {split:<5}          {} images of {}, {}..{} per class\n",
             data.len(),
             data.shape,
             counts.iter().min().unwrap_or(&0),
             counts.iter().max().unwrap_or(&0)
         );
     }
-    println!("  loaded in      {:.2} s", start.elapsed().as_secs_f64());
-    Ok(())
+    o += &format!("  loaded in      {:.2} s\n", start.elapsed().as_secs_f64());
+    emit(&o)
 }
 
 fn list_models() -> Result<()> {
-    println!(
-        "{:<18} {:>14} {:>14}  description",
+    let mut o = String::new();
+    o += &format!(
+        "{:<18} {:>14} {:>14}  description\n",
         "model", "params (10)", "params (100)"
     );
     for (arch, about) in samlab_models::Arch::catalogue() {
@@ -178,15 +194,13 @@ fn list_models() -> Result<()> {
             let m = samlab_models::Model::new(&arch, classes, 0, &candle_core::Device::Cpu)?;
             Ok(m.params.num_trainable())
         };
-        println!(
-            "{:<18} {:>14} {:>14}  {about}",
+        o += &format!(
+            "{:<18} {:>14} {:>14}  {about}\n",
             arch.name(),
             count(10)?,
             count(100)?
         );
     }
-    println!(
-        "\nOther depths and widths: resnetN (6n+2), preactresnetN (9n+2), wrnD-K (6n+4), pyramidnetN[-aALPHA] (6n+2)."
-    );
-    Ok(())
+    o.push_str("\nOther depths and widths: resnetN (6n+2), preactresnetN (9n+2), wrnD-K (6n+4), pyramidnetN[-aALPHA] (6n+2).\n");
+    emit(&o)
 }
