@@ -12,6 +12,7 @@
 
 mod batchnorm_cpu;
 mod error;
+pub mod fixtures;
 pub mod params;
 pub mod preact_resnet;
 pub mod pyramidnet;

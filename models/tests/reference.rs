@@ -4,46 +4,15 @@
 //! weights and inputs are closed formulas evaluated on both sides.
 
 use candle_core::{DType, Device, Tensor, Var};
-use samlab_models::{Arch, Model, cross_entropy};
+use samlab_models::{Arch, Model, cross_entropy, fixtures};
 use serde_json::Value;
 
 const TOL: f64 = 1e-4;
 
-/// `hashed()` of the generator: uniform in [-1, 1) from a 32-bit hash.
-fn hashed(k: usize, stream: u32) -> f64 {
-    let mut h = (k as u32).wrapping_add(stream.wrapping_mul(0x632B_E5AB));
-    h = h.wrapping_mul(0x9E37_79B1);
-    h ^= h >> 15;
-    h = h.wrapping_mul(0x85EB_CA77);
-    h ^= h >> 13;
-    h = h.wrapping_mul(0xC2B2_AE3D);
-    h ^= h >> 16;
-    h as f64 / 2f64.powi(31) - 1.0
-}
-
-/// `value()` of the generator.
-fn fixed_value(name: &str, shape: &[usize], p: usize) -> Vec<f32> {
-    let n: usize = shape.iter().product();
-    (0..n)
-        .map(|k| {
-            let s = hashed(k, p as u32 + 1);
-            let v = match shape.len() {
-                4 => s * (6.0 / (shape[1] * shape[2] * shape[3]) as f64).sqrt(),
-                2 => s / (shape[1] as f64).sqrt(),
-                _ if name.ends_with("running_var") => 1.0 + 0.25 * (1.0 + s),
-                _ if name.ends_with("weight") => 1.0 + 0.1 * s,
-                _ => 0.1 * s,
-            };
-            v as f32
-        })
-        .collect()
-}
-
 fn inputs(n: usize) -> (Tensor, Tensor) {
-    let x: Vec<f32> = (0..n * 3 * 32 * 32).map(|k| hashed(k, 0) as f32).collect();
     let y: Vec<u32> = (0..n).map(|i| ((7 * i + 1) % 10) as u32).collect();
     (
-        Tensor::from_vec(x, (n, 3, 32, 32), &Device::Cpu).unwrap(),
+        fixtures::images(n, 0, &Device::Cpu).unwrap(),
         Tensor::from_vec(y, n, &Device::Cpu).unwrap(),
     )
 }
@@ -83,11 +52,7 @@ fn check_case(case: &Value) {
     let name = case["model"].as_str().unwrap();
     let n = case["batch"].as_u64().unwrap() as usize;
     let model = Model::new(&name.parse::<Arch>().unwrap(), 10, 0, &Device::Cpu).unwrap();
-    for (p, (tname, var)) in model.params.all().into_iter().enumerate() {
-        let v = fixed_value(tname, var.dims(), p);
-        var.set(&Tensor::from_vec(v, var.dims(), &Device::Cpu).unwrap())
-            .unwrap();
-    }
+    fixtures::set_fixed(&model).unwrap();
     let initial = model.params.snapshot_buffers().unwrap();
     for mode in ["train", "eval"] {
         model.params.restore_buffers(&initial).unwrap();

@@ -1,4 +1,22 @@
-//! Optimisers for sharpness-aware training: Nesterov SGD, SAM with
-//! m-sharpness, and the SGD/SAM step schedules (switch, PSAM).
+//! Optimisers for sharpness-aware training: SGD with Nesterov momentum and
+//! weight decay (PyTorch semantics), SAM with m-sharpness and the adaptive
+//! variant, the per-step SGD/SAM schedule (always, switch, PSAM), learning-
+//! rate schedules, cost accounting, and state for exact resume.
 //!
-//! Filled in by the optimizer issue; this crate is a compiling skeleton for now.
+//! This crate knows nothing about files of studies, RON or the runner's
+//! cache; its settings derive serde so study files can spell them.
+
+mod error;
+mod lr;
+mod sam;
+mod schedule;
+mod sgd;
+pub mod theory;
+mod trainer;
+
+pub use error::{Error, ErrorKind, Result};
+pub use lr::LrSchedule;
+pub use sam::{SamConfig, StepOutput, sam_step, sgd_step};
+pub use schedule::{Method, Point, Resolved, StepSchedule};
+pub use sgd::{Grads, Sgd, SgdConfig, collect_grads};
+pub use trainer::Trainer;

@@ -1,0 +1,53 @@
+//! Deterministic weights and inputs shared with the JAX reference generators
+//! (`models/tests/reference/gen_resnet_reference.py`, `hashed` and `value`
+//! there). Tests and benchmarks use them; training never does.
+
+use candle_core::{Device, Tensor};
+
+use crate::Model;
+use crate::error::Result;
+
+/// Uniform in [-1, 1) from an exact 32-bit integer hash of (index, stream).
+pub fn hashed(k: usize, stream: u32) -> f64 {
+    let mut h = (k as u32).wrapping_add(stream.wrapping_mul(0x632B_E5AB));
+    h = h.wrapping_mul(0x9E37_79B1);
+    h ^= h >> 15;
+    h = h.wrapping_mul(0x85EB_CA77);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xC2B2_AE3D);
+    h ^= h >> 16;
+    h as f64 / 2f64.powi(31) - 1.0
+}
+
+/// The fixed value of tensor `name` of `shape`, the `p`-th in sorted-name order.
+pub fn fixed_value(name: &str, shape: &[usize], p: usize) -> Vec<f32> {
+    let n: usize = shape.iter().product();
+    (0..n)
+        .map(|k| {
+            let s = hashed(k, p as u32 + 1);
+            let v = match shape.len() {
+                4 => s * (6.0 / (shape[1] * shape[2] * shape[3]) as f64).sqrt(),
+                2 => s / (shape[1] as f64).sqrt(),
+                _ if name.ends_with("running_var") => 1.0 + 0.25 * (1.0 + s),
+                _ if name.ends_with("weight") => 1.0 + 0.1 * s,
+                _ => 0.1 * s,
+            };
+            v as f32
+        })
+        .collect()
+}
+
+/// Sets every parameter and buffer of `model` to its fixed value.
+pub fn set_fixed(model: &Model) -> Result<()> {
+    for (p, (name, var)) in model.params.all().into_iter().enumerate() {
+        let v = fixed_value(name, var.dims(), p);
+        var.set(&Tensor::from_vec(v, var.dims(), var.device())?)?;
+    }
+    Ok(())
+}
+
+/// `n` images (N, 3, 32, 32) from stream `stream` of the hash.
+pub fn images(n: usize, stream: u32, device: &Device) -> Result<Tensor> {
+    let x: Vec<f32> = (0..n * 3 * 32 * 32).map(|k| hashed(k, stream) as f32).collect();
+    Ok(Tensor::from_vec(x, (n, 3, 32, 32), device)?)
+}

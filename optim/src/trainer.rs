@@ -1,0 +1,103 @@
+//! A run's optimisation state: the base optimiser, SAM settings, the
+//! learning-rate and SGD/SAM schedules, the global step and the passes spent.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use samlab_models::Model;
+
+use crate::error::{ErrorKind, Result};
+use crate::lr::LrSchedule;
+use crate::sam::{SamConfig, StepOutput, sam_step, sgd_step};
+use crate::schedule::{Method, Resolved};
+use crate::sgd::Sgd;
+
+pub struct Trainer {
+    pub sgd: Sgd,
+    pub sam: SamConfig,
+    pub lr: LrSchedule,
+    pub schedule: Resolved,
+    /// Steps of the whole run (the cosine schedule's T).
+    pub total_steps: u64,
+    /// The next global step.
+    pub step: u64,
+    /// Forward+backward passes so far, in SGD-step units.
+    pub passes: u64,
+}
+
+impl Trainer {
+    /// One step on batch (x, y): the method and rate of the current global step.
+    pub fn train_step(&mut self, model: &Model, x: &Tensor, y: &Tensor) -> Result<StepOutput> {
+        let t = self.step;
+        let lr = self.lr.at(t, self.total_steps);
+        let out = match self.schedule.method(t) {
+            Method::Sgd => sgd_step(model, &mut self.sgd, x, y, lr),
+            Method::Sam => sam_step(model, &mut self.sgd, &self.sam, x, y, lr),
+        }
+        .map_err(|e| match e.kind {
+            ErrorKind::NonFinite { loss, .. } => ErrorKind::NonFinite { step: t, loss }.into(),
+            _ => e,
+        })?;
+        self.step += 1;
+        self.passes += out.passes;
+        Ok(out)
+    }
+
+    /// Saves the momentum buffers, the step and the pass count as safetensors.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut tensors: HashMap<String, Tensor> = self
+            .sgd
+            .state()
+            .iter()
+            .map(|(k, v)| (format!("momentum.{k}"), v.clone()))
+            .collect();
+        let counters = [self.step as i64, self.passes as i64];
+        tensors.insert("trainer.counters".into(), Tensor::new(&counters, &Device::Cpu)?);
+        candle_core::safetensors::save(&tensors, path).map_err(|e| ErrorKind::StateMismatch {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        })?;
+        Ok(())
+    }
+
+    /// Loads what [`save`](Self::save) wrote, checked against the model.
+    pub fn load(&mut self, model: &Model, path: &Path) -> Result<()> {
+        let fail = |detail: String| -> crate::Error {
+            ErrorKind::StateMismatch {
+                path: path.display().to_string(),
+                detail,
+            }
+            .into()
+        };
+        let device = model
+            .params
+            .trainable()
+            .next()
+            .map(|(_, v)| v.device().clone())
+            .unwrap_or(Device::Cpu);
+        let loaded = candle_core::safetensors::load(path, &device).map_err(|e| fail(e.to_string()))?;
+        let counters = loaded
+            .get("trainer.counters")
+            .ok_or_else(|| fail("no trainer.counters".into()))?
+            .to_dtype(DType::I64)?
+            .to_vec1::<i64>()?;
+        if counters.len() != 2 || counters.iter().any(|&c| c < 0) {
+            return Err(fail(format!("bad counters {counters:?}")));
+        }
+        let mut momentum = BTreeMap::new();
+        for (k, v) in loaded {
+            if let Some(name) = k.strip_prefix("momentum.") {
+                momentum.insert(name.to_string(), v);
+            } else if k != "trainer.counters" {
+                return Err(fail(format!("unexpected tensor `{k}`")));
+            }
+        }
+        self.sgd
+            .set_state(&model.params, momentum)
+            .map_err(|e| fail(e.to_string()))?;
+        self.step = counters[0] as u64;
+        self.passes = counters[1] as u64;
+        Ok(())
+    }
+}
