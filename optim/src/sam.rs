@@ -74,6 +74,8 @@ pub struct StepOutput {
 
 /// Loss, number of correct predictions and gradients of one training-mode pass.
 fn pass(model: &Model, x: &Tensor, y: &Tensor) -> Result<(f64, usize, Grads)> {
+    // Running statistics are a few floats per channel: keep them to undo a failed pass.
+    let buffers = model.params.snapshot_buffers()?;
     let logits = model.forward(x, true)?;
     let loss = cross_entropy(&logits, y)?;
     let correct = logits
@@ -84,7 +86,8 @@ fn pass(model: &Model, x: &Tensor, y: &Tensor) -> Result<(f64, usize, Grads)> {
         .to_scalar::<f32>()? as usize;
     let value = loss.to_scalar::<f32>()? as f64;
     if !value.is_finite() {
-        // Checked before any update: a failed step leaves the weights alone.
+        // Checked before any update: a failed step leaves the model as it was.
+        model.params.restore_buffers(&buffers)?;
         return Err(ErrorKind::NonFinite { step: 0, loss: value }.into());
     }
     let grads = collect_grads(&model.params, &loss.backward()?)?;

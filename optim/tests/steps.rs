@@ -207,5 +207,5 @@ fn non_finite_loss_fails_the_step() {
     assert!(matches!(err.kind, ErrorKind::NonFinite { step: 1, .. }), "{err}");
     assert!(err.to_string().contains("non-finite loss NaN at step 1"), "{err}");
     assert_eq!(t.step, 1);
-    assert_eq!(state_bits(&m, &t.sgd), before, "a failed step changes nothing");
+    assert!(state_bits(&m, &t.sgd) == before, "a failed step changes nothing");
 }
