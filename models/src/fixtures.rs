@@ -48,6 +48,8 @@ pub fn set_fixed(model: &Model) -> Result<()> {
 
 /// `n` images (N, 3, 32, 32) from stream `stream` of the hash.
 pub fn images(n: usize, stream: u32, device: &Device) -> Result<Tensor> {
-    let x: Vec<f32> = (0..n * 3 * 32 * 32).map(|k| hashed(k, stream) as f32).collect();
+    let x: Vec<f32> = (0..n * 3 * 32 * 32)
+        .map(|k| hashed(k, stream) as f32)
+        .collect();
     Ok(Tensor::from_vec(x, (n, 3, 32, 32), device)?)
 }

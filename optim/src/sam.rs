@@ -50,7 +50,10 @@ impl SamConfig {
 
     pub fn check(&self) -> Result<()> {
         if !(self.rho >= 0.0 && self.rho.is_finite()) {
-            return Err(bad(format!("rho must be finite and >= 0, got {}", self.rho)));
+            return Err(bad(format!(
+                "rho must be finite and >= 0, got {}",
+                self.rho
+            )));
         }
         if self.chunk == Some(0) {
             return Err(bad("the m-sharpness chunk size must be at least 1"));
@@ -88,14 +91,24 @@ fn pass(model: &Model, x: &Tensor, y: &Tensor) -> Result<(f64, usize, Grads)> {
     if !value.is_finite() {
         // Checked before any update: a failed step leaves the model as it was.
         model.params.restore_buffers(&buffers)?;
-        return Err(ErrorKind::NonFinite { step: 0, loss: value }.into());
+        return Err(ErrorKind::NonFinite {
+            step: 0,
+            loss: value,
+        }
+        .into());
     }
     let grads = collect_grads(&model.params, &loss.backward()?)?;
     Ok((value, correct, grads))
 }
 
 /// One SGD step: a training-mode pass and an update.
-pub fn sgd_step(model: &Model, opt: &mut Sgd, x: &Tensor, y: &Tensor, lr: f64) -> Result<StepOutput> {
+pub fn sgd_step(
+    model: &Model,
+    opt: &mut Sgd,
+    x: &Tensor,
+    y: &Tensor,
+    lr: f64,
+) -> Result<StepOutput> {
     let (loss, correct, grads) = pass(model, x, y)?;
     opt.step(&model.params, &grads, lr)?;
     Ok(StepOutput {
@@ -122,7 +135,11 @@ fn perturbation(params: &ParamStore, g: &Grads, cfg: &SamConfig) -> Result<Grads
             Some(t) => (gi * t)?,
             None => gi.clone(),
         };
-        sq += tg.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        sq += tg
+            .sqr()?
+            .sum_all()?
+            .to_dtype(candle_core::DType::F64)?
+            .to_scalar::<f64>()?;
         // eps direction: T^2 g = T (T g)
         let dir = match &t {
             Some(t) => (&tg * t)?,
@@ -157,12 +174,21 @@ fn perturbed_grads(model: &Model, eps: &Grads, x: &Tensor, y: &Tensor) -> Result
 }
 
 /// One SAM step (see the module docs).
-pub fn sam_step(model: &Model, opt: &mut Sgd, cfg: &SamConfig, x: &Tensor, y: &Tensor, lr: f64) -> Result<StepOutput> {
+pub fn sam_step(
+    model: &Model,
+    opt: &mut Sgd,
+    cfg: &SamConfig,
+    x: &Tensor,
+    y: &Tensor,
+    lr: f64,
+) -> Result<StepOutput> {
     cfg.check()?;
     let n = y.dim(0)?;
     let m = cfg.chunk.unwrap_or(n).min(n);
     if n % m != 0 {
-        return Err(bad(format!("the m-sharpness chunk {m} does not divide the batch of {n}")));
+        return Err(bad(format!(
+            "the m-sharpness chunk {m} does not divide the batch of {n}"
+        )));
     }
     let chunks = n / m;
     let (mut loss, mut correct) = (0f64, 0usize);
@@ -203,4 +229,3 @@ pub fn sam_step(model: &Model, opt: &mut Sgd, cfg: &SamConfig, x: &Tensor, y: &T
         passes: 2,
     })
 }
-

@@ -27,7 +27,9 @@ impl Point {
             }
         };
         if !step.is_finite() || step < 0.0 || step > total_steps as f64 {
-            return Err(bad(format!("{self:?} is step {step}, outside the run's 0..={total_steps}")));
+            return Err(bad(format!(
+                "{self:?} is step {step}, outside the run's 0..={total_steps}"
+            )));
         }
         Ok(step.floor() as u64)
     }
@@ -105,7 +107,7 @@ impl Resolved {
                 }
             }
             Resolved::Psam { period, until } => {
-                if t >= until || t % period == 0 {
+                if t >= until || t.is_multiple_of(period) {
                     Method::Sam
                 } else {
                     Method::Sgd

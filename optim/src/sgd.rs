@@ -15,7 +15,10 @@ use crate::error::{Result, bad};
 pub type Grads = BTreeMap<String, Tensor>;
 
 /// Gradients of every trainable parameter from a backward pass.
-pub fn collect_grads(params: &ParamStore, store: &candle_core::backprop::GradStore) -> Result<Grads> {
+pub fn collect_grads(
+    params: &ParamStore,
+    store: &candle_core::backprop::GradStore,
+) -> Result<Grads> {
     let mut out = Grads::new();
     for (name, var) in params.trainable() {
         let g = match store.get(var.as_tensor()) {
@@ -56,7 +59,9 @@ pub struct Sgd {
 impl Sgd {
     pub fn new(config: SgdConfig) -> Result<Self> {
         let c = &config;
-        if !(c.momentum >= 0.0 && c.momentum < 1.0) || !(c.weight_decay >= 0.0) {
+        let momentum_ok = (0.0..1.0).contains(&c.momentum);
+        let decay_ok = c.weight_decay >= 0.0 && c.weight_decay.is_finite();
+        if !momentum_ok || !decay_ok {
             return Err(bad(format!(
                 "SGD needs momentum in [0, 1) and weight decay >= 0, got {} and {}",
                 c.momentum, c.weight_decay
@@ -83,7 +88,11 @@ impl Sgd {
                 .get(name)
                 .ok_or_else(|| bad(format!("no gradient for `{name}`")))?;
             let w = var.as_tensor();
-            let g = if wd != 0.0 { (g + (w * wd)?)? } else { g.clone() };
+            let g = if wd != 0.0 {
+                (g + (w * wd)?)?
+            } else {
+                g.clone()
+            };
             let d = if mu != 0.0 {
                 let v = match self.momentum.get(name) {
                     Some(v) => ((v * mu)? + &g)?,
@@ -105,7 +114,11 @@ impl Sgd {
     }
 
     /// Replaces the momentum buffers (checked against the parameters).
-    pub fn set_state(&mut self, params: &ParamStore, state: BTreeMap<String, Tensor>) -> Result<()> {
+    pub fn set_state(
+        &mut self,
+        params: &ParamStore,
+        state: BTreeMap<String, Tensor>,
+    ) -> Result<()> {
         for (name, t) in &state {
             let var = params
                 .trainable()

@@ -11,7 +11,13 @@ pub fn sam_loss_1d(f: impl Fn(f64) -> f64, w: f64, rho: f64, samples: usize) -> 
 
 /// `max_{||e|| <= rho} f(w + e)` in two dimensions, over `rings` circles
 /// (the last of radius rho) of `angles` points each, plus the centre.
-pub fn sam_loss_2d(f: impl Fn([f64; 2]) -> f64, w: [f64; 2], rho: f64, rings: usize, angles: usize) -> f64 {
+pub fn sam_loss_2d(
+    f: impl Fn([f64; 2]) -> f64,
+    w: [f64; 2],
+    rho: f64,
+    rings: usize,
+    angles: usize,
+) -> f64 {
     let mut best = f(w);
     for r in 1..=rings {
         let radius = rho * r as f64 / rings as f64;
@@ -28,7 +34,10 @@ pub fn argmin_1d(f: impl Fn(f64) -> f64, lo: f64, hi: f64, n: usize) -> (f64, f6
     (0..=n)
         .map(|i| lo + (hi - lo) * i as f64 / n as f64)
         .map(|w| (w, f(w)))
-        .fold((f64::NAN, f64::INFINITY), |b, c| if c.1 < b.1 { c } else { b })
+        .fold(
+            (f64::NAN, f64::INFINITY),
+            |b, c| if c.1 < b.1 { c } else { b },
+        )
 }
 
 /// Overdamped escape simulation: `w <- w - lr * (g(w) + noise)` with

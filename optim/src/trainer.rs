@@ -53,7 +53,10 @@ impl Trainer {
             .map(|(k, v)| (format!("momentum.{k}"), v.clone()))
             .collect();
         let counters = [self.step as i64, self.passes as i64];
-        tensors.insert("trainer.counters".into(), Tensor::new(&counters, &Device::Cpu)?);
+        tensors.insert(
+            "trainer.counters".into(),
+            Tensor::new(&counters, &Device::Cpu)?,
+        );
         candle_core::safetensors::save(&tensors, path).map_err(|e| ErrorKind::StateMismatch {
             path: path.display().to_string(),
             detail: e.to_string(),
@@ -76,7 +79,8 @@ impl Trainer {
             .next()
             .map(|(_, v)| v.device().clone())
             .unwrap_or(Device::Cpu);
-        let loaded = candle_core::safetensors::load(path, &device).map_err(|e| fail(e.to_string()))?;
+        let loaded =
+            candle_core::safetensors::load(path, &device).map_err(|e| fail(e.to_string()))?;
         let counters = loaded
             .get("trainer.counters")
             .ok_or_else(|| fail("no trainer.counters".into()))?

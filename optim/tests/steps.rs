@@ -24,18 +24,26 @@ fn flat(t: &Tensor) -> Vec<f32> {
 }
 
 fn floats(v: &Value) -> Vec<f64> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
 }
 
 #[test]
 fn two_steps_match_the_jax_reference() {
-    let fixture: Value = serde_json::from_str(include_str!("reference/step_reference.json")).unwrap();
+    let fixture: Value =
+        serde_json::from_str(include_str!("reference/step_reference.json")).unwrap();
     for case in fixture["cases"].as_array().unwrap() {
         let method = case["method"].as_str().unwrap();
         let mut cfg = SamConfig::new(case["rho"].as_f64().unwrap());
         cfg.chunk = case["chunk"].as_u64().map(|c| c as usize);
         cfg.adaptive = case["adaptive"].as_bool().unwrap();
-        let label = format!("{method} rho {} chunk {:?} adaptive {}", cfg.rho, cfg.chunk, cfg.adaptive);
+        let label = format!(
+            "{method} rho {} chunk {:?} adaptive {}",
+            cfg.rho, cfg.chunk, cfg.adaptive
+        );
         let model = resnet8();
         let mut opt = Sgd::new(SgdConfig::default()).unwrap();
         for (k, want_loss) in floats(&case["losses"]).into_iter().enumerate() {
@@ -45,28 +53,44 @@ fn two_steps_match_the_jax_reference() {
             } else {
                 sam_step(&model, &mut opt, &cfg, &x, &y, 0.1).unwrap()
             };
-            assert!((out.loss - want_loss).abs() <= 1e-5 * want_loss, "{label}: loss {} vs {want_loss}", out.loss);
+            assert!(
+                (out.loss - want_loss).abs() <= 1e-5 * want_loss,
+                "{label}: loss {} vs {want_loss}",
+                out.loss
+            );
         }
         for (name, want) in case["momentum"].as_object().unwrap() {
             let v: Vec<f64> = flat(&opt.state()[name]).iter().map(|&x| x as f64).collect();
             let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
             let wn = want["norm"].as_f64().unwrap();
-            assert!((norm - wn).abs() <= 1e-5 * wn, "{label} momentum {name}: norm {norm} vs {wn}");
+            assert!(
+                (norm - wn).abs() <= 1e-5 * wn,
+                "{label} momentum {name}: norm {norm} vs {wn}"
+            );
             let max_abs = want["max_abs"].as_f64().unwrap();
             for (i, (a, b)) in v.iter().zip(floats(&want["head"])).enumerate() {
-                assert!((a - b).abs() <= 1e-5 * max_abs, "{label} momentum {name}[{i}]: {a} vs {b}");
+                assert!(
+                    (a - b).abs() <= 1e-5 * max_abs,
+                    "{label} momentum {name}[{i}]: {a} vs {b}"
+                );
             }
         }
         for (name, want) in case["weights_head"].as_object().unwrap() {
             let w = flat(model.params.get(name).unwrap().as_tensor());
             for (i, (a, b)) in w.iter().zip(floats(want)).enumerate() {
-                assert!((*a as f64 - b).abs() <= 1e-6 * b.abs().max(1.0), "{label} weight {name}[{i}]: {a} vs {b}");
+                assert!(
+                    (*a as f64 - b).abs() <= 1e-6 * b.abs().max(1.0),
+                    "{label} weight {name}[{i}]: {a} vs {b}"
+                );
             }
         }
         for (name, want) in case["running_head"].as_object().unwrap() {
             let r = flat(model.params.get(name).unwrap().as_tensor());
             for (i, (a, b)) in r.iter().zip(floats(want)).enumerate() {
-                assert!((*a as f64 - b).abs() <= 1e-5 * b.abs().max(1.0), "{label} running {name}[{i}]: {a} vs {b}");
+                assert!(
+                    (*a as f64 - b).abs() <= 1e-5 * b.abs().max(1.0),
+                    "{label} running {name}[{i}]: {a} vs {b}"
+                );
             }
         }
     }
@@ -77,10 +101,18 @@ fn state_bits(model: &Model, opt: &Sgd) -> Vec<(String, Vec<u32>)> {
         .params
         .all()
         .into_iter()
-        .map(|(k, v)| (k.to_string(), flat(v.as_tensor()).iter().map(|f| f.to_bits()).collect()))
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                flat(v.as_tensor()).iter().map(|f| f.to_bits()).collect(),
+            )
+        })
         .collect();
     for (k, v) in opt.state() {
-        out.push((format!("momentum.{k}"), flat(v).iter().map(|f| f.to_bits()).collect()));
+        out.push((
+            format!("momentum.{k}"),
+            flat(v).iter().map(|f| f.to_bits()).collect(),
+        ));
     }
     out
 }
@@ -108,7 +140,10 @@ fn running_statistics_come_from_the_first_pass_only() {
     sam_step(&a, &mut opt, &SamConfig::new(0.5), &x, &y, 0.1).unwrap();
     b.forward(&x, true).unwrap(); // the first pass alone
     let bufs = |m: &Model| -> Vec<Vec<u32>> {
-        m.params.buffers().map(|(_, v)| flat(v.as_tensor()).iter().map(|f| f.to_bits()).collect()).collect()
+        m.params
+            .buffers()
+            .map(|(_, v)| flat(v.as_tensor()).iter().map(|f| f.to_bits()).collect())
+            .collect()
     };
     assert_eq!(bufs(&a), bufs(&b));
     // ... and they did move, so the comparison means something.
@@ -125,7 +160,13 @@ fn sam_changes_the_update_and_larger_rho_changes_it_more() {
         sam_step(&m, &mut opt, &SamConfig::new(rho), &x, &y, 0.1).unwrap();
         flat(&opt.state()["linear.weight"])
     };
-    let dist = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(p, q)| ((p - q) as f64).powi(2)).sum::<f64>().sqrt();
+    let dist = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(p, q)| ((p - q) as f64).powi(2))
+            .sum::<f64>()
+            .sqrt()
+    };
     let (g0, g1, g2) = (update(0.0), update(0.05), update(0.2));
     assert!(dist(&g0, &g1) > 0.0);
     assert!(dist(&g0, &g2) > dist(&g0, &g1));
@@ -138,11 +179,23 @@ fn bad_settings_are_errors() {
     let mut opt = Sgd::new(SgdConfig::default()).unwrap();
     let mut cfg = SamConfig::new(0.05);
     cfg.chunk = Some(3);
-    let err = sam_step(&m, &mut opt, &cfg, &x, &y, 0.1).unwrap_err().to_string();
-    assert!(err.contains("chunk 3 does not divide the batch of 8"), "{err}");
-    let err = sam_step(&m, &mut opt, &SamConfig::new(-1.0), &x, &y, 0.1).unwrap_err().to_string();
+    let err = sam_step(&m, &mut opt, &cfg, &x, &y, 0.1)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("chunk 3 does not divide the batch of 8"),
+        "{err}"
+    );
+    let err = sam_step(&m, &mut opt, &SamConfig::new(-1.0), &x, &y, 0.1)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("rho"), "{err}");
-    let err = Sgd::new(SgdConfig { momentum: 1.5, ..Default::default() }).unwrap_err().to_string();
+    let err = Sgd::new(SgdConfig {
+        momentum: 1.5,
+        ..Default::default()
+    })
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("momentum"), "{err}");
 }
 
@@ -151,9 +204,13 @@ fn trainer(total: u64) -> Trainer {
         sgd: Sgd::new(SgdConfig::default()).unwrap(),
         sam: SamConfig::new(0.1),
         lr: LrSchedule::Cosine { lr: 0.1 },
-        schedule: StepSchedule::Switch { from: Method::Sgd, to: Method::Sam, at: Point::Step(2) }
-            .resolve(total, 2)
-            .unwrap(),
+        schedule: StepSchedule::Switch {
+            from: Method::Sgd,
+            to: Method::Sam,
+            at: Point::Step(2),
+        }
+        .resolve(total, 2)
+        .unwrap(),
         total_steps: total,
         step: 0,
         passes: 0,
@@ -178,10 +235,14 @@ fn resuming_from_a_checkpoint_is_bit_identical() {
         let (x, y) = batch(k);
         tb.train_step(&b, &x, &y).unwrap();
     }
-    b.params.save(&dir.path().join("model.safetensors")).unwrap();
+    b.params
+        .save(&dir.path().join("model.safetensors"))
+        .unwrap();
     tb.save(&dir.path().join("optim.safetensors")).unwrap();
     let c = Model::new(&"resnet8".parse().unwrap(), 10, 99, &Device::Cpu).unwrap();
-    c.params.load(&dir.path().join("model.safetensors")).unwrap();
+    c.params
+        .load(&dir.path().join("model.safetensors"))
+        .unwrap();
     let mut tc = trainer(total);
     tc.load(&c, &dir.path().join("optim.safetensors")).unwrap();
     assert_eq!((tc.step, tc.passes), (3, 1 + 1 + 2));
@@ -201,11 +262,21 @@ fn non_finite_loss_fails_the_step() {
     let (x, y) = batch(0);
     t.train_step(&m, &x, &y).unwrap();
     let bias = m.params.get("linear.bias").unwrap();
-    bias.set(&Tensor::full(f32::NAN, 10, &Device::Cpu).unwrap()).unwrap();
+    bias.set(&Tensor::full(f32::NAN, 10, &Device::Cpu).unwrap())
+        .unwrap();
     let before = state_bits(&m, &t.sgd);
     let err = t.train_step(&m, &x, &y).unwrap_err();
-    assert!(matches!(err.kind, ErrorKind::NonFinite { step: 1, .. }), "{err}");
-    assert!(err.to_string().contains("non-finite loss NaN at step 1"), "{err}");
+    assert!(
+        matches!(err.kind, ErrorKind::NonFinite { step: 1, .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("non-finite loss NaN at step 1"),
+        "{err}"
+    );
     assert_eq!(t.step, 1);
-    assert!(state_bits(&m, &t.sgd) == before, "a failed step changes nothing");
+    assert!(
+        state_bits(&m, &t.sgd) == before,
+        "a failed step changes nothing"
+    );
 }

@@ -1,0 +1,161 @@
+//! The thesis' statements about SAM's loss `L~(w) = max_{|e| <= rho} L(w + e)`,
+//! checked numerically, and an escape simulation.
+//!
+//! Definitions used here (the thesis' exact wording is not at hand):
+//! - a quadratic valley of depth h: `L(w) = min(w^T H w / 2, h)`; its radius
+//!   r along the sharpest direction is `sqrt(2h / lambda_max)`;
+//! - the valley's sharpness is its curvature as seen from its depth and
+//!   radius, `S = 2 * depth / r^2` (= lambda_max for L);
+//! - an asymmetric valley along a direction: slope at most p on the flat
+//!   side and at least c*p (c > 1) on the sharp side.
+
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+use samlab_optim::theory::*;
+
+const N: usize = 4000;
+
+/// Depth, radius along +x and minimiser of a 1-D valley of plateau height `h`.
+fn valley_1d(f: &impl Fn(f64) -> f64, h: f64, extent: f64) -> (f64, f64, f64) {
+    let (wmin, lmin) = argmin_1d(f, -extent, extent, 20_000);
+    let step = extent / 20_000.0;
+    let mut t = wmin;
+    while f(t) < h - 1e-12 {
+        t += step;
+    }
+    (h - lmin, t - wmin, wmin)
+}
+
+#[test]
+fn theorem_3_2_1_one_dimensional_quadratic_valley() {
+    for (lambda, h, rho) in [(1.0, 0.5, 0.1), (4.0, 2.0, 0.25), (10.0, 0.05, 0.02)] {
+        let l = move |w: f64| (0.5 * lambda * w * w).min(h);
+        let r = (2.0 * h / lambda).sqrt();
+        let sam = |w: f64| sam_loss_1d(l, w, rho, N);
+        let (depth, radius, at) = valley_1d(&l, h, 2.0 * r);
+        let (sdepth, sradius, sat) = valley_1d(&sam, h, 2.0 * r);
+        assert!(
+            at.abs() < 1e-3 * r && sat.abs() < 1e-3 * r,
+            "the minimum stays at w*: {sat}"
+        );
+        let drop = depth - sdepth;
+        let want = lambda * rho * rho / 2.0;
+        assert!(
+            (drop - want).abs() < 1e-3 * want,
+            "depth drops by lambda rho^2/2: {drop} vs {want}"
+        );
+        assert!((radius - r).abs() < 1e-3 * r && (sradius - (r - rho)).abs() < 1e-3 * r);
+        let (s, ss) = (2.0 * depth / radius.powi(2), 2.0 * sdepth / sradius.powi(2));
+        let bound = 1.0 + rho / (r - rho);
+        assert!(
+            ss / s >= bound * (1.0 - 1e-3),
+            "sharpness ratio {} below {bound}",
+            ss / s
+        );
+        assert!(
+            ((ss / s) - (r + rho) / (r - rho)).abs() < 1e-2,
+            "ratio {} vs (r+rho)/(r-rho)",
+            ss / s
+        );
+    }
+}
+
+#[test]
+fn theorem_3_2_1_two_dimensional_quadratic_valley() {
+    let (l1, l2, h, rho) = (4.0, 1.0, 1.0, 0.1);
+    let l = move |w: [f64; 2]| (0.5 * (l1 * w[0] * w[0] + l2 * w[1] * w[1])).min(h);
+    let sam = |w: [f64; 2]| sam_loss_2d(l, w, rho, 8, 720);
+    // The minimum stays at w* = 0 and rises by lambda_max rho^2 / 2.
+    let centre = sam([0.0, 0.0]);
+    let want = l1 * rho * rho / 2.0;
+    assert!((centre - want).abs() < 1e-3 * want, "{centre} vs {want}");
+    for w in [[0.02, 0.0], [-0.02, 0.0], [0.0, 0.03], [0.01, -0.01]] {
+        assert!(
+            sam(w) > centre,
+            "L~({w:?}) = {} is not above L~(0) = {centre}",
+            sam(w)
+        );
+    }
+    // Along the sharpest axis the valley edge moves in from r to r - rho.
+    let r = (2.0 * h / l1).sqrt();
+    let along = |t: f64| sam([t, 0.0]);
+    let (sdepth, sradius, _) = valley_1d(&along, h, 2.0 * r);
+    assert!(
+        (sradius - (r - rho)).abs() < 2e-3 * r,
+        "edge at {sradius}, want {}",
+        r - rho
+    );
+    let ratio = (2.0 * sdepth / sradius.powi(2)) / l1;
+    assert!(
+        ratio >= (1.0 + rho / (r - rho)) * (1.0 - 1e-3),
+        "sharpness ratio {ratio}"
+    );
+}
+
+#[test]
+fn theorem_3_3_2_asymmetric_valleys_in_one_dimension() {
+    for (p, c, rho) in [
+        (1.0, 3.0, 0.1),
+        (0.5, 2.0, 0.05),
+        (2.0, 9.0, 0.3),
+        (1.0, 1.5, 0.2),
+    ] {
+        let lower = (c - 1.0) / (c + 1.0) * rho;
+        // Piecewise linear: the bound is attained.
+        let linear = move |w: f64| if w >= 0.0 { p * w } else { -c * p * w };
+        let (at, _) = argmin_1d(|w| sam_loss_1d(linear, w, rho, N), -rho, 2.0 * rho, 30_000);
+        assert!(
+            (at - lower).abs() < 1e-3 * rho,
+            "linear p {p} c {c}: {at} vs {lower}"
+        );
+        // Flat side flattening (slope <= p), sharp side steepening (slope >= c p).
+        let curved = move |w: f64| {
+            if w >= 0.0 {
+                p * rho * (1.0 - (-w / rho).exp())
+            } else {
+                -c * p * w + 3.0 * w * w
+            }
+        };
+        let (at, _) = argmin_1d(|w| sam_loss_1d(curved, w, rho, N), -rho, 2.0 * rho, 30_000);
+        assert!(
+            at >= lower - 1e-3 * rho && at < rho,
+            "curved p {p} c {c}: {at} not in [{lower}, {rho})"
+        );
+        assert!(at > 0.0, "the minimum moves to the flat side");
+    }
+}
+
+fn normal(rng: &mut ChaCha8Rng) -> f64 {
+    let u = |r: &mut ChaCha8Rng| ((r.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    let (a, b) = (u(rng), u(rng));
+    (-2.0 * a.ln()).sqrt() * (std::f64::consts::TAU * b).cos()
+}
+
+#[test]
+fn sam_escapes_a_noisy_quadratic_valley_faster_and_faster_with_rho() {
+    // Theorem 2.2.5's setting: a quadratic basin with Gaussian gradient noise.
+    let mean_exit = |rho: f64| -> f64 {
+        let seeds = 300;
+        let mut total = 0u64;
+        for seed in 0..seeds {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let params = EscapeParams {
+                w0: 0.0,
+                lr: 0.1,
+                sigma: 1.0,
+                rho,
+                exit: 0.6,
+                max_steps: 200_000,
+            };
+            total += escape_steps(|w| w, params, || normal(&mut rng)).expect("escapes");
+        }
+        total as f64 / seeds as f64
+    };
+    let times: Vec<f64> = [0.0, 0.05, 0.2, 0.5].into_iter().map(mean_exit).collect();
+    eprintln!("mean exit steps for rho 0, 0.05, 0.2, 0.5: {times:?}");
+    assert!(
+        times.windows(2).all(|w| w[1] < w[0]),
+        "mean exit steps must fall with rho: {times:?}"
+    );
+    assert!(times[3] < 0.8 * times[0], "{times:?}");
+}
