@@ -127,7 +127,7 @@ fn perturbation(params: &ParamStore, g: &Grads, cfg: &SamConfig) -> Result<Grads
     for (name, var) in params.trainable() {
         let gi = &g[name];
         let t = if cfg.adaptive && name.ends_with("weight") {
-            Some((var.as_tensor().abs()? + cfg.eta)?)
+            Some((var.as_tensor().detach().abs()? + cfg.eta)?)
         } else {
             None
         };
@@ -159,11 +159,11 @@ fn perturbed_grads(model: &Model, eps: &Grads, x: &Tensor, y: &Tensor) -> Result
     let params = &model.params;
     let originals: Vec<Tensor> = params
         .trainable()
-        .map(|(_, v)| v.as_tensor().copy())
+        .map(|(_, v)| v.as_tensor().detach().copy())
         .collect::<candle_core::Result<_>>()?;
     let buffers = params.snapshot_buffers()?;
     for (name, var) in params.trainable() {
-        var.set(&(var.as_tensor() + &eps[name])?)?;
+        var.set(&(var.as_tensor().detach() + &eps[name])?)?;
     }
     let result = pass(model, x, y);
     for ((_, var), w) in params.trainable().zip(&originals) {

@@ -14,7 +14,10 @@ use crate::error::{Result, bad};
 /// Gradients by parameter name.
 pub type Grads = BTreeMap<String, Tensor>;
 
-/// Gradients of every trainable parameter from a backward pass.
+/// Gradients of every trainable parameter from a backward pass, detached:
+/// a gradient computed by candle may still carry the backprop ops of its
+/// pass, and keeping it (in a momentum buffer, say) would keep that whole
+/// pass's graph, activations included, alive.
 pub fn collect_grads(
     params: &ParamStore,
     store: &candle_core::backprop::GradStore,
@@ -22,7 +25,7 @@ pub fn collect_grads(
     let mut out = Grads::new();
     for (name, var) in params.trainable() {
         let g = match store.get(var.as_tensor()) {
-            Some(g) => g.clone(),
+            Some(g) => g.detach(),
             // A parameter the loss does not reach has a zero gradient.
             None => var.as_tensor().zeros_like()?,
         };
@@ -87,12 +90,10 @@ impl Sgd {
             let g = grads
                 .get(name)
                 .ok_or_else(|| bad(format!("no gradient for `{name}`")))?;
-            let w = var.as_tensor();
-            let g = if wd != 0.0 {
-                (g + (w * wd)?)?
-            } else {
-                g.clone()
-            };
+            // Detached, so nothing below records backprop ops.
+            let w = var.as_tensor().detach();
+            let g = g.detach();
+            let g = if wd != 0.0 { (&g + (&w * wd)?)? } else { g };
             let d = if mu != 0.0 {
                 let v = match self.momentum.get(name) {
                     Some(v) => ((v * mu)? + &g)?,

@@ -280,3 +280,27 @@ fn non_finite_loss_fails_the_step() {
         "a failed step changes nothing"
     );
 }
+
+#[test]
+fn optimiser_state_holds_no_backprop_graph() {
+    // A momentum buffer that tracked ops would keep every earlier pass's
+    // graph (activations included) alive: memory would grow step by step.
+    let m = resnet8();
+    let mut opt = Sgd::new(SgdConfig::default()).unwrap();
+    let mut cfg = SamConfig::new(0.1);
+    cfg.adaptive = true;
+    for k in 0..2 {
+        let (x, y) = batch(k);
+        sgd_step(&m, &mut opt, &x, &y, 0.1).unwrap();
+        sam_step(&m, &mut opt, &cfg, &x, &y, 0.1).unwrap();
+    }
+    assert!(!opt.state().is_empty());
+    for (name, v) in opt.state() {
+        assert!(!v.track_op(), "momentum of {name} records backprop ops");
+    }
+    let (x, y) = batch(0);
+    let loss = samlab_models::cross_entropy(&m.forward(&x, true).unwrap(), &y).unwrap();
+    for (name, g) in collect_grads(&m.params, &loss.backward().unwrap()).unwrap() {
+        assert!(!g.track_op(), "gradient of {name} records backprop ops");
+    }
+}
