@@ -42,8 +42,8 @@ fn main() {
         .and_then(|s| s.parse().ok());
     println!("SAM vs SGD step time, batch 128, CPU, sustained blocks");
     println!(
-        "{:<9} {:>12} {:>12} {:>10}",
-        "model", "SGD s/step", "SAM s/step", "SAM/SGD"
+        "{:<9} {:>12} {:>12} {:>10} {:>10}",
+        "model", "SGD s/step", "SAM s/step", "SAM/SGD", "peak MiB"
     );
     for (name, k, default_repeats) in [("resnet8", 3, 3), ("resnet18", 1, 2)] {
         let repeats = repeats_env.unwrap_or(default_repeats);
