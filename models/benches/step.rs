@@ -12,29 +12,12 @@ use std::process::Command;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use samlab_models::{Arch, Model, cross_entropy};
-
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|v| v.parse::<f64>().ok())
-            })
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
-}
+use samlab_models::{Arch, Model, cross_entropy, fixtures};
 
 fn batch(n: usize) -> (Tensor, Tensor) {
-    let x: Vec<f32> = (0..n * 3 * 32 * 32)
-        .map(|k| ((k as u32).wrapping_mul(0x9E37_79B1) >> 8) as f32 / (1 << 23) as f32 - 1.0)
-        .collect();
     let y: Vec<u32> = (0..n as u32).map(|i| (7 * i + 1) % 10).collect();
     (
-        Tensor::from_vec(x, (n, 3, 32, 32), &Device::Cpu).unwrap(),
+        fixtures::images(n, 7, &Device::Cpu).unwrap(),
         Tensor::from_vec(y, n, &Device::Cpu).unwrap(),
     )
 }
@@ -112,7 +95,7 @@ fn main() {
             std::hint::black_box(m.forward(&x, false).unwrap());
         }
         let eval = (bs * steps) as f64 / t.elapsed().as_secs_f64();
-        let rss = peak_rss_mib();
+        let rss = fixtures::peak_rss_mib();
         let (jt, je) = jax(name, bs, steps.max(3)).unwrap_or((f64::NAN, f64::NAN));
         println!(
             "{name:<9} {train:>12.1} {eval:>12.1} {rss:>10.0} {jt:>12.1} {je:>12.1} {:>8.3} {:>8.3}",

@@ -1,6 +1,7 @@
-//! Deterministic weights and inputs shared with the JAX reference generators
+//! Support for tests and benchmarks: deterministic weights and inputs shared
+//! with the JAX reference generators
 //! (`models/tests/reference/gen_resnet_reference.py`, `hashed` and `value`
-//! there). Tests and benchmarks use them; training never does.
+//! there), and the process's peak memory. Training never uses them.
 
 use candle_core::{Device, Tensor};
 
@@ -52,4 +53,20 @@ pub fn images(n: usize, stream: u32, device: &Device) -> Result<Tensor> {
         .map(|k| hashed(k, stream) as f32)
         .collect();
     Ok(Tensor::from_vec(x, (n, 3, 32, 32), device)?)
+}
+
+/// The process's peak resident set size in MiB (`VmHWM`; NaN where
+/// `/proc/self/status` does not exist).
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
 }

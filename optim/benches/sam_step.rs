@@ -17,20 +17,6 @@ use candle_core::{Device, Tensor};
 use samlab_models::{Arch, Model, fixtures};
 use samlab_optim::{SamConfig, Sgd, SgdConfig, sam_step, sgd_step};
 
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|v| v.parse::<f64>().ok())
-            })
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
-}
-
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -78,7 +64,7 @@ fn main() {
         println!(
             "{name:<9} {a:>12.4} {b:>12.4} {:>10.3} {:>10.0}",
             b / a,
-            peak_rss_mib()
+            fixtures::peak_rss_mib()
         );
     }
 }
