@@ -42,7 +42,7 @@ pub fn fixed_value(name: &str, shape: &[usize], p: usize) -> Vec<f32> {
 pub fn set_fixed(model: &Model) -> Result<()> {
     for (p, (name, var)) in model.params.all().into_iter().enumerate() {
         let v = fixed_value(name, var.dims(), p);
-        var.set(&Tensor::from_vec(v, var.dims(), var.device())?)?;
+        var.set(&Tensor::from_vec(v, var.dims(), var.device())?.to_dtype(var.dtype())?)?;
     }
     Ok(())
 }

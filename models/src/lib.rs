@@ -160,12 +160,24 @@ pub struct Model {
 }
 
 impl Model {
-    /// Builds `arch` for `num_classes` classes, initialised from `seed`.
+    /// Builds `arch` for `num_classes` classes in f32, initialised from `seed`.
     pub fn new(arch: &Arch, num_classes: usize, seed: u64, device: &Device) -> Result<Model> {
+        Model::with_dtype(arch, num_classes, seed, device, candle_core::DType::F32)
+    }
+
+    /// As [`new`](Self::new), with parameters of `dtype` (f64 runs the
+    /// composite BatchNorm path on the CPU, as other devices do).
+    pub fn with_dtype(
+        arch: &Arch,
+        num_classes: usize,
+        seed: u64,
+        device: &Device,
+        dtype: candle_core::DType,
+    ) -> Result<Model> {
         if num_classes == 0 {
             return Err(ErrorKind::BadConfig("a model needs at least one class".into()).into());
         }
-        let b = Builder::new(seed, device);
+        let b = Builder::with_dtype(seed, device, dtype);
         let net = match arch {
             Arch::ResNet(c) => Net::Res(resnet::ResNet::new(c, num_classes, &b)?),
             Arch::PreActResNet(c) => {

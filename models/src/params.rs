@@ -176,6 +176,7 @@ impl ParamStore {
 struct Inner {
     store: ParamStore,
     device: Device,
+    dtype: DType,
     seed: u64,
 }
 
@@ -189,11 +190,19 @@ pub struct Builder {
 }
 
 impl Builder {
+    /// A builder of f32 tensors.
     pub fn new(seed: u64, device: &Device) -> Self {
+        Builder::with_dtype(seed, device, DType::F32)
+    }
+
+    /// A builder of `dtype` tensors (initial values are drawn in f32 and
+    /// converted, so they agree across dtypes up to f32 rounding).
+    pub fn with_dtype(seed: u64, device: &Device, dtype: DType) -> Self {
         Builder {
             inner: Rc::new(RefCell::new(Inner {
                 store: ParamStore::default(),
                 device: device.clone(),
+                dtype,
                 seed,
             })),
             prefix: String::new(),
@@ -245,7 +254,7 @@ impl Builder {
             return Err(ErrorKind::BadConfig(format!("tensor `{full}` created twice")).into());
         }
         let values = init_values(inner.seed, &full, &shape, init);
-        let t = Tensor::from_vec(values, shape, &inner.device)?;
+        let t = Tensor::from_vec(values, shape, &inner.device)?.to_dtype(inner.dtype)?;
         let var = Var::from_tensor(&t)?;
         let map = if buffer {
             &mut inner.store.buffers
@@ -327,7 +336,9 @@ impl BatchNorm2d {
     }
 
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        if x.device().is_cpu() {
+        // The fused op serves f32 on the CPU; other dtypes and devices use
+        // the composite of candle ops.
+        if x.device().is_cpu() && x.dtype() == DType::F32 {
             self.forward_cpu(x, train)
         } else {
             self.forward_composite(x, train)
@@ -537,9 +548,6 @@ pub fn stage_blocks(b: &Builder, blocks: &[usize]) -> Vec<(Builder, usize, usize
 pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
     Ok(x.mean(3)?.mean(2)?)
 }
-
-/// f32 is the only parameter type for now.
-pub const DTYPE: DType = DType::F32;
 
 #[cfg(test)]
 mod tests {

@@ -48,16 +48,19 @@ fn norm(v: &[f64]) -> f64 {
     v.iter().map(|x| x * x).sum::<f64>().sqrt()
 }
 
-fn check_case(case: &Value) {
+fn check_case(case: &Value, dtype: DType) {
     let name = case["model"].as_str().unwrap();
     let n = case["batch"].as_u64().unwrap() as usize;
-    let model = Model::new(&name.parse::<Arch>().unwrap(), 10, 0, &Device::Cpu).unwrap();
+    let model =
+        Model::with_dtype(&name.parse::<Arch>().unwrap(), 10, 0, &Device::Cpu, dtype).unwrap();
+    let name = &format!("{name} {dtype:?}");
     fixtures::set_fixed(&model).unwrap();
     let initial = model.params.snapshot_buffers().unwrap();
     for mode in ["train", "eval"] {
         model.params.restore_buffers(&initial).unwrap();
         let r = &case["modes"][mode];
         let (x, y) = inputs(n);
+        let x = x.to_dtype(dtype).unwrap();
         let x = Var::from_tensor(&x).unwrap();
         let logits = model.forward(x.as_tensor(), mode == "train").unwrap();
         let loss = cross_entropy(&logits, &y).unwrap();
@@ -69,7 +72,11 @@ fn check_case(case: &Value) {
             &want_logits,
             scale,
         );
-        let l = loss.to_scalar::<f32>().unwrap() as f64;
+        let l = loss
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
         let wl = r["loss"].as_f64().unwrap();
         assert!(
             (l - wl).abs() <= TOL * wl.abs(),
@@ -144,6 +151,18 @@ fn resnets_match_the_jax_reference() {
     let cases = fixture["cases"].as_array().unwrap();
     assert_eq!(cases.len(), 2);
     for case in cases {
-        check_case(case);
+        check_case(case, DType::F32);
+    }
+}
+
+/// The composite BatchNorm path (the one non-CPU devices run) in f64: it
+/// agrees with the reference as well, so the fused f32 CPU op and the
+/// composite path implement the same network.
+#[test]
+fn composite_path_in_f64_matches_the_jax_reference() {
+    let fixture: Value =
+        serde_json::from_str(include_str!("reference/resnet_reference.json")).unwrap();
+    for case in fixture["cases"].as_array().unwrap() {
+        check_case(case, DType::F64);
     }
 }
