@@ -1,0 +1,39 @@
+//! Runs training steps of one model for a profiler:
+//! `cargo build --release -p samlab-models --example profile_step` then
+//! `perf record -e cpu-clock -g target/release/examples/profile_step resnet8 128 3`.
+//!
+//! Arguments: model name, batch size, steps. A step is forward in training
+//! mode, cross-entropy, backward, and a plain SGD update.
+
+use candle_core::{Device, Tensor};
+use samlab_models::{Arch, Model, cross_entropy, fixtures};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let name = args.get(1).map(String::as_str).unwrap_or("resnet8");
+    let batch: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(128);
+    let steps: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(3);
+    let model = Model::new(&name.parse::<Arch>()?, 10, 0, &Device::Cpu)?;
+    let x = fixtures::images(batch, 7, &Device::Cpu)?;
+    let y = Tensor::from_vec(
+        (0..batch as u32).map(|i| i % 10).collect::<Vec<_>>(),
+        batch,
+        &Device::Cpu,
+    )?;
+    for step in 0..steps {
+        let t = std::time::Instant::now();
+        let loss = cross_entropy(&model.forward(&x, true)?, &y)?;
+        let grads = loss.backward()?;
+        for (_, var) in model.params.trainable() {
+            if let Some(g) = grads.get(var.as_tensor()) {
+                var.set(&(var.as_tensor().detach() - (g.detach() * 0.01)?)?)?;
+            }
+        }
+        eprintln!(
+            "step {step}: loss {:.4}, {:.3} s",
+            loss.to_scalar::<f32>()?,
+            t.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
