@@ -117,3 +117,25 @@ fn models_command_lists_the_thesis_models_with_counts() {
         assert!(out.contains(line), "missing {line}:\n{out}");
     }
 }
+
+#[test]
+fn device_command_checks_the_cpu_and_explains_missing_cuda() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = runner(&["device", "cpu"], dir.path());
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.starts_with("cpu: ok"), "{out}");
+    let o = runner(&["device", "tpu"], dir.path());
+    let (_, err) = text(&o);
+    assert!(
+        !o.status.success() && err.contains("valid choices: cpu, cuda, cuda:N"),
+        "{err}"
+    );
+    // Tests build without the `cuda` feature.
+    let o = runner(&["device", "cuda"], dir.path());
+    let (_, err) = text(&o);
+    assert!(
+        !o.status.success() && err.contains("built without CUDA"),
+        "{err}"
+    );
+}

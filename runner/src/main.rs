@@ -36,6 +36,11 @@ enum Command {
     },
     /// List the models with their parameter counts.
     Models,
+    /// Check that a device works: `cpu`, `cuda` or `cuda:N`.
+    Device {
+        #[arg(default_value = "cpu")]
+        device: String,
+    },
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -113,6 +118,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         (Some(Command::Models), _) => {
             list_models()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        (Some(Command::Device { device }), _) => {
+            check_device(&device)?;
             Ok(ExitCode::SUCCESS)
         }
         (None, Some(study)) => {
@@ -203,4 +212,38 @@ fn list_models() -> Result<()> {
     }
     o.push_str("\nOther depths and widths: resnetN (6n+2), preactresnetN (9n+2), wrnD-K (6n+4), pyramidnetN[-aALPHA] (6n+2).\n");
     emit(&o)
+}
+
+/// Opens `spec` (`cpu`, `cuda`, `cuda:N`) and runs a small product on it.
+fn check_device(spec: &str) -> Result<()> {
+    let device = match spec {
+        "cpu" => candle_core::Device::Cpu,
+        _ => {
+            let ordinal = match spec.strip_prefix("cuda") {
+                Some("") => 0,
+                Some(rest) => rest
+                    .strip_prefix(':')
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("bad device `{spec}`; valid choices: cpu, cuda, cuda:N")
+                    })?,
+                None => anyhow::bail!("unknown device `{spec}`; valid choices: cpu, cuda, cuda:N"),
+            };
+            if !candle_core::utils::cuda_is_available() {
+                anyhow::bail!(
+                    "this runner was built without CUDA: build it with scripts/build-cuda.sh (cargo feature `cuda`)"
+                );
+            }
+            candle_core::Device::new_cuda(ordinal).map_err(|e| {
+                anyhow::anyhow!("no CUDA device: device {ordinal} could not be opened: {e}")
+            })?
+        }
+    };
+    let a = candle_core::Tensor::ones((64, 64), candle_core::DType::F32, &device)?;
+    let sum = a.matmul(&a)?.sum_all()?.to_scalar::<f32>()?;
+    anyhow::ensure!(
+        sum == 64.0 * 64.0 * 64.0,
+        "a 64x64 product on {spec} gave {sum}"
+    );
+    emit(&format!("{spec}: ok ({device:?})\n"))
 }
