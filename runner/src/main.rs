@@ -235,7 +235,10 @@ fn check_device(spec: &str) -> Result<()> {
                 );
             }
             candle_core::Device::new_cuda(ordinal).map_err(|e| {
-                anyhow::anyhow!("no CUDA device: device {ordinal} could not be opened: {e}")
+                anyhow::anyhow!(
+                    "no CUDA device: device {ordinal} could not be opened: {}",
+                    without_backtrace(e)
+                )
             })?
         }
     };
@@ -246,4 +249,13 @@ fn check_device(spec: &str) -> Result<()> {
         "a 64x64 product on {spec} gave {sum}"
     );
     emit(&format!("{spec}: ok ({device:?})\n"))
+}
+
+/// A candle error's message without the backtrace candle attaches when
+/// `RUST_BACKTRACE` is set.
+fn without_backtrace(e: candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => without_backtrace(*inner),
+        other => other.to_string(),
+    }
 }
