@@ -73,8 +73,8 @@ fn train(data_dir: &std::path::Path) -> (Vec<f64>, Vec<u32>) {
     let bits = model
         .params
         .all()
-        .into_iter()
-        .flat_map(|(_, v)| {
+        .into_values()
+        .flat_map(|v| {
             v.as_tensor()
                 .flatten_all()
                 .unwrap()
