@@ -1,6 +1,8 @@
 //! End-to-end tests of the `runner` binary.
 
-use std::path::PathBuf;
+#[path = "support/shared.rs"]
+mod shared;
+
 use std::process::{Command, Output};
 
 fn runner(args: &[&str], data_dir: &std::path::Path) -> Output {
@@ -20,23 +22,10 @@ fn text(o: &Output) -> (String, String) {
     )
 }
 
-fn shared_archive() -> PathBuf {
-    let shared = std::env::var_os("SAMLAB_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared"));
-    let p = shared.join("data/cifar10-jpeg.tar.gz");
-    assert!(
-        p.is_file(),
-        "{} is missing (set SAMLAB_SHARED_DIR)",
-        p.display()
-    );
-    p
-}
-
 #[test]
 fn data_command_loads_and_fingerprints_the_shared_archive() {
     let dir = tempfile::tempdir().unwrap();
-    let archive = shared_archive();
+    let archive = shared::cifar10_jpeg_archive();
     let args = ["data", "cifar10", "--cifar10", archive.to_str().unwrap()];
     let first = runner(&args, dir.path());
     let (out, err) = text(&first);

@@ -3,7 +3,8 @@
 //! trainer. Training learns (the loss falls), and the same settings give
 //! bit-identical weights: every random choice comes from the seeds.
 
-use std::path::PathBuf;
+#[path = "support/shared.rs"]
+mod shared;
 
 use candle_core::Device;
 use samlab_data::{
@@ -12,22 +13,9 @@ use samlab_data::{
 use samlab_models::{Arch, Model};
 use samlab_optim::{LrSchedule, Method, Point, SamConfig, Sgd, SgdConfig, StepSchedule, Trainer};
 
-fn shared_archive() -> PathBuf {
-    let shared = std::env::var_os("SAMLAB_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared"));
-    let p = shared.join("data/cifar10-jpeg.tar.gz");
-    assert!(
-        p.is_file(),
-        "{} is missing (set SAMLAB_SHARED_DIR)",
-        p.display()
-    );
-    p
-}
-
 /// Trains 4 epochs of 8 steps; returns the mean loss per epoch and the final weights' bits.
 fn train(data_dir: &std::path::Path) -> (Vec<f64>, Vec<u32>) {
-    let src = Source::detect(&shared_archive()).unwrap();
+    let src = Source::detect(&shared::cifar10_jpeg_archive()).unwrap();
     let opts = LoadOptions {
         data_dir: data_dir.to_path_buf(),
         cifar100_labels: Cifar100Labels::Fine,

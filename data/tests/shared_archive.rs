@@ -4,7 +4,8 @@
 //! the clone): when it is missing this test fails, it never skips.
 //! `SAMLAB_SHARED_DIR` points elsewhere when the folder lives elsewhere.
 
-use std::path::PathBuf;
+#[path = "../../tests/support/shared.rs"]
+mod shared;
 
 use samlab_data::*;
 
@@ -15,22 +16,9 @@ const ARCHIVE_SHA256: &str = "fce16ab37917c13d8a9b35edcfa4b08a91ece148eb3dd3c318
 const CONTENT_FINGERPRINT: &str =
     "f654ceae8b5964d5b4e9f5a2c0a07ca667491b113085ad748c822163135b0c61";
 
-fn shared_archive() -> PathBuf {
-    let shared = std::env::var_os("SAMLAB_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared"));
-    let path = shared.join("data/cifar10-jpeg.tar.gz");
-    assert!(
-        path.is_file(),
-        "{} is missing: the tests need the shared CIFAR-10 JPEG archive (set SAMLAB_SHARED_DIR)",
-        path.display()
-    );
-    path
-}
-
 #[test]
 fn shared_cifar10_jpeg_archive() {
-    let path = shared_archive();
+    let path = shared::cifar10_jpeg_archive();
     let src = Source::detect(&path).unwrap();
     assert_eq!(src.format, SourceFormat::ImageTree);
     assert!(src.archive);
