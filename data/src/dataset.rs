@@ -154,11 +154,6 @@ impl Fingerprint {
         }
         Some(Fingerprint(out))
     }
-
-    /// The first 12 hex digits, for display.
-    pub fn short(&self) -> String {
-        self.to_hex()[..12].to_string()
-    }
 }
 
 impl fmt::Display for Fingerprint {

@@ -230,10 +230,6 @@ impl Builder {
         }
     }
 
-    pub fn device(&self) -> Device {
-        self.inner.borrow().device.clone()
-    }
-
     /// A trainable parameter.
     pub fn param(&self, name: &str, shape: impl Into<Shape>, init: Init) -> Result<Tensor> {
         Ok(self
@@ -468,10 +464,6 @@ impl ConvSpec {
             padding: kernel / 2,
             bias: false,
         }
-    }
-
-    pub fn with_bias(self, bias: bool) -> Self {
-        ConvSpec { bias, ..self }
     }
 }
 

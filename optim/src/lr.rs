@@ -23,10 +23,4 @@ impl LrSchedule {
             }
         }
     }
-
-    pub fn base(&self) -> f64 {
-        match *self {
-            LrSchedule::Constant { lr } | LrSchedule::Cosine { lr } => lr,
-        }
-    }
 }
