@@ -11,7 +11,8 @@
 //!    this pass are discarded;
 //! 4. `w` is restored bit for bit and the base optimiser steps with `g'`.
 //!
-//! A NaN or infinite first-pass loss fails the step before anything changes.
+//! A step that fails (a NaN or infinite loss, say) changes nothing: the
+//! update comes last, and the running statistics of its passes are put back.
 //!
 //! With m-sharpness (`chunk = Some(m)`, m dividing the batch) steps 1-3 run
 //! per chunk of m samples, each with its own `eps`, and `g'` is the mean of
@@ -77,8 +78,6 @@ pub struct StepOutput {
 
 /// Loss, number of correct predictions and gradients of one training-mode pass.
 fn pass(model: &Model, x: &Tensor, y: &Tensor) -> Result<(f64, usize, Grads)> {
-    // Running statistics are a few floats per channel: keep them to undo a failed pass.
-    let buffers = model.params.snapshot_buffers()?;
     let logits = model.forward(x, true)?;
     let loss = cross_entropy(&logits, y)?;
     let correct = logits
@@ -89,8 +88,6 @@ fn pass(model: &Model, x: &Tensor, y: &Tensor) -> Result<(f64, usize, Grads)> {
         .to_scalar::<f32>()? as usize;
     let value = loss.to_scalar::<f32>()? as f64;
     if !value.is_finite() {
-        // Checked before any update: a failed step leaves the model as it was.
-        model.params.restore_buffers(&buffers)?;
         return Err(ErrorKind::NonFinite {
             step: 0,
             loss: value,
@@ -101,6 +98,22 @@ fn pass(model: &Model, x: &Tensor, y: &Tensor) -> Result<(f64, usize, Grads)> {
     Ok((value, correct, grads))
 }
 
+/// Runs one step; if it fails, puts back the running statistics its passes
+/// changed. Weights and momentum change only in the step's final update, so
+/// a failed step leaves the model and the optimiser as they were.
+fn rollback_on_error(
+    model: &Model,
+    step: impl FnOnce() -> Result<StepOutput>,
+) -> Result<StepOutput> {
+    // Running statistics are a few floats per channel: cheap to keep.
+    let buffers = model.params.snapshot_buffers()?;
+    let out = step();
+    if out.is_err() {
+        model.params.restore_buffers(&buffers)?;
+    }
+    out
+}
+
 /// One SGD step: a training-mode pass and an update.
 pub fn sgd_step(
     model: &Model,
@@ -109,14 +122,16 @@ pub fn sgd_step(
     y: &Tensor,
     lr: f64,
 ) -> Result<StepOutput> {
-    let (loss, correct, grads) = pass(model, x, y)?;
-    opt.step(&model.params, &grads, lr)?;
-    Ok(StepOutput {
-        method: Method::Sgd,
-        loss,
-        correct,
-        samples: y.dim(0)?,
-        passes: 1,
+    rollback_on_error(model, || {
+        let (loss, correct, grads) = pass(model, x, y)?;
+        opt.step(&model.params, &grads, lr)?;
+        Ok(StepOutput {
+            method: Method::Sgd,
+            loss,
+            correct,
+            samples: y.dim(0)?,
+            passes: 1,
+        })
     })
 }
 
@@ -183,6 +198,17 @@ pub fn sam_step(
     lr: f64,
 ) -> Result<StepOutput> {
     cfg.check()?;
+    rollback_on_error(model, || sam_update(model, opt, cfg, x, y, lr))
+}
+
+fn sam_update(
+    model: &Model,
+    opt: &mut Sgd,
+    cfg: &SamConfig,
+    x: &Tensor,
+    y: &Tensor,
+    lr: f64,
+) -> Result<StepOutput> {
     let n = y.dim(0)?;
     let m = cfg.chunk.unwrap_or(n).min(n);
     if n % m != 0 {

@@ -304,3 +304,24 @@ fn optimiser_state_holds_no_backprop_graph() {
         assert!(!g.track_op(), "gradient of {name} records backprop ops");
     }
 }
+
+#[test]
+fn a_failing_chunk_undoes_the_earlier_chunks_running_statistics() {
+    // m-sharpness: chunk 1's first pass updates the running statistics
+    // before chunk 2 fails (an out-of-range label); the failed step must
+    // leave the model as it was, not half-updated.
+    let m = resnet8();
+    let (x, y) = batch(0);
+    let mut labels = y.to_vec1::<u32>().unwrap();
+    labels[6] = 99;
+    let y = Tensor::from_vec(labels, 8, &Device::Cpu).unwrap();
+    let mut opt = Sgd::new(SgdConfig::default()).unwrap();
+    let mut cfg = SamConfig::new(0.05);
+    cfg.chunk = Some(4);
+    let before = state_bits(&m, &opt);
+    assert!(sam_step(&m, &mut opt, &cfg, &x, &y, 0.1).is_err());
+    assert!(
+        state_bits(&m, &opt) == before,
+        "a failed step changes nothing"
+    );
+}
