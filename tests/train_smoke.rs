@@ -11,7 +11,7 @@ use samlab_data::{
     Cifar100Labels, DatasetName, LoadOptions, Loader, PipelineConfig, Source, subset_per_class,
 };
 use samlab_models::{Arch, Model};
-use samlab_optim::{LrSchedule, Method, Point, SamConfig, Sgd, SgdConfig, StepSchedule, Trainer};
+use samlab_optim::{LrSchedule, Method, Point, SamConfig, SgdConfig, StepSchedule, Trainer};
 
 /// Trains 4 epochs of 8 steps; returns the mean loss per epoch and the final weights' bits.
 fn train(data_dir: &std::path::Path) -> (Vec<f64>, Vec<u32>) {
@@ -33,21 +33,19 @@ fn train(data_dir: &std::path::Path) -> (Vec<f64>, Vec<u32>) {
     assert_eq!(steps_per_epoch, 8);
     let total = epochs * steps_per_epoch;
     let model = Model::new(&"resnet8".parse::<Arch>().unwrap(), 10, 3, &Device::Cpu).unwrap();
-    let mut trainer = Trainer {
-        sgd: Sgd::new(SgdConfig::default()).unwrap(),
-        sam: SamConfig::new(0.05),
-        lr: LrSchedule::Cosine { lr: 0.05 },
-        schedule: StepSchedule::Switch {
+    let mut trainer = Trainer::new(
+        SgdConfig::default(),
+        SamConfig::new(0.05),
+        LrSchedule::Cosine { lr: 0.05 },
+        &StepSchedule::Switch {
             from: Method::Sgd,
             to: Method::Sam,
             at: Point::Fraction(0.75),
-        }
-        .resolve(total, steps_per_epoch)
-        .unwrap(),
-        total_steps: total,
-        step: 0,
-        passes: 0,
-    };
+        },
+        total,
+        steps_per_epoch,
+    )
+    .unwrap();
     let mut losses = Vec::new();
     for epoch in 0..epochs {
         let mut sum = 0.0;

@@ -10,8 +10,8 @@ use samlab_models::Model;
 use crate::error::{ErrorKind, Result};
 use crate::lr::LrSchedule;
 use crate::sam::{SamConfig, StepOutput, sam_step, sgd_step};
-use crate::schedule::{Method, Resolved};
-use crate::sgd::Sgd;
+use crate::schedule::{Method, Resolved, StepSchedule};
+use crate::sgd::{Sgd, SgdConfig};
 
 pub struct Trainer {
     pub sgd: Sgd,
@@ -27,6 +27,28 @@ pub struct Trainer {
 }
 
 impl Trainer {
+    /// A run of `total_steps` steps (`steps_per_epoch` resolves epochs in the
+    /// schedule) at its first step, with fresh momentum.
+    pub fn new(
+        sgd: SgdConfig,
+        sam: SamConfig,
+        lr: LrSchedule,
+        schedule: &StepSchedule,
+        total_steps: u64,
+        steps_per_epoch: u64,
+    ) -> Result<Trainer> {
+        sam.check()?;
+        Ok(Trainer {
+            sgd: Sgd::new(sgd)?,
+            sam,
+            lr,
+            schedule: schedule.resolve(total_steps, steps_per_epoch)?,
+            total_steps,
+            step: 0,
+            passes: 0,
+        })
+    }
+
     /// One step on batch (x, y): the method and rate of the current global step.
     pub fn train_step(&mut self, model: &Model, x: &Tensor, y: &Tensor) -> Result<StepOutput> {
         let t = self.step;

@@ -200,21 +200,19 @@ fn bad_settings_are_errors() {
 }
 
 fn trainer(total: u64) -> Trainer {
-    Trainer {
-        sgd: Sgd::new(SgdConfig::default()).unwrap(),
-        sam: SamConfig::new(0.1),
-        lr: LrSchedule::Cosine { lr: 0.1 },
-        schedule: StepSchedule::Switch {
+    Trainer::new(
+        SgdConfig::default(),
+        SamConfig::new(0.1),
+        LrSchedule::Cosine { lr: 0.1 },
+        &StepSchedule::Switch {
             from: Method::Sgd,
             to: Method::Sam,
             at: Point::Step(2),
-        }
-        .resolve(total, 2)
-        .unwrap(),
-        total_steps: total,
-        step: 0,
-        passes: 0,
-    }
+        },
+        total,
+        2,
+    )
+    .unwrap()
 }
 
 #[test]
