@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufReader, Read};
+use std::ops::ControlFlow;
 use std::path::Path;
 
 use crate::dataset::{
@@ -256,6 +257,16 @@ pub(crate) fn for_each_tar_entry(
     archive: &Path,
     mut f: impl FnMut(&str, &mut dyn Read) -> Result<()>,
 ) -> Result<()> {
+    walk_tar(archive, |path, entry| {
+        f(path, entry).map(|()| ControlFlow::Continue(()))
+    })
+}
+
+/// As [`for_each_tar_entry`], but `f` may stop the walk early.
+pub(crate) fn walk_tar(
+    archive: &Path,
+    mut f: impl FnMut(&str, &mut dyn Read) -> Result<ControlFlow<()>>,
+) -> Result<()> {
     let file = File::open(archive).at(archive)?;
     let reader: Box<dyn Read> = if is_gzip(archive)? {
         Box::new(flate2::read::GzDecoder::new(BufReader::with_capacity(
@@ -274,7 +285,9 @@ pub(crate) fn for_each_tar_entry(
         }
         let path = entry.path().map_err(|e| bad_archive(archive, e))?;
         let path = path.to_string_lossy().trim_start_matches("./").to_string();
-        f(&path, &mut entry)?;
+        if f(&path, &mut entry)?.is_break() {
+            break;
+        }
     }
     Ok(())
 }

@@ -180,26 +180,18 @@ fn detect_folder(dir: &Path) -> Result<Source> {
 /// The path of the first regular file in a tar archive.
 fn first_tar_member(archive: &Path) -> Result<String> {
     let mut first = None;
-    let result = cifar_bin::for_each_tar_entry(archive, |path, _| {
+    cifar_bin::walk_tar(archive, |path, _| {
         first = Some(path.to_string());
-        // Stop reading at once: an error we recognise below.
-        Err(Error::new(
-            "",
-            ErrorKind::Missing {
-                what: String::new(),
-            },
-        ))
-    });
-    match (first, result) {
-        (Some(p), _) => Ok(p),
-        (None, Err(e)) => Err(e),
-        (None, Ok(())) => Err(Error::at(
+        Ok(std::ops::ControlFlow::Break(()))
+    })?;
+    first.ok_or_else(|| {
+        Error::at(
             archive,
             ErrorKind::UnknownFormat {
                 detail: "the archive holds no files".into(),
             },
-        )),
-    }
+        )
+    })
 }
 
 /// Settings of [`load`].
