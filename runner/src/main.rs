@@ -1,12 +1,16 @@
 //! `runner`: the samlab command line. Thin glue over the library crates.
 
-use std::path::PathBuf;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use samlab_data::{Cifar100Labels, DataConfig, DatasetName, LoadOptions};
+use samlab_runner::cache::{Cache, Lookup};
+use samlab_runner::stages::StageSpec;
+use samlab_runner::{exec, plan, results, study};
 
 /// Sharpness-aware training studies: run a RON study file, reuse every
 /// checkpoint already computed, write tables and plots under results/.
@@ -20,7 +24,31 @@ struct Cli {
     study: Option<PathBuf>,
 
     #[command(flatten)]
+    run: RunArgs,
+
+    #[command(flatten)]
     data: DataArgs,
+}
+
+/// Options of a study run.
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// Recompute this stage even when cached: a stage name (every grid
+    /// point) or one point (`name[seed=1]`). Repeatable.
+    #[arg(long, value_name = "STAGE")]
+    force: Vec<String>,
+    /// Carry on with stages that do not depend on a failed one.
+    #[arg(long)]
+    keep_going: bool,
+    /// `cpu`, `cuda` or `cuda:N` [default: the study's `device`, else cpu].
+    #[arg(long)]
+    device: Option<String>,
+    /// Where the study's results go [default: results/<path of the study below studies/>].
+    #[arg(long)]
+    results_dir: Option<PathBuf>,
+    /// No progress output.
+    #[arg(long, short)]
+    quiet: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -40,6 +68,19 @@ enum Command {
     Device {
         #[arg(default_value = "cpu")]
         device: String,
+    },
+    /// Show each stage of a study with its cache state and the work left.
+    Plan { study: PathBuf },
+    /// Summarise the cache: entries, shared prefixes, rolling checkpoints.
+    Status,
+    /// Remove cache entries that none of the given studies reaches (a dry
+    /// run unless --delete).
+    Gc {
+        #[arg(required = true)]
+        studies: Vec<PathBuf>,
+        /// Delete instead of listing.
+        #[arg(long)]
+        delete: bool,
     },
 }
 
@@ -69,6 +110,9 @@ struct DataArgs {
     /// Base URL to download the official archives from.
     #[arg(long, env = "SAMLAB_CIFAR_MIRROR", global = true, default_value = samlab_data::OFFICIAL_BASE_URL)]
     mirror: String,
+    /// The checkpoint cache [default: .samlab-cache in the current folder].
+    #[arg(long, env = "SAMLAB_CACHE_DIR", global = true)]
+    cache_dir: Option<PathBuf>,
 }
 
 impl DataArgs {
@@ -86,6 +130,26 @@ impl DataArgs {
         cfg.base_url = self.mirror.clone();
         cfg.progress = true;
         cfg
+    }
+
+    fn cache_dir(&self) -> PathBuf {
+        self.cache_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(".samlab-cache"))
+    }
+
+    /// Locates and loads a study's dataset; `download` may fetch it.
+    fn dataset(&self, name: DatasetName, download: bool) -> Result<samlab_data::Dataset> {
+        let mut cfg = self.config(name);
+        cfg.download &= download;
+        let source = samlab_data::locate(name, &cfg)?;
+        let opts = LoadOptions {
+            data_dir: cfg.data_dir.clone(),
+            cifar100_labels: Cifar100Labels::Fine,
+        };
+        let (ds, _) =
+            samlab_data::load(name, &source, &opts).with_context(|| format!("loading {name}"))?;
+        Ok(ds)
     }
 }
 
@@ -124,15 +188,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             check_device(&device)?;
             Ok(ExitCode::SUCCESS)
         }
-        (None, Some(study)) => {
-            eprintln!(
-                "runner: cannot run {} yet: the study runner (RON studies, stage graph, \
-                 checkpoint cache) is not built yet. What works today: `runner data cifar10` \
-                 locates, decodes, caches and fingerprints a dataset.",
-                study.display()
-            );
-            Ok(ExitCode::from(2))
+        (Some(Command::Plan { study }), _) => {
+            show_plan(&cli.data, &study)?;
+            Ok(ExitCode::SUCCESS)
         }
+        (Some(Command::Status), _) => {
+            cache_status(&cli.data)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        (Some(Command::Gc { studies, delete }), _) => {
+            gc(&cli.data, &studies, delete)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        (None, Some(study)) => run_study(&cli.data, &cli.run, &study),
         (None, None) => {
             eprintln!("runner: give a study file to run, or a command; see `runner --help`");
             Ok(ExitCode::from(2))
@@ -216,32 +284,7 @@ fn list_models() -> Result<()> {
 
 /// Opens `spec` (`cpu`, `cuda`, `cuda:N`) and runs a small product on it.
 fn check_device(spec: &str) -> Result<()> {
-    let device = match spec {
-        "cpu" => candle_core::Device::Cpu,
-        _ => {
-            let ordinal = match spec.strip_prefix("cuda") {
-                Some("") => 0,
-                Some(rest) => rest
-                    .strip_prefix(':')
-                    .and_then(|n| n.parse::<usize>().ok())
-                    .ok_or_else(|| {
-                        anyhow::anyhow!("bad device `{spec}`; valid choices: cpu, cuda, cuda:N")
-                    })?,
-                None => anyhow::bail!("unknown device `{spec}`; valid choices: cpu, cuda, cuda:N"),
-            };
-            if !candle_core::utils::cuda_is_available() {
-                anyhow::bail!(
-                    "this runner was built without CUDA: build it with scripts/build-cuda.sh (cargo feature `cuda`)"
-                );
-            }
-            candle_core::Device::new_cuda(ordinal).map_err(|e| {
-                anyhow::anyhow!(
-                    "no CUDA device: device {ordinal} could not be opened: {}",
-                    without_backtrace(e)
-                )
-            })?
-        }
-    };
+    let device = samlab_runner::device::open(spec)?;
     let a = candle_core::Tensor::ones((64, 64), candle_core::DType::F32, &device)?;
     let sum = a.matmul(&a)?.sum_all()?.to_scalar::<f32>()?;
     anyhow::ensure!(
@@ -251,11 +294,251 @@ fn check_device(spec: &str) -> Result<()> {
     emit(&format!("{spec}: ok ({device:?})\n"))
 }
 
-/// A candle error's message without the backtrace candle attaches when
-/// `RUST_BACKTRACE` is set.
-fn without_backtrace(e: candle_core::Error) -> String {
-    match e {
-        candle_core::Error::WithBacktrace { inner, .. } => without_backtrace(*inner),
-        other => other.to_string(),
+fn run_study(data: &DataArgs, args: &RunArgs, path: &Path) -> Result<ExitCode> {
+    let study = study::load(path)?;
+    let device_name = args.device.clone().unwrap_or_else(|| study.device.clone());
+    let device = samlab_runner::device::open(&device_name)?;
+    for f in &args.force {
+        if !study
+            .stages
+            .iter()
+            .any(|s| s.name == *f || s.display() == *f)
+        {
+            let mut names: Vec<String> = study.stages.iter().map(|s| s.name.clone()).collect();
+            names.dedup();
+            anyhow::bail!(
+                "--force {f}: no such stage in {}; valid choices: {}",
+                path.display(),
+                names.join(", ")
+            );
+        }
     }
+    let ds = data.dataset(study.dataset, true)?;
+    let cache = Cache::open(&data.cache_dir())?;
+    let info = exec::data_info(&ds);
+    let planned = plan::plan(&study, Some(&info), Some(&cache))?;
+    let start = Instant::now();
+    let opts = exec::RunOptions {
+        force: args.force.clone(),
+        keep_going: args.keep_going,
+        device_name: device_name.clone(),
+        quiet: args.quiet,
+    };
+    let reports = exec::run_study(&study, &planned, &ds, &device, &cache, &opts)?;
+    let dir = args
+        .results_dir
+        .clone()
+        .unwrap_or_else(|| results::default_dir(path));
+    let prov = results::Provenance {
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        commit: results::git_commit(),
+        dataset: study.dataset.to_string(),
+        fingerprint: info.fingerprint.clone(),
+        device: device_name,
+        runner_version: env!("CARGO_PKG_VERSION").into(),
+    };
+    results::write(&dir, &study, &reports, &cache, &prov)?;
+    let mut o = String::new();
+    let (mut cached, mut ran, mut failed, mut not_run) = (0, 0, 0, 0);
+    for r in &reports {
+        match &r.state {
+            exec::State::Cached => cached += 1,
+            exec::State::Ran => ran += 1,
+            exec::State::Failed(e) => {
+                failed += 1;
+                o += &format!("FAILED   {}: {e}\n", r.display);
+            }
+            exec::State::NotRun(why) => {
+                not_run += 1;
+                o += &format!("NOT RUN  {}: {why}\n", r.display);
+            }
+        }
+    }
+    o += &format!(
+        "{} stages: {ran} ran, {cached} cached, {failed} failed, {not_run} not run, in {:.2} s; results in {}\n",
+        reports.len(),
+        start.elapsed().as_secs_f64(),
+        dir.display()
+    );
+    emit(&o)?;
+    Ok(if failed + not_run == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn show_plan(data: &DataArgs, path: &Path) -> Result<()> {
+    let study = study::load(path)?;
+    let mut o = String::new();
+    let ds = match data.dataset(study.dataset, false) {
+        Ok(ds) => Some(ds),
+        Err(e) => {
+            o += &format!(
+                "note: {} is not available here ({e:#}); showing the work without cache states\n",
+                study.dataset
+            );
+            None
+        }
+    };
+    let info = ds.as_ref().map(exec::data_info);
+    let cache = Cache::existing(&data.cache_dir());
+    let planned = plan::plan(&study, info.as_ref(), cache.as_ref())?;
+    o += &format!(
+        "{} ({} on {}): {} stages\n",
+        path.display(),
+        study.dataset,
+        study.device,
+        study.stages.len()
+    );
+    o += &format!(
+        "{:<36} {:<9} {:<16} {:>7} {:>10}  {:<12} state\n",
+        "stage", "kind", "model", "epochs", "to run", "key"
+    );
+    for (s, p) in study.stages.iter().zip(&planned) {
+        let (model, epochs) = match &s.spec {
+            StageSpec::Train(t) => (t.model.clone(), t.epochs.to_string()),
+            StageSpec::Evaluate(e) => (e.model.clone(), "-".into()),
+        };
+        let key = p.key.as_deref().map(|k| &k[..12]).unwrap_or("-");
+        o += &format!(
+            "{:<36} {:<9} {:<16} {:>7} {:>10}  {:<12} {}\n",
+            s.display(),
+            s.spec.kind(),
+            model,
+            epochs,
+            p.cost,
+            key,
+            p.status.describe()
+        );
+    }
+    let total: u64 = planned.iter().map(|p| p.cost).sum();
+    o += &format!("total to run: {total} SGD-step equivalents\n");
+    emit(&o)
+}
+
+fn cache_status(data: &DataArgs) -> Result<()> {
+    let root = data.cache_dir();
+    let Some(cache) = Cache::existing(&root) else {
+        return emit(&format!("no cache at {}\n", root.display()));
+    };
+    let mut o = format!("cache {}\n", root.display());
+    let mut entries = Vec::new();
+    let list = |sub: &str| -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(root.join(sub))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        v.sort();
+        v
+    };
+    let mut damaged = 0;
+    for dir in list("entries") {
+        match cache.check(&dir) {
+            Lookup::Valid(_, m) => entries.push((m, Cache::size_of(&dir))),
+            Lookup::Damaged(p, why) => {
+                damaged += 1;
+                o += &format!("  damaged  {}: {why}\n", p.display());
+            }
+            Lookup::Missing => {}
+        }
+    }
+    o += &format!("{:<14} {:<9} {:>10}  stage\n", "key", "kind", "size");
+    for (m, size) in &entries {
+        let kind = m.info.get("kind").cloned().unwrap_or_else(|| {
+            std::fs::read_to_string(cache.entry_dir(&m.key).join("summary.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str::<exec::SummaryFile>(&t).ok())
+                .map(|s| s.kind)
+                .unwrap_or_default()
+        });
+        o += &format!(
+            "{:<14} {:<9} {:>10}  {}\n",
+            &m.key[..12.min(m.key.len())],
+            kind,
+            mib(*size),
+            m.stage
+        );
+    }
+    let prefixes = list("prefixes");
+    let partial = list("partial");
+    let size = |v: &[PathBuf]| v.iter().map(|p| Cache::size_of(p)).sum::<u64>();
+    o += &format!(
+        "{} entries ({}), {damaged} damaged; {} shared-prefix checkpoints ({}); {} stages with rolling checkpoints ({})\n",
+        entries.len(),
+        mib(entries.iter().map(|e| e.1).sum()),
+        prefixes.len(),
+        mib(size(&prefixes)),
+        partial.len(),
+        mib(size(&partial)),
+    );
+    emit(&o)
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+fn gc(data: &DataArgs, studies: &[PathBuf], delete: bool) -> Result<()> {
+    let root = data.cache_dir();
+    let Some(cache) = Cache::existing(&root) else {
+        return emit(&format!("no cache at {}\n", root.display()));
+    };
+    let mut keep: HashSet<String> = HashSet::new();
+    for path in studies {
+        let study = study::load(path)?;
+        let ds = data
+            .dataset(study.dataset, false)
+            .with_context(|| format!("{}: gc needs the dataset to compute keys", path.display()))?;
+        let info = exec::data_info(&ds);
+        for p in plan::plan(&study, Some(&info), None)? {
+            keep.extend(p.key);
+            if let Some(pp) = p.prefix {
+                keep.extend(pp.keys.into_iter().filter(|k| !k.is_empty()));
+            }
+        }
+    }
+    let mut o = String::new();
+    let (mut n, mut bytes) = (0, 0);
+    for sub in ["entries", "prefixes", "partial"] {
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir(root.join(sub))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        dirs.sort();
+        for dir in dirs {
+            let name = dir
+                .file_name()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if keep.contains(&name) {
+                continue;
+            }
+            let size = Cache::size_of(&dir);
+            n += 1;
+            bytes += size;
+            o += &format!(
+                "{} {sub}/{name} ({})\n",
+                if delete { "removed" } else { "would remove" },
+                mib(size)
+            );
+            if delete {
+                cache.discard(&dir)?;
+            }
+        }
+    }
+    o += &format!(
+        "{n} unreachable cache directories, {}{}\n",
+        mib(bytes),
+        if delete || n == 0 {
+            ""
+        } else {
+            "; run again with --delete to remove them"
+        }
+    );
+    emit(&o)
 }

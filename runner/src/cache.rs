@@ -1,0 +1,333 @@
+//! The checkpoint cache: one directory per stage key, written atomically,
+//! checked against a manifest of SHA-256 digests before every use.
+//!
+//! ```text
+//! CACHE/entries/KEY/       a finished stage: manifest.json, spec.json, metrics.csv,
+//!                          summary.json and, for training, model.safetensors and
+//!                          optim.safetensors
+//! CACHE/prefixes/PKEY/     the checkpoint after the first k epochs of a training run,
+//!                          kept where runs of a study branch off
+//! CACHE/partial/KEY/epoch-NNNNNN/   rolling checkpoints of a stage being computed
+//! CACHE/locks/KEY.lock     held (flock) while a runner computes stage KEY
+//! CACHE/tmp/               directories being written; renamed into place when complete
+//! ```
+//!
+//! A directory counts only with a `manifest.json` whose digests match its
+//! files; a damaged one is reported, removed and recomputed, never used.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Result, cache_err, io};
+use crate::key::hex;
+
+pub const MANIFEST: &str = "manifest.json";
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    /// What this directory is: `entry`, `prefix` or `partial`.
+    pub what: String,
+    pub key: String,
+    /// The stage that wrote it (for people reading the cache; not part of the key).
+    pub stage: String,
+    /// SHA-256 of every other file in the directory.
+    pub files: BTreeMap<String, String>,
+    /// Free-form facts (device, epoch, creation time).
+    #[serde(default)]
+    pub info: BTreeMap<String, String>,
+}
+
+/// What a lookup found.
+#[derive(Debug)]
+pub enum Lookup {
+    Missing,
+    Valid(PathBuf, Manifest),
+    /// Present but not usable; the reason names the file.
+    Damaged(PathBuf, String),
+}
+
+#[derive(Clone, Debug)]
+pub struct Cache {
+    pub root: PathBuf,
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl Cache {
+    /// Opens (creating) the cache at `root`; fails clearly when it cannot be written.
+    pub fn open(root: &Path) -> Result<Cache> {
+        for sub in ["entries", "prefixes", "partial", "locks", "tmp"] {
+            let p = root.join(sub);
+            fs::create_dir_all(&p).map_err(io(&p))?;
+        }
+        let probe = root
+            .join("tmp")
+            .join(format!(".probe-{}", std::process::id()));
+        File::create(&probe)
+            .and_then(|mut f| f.write_all(b"ok"))
+            .map_err(|e| cache_err(root, format!("the cache directory is not writable: {e}")))?;
+        let _ = fs::remove_file(&probe);
+        Ok(Cache {
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// Opens an existing cache without creating anything (for `status`).
+    pub fn existing(root: &Path) -> Option<Cache> {
+        root.join("entries").is_dir().then(|| Cache {
+            root: root.to_path_buf(),
+        })
+    }
+
+    pub fn entry_dir(&self, key: &str) -> PathBuf {
+        self.root.join("entries").join(key)
+    }
+
+    pub fn prefix_dir(&self, pkey: &str) -> PathBuf {
+        self.root.join("prefixes").join(pkey)
+    }
+
+    pub fn partial_dir(&self, key: &str) -> PathBuf {
+        self.root.join("partial").join(key)
+    }
+
+    /// A fresh, empty directory to write into before [`commit`](Self::commit).
+    pub fn staging(&self) -> Result<PathBuf> {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let p = self
+            .root
+            .join("tmp")
+            .join(format!("{}-{}-{n}", std::process::id(), nanos()));
+        fs::create_dir_all(&p).map_err(io(&p))?;
+        Ok(p)
+    }
+
+    /// Writes the manifest of `staging` and renames it to `dest`. When
+    /// `dest` already holds a valid directory (another runner got there
+    /// first), the staging directory is dropped. Returns whether ours landed.
+    pub fn commit(
+        &self,
+        staging: &Path,
+        dest: &Path,
+        what: &str,
+        key: &str,
+        stage: &str,
+        info: BTreeMap<String, String>,
+    ) -> Result<bool> {
+        let mut files = BTreeMap::new();
+        for e in fs::read_dir(staging).map_err(io(staging))? {
+            let e = e.map_err(io(staging))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name == MANIFEST {
+                continue;
+            }
+            files.insert(name, file_sha256(&e.path())?);
+        }
+        let manifest = Manifest {
+            what: what.into(),
+            key: key.into(),
+            stage: stage.into(),
+            files,
+            info,
+        };
+        let mpath = staging.join(MANIFEST);
+        write_file(
+            &mpath,
+            serde_json::to_string_pretty(&manifest)
+                .expect("manifest serialises")
+                .as_bytes(),
+        )?;
+        sync_dir(staging);
+        if let Some(parent) = dest.parent() {
+            fs::create_dir_all(parent).map_err(io(parent))?;
+        }
+        if let Lookup::Damaged(p, _) = self.check(dest) {
+            self.discard(&p)?;
+        }
+        match fs::rename(staging, dest) {
+            Ok(()) => {
+                if let Some(parent) = dest.parent() {
+                    sync_dir(parent);
+                }
+                Ok(true)
+            }
+            Err(_) if dest.join(MANIFEST).exists() => {
+                fs::remove_dir_all(staging).map_err(io(staging))?;
+                Ok(false)
+            }
+            Err(e) => Err(io(dest)(e)),
+        }
+    }
+
+    /// Checks a directory against its manifest.
+    pub fn check(&self, dir: &Path) -> Lookup {
+        if !dir.exists() {
+            return Lookup::Missing;
+        }
+        let damaged = |why: String| Lookup::Damaged(dir.to_path_buf(), why);
+        let text = match fs::read_to_string(dir.join(MANIFEST)) {
+            Ok(t) => t,
+            Err(e) => return damaged(format!("{MANIFEST} cannot be read: {e}")),
+        };
+        let manifest: Manifest = match serde_json::from_str(&text) {
+            Ok(m) => m,
+            Err(e) => return damaged(format!("{MANIFEST} is not valid: {e}")),
+        };
+        for (name, want) in &manifest.files {
+            match file_sha256(&dir.join(name)) {
+                Ok(got) if &got == want => {}
+                Ok(got) => {
+                    return damaged(format!("{name} has sha256 {got}, the manifest says {want}"));
+                }
+                Err(e) => return damaged(format!("{name}: {e}")),
+            }
+        }
+        Lookup::Valid(dir.to_path_buf(), manifest)
+    }
+
+    /// Moves a directory out of the way and deletes it.
+    pub fn discard(&self, dir: &Path) -> Result<()> {
+        let trash = self.staging()?;
+        let target = trash.join("discarded");
+        match fs::rename(dir, &target) {
+            Ok(()) => fs::remove_dir_all(&trash).map_err(io(&trash)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let _ = fs::remove_dir_all(&trash);
+                Ok(())
+            }
+            Err(e) => Err(io(dir)(e)),
+        }
+    }
+
+    /// Takes the lock of `key`, calling `waiting` first when another
+    /// process holds it. The lock is released when the guard drops (or the
+    /// process dies).
+    pub fn lock(&self, key: &str, waiting: impl FnOnce()) -> Result<File> {
+        let p = self.root.join("locks").join(format!("{key}.lock"));
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .map_err(io(&p))?;
+        match f.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                waiting();
+                f.lock().map_err(io(&p))?;
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(io(&p)(e)),
+        }
+        Ok(f)
+    }
+
+    /// Complete rolling checkpoints of `key`, oldest first, as (epoch, dir).
+    pub fn partials(&self, key: &str) -> Vec<(u64, PathBuf)> {
+        let dir = self.partial_dir(key);
+        let mut out: Vec<(u64, PathBuf)> = fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let epoch = name.strip_prefix("epoch-")?.parse().ok()?;
+                Some((epoch, e.path()))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Size in bytes of everything under `dir`.
+    pub fn size_of(dir: &Path) -> u64 {
+        fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| match e.metadata() {
+                Ok(m) if m.is_dir() => Cache::size_of(&e.path()),
+                Ok(m) => m.len(),
+                Err(_) => 0,
+            })
+            .sum()
+    }
+}
+
+fn nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+/// Seconds since the Unix epoch, for manifests.
+pub fn unix_time() -> String {
+    (nanos() / 1_000_000_000).to_string()
+}
+
+pub fn file_sha256(path: &Path) -> Result<String> {
+    let mut f = File::open(path).map_err(io(path))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).map_err(io(path))?;
+    Ok(hex(&h.finalize()))
+}
+
+/// Writes and flushes a file to disk.
+pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = File::create(path).map_err(io(path))?;
+    f.write_all(bytes).map_err(io(path))?;
+    f.sync_all().map_err(io(path))?;
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(f) = File::open(dir) {
+        let _ = f.sync_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_check_and_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let s = cache.staging().unwrap();
+        write_file(&s.join("a.txt"), b"hello").unwrap();
+        let dest = cache.entry_dir("k");
+        assert!(matches!(cache.check(&dest), Lookup::Missing));
+        assert!(
+            cache
+                .commit(&s, &dest, "entry", "k", "st", BTreeMap::new())
+                .unwrap()
+        );
+        let Lookup::Valid(_, m) = cache.check(&dest) else {
+            panic!("should be valid")
+        };
+        assert_eq!(m.files.len(), 1);
+        // A second writer with the same key finds it there and drops its copy.
+        let s2 = cache.staging().unwrap();
+        write_file(&s2.join("a.txt"), b"hello").unwrap();
+        assert!(
+            !cache
+                .commit(&s2, &dest, "entry", "k", "st", BTreeMap::new())
+                .unwrap()
+        );
+        assert!(!s2.exists());
+        fs::write(dest.join("a.txt"), b"hellO").unwrap();
+        match cache.check(&dest) {
+            Lookup::Damaged(_, why) => assert!(why.contains("a.txt"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        cache.discard(&dest).unwrap();
+        assert!(matches!(cache.check(&dest), Lookup::Missing));
+    }
+}

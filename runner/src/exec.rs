@@ -1,0 +1,297 @@
+//! Runs a planned study stage by stage, in dependency order, against the cache.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use candle_core::Device;
+use samlab_data::Dataset;
+use serde::{Deserialize, Serialize};
+
+use crate::cache::{Cache, Lookup, unix_time, write_file};
+use crate::error::{Result, io};
+use crate::key::{KeyDoc, canonical};
+use crate::plan::{DataInfo, Planned, Status};
+use crate::progress::Progress;
+use crate::stages::{self, Outcome, RunCtx, StageSpec, Summary};
+use crate::study::Study;
+
+/// How to run.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Stage names (all grid points) or display names (`name[seed=1]`) to
+    /// recompute even when cached.
+    pub force: Vec<String>,
+    /// Carry on with independent stages after a failure.
+    pub keep_going: bool,
+    /// The device name, for the record.
+    pub device_name: String,
+    /// No progress output.
+    pub quiet: bool,
+}
+
+/// What happened to one stage.
+#[derive(Clone, Debug, PartialEq)]
+pub enum State {
+    /// Taken from the cache.
+    Cached,
+    /// Computed now (possibly resuming).
+    Ran,
+    Failed(String),
+    /// Not run because a stage it needs failed or the run stopped.
+    NotRun(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct StageReport {
+    pub index: usize,
+    pub display: String,
+    pub key: String,
+    pub state: State,
+    pub outcome: Outcome,
+    pub summary: Option<Summary>,
+}
+
+/// The summary file of an entry.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SummaryFile {
+    pub kind: String,
+    pub metrics: BTreeMap<String, f64>,
+}
+
+pub fn data_info(ds: &Dataset) -> DataInfo {
+    DataInfo {
+        fingerprint: ds.fingerprint.to_hex(),
+        train_len: ds.train.len(),
+        test_len: ds.test.len(),
+    }
+}
+
+/// Reads an entry's summary.
+pub fn read_summary(dir: &std::path::Path) -> Result<Summary> {
+    let p = dir.join("summary.json");
+    let text = std::fs::read_to_string(&p).map_err(io(&p))?;
+    let s: SummaryFile = serde_json::from_str(&text)
+        .map_err(|e| crate::error::cache_err(&p, format!("not a summary: {e}")))?;
+    Ok(s.metrics)
+}
+
+/// Runs every stage of `study` that the cache does not hold.
+pub fn run_study(
+    study: &Study,
+    plan: &[Planned],
+    ds: &Dataset,
+    device: &Device,
+    cache: &Cache,
+    opts: &RunOptions,
+) -> Result<Vec<StageReport>> {
+    let total_cost: u64 = plan.iter().map(|p| p.cost).sum();
+    let progress = Progress::new(total_cost, opts.quiet);
+    let mut reports: Vec<StageReport> = Vec::new();
+    let mut stopped: Option<String> = None;
+    for (i, stage) in study.stages.iter().enumerate() {
+        let display = stage.display();
+        let key = plan[i]
+            .key
+            .clone()
+            .expect("keys are known when the dataset is loaded");
+        let mut report = StageReport {
+            index: i,
+            display: display.clone(),
+            key: key.clone(),
+            state: State::NotRun(String::new()),
+            outcome: Outcome::default(),
+            summary: None,
+        };
+        if let Some(why) = &stopped {
+            report.state = State::NotRun(why.clone());
+            reports.push(report);
+            continue;
+        }
+        if let Some((_, d)) = stage
+            .deps
+            .iter()
+            .find(|(_, d)| !matches!(reports[*d].state, State::Cached | State::Ran))
+        {
+            report.state = State::NotRun(format!(
+                "it needs {}, which did not complete",
+                reports[*d].display
+            ));
+            progress.note(&format!(
+                "{display}: not run: it needs {}, which did not complete",
+                reports[*d].display
+            ));
+            reports.push(report);
+            continue;
+        }
+        let forced = opts.force.iter().any(|f| *f == stage.name || *f == display);
+        let entry = cache.entry_dir(&key);
+        if forced {
+            cache.discard(&entry)?;
+            cache.discard(&cache.partial_dir(&key))?;
+        }
+        let deps: Vec<(&'static str, PathBuf)> = stage
+            .deps
+            .iter()
+            .map(|(r, d)| (*r, cache.entry_dir(&reports[*d].key)))
+            .collect();
+        let result = (|| -> Result<(State, Outcome, Summary)> {
+            if let Some(s) = cached(cache, &entry, &display, &progress)? {
+                return Ok((State::Cached, Outcome::default(), s));
+            }
+            let _lock = cache.lock(&key, || {
+                progress.note(&format!(
+                    "{display}: another runner is computing it; waiting"
+                ))
+            })?;
+            if let Some(s) = cached(cache, &entry, &display, &progress)? {
+                return Ok((State::Cached, Outcome::default(), s));
+            }
+            let staging = cache.staging()?;
+            let ctx = RunCtx {
+                cache,
+                dataset: ds,
+                device,
+                stage: &display,
+                key: &key,
+                deps: deps.clone(),
+                out: &staging,
+                progress: &progress,
+                prefix: if forced {
+                    None
+                } else {
+                    plan[i].prefix.as_ref()
+                },
+            };
+            let ran = match &stage.spec {
+                StageSpec::Train(t) => stages::train::run(t, &ctx),
+                StageSpec::Evaluate(e) => stages::evaluate::run(e, &ctx),
+            };
+            let (summary, outcome) = match ran {
+                Ok(x) => x,
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&staging);
+                    return Err(e);
+                }
+            };
+            if let Some((name, v)) = summary.iter().find(|(_, v)| !v.is_finite()) {
+                let _ = std::fs::remove_dir_all(&staging);
+                return Err(crate::error::stage_err(
+                    &display,
+                    format!("metric {name} is {v}; not cached"),
+                ));
+            }
+            let doc = key_doc(study, plan, i, &reports, &ds.fingerprint.to_hex());
+            write_file(&staging.join("spec.json"), canonical(&doc).as_bytes())?;
+            let sf = SummaryFile {
+                kind: stage.spec.kind().into(),
+                metrics: summary.clone(),
+            };
+            write_file(
+                &staging.join("summary.json"),
+                serde_json::to_string_pretty(&sf)
+                    .expect("summaries serialise")
+                    .as_bytes(),
+            )?;
+            let mut info = BTreeMap::new();
+            info.insert("device".into(), opts.device_name.clone());
+            info.insert("created".into(), unix_time());
+            info.insert("runner".into(), env!("CARGO_PKG_VERSION").into());
+            cache.commit(&staging, &entry, "entry", &key, &display, info)?;
+            cache.discard(&cache.partial_dir(&key))?;
+            Ok((State::Ran, outcome, summary))
+        })();
+        match result {
+            Ok((state, outcome, summary)) => {
+                let what = match (&state, outcome.start_epoch) {
+                    (State::Cached, _) => "cached".to_string(),
+                    (_, 0) if outcome.steps_run == 0 => "done".to_string(),
+                    (_, 0) => format!("done ({} steps)", outcome.steps_run),
+                    (_, e) => format!(
+                        "done ({} steps, resumed after epoch {e} from a {} checkpoint)",
+                        outcome.steps_run, outcome.resumed_from
+                    ),
+                };
+                progress.note(&format!("{display}: {what}"));
+                progress.advance(plan[i].cost);
+                report.state = state;
+                report.outcome = outcome;
+                report.summary = Some(summary);
+            }
+            Err(e) => {
+                progress.note(&format!("{display}: FAILED: {e}"));
+                report.state = State::Failed(e.to_string());
+                if !opts.keep_going {
+                    stopped = Some(format!(
+                        "the run stopped after {display} failed (--keep-going carries on)"
+                    ));
+                }
+            }
+        }
+        reports.push(report);
+    }
+    progress.finish();
+    Ok(reports)
+}
+
+/// The key document of stage `i` (what `spec.json` records).
+fn key_doc(
+    study: &Study,
+    plan: &[Planned],
+    i: usize,
+    reports: &[StageReport],
+    fp: &str,
+) -> serde_json::Value {
+    let stage = &study.stages[i];
+    let spec = match &stage.spec {
+        StageSpec::Train(t) => t.key_spec(plan[i].spe).expect("resolved in planning"),
+        StageSpec::Evaluate(e) => serde_json::to_value(e).expect("specs serialise"),
+    };
+    KeyDoc {
+        kind: stage.spec.kind(),
+        spec,
+        deps: stage
+            .deps
+            .iter()
+            .map(|(r, d)| (*r, reports[*d].key.clone()))
+            .collect(),
+        dataset: study.dataset.as_str(),
+        fingerprint: fp,
+    }
+    .document()
+}
+
+/// A valid entry's summary; a damaged entry is reported and removed.
+fn cached(
+    cache: &Cache,
+    entry: &std::path::Path,
+    display: &str,
+    progress: &Progress,
+) -> Result<Option<Summary>> {
+    match cache.check(entry) {
+        Lookup::Valid(dir, _) => Ok(Some(read_summary(&dir)?)),
+        Lookup::Damaged(dir, why) => {
+            progress.note(&format!(
+                "{display}: cache entry {} is damaged ({why}); recomputing",
+                dir.display()
+            ));
+            cache.discard(&dir)?;
+            Ok(None)
+        }
+        Lookup::Missing => Ok(None),
+    }
+}
+
+impl Status {
+    pub fn describe(&self) -> String {
+        match self {
+            Status::Cached => "cached".into(),
+            Status::Duplicate(_) => "same as an earlier stage".into(),
+            Status::Damaged(why) => format!("damaged, to rerun ({why})"),
+            Status::Resume { epoch, from } => {
+                format!("partially cached: from epoch {epoch} ({from})")
+            }
+            Status::ToRun => "to run".into(),
+            Status::Unknown => "to run (dataset not available here: cache state unknown)".into(),
+        }
+    }
+}

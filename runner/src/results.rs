@@ -1,0 +1,312 @@
+//! A study's results folder: one CSV per stage, a summary table (CSV and
+//! markdown, mean +- std over seeds), and the provenance of the numbers.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::path::{Component, Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::cache::{Cache, write_file};
+use crate::error::{Result, io};
+use crate::exec::{StageReport, State};
+use crate::study::{Stage, Study};
+
+/// Where a study's results go by default: `results/<path below studies/>`
+/// for a file under a `studies` folder (`studies/quick/escape.ron` ->
+/// `results/quick/escape`), `results/<stem>` otherwise.
+pub fn default_dir(study: &Path) -> PathBuf {
+    let stem = study.with_extension("");
+    let parts: Vec<String> = stem
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(s) => Some(s.to_string_lossy().into_owned()),
+            _ => None,
+        })
+        .collect();
+    let below = match parts.iter().rposition(|p| p == "studies") {
+        Some(i) if i + 1 < parts.len() => parts[i + 1..].to_vec(),
+        _ => vec![parts.last().cloned().unwrap_or_else(|| "study".into())],
+    };
+    let mut out = PathBuf::from("results");
+    out.extend(below);
+    out
+}
+
+/// What produced the results.
+#[derive(Clone, Debug, Serialize)]
+pub struct Provenance {
+    pub command: String,
+    pub commit: String,
+    pub dataset: String,
+    pub fingerprint: String,
+    pub device: String,
+    pub runner_version: String,
+}
+
+/// The commit of the working tree the runner was started in, with `-dirty`
+/// when it has uncommitted changes; `unknown` outside git.
+pub fn git_commit() -> String {
+    let run = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match run(&["rev-parse", "HEAD"]) {
+        Some(c) => {
+            let dirty = run(&["status", "--porcelain", "--untracked-files=no"])
+                .is_some_and(|s| !s.is_empty());
+            if dirty { format!("{c}-dirty") } else { c }
+        }
+        None => "unknown".into(),
+    }
+}
+
+/// File-name form of a stage: `sgd`, `sgd-seed1`, `sam-rho0.1-seed2`.
+pub fn file_stem(stage: &Stage) -> String {
+    let mut s = stage.name.clone();
+    for (k, v) in &stage.coords {
+        let _ = write!(s, "-{k}{v}");
+    }
+    s
+}
+
+fn mean_std(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    let var = if xs.len() > 1 {
+        xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (mean, var.sqrt())
+}
+
+fn fmt(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e12 {
+        format!("{v}")
+    } else {
+        format!("{v:.4}")
+    }
+}
+
+/// Writes `dir`: `stages/*.csv`, `summary.csv`, `summary.md`, `provenance.json`.
+pub fn write(
+    dir: &Path,
+    study: &Study,
+    reports: &[StageReport],
+    cache: &Cache,
+    prov: &Provenance,
+) -> Result<()> {
+    let stages_dir = dir.join("stages");
+    std::fs::create_dir_all(&stages_dir).map_err(io(&stages_dir))?;
+    let metric_names: BTreeSet<String> = reports
+        .iter()
+        .filter_map(|r| r.summary.as_ref())
+        .flat_map(|s| s.keys().cloned())
+        .collect();
+    let coord_names: BTreeSet<String> = study
+        .stages
+        .iter()
+        .flat_map(|s| s.coords.keys().cloned())
+        .collect();
+    let mut csv = String::from("stage,name");
+    for c in &coord_names {
+        let _ = write!(csv, ",{c}");
+    }
+    csv.push_str(",state,key");
+    for m in &metric_names {
+        let _ = write!(csv, ",{m}");
+    }
+    csv.push('\n');
+    for r in reports {
+        let stage = &study.stages[r.index];
+        let _ = write!(csv, "{},{}", r.display.replace(',', ";"), stage.name);
+        for c in &coord_names {
+            let _ = write!(
+                csv,
+                ",{}",
+                stage
+                    .coords
+                    .get(c)
+                    .map(|v| v.to_string())
+                    .unwrap_or_default()
+            );
+        }
+        let state = match &r.state {
+            State::Cached | State::Ran => "ok",
+            State::Failed(_) => "failed",
+            State::NotRun(_) => "not run",
+        };
+        let _ = write!(csv, ",{state},{}", r.key);
+        for m in &metric_names {
+            let v = r.summary.as_ref().and_then(|s| s.get(m));
+            let _ = write!(csv, ",{}", v.map(|v| v.to_string()).unwrap_or_default());
+        }
+        csv.push('\n');
+        if r.summary.is_some() {
+            let src = cache.entry_dir(&r.key).join("metrics.csv");
+            let dst = stages_dir.join(format!("{}.csv", file_stem(stage)));
+            std::fs::copy(&src, &dst).map_err(io(&src))?;
+        }
+    }
+    write_file(&dir.join("summary.csv"), csv.as_bytes())?;
+    write_file(
+        &dir.join("summary.md"),
+        markdown(study, reports, prov).as_bytes(),
+    )?;
+    write_file(
+        &dir.join("provenance.json"),
+        serde_json::to_string_pretty(prov)
+            .expect("serialises")
+            .as_bytes(),
+    )?;
+    Ok(())
+}
+
+/// Per study stage: one row per grid point, then mean +- std over seeds
+/// for every setting of the other grid fields.
+fn markdown(study: &Study, reports: &[StageReport], prov: &Provenance) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "# Results of {}\n", study.file.display());
+    let _ = writeln!(
+        md,
+        "Command `{}`, commit `{}`, dataset {} (fingerprint `{}`), device {}.\n",
+        prov.command, prov.commit, prov.dataset, prov.fingerprint, prov.device
+    );
+    let mut names: Vec<&str> = Vec::new();
+    for s in &study.stages {
+        if !names.contains(&s.name.as_str()) {
+            names.push(&s.name);
+        }
+    }
+    for name in names {
+        let rs: Vec<&StageReport> = reports
+            .iter()
+            .filter(|r| study.stages[r.index].name == name)
+            .collect();
+        let coords: BTreeSet<&String> = rs
+            .iter()
+            .flat_map(|r| study.stages[r.index].coords.keys())
+            .collect();
+        let metrics: BTreeSet<&String> = rs
+            .iter()
+            .filter_map(|r| r.summary.as_ref())
+            .flat_map(|s| s.keys())
+            .collect();
+        let _ = writeln!(
+            md,
+            "## {name} ({})\n",
+            study.stages[rs[0].index].spec.kind()
+        );
+        let mut head = String::from("|");
+        for c in &coords {
+            let _ = write!(head, " {c} |");
+        }
+        for m in &metrics {
+            let _ = write!(head, " {m} |");
+        }
+        let _ = writeln!(md, "{head}");
+        let _ = writeln!(md, "|{}", "---|".repeat(coords.len() + metrics.len()));
+        for r in &rs {
+            let st = &study.stages[r.index];
+            let mut row = String::from("|");
+            for c in &coords {
+                let _ = write!(
+                    row,
+                    " {} |",
+                    st.coords.get(*c).map(|v| v.to_string()).unwrap_or_default()
+                );
+            }
+            for m in &metrics {
+                let v = match (&r.summary, &r.state) {
+                    (Some(s), _) => s.get(*m).map(|v| fmt(*v)).unwrap_or_default(),
+                    (None, State::Failed(_)) => "failed".into(),
+                    (None, _) => "not run".into(),
+                };
+                let _ = write!(row, " {v} |");
+            }
+            let _ = writeln!(md, "{row}");
+        }
+        md.push('\n');
+        if coords.contains(&"seed".to_string()) && rs.len() > 1 {
+            let mut groups: BTreeMap<Vec<String>, Vec<&StageReport>> = BTreeMap::new();
+            for r in &rs {
+                let st = &study.stages[r.index];
+                let g: Vec<String> = coords
+                    .iter()
+                    .filter(|c| c.as_str() != "seed")
+                    .map(|c| st.coords.get(*c).map(|v| v.to_string()).unwrap_or_default())
+                    .collect();
+                groups.entry(g).or_default().push(r);
+            }
+            let other: Vec<&&String> = coords.iter().filter(|c| c.as_str() != "seed").collect();
+            let _ = writeln!(md, "Mean ± std over seeds:\n");
+            let mut head = String::from("|");
+            for c in &other {
+                let _ = write!(head, " {c} |");
+            }
+            let _ = write!(head, " seeds |");
+            for m in &metrics {
+                let _ = write!(head, " {m} |");
+            }
+            let _ = writeln!(md, "{head}");
+            let _ = writeln!(md, "|{}", "---|".repeat(other.len() + 1 + metrics.len()));
+            for (g, members) in groups {
+                let mut row = String::from("|");
+                for v in &g {
+                    let _ = write!(row, " {v} |");
+                }
+                let done: Vec<&&StageReport> =
+                    members.iter().filter(|r| r.summary.is_some()).collect();
+                let _ = write!(row, " {}/{} |", done.len(), members.len());
+                for m in &metrics {
+                    let xs: Vec<f64> = done
+                        .iter()
+                        .filter_map(|r| r.summary.as_ref()?.get(*m).copied())
+                        .collect();
+                    if xs.is_empty() {
+                        row.push_str(" |");
+                    } else {
+                        let (mean, sd) = mean_std(&xs);
+                        let _ = write!(row, " {} ± {} |", fmt(mean), fmt(sd));
+                    }
+                }
+                let _ = writeln!(md, "{row}");
+            }
+            md.push('\n');
+        }
+    }
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_folder_follows_the_studies_tree() {
+        assert_eq!(
+            default_dir(Path::new("studies/quick/escape.ron")),
+            PathBuf::from("results/quick/escape")
+        );
+        assert_eq!(
+            default_dir(Path::new("/x/studies/escape.ron")),
+            PathBuf::from("results/escape")
+        );
+        assert_eq!(
+            default_dir(Path::new("/tmp/my.ron")),
+            PathBuf::from("results/my")
+        );
+    }
+
+    #[test]
+    fn sample_std() {
+        let (m, s) = mean_std(&[1.0, 2.0, 3.0]);
+        assert_eq!(m, 2.0);
+        assert!((s - 1.0).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,155 @@
+//! `Evaluate`: loss and error of a Train stage's final weights on the
+//! train and/or test split (BatchNorm in evaluation mode, no augmentation).
+//!
+//! Writes `metrics.csv` (one row per split) and `summary.json`.
+
+use indexmap::IndexMap;
+use samlab_data::DatasetName;
+use samlab_models::Model;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Outcome, RunCtx, StageSpec, Subset, Summary, eval_loader, evaluate_loader, positive, whole,
+};
+use crate::cache::write_file;
+use crate::error::{Result, stage_err};
+
+pub const GRID_FIELDS: &[&str] = &["train_per_class", "test_per_class", "subset_seed"];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SplitName {
+    Train,
+    Test,
+}
+
+/// An Evaluate stage as written.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename = "Evaluate")]
+pub struct EvalPartial {
+    pub extends: Option<String>,
+    /// The Train stage whose final weights are evaluated.
+    pub of: Option<String>,
+    pub splits: Option<Vec<SplitName>>,
+    pub train_subset: Option<Subset>,
+    pub test_subset: Option<Subset>,
+    pub subset_seed: Option<u64>,
+    pub batch: Option<usize>,
+    pub grid: Option<IndexMap<String, Vec<f64>>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EvalSpec {
+    pub splits: Vec<SplitName>,
+    pub train_subset: Subset,
+    pub test_subset: Subset,
+    pub subset_seed: u64,
+    pub batch: usize,
+    /// Filled from the evaluated stage.
+    pub model: String,
+    pub classes: usize,
+}
+
+impl EvalPartial {
+    pub fn merge(mut self, p: &EvalPartial) -> EvalPartial {
+        macro_rules! inherit { ($($f:ident),*) => { $( if self.$f.is_none() { self.$f = p.$f.clone(); } )* }; }
+        inherit!(of, splits, train_subset, test_subset, subset_seed, batch);
+        self.extends = p.extends.clone();
+        if let Some(pg) = &p.grid {
+            let mut g = pg.clone();
+            for (k, v) in self.grid.take().unwrap_or_default() {
+                g.insert(k, v);
+            }
+            self.grid = Some(g);
+        }
+        self
+    }
+
+    pub fn set_grid(&mut self, field: &str, v: f64) -> std::result::Result<(), String> {
+        match field {
+            "train_per_class" => self.train_subset = Some(Subset::PerClass(whole(v)? as usize)),
+            "test_per_class" => self.test_subset = Some(Subset::PerClass(whole(v)? as usize)),
+            "subset_seed" => self.subset_seed = Some(whole(v)?),
+            _ => return Err(format!("unknown grid field `{field}`")),
+        }
+        Ok(())
+    }
+
+    pub fn finish(&self, dataset: DatasetName) -> std::result::Result<EvalSpec, String> {
+        if self.of.is_none() {
+            return Err("`of` is missing: name the Train stage to evaluate".into());
+        }
+        let splits = self
+            .splits
+            .clone()
+            .unwrap_or(vec![SplitName::Train, SplitName::Test]);
+        if splits.is_empty() {
+            return Err("`splits` is empty".into());
+        }
+        let batch = self.batch.unwrap_or(500);
+        positive("batch", batch as u64)?;
+        let train_subset = self.train_subset.unwrap_or(Subset::All);
+        let test_subset = self.test_subset.unwrap_or(Subset::All);
+        for s in [train_subset, test_subset] {
+            if s == Subset::Off || s == Subset::PerClass(0) {
+                return Err("subsets must be All or PerClass(n) with n >= 1; leave a split out of `splits` instead".into());
+            }
+        }
+        Ok(EvalSpec {
+            splits,
+            train_subset,
+            test_subset,
+            subset_seed: self.subset_seed.unwrap_or(0),
+            batch,
+            model: String::new(),
+            classes: dataset.num_classes(),
+        })
+    }
+}
+
+impl EvalSpec {
+    pub fn link(&mut self, deps: &[(&'static str, &StageSpec)]) -> std::result::Result<(), String> {
+        match deps {
+            [(_, StageSpec::Train(t))] => {
+                self.model = t.model.clone();
+                Ok(())
+            }
+            [(role, other)] => Err(format!(
+                "`{role}` must name a Train stage, not {}",
+                other.kind()
+            )),
+            _ => Err("`of` is missing".into()),
+        }
+    }
+}
+
+pub fn run(spec: &EvalSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
+    let ds = ctx.dataset;
+    let arch = spec
+        .model
+        .parse()
+        .map_err(|e: samlab_models::Error| stage_err(ctx.stage, e.to_string()))?;
+    let model = Model::new(&arch, ds.num_classes(), 0, ctx.device)?;
+    let (_, dir) = ctx
+        .deps
+        .iter()
+        .find(|(r, _)| *r == "of")
+        .ok_or_else(|| stage_err(ctx.stage, "no stage to evaluate"))?;
+    model.params.load(&dir.join("model.safetensors"))?;
+    let mut summary = Summary::new();
+    let mut csv = String::from("split,images,loss,accuracy,error\n");
+    for split in &spec.splits {
+        let (train, subset, name) = match split {
+            SplitName::Train => (true, spec.train_subset, "train"),
+            SplitName::Test => (false, spec.test_subset, "test"),
+        };
+        let l = eval_loader(ds, train, subset, spec.subset_seed, spec.batch)?;
+        let (loss, correct, n) = evaluate_loader(&model, &l, ctx.device)?;
+        let acc = correct as f64 / n.max(1) as f64;
+        csv.push_str(&format!("{name},{n},{loss},{acc},{}\n", 1.0 - acc));
+        summary.insert(format!("{name}_loss"), loss);
+        summary.insert(format!("{name}_acc"), acc);
+        summary.insert(format!("{name}_error"), 1.0 - acc);
+    }
+    write_file(&ctx.out.join("metrics.csv"), csv.as_bytes())?;
+    Ok((summary, Outcome::default()))
+}

@@ -1,0 +1,257 @@
+//! Stage kinds. Each kind is one module with its partial form (as written
+//! in a study, every field optional so stages can extend each other), its
+//! resolved spec (what goes into the key) and how it runs. Adding a kind
+//! means a new module plus one variant in [`RawStage`] and [`StageSpec`]
+//! and their `match`es below.
+
+pub mod evaluate;
+pub mod train;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use indexmap::IndexMap;
+use samlab_data::{Dataset, DatasetName, Loader, PipelineConfig, Split, subset_per_class};
+use samlab_models::Model;
+use serde::{Deserialize, Serialize};
+
+use crate::cache::Cache;
+use crate::error::Result;
+use crate::progress::Progress;
+
+/// Which images of a split a stage uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Subset {
+    /// Every image.
+    All,
+    /// This many images of every class, chosen by the stage's `subset_seed`.
+    PerClass(usize),
+    /// None (only where a stage allows it: a Train stage's final test evaluation).
+    Off,
+}
+
+impl Subset {
+    /// Indices into `split`, or `None` for all of it.
+    pub fn indices(
+        self,
+        split: &Split,
+        classes: usize,
+        seed: u64,
+    ) -> samlab_data::Result<Option<Vec<u32>>> {
+        match self {
+            Subset::All | Subset::Off => Ok(None),
+            Subset::PerClass(n) => subset_per_class(split, classes, n, seed).map(Some),
+        }
+    }
+
+    /// How many images it selects of a split of `len` images.
+    pub fn count(self, len: usize, classes: usize) -> usize {
+        match self {
+            Subset::All => len,
+            Subset::PerClass(n) => n * classes,
+            Subset::Off => 0,
+        }
+    }
+}
+
+/// A stage as written in a study.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename = "Stage")]
+pub enum RawStage {
+    Train(train::TrainPartial),
+    Evaluate(evaluate::EvalPartial),
+}
+
+/// A stage with every field resolved.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StageSpec {
+    Train(train::TrainSpec),
+    Evaluate(evaluate::EvalSpec),
+}
+
+impl RawStage {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RawStage::Train(_) => "Train",
+            RawStage::Evaluate(_) => "Evaluate",
+        }
+    }
+
+    pub fn extends(&self) -> Option<&str> {
+        match self {
+            RawStage::Train(p) => p.extends.as_deref(),
+            RawStage::Evaluate(p) => p.extends.as_deref(),
+        }
+    }
+
+    /// `self` with every unset field taken from `parent` (same kind only).
+    pub fn merge_parent(self, parent: &RawStage) -> std::result::Result<RawStage, String> {
+        match (self, parent) {
+            (RawStage::Train(c), RawStage::Train(p)) => Ok(RawStage::Train(c.merge(p))),
+            (RawStage::Evaluate(c), RawStage::Evaluate(p)) => Ok(RawStage::Evaluate(c.merge(p))),
+            (c, p) => Err(format!(
+                "a {} stage cannot extend a {} block",
+                c.kind(),
+                p.kind()
+            )),
+        }
+    }
+
+    /// The stages this one needs: (role, stage name).
+    pub fn refs(&self) -> Vec<(&'static str, &str)> {
+        match self {
+            RawStage::Train(p) => p.from.iter().map(|f| ("from", f.as_str())).collect(),
+            RawStage::Evaluate(p) => p.of.iter().map(|f| ("of", f.as_str())).collect(),
+        }
+    }
+
+    pub fn grid(&self) -> Option<&IndexMap<String, Vec<f64>>> {
+        match self {
+            RawStage::Train(p) => p.grid.as_ref(),
+            RawStage::Evaluate(p) => p.grid.as_ref(),
+        }
+    }
+
+    pub fn grid_fields(&self) -> &'static [&'static str] {
+        match self {
+            RawStage::Train(_) => train::GRID_FIELDS,
+            RawStage::Evaluate(_) => evaluate::GRID_FIELDS,
+        }
+    }
+
+    pub fn set_grid(&mut self, field: &str, v: f64) -> std::result::Result<(), String> {
+        match self {
+            RawStage::Train(p) => p.set_grid(field, v),
+            RawStage::Evaluate(p) => p.set_grid(field, v),
+        }
+    }
+
+    /// The resolved spec, or what is missing or wrong.
+    pub fn finish(&self, dataset: DatasetName) -> std::result::Result<StageSpec, String> {
+        match self {
+            RawStage::Train(p) => p.finish(dataset).map(StageSpec::Train),
+            RawStage::Evaluate(p) => p.finish(dataset).map(StageSpec::Evaluate),
+        }
+    }
+}
+
+impl StageSpec {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StageSpec::Train(_) => "train",
+            StageSpec::Evaluate(_) => "evaluate",
+        }
+    }
+
+    /// Fills in what a stage takes from the stages it depends on (an
+    /// Evaluate stage's model comes from the Train stage it evaluates).
+    pub fn link(&mut self, deps: &[(&'static str, &StageSpec)]) -> std::result::Result<(), String> {
+        match self {
+            StageSpec::Train(s) => s.link(deps),
+            StageSpec::Evaluate(s) => s.link(deps),
+        }
+    }
+}
+
+/// Converts a grid value to a whole number.
+pub(crate) fn whole(v: f64) -> std::result::Result<u64, String> {
+    if v >= 0.0 && v.fract() == 0.0 && v < 9.0e15 {
+        Ok(v as u64)
+    } else {
+        Err(format!("{v} is not a whole number >= 0"))
+    }
+}
+
+/// Checks that integer fields which must be positive are.
+pub(crate) fn positive(name: &str, v: u64) -> std::result::Result<(), String> {
+    if v == 0 {
+        Err(format!("`{name}` must be at least 1"))
+    } else {
+        Ok(())
+    }
+}
+
+/// What a running stage can use.
+pub struct RunCtx<'a> {
+    pub cache: &'a Cache,
+    pub dataset: &'a Dataset,
+    pub device: &'a Device,
+    /// The stage's display name and key.
+    pub stage: &'a str,
+    pub key: &'a str,
+    /// Entry directories of the stages it depends on, by role.
+    pub deps: Vec<(&'static str, PathBuf)>,
+    /// The directory the stage writes its outputs into.
+    pub out: &'a Path,
+    pub progress: &'a Progress,
+    /// For training: the prefix keys of the run, by epoch, and the epochs
+    /// at which to keep a shared-prefix checkpoint.
+    pub prefix: Option<&'a train::PrefixPlan>,
+}
+
+/// What running a stage did, beyond the files it wrote.
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    /// The epoch it started from (0 when from scratch).
+    pub start_epoch: u64,
+    /// Where the start came from (`partial`, `prefix` or empty).
+    pub resumed_from: String,
+    /// Steps and SGD-step-equivalent passes computed by this process.
+    pub steps_run: u64,
+    pub passes_run: u64,
+}
+
+/// Mean loss and number of correct predictions of `model` (evaluation
+/// mode) over the images `loader` yields.
+pub fn evaluate_loader(
+    model: &Model,
+    loader: &Loader,
+    device: &Device,
+) -> Result<(f64, usize, usize)> {
+    let mut loss_sum = 0.0f64;
+    let mut correct = 0usize;
+    let mut n = 0usize;
+    for batch in loader.epoch(0) {
+        let (x, y) = batch.to_tensors(device)?;
+        let logits = model.forward(&x, false)?;
+        let b = y.dims1()?;
+        let loss = samlab_models::cross_entropy(&logits, &y)?
+            .to_dtype(candle_core::DType::F64)?
+            .to_scalar::<f64>()?;
+        let pred = logits.argmax(1)?;
+        let hits = pred
+            .eq(&y)?
+            .to_dtype(candle_core::DType::F32)?
+            .sum_all()?
+            .to_scalar::<f32>()?;
+        loss_sum += loss * b as f64;
+        correct += hits as usize;
+        n += b;
+    }
+    Ok((
+        if n > 0 { loss_sum / n as f64 } else { f64::NAN },
+        correct,
+        n,
+    ))
+}
+
+/// A loader over (a subset of) a split for evaluation.
+pub fn eval_loader(
+    ds: &Dataset,
+    train_split: bool,
+    subset: Subset,
+    subset_seed: u64,
+    batch: usize,
+) -> Result<Loader> {
+    let split = if train_split { &ds.train } else { &ds.test };
+    let indices = subset.indices(split, ds.num_classes(), subset_seed)?;
+    Ok(Loader::new(
+        split.clone(),
+        indices,
+        PipelineConfig::eval(batch, ds.name.normalization()),
+    )?)
+}
+
+/// A summary: metric name to value, in sorted order.
+pub type Summary = BTreeMap<String, f64>;

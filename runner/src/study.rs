@@ -1,0 +1,388 @@
+//! Study files: the RON format, composition (`extends`), grids, and
+//! resolution into a list of fully specified stages in dependency order.
+//!
+//! The format is documented with examples in `docs/studies.md`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use indexmap::IndexMap;
+use ron::extensions::Extensions;
+use serde::Deserialize;
+
+use crate::error::{ErrorKind, Result, io};
+use crate::stages::{RawStage, StageSpec};
+use samlab_data::DatasetName;
+
+/// The study format version this runner reads.
+pub const VERSION: u32 = 1;
+
+/// A study file as written.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename = "Study")]
+pub struct RawStudy {
+    pub version: u32,
+    /// `"cifar10"` or `"cifar100"`.
+    pub dataset: String,
+    /// `"cpu"`, `"cuda"` or `"cuda:N"` (default cpu; `--device` overrides).
+    #[serde(default)]
+    pub device: Option<String>,
+    /// Partial stages that stages (and other blocks) extend; never run.
+    #[serde(default)]
+    pub blocks: IndexMap<String, RawStage>,
+    /// The stages, by name.
+    pub stages: IndexMap<String, RawStage>,
+}
+
+/// A grid coordinate: the value of one grid field, e.g. `seed = 3`.
+pub type Coords = BTreeMap<String, f64>;
+
+/// One runnable stage: a study stage at one point of its grid.
+#[derive(Clone, Debug)]
+pub struct Stage {
+    /// The stage's name in the study.
+    pub name: String,
+    /// Its grid point (own grid and the grids of the stages it refers to).
+    pub coords: Coords,
+    pub spec: StageSpec,
+    /// The stages it needs, by role (`from`, `of`), as indices into [`Study::stages`].
+    pub deps: Vec<(&'static str, usize)>,
+    /// The line of the stage in the study file.
+    pub line: Option<usize>,
+}
+
+impl Stage {
+    /// `name` or `name[rho=0.1,seed=2]`.
+    pub fn display(&self) -> String {
+        if self.coords.is_empty() {
+            self.name.clone()
+        } else {
+            let parts: Vec<String> = self
+                .coords
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            format!("{}[{}]", self.name, parts.join(","))
+        }
+    }
+}
+
+/// A resolved study.
+#[derive(Clone, Debug)]
+pub struct Study {
+    pub file: PathBuf,
+    pub dataset: DatasetName,
+    pub device: String,
+    /// Every expanded stage, each after the stages it depends on.
+    pub stages: Vec<Stage>,
+}
+
+/// Where a study-level problem is, for messages.
+pub(crate) struct Ctx<'a> {
+    pub file: &'a str,
+    pub text: &'a str,
+}
+
+impl Ctx<'_> {
+    /// The line on which `"name":` appears.
+    pub fn line_of(&self, name: &str) -> Option<usize> {
+        let quoted = format!("\"{name}\"");
+        self.text
+            .lines()
+            .position(|l| {
+                l.find(&quoted)
+                    .is_some_and(|i| l[i + quoted.len()..].trim_start().starts_with(':'))
+            })
+            .map(|i| i + 1)
+    }
+
+    pub fn err(&self, name: Option<&str>, message: impl Into<String>) -> crate::Error {
+        ErrorKind::Study {
+            file: self.file.to_string(),
+            line: name.and_then(|n| self.line_of(n)),
+            message: message.into(),
+        }
+        .into()
+    }
+}
+
+/// Reads and resolves a study file.
+pub fn load(path: &Path) -> Result<Study> {
+    let text = std::fs::read_to_string(path).map_err(io(path))?;
+    parse(&text, path)
+}
+
+fn ron_options() -> ron::Options {
+    ron::Options::default()
+        .with_default_extension(Extensions::IMPLICIT_SOME | Extensions::UNWRAP_VARIANT_NEWTYPES)
+}
+
+/// Parses and resolves study text; `path` names it in messages and is kept
+/// in the result (it never reaches a cache key).
+pub fn parse(text: &str, path: &Path) -> Result<Study> {
+    let file = path.display().to_string();
+    let raw: RawStudy = ron_options()
+        .from_str(text)
+        .map_err(|e| ErrorKind::Syntax {
+            file: file.clone(),
+            line: e.span.start.line,
+            col: e.span.start.col,
+            message: e.code.to_string(),
+        })?;
+    let ctx = Ctx { file: &file, text };
+    resolve(raw, &ctx, path)
+}
+
+fn resolve(raw: RawStudy, ctx: &Ctx, path: &Path) -> Result<Study> {
+    if raw.version != VERSION {
+        return Err(ctx.err(
+            None,
+            format!(
+                "study version {} is not supported; this runner reads version {VERSION}",
+                raw.version
+            ),
+        ));
+    }
+    let dataset: DatasetName = raw.dataset.parse().map_err(|_| {
+        ctx.err(
+            None,
+            format!(
+                "unknown dataset `{}`; valid choices: cifar10, cifar100",
+                raw.dataset
+            ),
+        )
+    })?;
+    let device = raw.device.clone().unwrap_or_else(|| "cpu".into());
+    if raw.stages.is_empty() {
+        return Err(ctx.err(None, "the study has no stages"));
+    }
+    for name in raw.stages.keys() {
+        if raw.blocks.contains_key(name) {
+            return Err(ctx.err(Some(name), format!("`{name}` is both a block and a stage")));
+        }
+        if name.is_empty() || name.contains(['[', ']', '/', '\\']) {
+            return Err(ctx.err(
+                Some(name),
+                format!("stage name `{name}` must be non-empty and free of [ ] / \\"),
+            ));
+        }
+    }
+
+    // 1. Composition: merge every stage with the chain of what it extends.
+    let mut merged: IndexMap<String, RawStage> = IndexMap::new();
+    for name in raw.stages.keys() {
+        merged.insert(name.clone(), flatten(name, &raw, ctx)?);
+    }
+
+    // 2. Dependency order of the study's stages.
+    let order = topo_order(&merged, ctx)?;
+
+    // 3. Expansion over grids, in dependency order.
+    let mut stages: Vec<Stage> = Vec::new();
+    let mut expansions: HashMap<String, Vec<usize>> = HashMap::new();
+    for name in order {
+        let stage = &merged[&name];
+        let own = stage.grid().cloned().unwrap_or_default();
+        for (field, values) in &own {
+            if values.is_empty() {
+                return Err(ctx.err(Some(&name), format!("grid field `{field}` has no values")));
+            }
+            let valid = stage.grid_fields();
+            if !valid.contains(&field.as_str()) {
+                return Err(ctx.err(
+                    Some(&name),
+                    format!(
+                        "`{field}` cannot be a grid field of a {} stage; valid choices: {}",
+                        stage.kind(),
+                        valid.join(", ")
+                    ),
+                ));
+            }
+        }
+        let mut points: Vec<Coords> = vec![Coords::new()];
+        for (field, values) in &own {
+            points = points
+                .into_iter()
+                .flat_map(|p| {
+                    values.iter().map(move |v| {
+                        let mut q = p.clone();
+                        q.insert(field.clone(), *v);
+                        q
+                    })
+                })
+                .collect();
+        }
+        // Inherit the grid points of the stages referred to.
+        let refs = stage.refs();
+        for (_, target) in &refs {
+            let theirs = &expansions[*target];
+            let mut next = Vec::new();
+            for p in &points {
+                let mut matched = false;
+                for &t in theirs {
+                    let tc = &stages[t].coords;
+                    if agrees(p, tc) {
+                        matched = true;
+                        let mut q = p.clone();
+                        q.extend(tc.iter().map(|(k, v)| (k.clone(), *v)));
+                        if !next.contains(&q) {
+                            next.push(q);
+                        }
+                    }
+                }
+                if !matched {
+                    return Err(ctx.err(
+                        Some(&name),
+                        format!(
+                            "stage `{name}` at {} refers to `{target}`, which has no run with those grid values",
+                            show_coords(p)
+                        ),
+                    ));
+                }
+            }
+            points = next;
+        }
+        let mut mine = Vec::new();
+        for p in points {
+            let mut s = stage.clone();
+            for (field, v) in &p {
+                if own.contains_key(field) {
+                    s.set_grid(field, *v)
+                        .map_err(|m| ctx.err(Some(&name), format!("grid `{field}`: {m}")))?;
+                }
+            }
+            let mut spec = s
+                .finish(dataset)
+                .map_err(|m| ctx.err(Some(&name), format!("stage `{name}`: {m}")))?;
+            let deps: Vec<(&'static str, usize)> = refs
+                .iter()
+                .map(|(role, target)| {
+                    let t = expansions[*target]
+                        .iter()
+                        .copied()
+                        .find(|&t| agrees(&p, &stages[t].coords))
+                        .expect("every point came from a matching target");
+                    (*role, t)
+                })
+                .collect();
+            let dep_specs: Vec<(&'static str, &StageSpec)> =
+                deps.iter().map(|(r, t)| (*r, &stages[*t].spec)).collect();
+            spec.link(&dep_specs)
+                .map_err(|m| ctx.err(Some(&name), format!("stage `{name}`: {m}")))?;
+            mine.push(stages.len());
+            stages.push(Stage {
+                name: name.clone(),
+                coords: p,
+                spec,
+                deps,
+                line: ctx.line_of(&name),
+            });
+        }
+        expansions.insert(name.clone(), mine);
+    }
+    Ok(Study {
+        file: path.to_path_buf(),
+        dataset,
+        device,
+        stages,
+    })
+}
+
+fn show_coords(c: &Coords) -> String {
+    let parts: Vec<String> = c.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!("[{}]", parts.join(","))
+}
+
+/// Whether two grid points agree on the fields they share.
+fn agrees(a: &Coords, b: &Coords) -> bool {
+    a.iter().all(|(k, v)| b.get(k).is_none_or(|w| w == v))
+}
+
+/// A stage merged with everything it extends (nearest wins).
+fn flatten(name: &str, raw: &RawStudy, ctx: &Ctx) -> Result<RawStage> {
+    let mut chain = vec![name.to_string()];
+    let lookup = |n: &str| raw.stages.get(n).or_else(|| raw.blocks.get(n));
+    let mut current = lookup(name).expect("name comes from the study").clone();
+    while let Some(parent) = current.extends().map(str::to_string) {
+        if chain.contains(&parent) {
+            chain.push(parent);
+            return Err(ctx.err(
+                Some(name),
+                format!("`extends` goes round in a cycle: {}", chain.join(" -> ")),
+            ));
+        }
+        let Some(p) = lookup(&parent) else {
+            let mut choices: Vec<&str> = raw.blocks.keys().map(String::as_str).collect();
+            choices.extend(raw.stages.keys().map(String::as_str));
+            return Err(ctx.err(
+                Some(chain.last().expect("non-empty")),
+                format!(
+                    "`{}` extends unknown `{parent}`; valid choices: {}",
+                    chain.last().expect("non-empty"),
+                    choices.join(", ")
+                ),
+            ));
+        };
+        current = current
+            .merge_parent(p)
+            .map_err(|m| ctx.err(Some(chain.last().expect("non-empty")), m))?;
+        chain.push(parent);
+    }
+    Ok(current)
+}
+
+/// The study's stages, each after the ones its `from`/`of` name.
+fn topo_order(stages: &IndexMap<String, RawStage>, ctx: &Ctx) -> Result<Vec<String>> {
+    for (name, s) in stages {
+        for (role, target) in s.refs() {
+            if !stages.contains_key(target) {
+                let choices: Vec<&str> = stages.keys().map(String::as_str).collect();
+                return Err(ctx.err(
+                    Some(name),
+                    format!(
+                        "stage `{name}`: `{role}` names unknown stage `{target}`; valid choices: {}",
+                        choices.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    let mut order = Vec::new();
+    let mut state: HashMap<&str, u8> = HashMap::new(); // 1 visiting, 2 done
+    fn visit<'a>(
+        n: &'a str,
+        stages: &'a IndexMap<String, RawStage>,
+        state: &mut HashMap<&'a str, u8>,
+        order: &mut Vec<String>,
+        path: &mut Vec<&'a str>,
+        ctx: &Ctx,
+    ) -> Result<()> {
+        match state.get(n) {
+            Some(2) => return Ok(()),
+            Some(_) => {
+                path.push(n);
+                return Err(ctx.err(
+                    Some(n),
+                    format!(
+                        "stages depend on each other in a cycle: {}",
+                        path.join(" -> ")
+                    ),
+                ));
+            }
+            None => {}
+        }
+        state.insert(n, 1);
+        path.push(n);
+        for (_, t) in stages[n].refs() {
+            visit(t, stages, state, order, path, ctx)?;
+        }
+        path.pop();
+        state.insert(n, 2);
+        order.push(n.to_string());
+        Ok(())
+    }
+    for n in stages.keys() {
+        visit(n, stages, &mut state, &mut order, &mut Vec::new(), ctx)?;
+    }
+    Ok(order)
+}
