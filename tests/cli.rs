@@ -77,18 +77,6 @@ fn bad_source_path_is_a_clear_error() {
 }
 
 #[test]
-fn study_file_says_the_study_runner_is_not_built_yet() {
-    let dir = tempfile::tempdir().unwrap();
-    let o = runner(&["studies/quick/escape.ron"], dir.path());
-    let (_, err) = text(&o);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(
-        err.contains("cannot run studies/quick/escape.ron yet"),
-        "{err}"
-    );
-}
-
-#[test]
 fn models_command_lists_the_thesis_models_with_counts() {
     let dir = tempfile::tempdir().unwrap();
     let o = runner(&["models"], dir.path());

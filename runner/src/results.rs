@@ -93,7 +93,8 @@ fn fmt(v: f64) -> String {
     }
 }
 
-/// Writes `dir`: `stages/*.csv`, `summary.csv`, `summary.md`, `provenance.json`.
+/// Writes `dir`: `stages/*.csv`, `summary.csv`, `summary.md`, `provenance.json`,
+/// and `last-run.csv` (what this invocation computed and what it took from the cache).
 pub fn write(
     dir: &Path,
     study: &Study,
@@ -154,6 +155,28 @@ pub fn write(
         }
     }
     write_file(&dir.join("summary.csv"), csv.as_bytes())?;
+    let mut last =
+        String::from("stage,state,start_epoch,resumed_from,steps_run,passes_run,detail\n");
+    for r in reports {
+        let (state, detail) = match &r.state {
+            State::Cached => ("cached", String::new()),
+            State::Ran => ("ran", String::new()),
+            State::Failed(e) => ("failed", e.clone()),
+            State::NotRun(why) => ("not run", why.clone()),
+        };
+        let o = &r.outcome;
+        let _ = writeln!(
+            last,
+            "{},{state},{},{},{},{},\"{}\"",
+            r.display.replace(',', ";"),
+            o.start_epoch,
+            o.resumed_from,
+            o.steps_run,
+            o.passes_run,
+            detail.replace('"', "'")
+        );
+    }
+    write_file(&dir.join("last-run.csv"), last.as_bytes())?;
     write_file(
         &dir.join("summary.md"),
         markdown(study, reports, prov).as_bytes(),

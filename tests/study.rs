@@ -1,0 +1,460 @@
+//! End-to-end tests of studies: the cache, shared prefixes, resume after
+//! `kill -9`, damaged entries and concurrent runners. Tiny nets and
+//! subsets keep each run to seconds.
+
+#[path = "support/shared.rs"]
+mod shared;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A scratch folder with a cache, results and study files; the decoded
+/// dataset is shared by all tests.
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        Env {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn command(&self, args: &[&str], cache: &str) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_runner"));
+        c.args(args)
+            .current_dir(self.dir.path())
+            .env("SAMLAB_DATA_DIR", data_dir())
+            .env("SAMLAB_CIFAR10", shared::cifar10_jpeg_archive())
+            .env("SAMLAB_CACHE_DIR", self.path(cache));
+        c
+    }
+
+    fn run(&self, args: &[&str], cache: &str) -> Output {
+        self.command(args, cache).output().expect("runner starts")
+    }
+
+    /// Runs a study and checks that it succeeded; returns the last-run table.
+    fn ok(&self, args: &[&str], cache: &str) -> BTreeMap<String, Vec<String>> {
+        let o = self.run(args, cache);
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "runner {args:?} failed:\n{out}\n{err}");
+        let results = args
+            .windows(2)
+            .find(|w| w[0] == "--results-dir")
+            .map(|w| self.path(w[1]))
+            .expect("tests name their results folder");
+        last_run(&results)
+    }
+}
+
+fn data_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("samlab-data")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// `last-run.csv` by stage: state, start_epoch, resumed_from, steps_run, passes_run, detail.
+fn last_run(results: &Path) -> BTreeMap<String, Vec<String>> {
+    let text = std::fs::read_to_string(results.join("last-run.csv")).unwrap();
+    text.lines()
+        .skip(1)
+        .map(|l| {
+            let mut parts: Vec<String> = l.splitn(7, ',').map(str::to_string).collect();
+            let stage = parts.remove(0);
+            (stage, parts)
+        })
+        .collect()
+}
+
+fn states(t: &BTreeMap<String, Vec<String>>) -> BTreeMap<String, String> {
+    t.iter().map(|(k, v)| (k.clone(), v[0].clone())).collect()
+}
+
+/// Two seeds of SGD, SGD->SAM from epoch 3 of 4, and an evaluation.
+const STUDY: &str = r#"
+// test study
+Study(
+    version: 1,
+    dataset: "cifar10",
+    blocks: {
+        "base": Train(
+            model: "resnet8",
+            train_subset: PerClass(10),
+            batch: 50,
+            epochs: 4,
+            lr: Cosine(lr: 0.05),
+            test_subset: PerClass(5),
+        ),
+    },
+    stages: {
+        "sgd": Train(extends: "base", grid: {"seed": [0, 1]}),
+        "sgd-sam": Train(
+            extends: "sgd",
+            method: Switch(from: Sgd, to: Sam, at: Epoch(3)),
+            sam: (rho: 0.05),
+        ),
+        "eval": Evaluate(of: "sgd-sam", train_subset: PerClass(5), test_subset: PerClass(5)),
+    },
+)
+"#;
+
+fn entry_file(env: &Env, cache: &str, stage_key: &str, file: &str) -> PathBuf {
+    env.path(cache).join("entries").join(stage_key).join(file)
+}
+
+/// The cache key of a stage from the results' summary table.
+fn key_of(results: &Path, stage: &str) -> String {
+    let text = std::fs::read_to_string(results.join("summary.csv")).unwrap();
+    let header: Vec<&str> = text.lines().next().unwrap().split(',').collect();
+    let col = header.iter().position(|h| *h == "key").unwrap();
+    text.lines()
+        .skip(1)
+        .find(|l| l.starts_with(&format!("{stage},")))
+        .map(|l| l.split(',').nth(col).unwrap().to_string())
+        .unwrap_or_else(|| panic!("{stage} not in {text}"))
+}
+
+#[test]
+fn second_run_trains_nothing_and_switch_reuses_the_sgd_prefix() {
+    let env = Env::new();
+    let study = env.write("study.ron", STUDY);
+    let s = study.to_str().unwrap();
+    let plan = env.run(&["plan", s], "cache");
+    let (out, err) = text(&plan);
+    assert!(plan.status.success(), "{err}");
+    // 4 epochs x 2 steps: SGD 8 steps; SGD->SAM resumes after epoch 3 of the SGD run.
+    assert!(
+        out.contains("partially cached: from epoch 3 (prefix)"),
+        "{out}"
+    );
+
+    let first = env.ok(&[s, "--results-dir", "r1"], "cache");
+    assert_eq!(first["sgd[seed=0]"][..5], ["ran", "0", "", "8", "8"]);
+    // The switch run computed only its last epoch: 2 SAM steps, 4 passes.
+    assert_eq!(
+        first["sgd-sam[seed=0]"][..5],
+        ["ran", "3", "prefix", "2", "4"]
+    );
+    assert_eq!(
+        first["sgd-sam[seed=1]"][..5],
+        ["ran", "3", "prefix", "2", "4"]
+    );
+    assert_eq!(first["eval[seed=1]"][0], "ran");
+
+    let second = env.ok(&[s, "--results-dir", "r2"], "cache");
+    assert!(
+        states(&second).values().all(|s| s == "cached"),
+        "{second:?}"
+    );
+    // Same numbers both times.
+    let table = |r: &str| {
+        std::fs::read_to_string(env.path(r).join("summary.csv"))
+            .unwrap()
+            .lines()
+            .map(|l| l.rsplit_once(',').unwrap().0.to_string()) // drop wall_s
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(table("r1"), table("r2"));
+
+    // The switch run from the prefix equals one trained alone in an empty cache.
+    let alone = env.write(
+        "alone.ron",
+        r#"Study(version: 1, dataset: "cifar10", stages: {
+            "switch-only": Train(
+                model: "resnet8", train_subset: PerClass(10), batch: 50, epochs: 4,
+                lr: Cosine(lr: 0.05), test_subset: PerClass(5), seed: 0,
+                method: Switch(from: Sgd, to: Sam, at: Fraction(0.75)), sam: (rho: 0.05),
+            ),
+        })"#,
+    );
+    let solo = env.ok(
+        &[alone.to_str().unwrap(), "--results-dir", "solo"],
+        "cache2",
+    );
+    assert_eq!(solo["switch-only"][..5], ["ran", "0", "", "8", "10"]);
+    let k1 = key_of(&env.path("r1"), "sgd-sam[seed=0]");
+    let k2 = key_of(&env.path("solo"), "switch-only");
+    assert_eq!(
+        k1, k2,
+        "the same stage has the same key in both studies (Epoch(3) = Fraction(0.75) here)"
+    );
+    let a = std::fs::read(entry_file(&env, "cache", &k1, "model.safetensors")).unwrap();
+    let b = std::fs::read(entry_file(&env, "cache2", &k2, "model.safetensors")).unwrap();
+    assert!(
+        a == b,
+        "resuming from the shared prefix must be bit-identical"
+    );
+}
+
+#[test]
+fn changing_a_field_reruns_only_what_depends_on_it() {
+    let env = Env::new();
+    let study = env.write("study.ron", STUDY);
+    let s = study.to_str().unwrap();
+    env.ok(&[s, "--results-dir", "r1"], "cache");
+    let changed = env.write("changed.ron", &STUDY.replace("rho: 0.05", "rho: 0.1"));
+    let t = env.ok(&[changed.to_str().unwrap(), "--results-dir", "r2"], "cache");
+    let st = states(&t);
+    assert_eq!(st["sgd[seed=0]"], "cached");
+    assert_eq!(st["sgd[seed=1]"], "cached");
+    assert_eq!(st["sgd-sam[seed=0]"], "ran");
+    assert_eq!(st["eval[seed=0]"], "ran");
+    // A different study with the same SGD stage under another name shares it.
+    let other = env.write(
+        "other.ron",
+        r#"Study(version: 1, dataset: "cifar10", stages: {
+            "plain": Train(model: "ResNet-8", train_subset: PerClass(10), batch: 50, epochs: 4,
+                           lr: Cosine(lr: 0.05), test_subset: PerClass(5), seed: 1,
+                           sam: (rho: 0.3)),
+        })"#,
+    );
+    let t = env.ok(&[other.to_str().unwrap(), "--results-dir", "r3"], "cache");
+    assert_eq!(states(&t)["plain"], "cached", "{t:?}");
+    // --force recomputes, bit for bit.
+    let k = key_of(&env.path("r3"), "plain");
+    let before = std::fs::read(entry_file(&env, "cache", &k, "model.safetensors")).unwrap();
+    let t = env.ok(
+        &[
+            other.to_str().unwrap(),
+            "--results-dir",
+            "r4",
+            "--force",
+            "plain",
+        ],
+        "cache",
+    );
+    assert_eq!(t["plain"][..3], ["ran", "0", ""]);
+    let after = std::fs::read(entry_file(&env, "cache", &k, "model.safetensors")).unwrap();
+    assert!(before == after);
+}
+
+#[test]
+fn damaged_entry_is_detected_and_recomputed() {
+    let env = Env::new();
+    let study = env.write(
+        "one.ron",
+        r#"Study(version: 1, dataset: "cifar10", stages: {
+            "a": Train(model: "resnet8", train_subset: PerClass(10), batch: 50, epochs: 1,
+                       test_subset: Off),
+            "e": Evaluate(of: "a", splits: [Test], test_subset: PerClass(2)),
+        })"#,
+    );
+    let s = study.to_str().unwrap();
+    env.ok(&[s, "--results-dir", "r1"], "cache");
+    let k = key_of(&env.path("r1"), "a");
+    let f = entry_file(&env, "cache", &k, "model.safetensors");
+    let good = std::fs::read(&f).unwrap();
+    let mut bad = good.clone();
+    let n = bad.len();
+    bad[n - 3] ^= 0x40;
+    std::fs::write(&f, &bad).unwrap();
+    let plan = env.run(&["plan", s], "cache");
+    let (out, _) = text(&plan);
+    assert!(
+        out.contains("damaged, to rerun (model.safetensors has sha256"),
+        "{out}"
+    );
+    let o = env.run(&[s, "--results-dir", "r2"], "cache");
+    let (_, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("is damaged (model.safetensors has sha256"),
+        "{err}"
+    );
+    let t = last_run(&env.path("r2"));
+    assert_eq!(states(&t)["a"], "ran");
+    assert_eq!(std::fs::read(&f).unwrap(), good, "recomputed bit for bit");
+    // The evaluation depends only on the key of `a`, which did not change.
+    assert_eq!(states(&t)["e"], "cached");
+}
+
+const LONG: &str = r#"Study(version: 1, dataset: "cifar10", stages: {
+    "long": Train(model: "resnet8", train_subset: PerClass(10), batch: 50, epochs: 12,
+                  lr: Cosine(lr: 0.05), test_subset: PerClass(2),
+                  method: Psam(period: 3, until: Fraction(0.5))),
+})"#;
+
+#[test]
+fn kill_9_then_rerun_continues_and_matches_an_uninterrupted_run() {
+    let env = Env::new();
+    let study = env.write("long.ron", LONG);
+    let s = study.to_str().unwrap();
+    let mut child = env
+        .command(&[s, "--results-dir", "r1", "-q"], "cache")
+        .spawn()
+        .unwrap();
+    // Wait for a rolling checkpoint, then kill without warning.
+    let partial = env.path("cache/partial");
+    let t0 = std::time::Instant::now();
+    loop {
+        let any = std::fs::read_dir(&partial)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|d| std::fs::read_dir(d.path()).into_iter().flatten().count() > 0);
+        if any {
+            break;
+        }
+        assert!(
+            t0.elapsed().as_secs() < 120,
+            "no rolling checkpoint appeared"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it could be killed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let t = env.ok(&[s, "--results-dir", "r2"], "cache");
+    let start: u64 = t["long"][1].parse().unwrap();
+    assert_eq!(t["long"][2], "partial");
+    assert!((1..12).contains(&start), "{t:?}");
+    env.ok(&[s, "--results-dir", "r3"], "clean");
+    let k = key_of(&env.path("r2"), "long");
+    for f in ["model.safetensors", "optim.safetensors"] {
+        let a = std::fs::read(entry_file(&env, "cache", &k, f)).unwrap();
+        let b = std::fs::read(entry_file(&env, "clean", &k, f)).unwrap();
+        assert!(a == b, "{f} differs after resuming");
+    }
+    let metrics = |c: &str| {
+        std::fs::read_to_string(entry_file(&env, c, &k, "metrics.csv"))
+            .unwrap()
+            .lines()
+            .map(|l| l.rsplit_once(',').unwrap().0.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(metrics("cache"), metrics("clean"));
+    assert_eq!(metrics("clean").len(), 13);
+    // The rolling checkpoints are gone once the entry exists.
+    assert_eq!(std::fs::read_dir(&partial).unwrap().count(), 0);
+}
+
+#[test]
+fn two_runners_on_one_cache_compute_each_stage_once() {
+    let env = Env::new();
+    let study = env.write("study.ron", STUDY);
+    let s = study.to_str().unwrap();
+    let a = env
+        .command(&[s, "--results-dir", "ra", "-q"], "cache")
+        .spawn()
+        .unwrap();
+    let b = env
+        .command(&[s, "--results-dir", "rb", "-q"], "cache")
+        .spawn()
+        .unwrap();
+    for (name, child) in [("a", a), ("b", b)] {
+        let o = child.wait_with_output().unwrap();
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "runner {name} failed:\n{out}\n{err}");
+    }
+    let (ta, tb) = (last_run(&env.path("ra")), last_run(&env.path("rb")));
+    for stage in ta.keys() {
+        let ran = [&ta, &tb].iter().filter(|t| t[stage][0] == "ran").count();
+        assert_eq!(ran, 1, "{stage} ran {ran} times: {ta:?} {tb:?}");
+    }
+    let third = env.ok(&[s, "--results-dir", "rc"], "cache");
+    assert!(states(&third).values().all(|s| s == "cached"), "{third:?}");
+}
+
+#[test]
+fn a_diverging_stage_fails_without_a_cache_entry_and_keep_going_runs_the_rest() {
+    let env = Env::new();
+    let study = env.write(
+        "nan.ron",
+        r#"Study(version: 1, dataset: "cifar10", stages: {
+            "boom": Train(model: "resnet8", train_subset: PerClass(10), batch: 50, epochs: 2,
+                          lr: Constant(lr: 1e30), test_subset: Off),
+            "after": Evaluate(of: "boom", splits: [Test], test_subset: PerClass(2)),
+            "fine": Train(model: "resnet8", train_subset: PerClass(10), batch: 50, epochs: 1,
+                          test_subset: Off),
+        })"#,
+    );
+    let s = study.to_str().unwrap();
+    let o = env.run(&[s, "--results-dir", "r1"], "cache");
+    assert!(!o.status.success());
+    let t = last_run(&env.path("r1"));
+    assert_eq!(t["boom"][0], "failed");
+    assert!(
+        t["boom"][5].contains("non-finite")
+            || t["boom"][5].contains("NaN")
+            || t["boom"][5].contains("inf"),
+        "{t:?}"
+    );
+    assert_eq!(t["after"][0], "not run");
+    assert_eq!(
+        t["fine"][0], "not run",
+        "without --keep-going the run stops"
+    );
+    let entries = env.path("cache/entries");
+    assert_eq!(std::fs::read_dir(&entries).unwrap().count(), 0);
+
+    let o = env.run(&[s, "--results-dir", "r2", "--keep-going"], "cache");
+    assert!(!o.status.success(), "a failed stage fails the run");
+    let t = last_run(&env.path("r2"));
+    assert_eq!(t["boom"][0], "failed");
+    assert_eq!(t["after"][0], "not run");
+    assert_eq!(t["fine"][0], "ran");
+    assert_eq!(std::fs::read_dir(&entries).unwrap().count(), 1);
+}
+
+#[test]
+fn status_and_gc() {
+    let env = Env::new();
+    let study = env.write(
+        "one.ron",
+        r#"Study(version: 1, dataset: "cifar10", stages: {
+            "a": Train(model: "resnet8", train_subset: PerClass(10), batch: 50, epochs: 1, test_subset: Off),
+            "b": Train(model: "resnet8", train_subset: PerClass(10), batch: 50, epochs: 1, test_subset: Off, seed: 1),
+        })"#,
+    );
+    env.ok(&[study.to_str().unwrap(), "--results-dir", "r1"], "cache");
+    let o = env.run(&["status"], "cache");
+    let (out, _) = text(&o);
+    assert!(out.contains("2 entries"), "{out}");
+    let just_a = env.write(
+        "a.ron",
+        r#"Study(version: 1, dataset: "cifar10", stages: {
+            "a": Train(model: "resnet8", train_subset: PerClass(10), batch: 50, epochs: 1, test_subset: Off),
+        })"#,
+    );
+    let o = env.run(&["gc", just_a.to_str().unwrap()], "cache");
+    let (out, _) = text(&o);
+    assert!(out.contains("1 unreachable cache directories"), "{out}");
+    assert_eq!(
+        std::fs::read_dir(env.path("cache/entries"))
+            .unwrap()
+            .count(),
+        2,
+        "dry run"
+    );
+    let o = env.run(&["gc", just_a.to_str().unwrap(), "--delete"], "cache");
+    assert!(o.status.success());
+    assert_eq!(
+        std::fs::read_dir(env.path("cache/entries"))
+            .unwrap()
+            .count(),
+        1
+    );
+    let t = env.ok(&[just_a.to_str().unwrap(), "--results-dir", "r2"], "cache");
+    assert_eq!(states(&t)["a"], "cached");
+}

@@ -1,0 +1,262 @@
+//! Every study error names the file, the line where it can, and the valid
+//! choices; no input makes the parser panic (mutation fuzzing over the
+//! corpus in tests/corpus/).
+
+use std::path::Path;
+
+use proptest::prelude::*;
+use samlab_runner::study;
+
+fn err(text: &str) -> String {
+    match study::parse(text, Path::new("s.ron")) {
+        Ok(s) => panic!("expected an error, got {} stages", s.stages.len()),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn with_stages(stages: &str) -> String {
+    format!(
+        "Study(\n    version: 1,\n    dataset: \"cifar10\",\n    stages: {{\n{stages}\n    }},\n)\n"
+    )
+}
+
+const TRAIN: &str = r#"model: "resnet8", epochs: 2"#;
+
+#[test]
+fn syntax_errors_give_file_line_and_column() {
+    let e = err("Study(\n    version: 1\n    dataset: \"cifar10\",\n)");
+    assert!(e.starts_with("s.ron:3:"), "{e}");
+    let e = err(&with_stages(
+        r#"        "a": Train(model: "resnet8", epochs: two),"#,
+    ));
+    assert!(e.starts_with("s.ron:5:"), "{e}");
+}
+
+#[test]
+fn unknown_fields_and_kinds_list_what_is_expected() {
+    let e = err(&with_stages(
+        r#"        "a": Train(modle: "resnet8", epochs: 2),"#,
+    ));
+    assert!(
+        e.starts_with("s.ron:5:") && e.contains("modle") && e.contains("model"),
+        "{e}"
+    );
+    let e = err(&with_stages(
+        r#"        "a": Trian(model: "resnet8", epochs: 2),"#,
+    ));
+    assert!(
+        e.contains("Trian") && e.contains("Train") && e.contains("Evaluate"),
+        "{e}"
+    );
+    let e = err(&with_stages(&format!(
+        r#"        "a": Train({TRAIN}, method: Always(Adam)),"#
+    )));
+    assert!(
+        e.contains("Adam") && e.contains("Sgd") && e.contains("Sam"),
+        "{e}"
+    );
+}
+
+#[test]
+fn unknown_model_dataset_and_references_list_the_choices() {
+    let e = err(&with_stages(
+        r#"        "a": Train(model: "resnet19", epochs: 2),"#,
+    ));
+    assert!(e.starts_with("s.ron:5:") && e.contains("6n+2"), "{e}");
+    let e = err(&with_stages(
+        r#"        "a": Train(model: "vgg16", epochs: 2),"#,
+    ));
+    assert!(
+        e.contains("vgg16") && e.contains("resnet18") && e.contains("wrnD-K"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "Study(version: 1, dataset: \"mnist\", stages: {{ \"a\": Train({TRAIN}) }})"
+    ));
+    assert!(
+        e.contains("mnist") && e.contains("cifar10, cifar100"),
+        "{e}"
+    );
+    let e = err(&with_stages(&format!(
+        "        \"a\": Train({TRAIN}),\n        \"b\": Evaluate(of: \"c\"),"
+    )));
+    assert!(
+        e.starts_with("s.ron:6:") && e.contains("unknown stage `c`; valid choices: a, b"),
+        "{e}"
+    );
+    let e = err(&with_stages(&format!(
+        r#"        "a": Train({TRAIN}, extends: "nope"),"#
+    )));
+    assert!(e.contains("extends unknown `nope`"), "{e}");
+}
+
+#[test]
+fn cycles_missing_fields_and_bad_values_are_named() {
+    let e = err(&with_stages(&format!(
+        "        \"a\": Train({TRAIN}, from: \"b\"),\n        \"b\": Train({TRAIN}, from: \"a\"),"
+    )));
+    assert!(e.contains("cycle") && e.contains("a -> b -> a"), "{e}");
+    let e = err(&with_stages(
+        r#"        "a": Train(extends: "a", model: "resnet8", epochs: 2),"#,
+    ));
+    assert!(e.contains("cycle"), "{e}");
+    let e = err(&with_stages(r#"        "a": Train(model: "resnet8"),"#));
+    assert!(e.contains("`epochs` is missing"), "{e}");
+    let e = err(&with_stages(&format!(
+        r#"        "a": Train({TRAIN}, sam: (rho: -1.0)),"#
+    )));
+    assert!(e.contains("rho"), "{e}");
+    let e = err(&with_stages(&format!(
+        r#"        "a": Train({TRAIN}, grid: {{"momentum": [0.9]}}),"#
+    )));
+    assert!(
+        e.contains("`momentum` cannot be a grid field") && e.contains("seed, rho"),
+        "{e}"
+    );
+    let e = err(&with_stages(&format!(
+        r#"        "a": Train({TRAIN}, grid: {{"seed": [0.5]}}),"#
+    )));
+    assert!(e.contains("0.5 is not a whole number"), "{e}");
+    let e = err(&with_stages(&format!(
+        "        \"a\": Train({TRAIN}),\n        \"e\": Evaluate(of: \"a\"),\n        \"f\": Evaluate(of: \"e\"),"
+    )));
+    assert!(e.contains("must name a Train stage"), "{e}");
+    let e = err(&format!(
+        "Study(version: 9, dataset: \"cifar10\", stages: {{ \"a\": Train({TRAIN}) }})"
+    ));
+    assert!(e.contains("version 9") && e.contains("version 1"), "{e}");
+    let e = err(&with_stages(&format!(
+        "        \"a\": Train({TRAIN}, grid: {{\"seed\": [0, 1]}}),\n        \"b\": Train({TRAIN}, from: \"a\", grid: {{\"seed\": [2]}}),"
+    )));
+    assert!(
+        e.contains("refers to `a`, which has no run with those grid values"),
+        "{e}"
+    );
+}
+
+#[test]
+fn grids_expand_and_references_follow_the_grid() {
+    let s = study::parse(
+        &with_stages(&format!(
+            "        \"a\": Train({TRAIN}, grid: {{\"seed\": [0, 1]}}),\n        \"b\": Train({TRAIN}, from: \"a\", grid: {{\"rho\": [0.1, 0.2]}}, method: Always(Sam)),\n        \"e\": Evaluate(of: \"b\"),"
+        )),
+        Path::new("s.ron"),
+    )
+    .unwrap();
+    let names: Vec<String> = s.stages.iter().map(|s| s.display()).collect();
+    assert_eq!(
+        names,
+        [
+            "a[seed=0]",
+            "a[seed=1]",
+            "b[rho=0.1,seed=0]",
+            "b[rho=0.1,seed=1]",
+            "b[rho=0.2,seed=0]",
+            "b[rho=0.2,seed=1]",
+            "e[rho=0.1,seed=0]",
+            "e[rho=0.1,seed=1]",
+            "e[rho=0.2,seed=0]",
+            "e[rho=0.2,seed=1]"
+        ]
+    );
+    // b[rho=0.2,seed=1] trains from a[seed=1]; e[...] evaluates its own b.
+    assert_eq!(s.stages[5].deps, [("from", 1)]);
+    assert_eq!(s.stages[9].deps, [("of", 5)]);
+}
+
+fn corpus() -> Vec<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/corpus");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    assert!(!files.is_empty());
+    files
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .collect()
+}
+
+#[test]
+fn corpus_studies_parse() {
+    for text in corpus() {
+        study::parse(&text, Path::new("corpus.ron")).unwrap();
+    }
+}
+
+/// A mutation: delete, insert or replace a short span.
+#[derive(Clone, Debug)]
+enum Edit {
+    Delete(usize, usize),
+    Insert(usize, String),
+    Replace(usize, String),
+}
+
+fn edit() -> impl Strategy<Value = Edit> {
+    let token = prop_oneof![
+        Just("(".to_string()),
+        Just(")".to_string()),
+        Just(",".to_string()),
+        Just("\"".to_string()),
+        Just(":".to_string()),
+        Just("{".to_string()),
+        Just("[".to_string()),
+        Just("-1".to_string()),
+        Just("1e400".to_string()),
+        Just("18446744073709551616".to_string()),
+        Just("NaN".to_string()),
+        Just("\"base\"".to_string()),
+        Just("extends: \"sgd-sam\",".to_string()),
+        Just("from: \"eval\",".to_string()),
+        Just("grid: {\"seed\": []},".to_string()),
+        Just("batch: 0,".to_string()),
+        Just("epochs: 0,".to_string()),
+        "[ -~]{0,8}",
+        "\\PC{0,3}",
+    ];
+    prop_oneof![
+        (any::<usize>(), 0usize..12).prop_map(|(a, n)| Edit::Delete(a, n)),
+        (any::<usize>(), token.clone()).prop_map(|(a, t)| Edit::Insert(a, t)),
+        (any::<usize>(), token).prop_map(|(a, t)| Edit::Replace(a, t)),
+    ]
+}
+
+fn apply(text: &str, edits: &[Edit]) -> String {
+    let mut chars: Vec<char> = text.chars().collect();
+    for e in edits {
+        let len = chars.len().max(1);
+        match e {
+            Edit::Delete(a, n) => {
+                let a = a % len;
+                let b = (a + n).min(chars.len());
+                chars.drain(a.min(chars.len())..b);
+            }
+            Edit::Insert(a, t) => {
+                let a = a % (chars.len() + 1);
+                chars.splice(a..a, t.chars());
+            }
+            Edit::Replace(a, t) => {
+                let a = a % len;
+                let b = (a + t.chars().count()).min(chars.len());
+                chars.splice(a.min(chars.len())..b, t.chars());
+            }
+        }
+    }
+    chars.into_iter().collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, .. ProptestConfig::default() })]
+
+    #[test]
+    fn mutated_studies_never_panic(which in 0usize..16, edits in proptest::collection::vec(edit(), 1..4)) {
+        let corpus = corpus();
+        let text = apply(&corpus[which % corpus.len()], &edits);
+        // Either a study or an error that names the file; never a panic.
+        if let Err(e) = study::parse(&text, Path::new("fuzz.ron")) {
+            prop_assert!(e.to_string().starts_with("fuzz.ron"), "{}", e);
+        }
+    }
+}
