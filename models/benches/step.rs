@@ -14,6 +14,12 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use samlab_models::{Arch, Model, cross_entropy, fixtures};
 
+// The allocator the runner uses: it keeps freed pages, where the system
+// allocator returns large buffers to the kernel and faults them in again
+// (about 18% of a CPU step; docs/cpu-profile.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn batch(n: usize) -> (Tensor, Tensor) {
     let y: Vec<u32> = (0..n as u32).map(|i| (7 * i + 1) % 10).collect();
     (

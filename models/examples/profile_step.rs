@@ -8,6 +8,9 @@
 use candle_core::{Device, Tensor};
 use samlab_models::{Arch, Model, cross_entropy, fixtures};
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let name = args.get(1).map(String::as_str).unwrap_or("resnet8");

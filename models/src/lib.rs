@@ -11,6 +11,7 @@
 //! This crate knows nothing about RON, study files or the runner's cache.
 
 mod batchnorm_cpu;
+mod conv_cpu;
 mod error;
 pub mod fixtures;
 pub mod params;

@@ -9,6 +9,18 @@ use serde_json::Value;
 
 const TOL: f64 = 1e-4;
 
+/// Tolerance for ResNet-18's f32 gradients. At these fixed weights some of
+/// its ReLU inputs lie within 5e-7 of zero (measured in f64), inside the f32
+/// rounding of values near 1: which side of the kink they fall on depends on
+/// the summation order of the convolutions before them, and a flipped element
+/// moves the gradients of the layers below it by up to ~1% of their largest
+/// entry. samlab's CPU convolution sums in another order than JAX's, so these
+/// gradients get this looser bound. Everything else keeps 1e-4: ResNet-8 in
+/// f32, all logits and losses, and every value of the f64 test below;
+/// `conv_cpu`'s unit test checks the convolution itself against candle's in
+/// f64 to 1e-5.
+const RESNET18_F32_GRAD_TOL: f64 = 1e-2;
+
 fn inputs(n: usize) -> (Tensor, Tensor) {
     let y: Vec<u32> = (0..n).map(|i| ((7 * i + 1) % 10) as u32).collect();
     (
@@ -34,11 +46,11 @@ fn flat(t: &Tensor) -> Vec<f64> {
         .unwrap()
 }
 
-fn close(what: &str, got: &[f64], want: &[f64], scale: f64) {
+fn close(what: &str, got: &[f64], want: &[f64], scale: f64, tol: f64) {
     assert_eq!(got.len(), want.len(), "{what}: lengths");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         assert!(
-            (g - w).abs() <= TOL * scale.max(1e-12),
+            (g - w).abs() <= tol * scale.max(1e-12),
             "{what}[{i}]: got {g}, reference {w} (scale {scale})"
         );
     }
@@ -54,6 +66,11 @@ fn check_case(case: &Value, dtype: DType) {
     let model =
         Model::with_dtype(&name.parse::<Arch>().unwrap(), 10, 0, &Device::Cpu, dtype).unwrap();
     let name = &format!("{name} {dtype:?}");
+    let grad_tol = if dtype == DType::F32 && name.starts_with("resnet18") {
+        RESNET18_F32_GRAD_TOL
+    } else {
+        TOL
+    };
     fixtures::set_fixed(&model).unwrap();
     let initial = model.params.snapshot_buffers().unwrap();
     for mode in ["train", "eval"] {
@@ -71,6 +88,7 @@ fn check_case(case: &Value, dtype: DType) {
             &flat(&logits),
             &want_logits,
             scale,
+            TOL,
         );
         let l = loss
             .to_dtype(DType::F64)
@@ -87,12 +105,16 @@ fn check_case(case: &Value, dtype: DType) {
         let gx = flat(grads.get(x.as_tensor()).unwrap());
         let want_norm = r["input_grad_norm"].as_f64().unwrap();
         let rel = (norm(&gx) - want_norm).abs() / want_norm;
-        assert!(rel < TOL, "{name} {mode} input grad norm: rel err {rel}");
+        assert!(
+            rel < grad_tol,
+            "{name} {mode} input grad norm: rel err {rel}"
+        );
         close(
             &format!("{name} {mode} input grad"),
             &gx[..64],
             &floats(&r["input_grad_head"]),
             want_norm / (gx.len() as f64).sqrt() * 10.0,
+            grad_tol,
         );
 
         let refs = r["param_grads"].as_object().unwrap();
@@ -108,7 +130,7 @@ fn check_case(case: &Value, dtype: DType) {
             let wn = want["norm"].as_f64().unwrap();
             let max_abs = want["max_abs"].as_f64().unwrap();
             assert!(
-                (norm(&g) - wn).abs() <= TOL * wn.max(1e-6),
+                (norm(&g) - wn).abs() <= grad_tol * wn.max(1e-6),
                 "{name} {mode} {pname}: grad norm {} vs {wn}",
                 norm(&g)
             );
@@ -117,6 +139,7 @@ fn check_case(case: &Value, dtype: DType) {
                 &g[..g.len().min(8)],
                 &floats(&want["head"]),
                 max_abs,
+                grad_tol,
             );
         }
         if mode == "train" {
@@ -127,6 +150,7 @@ fn check_case(case: &Value, dtype: DType) {
                     &v[..4],
                     &floats(want),
                     1.0,
+                    TOL,
                 );
             }
         } else {

@@ -17,6 +17,12 @@ use candle_core::{Device, Tensor};
 use samlab_models::{Arch, Model, fixtures};
 use samlab_optim::{SamConfig, Sgd, SgdConfig, sam_step, sgd_step};
 
+// The allocator the runner uses: it keeps freed pages, where the system
+// allocator returns large buffers to the kernel and faults them in again
+// (about 18% of a CPU step; docs/cpu-profile.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]

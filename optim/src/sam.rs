@@ -86,7 +86,7 @@ fn pass(model: &Model, x: &Tensor, y: &Tensor) -> Result<(f64, usize, Grads)> {
         .to_dtype(candle_core::DType::F32)?
         .sum_all()?
         .to_scalar::<f32>()? as usize;
-    let value = loss.to_scalar::<f32>()? as f64;
+    let value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
     if !value.is_finite() {
         return Err(ErrorKind::NonFinite {
             step: 0,

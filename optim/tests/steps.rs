@@ -1,6 +1,6 @@
 //! SGD and SAM steps against a JAX reference, and the exactness properties.
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use samlab_models::{Arch, Model, fixtures};
 use samlab_optim::*;
 use serde_json::Value;
@@ -31,67 +31,116 @@ fn floats(v: &Value) -> Vec<f64> {
         .collect()
 }
 
+/// Relative tolerance of the f32 run against the f64 reference. The
+/// generator's docstring says why two cases are loose: m-sharpness over
+/// chunks of 4 images and adaptive SAM with rho 0.5 are chaotic in f32 (JAX's
+/// own f32 run is 2e-2 away in sam_m4); which ReLU inputs near zero flip
+/// depends on the order the convolutions sum in. The f64 run checks every
+/// case to 1e-9.
+fn f32_tolerance(chunk: Option<usize>, adaptive: bool) -> f64 {
+    if chunk.is_some() || adaptive {
+        5e-2
+    } else {
+        1e-5
+    }
+}
+
+fn f64_flat(t: &Tensor) -> Vec<f64> {
+    t.flatten_all()
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap()
+}
+
 #[test]
 fn two_steps_match_the_jax_reference() {
     let fixture: Value =
         serde_json::from_str(include_str!("reference/step_reference.json")).unwrap();
-    for case in fixture["cases"].as_array().unwrap() {
-        let method = case["method"].as_str().unwrap();
-        let mut cfg = SamConfig::new(case["rho"].as_f64().unwrap());
-        cfg.chunk = case["chunk"].as_u64().map(|c| c as usize);
-        cfg.adaptive = case["adaptive"].as_bool().unwrap();
-        let label = format!(
-            "{method} rho {} chunk {:?} adaptive {}",
-            cfg.rho, cfg.chunk, cfg.adaptive
+    assert_eq!(fixture["dtype"], "f64");
+    for dtype in [DType::F64, DType::F32] {
+        for case in fixture["cases"].as_array().unwrap() {
+            check_steps(case, dtype);
+        }
+    }
+}
+
+fn check_steps(case: &Value, dtype: DType) {
+    let method = case["method"].as_str().unwrap();
+    let mut cfg = SamConfig::new(case["rho"].as_f64().unwrap());
+    cfg.chunk = case["chunk"].as_u64().map(|c| c as usize);
+    cfg.adaptive = case["adaptive"].as_bool().unwrap();
+    let tol = match dtype {
+        DType::F64 => 1e-9,
+        _ => f32_tolerance(cfg.chunk, cfg.adaptive),
+    };
+    let label = format!(
+        "{dtype:?} {method} rho {} chunk {:?} adaptive {}",
+        cfg.rho, cfg.chunk, cfg.adaptive
+    );
+    let model = Model::with_dtype(
+        &"resnet8".parse::<Arch>().unwrap(),
+        10,
+        0,
+        &Device::Cpu,
+        dtype,
+    )
+    .unwrap();
+    fixtures::set_fixed(&model).unwrap();
+    let mut opt = Sgd::new(SgdConfig::default()).unwrap();
+    for (k, want_loss) in floats(&case["losses"]).into_iter().enumerate() {
+        let (x, y) = batch(k);
+        let x = x.to_dtype(dtype).unwrap();
+        let out = if method == "sgd" {
+            sgd_step(&model, &mut opt, &x, &y, 0.1).unwrap()
+        } else {
+            sam_step(&model, &mut opt, &cfg, &x, &y, 0.1).unwrap()
+        };
+        // The loss is computed before any step's chaos sets in.
+        let loss_tol = if dtype == DType::F64 { 1e-9 } else { 1e-5 };
+        assert!(
+            (out.loss - want_loss).abs() <= loss_tol * want_loss,
+            "{label}: loss {} vs {want_loss}",
+            out.loss
         );
-        let model = resnet8();
-        let mut opt = Sgd::new(SgdConfig::default()).unwrap();
-        for (k, want_loss) in floats(&case["losses"]).into_iter().enumerate() {
-            let (x, y) = batch(k);
-            let out = if method == "sgd" {
-                sgd_step(&model, &mut opt, &x, &y, 0.1).unwrap()
-            } else {
-                sam_step(&model, &mut opt, &cfg, &x, &y, 0.1).unwrap()
-            };
+    }
+    for (name, want) in case["momentum"].as_object().unwrap() {
+        let v = f64_flat(&opt.state()[name]);
+        let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        let wn = want["norm"].as_f64().unwrap();
+        assert!(
+            (norm - wn).abs() <= tol * wn,
+            "{label} momentum {name}: norm {norm} vs {wn}"
+        );
+        let max_abs = want["max_abs"].as_f64().unwrap();
+        for (i, (a, b)) in v.iter().zip(floats(&want["head"])).enumerate() {
             assert!(
-                (out.loss - want_loss).abs() <= 1e-5 * want_loss,
-                "{label}: loss {} vs {want_loss}",
-                out.loss
+                (a - b).abs() <= tol * max_abs,
+                "{label} momentum {name}[{i}]: {a} vs {b}"
             );
         }
-        for (name, want) in case["momentum"].as_object().unwrap() {
-            let v: Vec<f64> = flat(&opt.state()[name]).iter().map(|&x| x as f64).collect();
-            let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
-            let wn = want["norm"].as_f64().unwrap();
+    }
+    // f32 rounding of values of order 1 (none in f64).
+    let floor = if dtype == DType::F64 { 1e-12 } else { 1e-6 };
+    // Weights change by lr * momentum per step: their error is the momentum
+    // error times 0.1 or less, on values of order 1.
+    for (name, want) in case["weights_head"].as_object().unwrap() {
+        let w = f64_flat(model.params.get(name).unwrap().as_tensor());
+        for (i, (a, b)) in w.iter().zip(floats(want)).enumerate() {
             assert!(
-                (norm - wn).abs() <= 1e-5 * wn,
-                "{label} momentum {name}: norm {norm} vs {wn}"
+                (a - b).abs() <= (tol / 10.0).max(floor) * b.abs().max(1.0),
+                "{label} weight {name}[{i}]: {a} vs {b}"
             );
-            let max_abs = want["max_abs"].as_f64().unwrap();
-            for (i, (a, b)) in v.iter().zip(floats(&want["head"])).enumerate() {
-                assert!(
-                    (a - b).abs() <= 1e-5 * max_abs,
-                    "{label} momentum {name}[{i}]: {a} vs {b}"
-                );
-            }
         }
-        for (name, want) in case["weights_head"].as_object().unwrap() {
-            let w = flat(model.params.get(name).unwrap().as_tensor());
-            for (i, (a, b)) in w.iter().zip(floats(want)).enumerate() {
-                assert!(
-                    (*a as f64 - b).abs() <= 1e-6 * b.abs().max(1.0),
-                    "{label} weight {name}[{i}]: {a} vs {b}"
-                );
-            }
-        }
-        for (name, want) in case["running_head"].as_object().unwrap() {
-            let r = flat(model.params.get(name).unwrap().as_tensor());
-            for (i, (a, b)) in r.iter().zip(floats(want)).enumerate() {
-                assert!(
-                    (*a as f64 - b).abs() <= 1e-5 * b.abs().max(1.0),
-                    "{label} running {name}[{i}]: {a} vs {b}"
-                );
-            }
+    }
+    for (name, want) in case["running_head"].as_object().unwrap() {
+        let r = f64_flat(model.params.get(name).unwrap().as_tensor());
+        for (i, (a, b)) in r.iter().zip(floats(want)).enumerate() {
+            assert!(
+                (a - b).abs() <= tol.max(10.0 * floor) * b.abs().max(1.0),
+                "{label} running {name}[{i}]: {a} vs {b}"
+            );
         }
     }
 }

@@ -37,7 +37,10 @@ fn main() {
             .output()
             .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        (t.elapsed().as_secs_f64(), String::from_utf8_lossy(&o.stdout).into_owned())
+        (
+            t.elapsed().as_secs_f64(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
     };
     let (first, out) = run();
     print!("first run: {out}");
@@ -53,5 +56,8 @@ fn main() {
     println!("20 stages (12 training runs, 8 evaluations)");
     println!("first run (trains, decodes the dataset): {first:.2} s");
     println!("cached run, median of 5:                 {median:.3} s (goal < 2 s)");
-    println!("cached / first:                          {:.4}", median / first);
+    println!(
+        "cached / first:                          {:.4}",
+        median / first
+    );
 }

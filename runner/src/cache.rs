@@ -296,6 +296,18 @@ fn sync_dir(dir: &Path) {
 mod tests {
     use super::*;
 
+    /// Summaries are read back from the cache's JSON files: a cached run
+    /// must report the same numbers as the run that computed them, which
+    /// needs serde_json's `float_roundtrip` (its default parser is off by an
+    /// ulp for some values, e.g. this loss of a real run).
+    #[test]
+    fn floats_survive_json_exactly() {
+        for v in [2.2475087642669678f64, 0.1 + 0.2, 1e-300, 123456.789e10] {
+            let back: f64 = serde_json::from_str(&serde_json::to_string(&v).unwrap()).unwrap();
+            assert_eq!(back.to_bits(), v.to_bits(), "{v}");
+        }
+    }
+
     #[test]
     fn commit_check_and_damage() {
         let dir = tempfile::tempdir().unwrap();

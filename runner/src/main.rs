@@ -12,6 +12,12 @@ use samlab_runner::cache::{Cache, Lookup};
 use samlab_runner::stages::StageSpec;
 use samlab_runner::{exec, plan, results, study};
 
+// The allocator the runner uses: it keeps freed pages, where the system
+// allocator returns large buffers to the kernel and faults them in again
+// (about 18% of a CPU step; docs/cpu-profile.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Sharpness-aware training studies: run a RON study file, reuse every
 /// checkpoint already computed, write tables and plots under results/.
 #[derive(Parser, Debug)]

@@ -1,0 +1,484 @@
+//! Conv2d on the CPU as im2col + gemm: the forward pass and both backward
+//! passes, as one candle custom op.
+//!
+//! Why: candle 0.11's CPU convolution computes small gemms over tiles of
+//! 512 output pixels, its weight gradient as another convolution with a
+//! batch-sized kernel, and its input gradient with a naive transposed
+//! convolution; together they were about 70% of a training step (see
+//! docs/cpu-profile.md). Here every image is one gemm per pass:
+//!
+//! - forward: `out[n] (Cout, P) = W (Cout, K) @ col(x[n]) (K, P)`
+//! - input gradient: `dx[n] = col2im(W^T (K, Cout) @ dout[n] (Cout, P))`
+//! - weight gradient: `dW = sum_n dout[n] (Cout, P) @ col(x[n])^T (P, K)`
+//!
+//! with `K = Cin * k * k` and `P = Hout * Wout`. Images are spread over
+//! rayon's threads; the columns of an image are rebuilt in the backward
+//! pass rather than kept (keeping them would cost K * P floats per image
+//! and layer). The weight gradient is summed over fixed groups of images
+//! in f32 and over the groups in f64, in a fixed order, so results do not
+//! depend on the number of threads.
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// Images per f32 partial sum of the weight gradient.
+const GROUP: usize = 8;
+
+#[derive(Clone, Copy, Debug)]
+struct Geom {
+    b: usize,
+    cin: usize,
+    h: usize,
+    w: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    oh: usize,
+    ow: usize,
+}
+
+impl Geom {
+    fn new(x: &Shape, w: &Shape, stride: usize, pad: usize) -> candle_core::Result<Geom> {
+        let (b, cin, h, wd) = x.dims4()?;
+        let (cout, cin2, k, k2) = w.dims4()?;
+        if cin != cin2 || k != k2 || stride == 0 {
+            candle_core::bail!("conv: input {x:?} does not fit kernel {w:?} (stride {stride})");
+        }
+        if h + 2 * pad < k || wd + 2 * pad < k {
+            candle_core::bail!("conv: input {x:?} is smaller than the kernel {w:?}");
+        }
+        Ok(Geom {
+            b,
+            cin,
+            h,
+            w: wd,
+            cout,
+            k,
+            stride,
+            pad,
+            oh: (h + 2 * pad - k) / stride + 1,
+            ow: (wd + 2 * pad - k) / stride + 1,
+        })
+    }
+
+    fn kk(&self) -> usize {
+        self.cin * self.k * self.k
+    }
+
+    fn p(&self) -> usize {
+        self.oh * self.ow
+    }
+
+    /// The columns of one image: `col[(c*k + kh)*k + kw][oy*ow + ox]`.
+    fn im2col(&self, x: &[f32], col: &mut [f32]) {
+        let (k, s, pad, p) = (self.k, self.stride, self.pad as isize, self.p());
+        for c in 0..self.cin {
+            let plane = &x[c * self.h * self.w..(c + 1) * self.h * self.w];
+            for kh in 0..k {
+                for kw in 0..k {
+                    let row = &mut col[((c * k + kh) * k + kw) * p..][..p];
+                    for oy in 0..self.oh {
+                        let iy = (oy * s + kh) as isize - pad;
+                        let out = &mut row[oy * self.ow..(oy + 1) * self.ow];
+                        if iy < 0 || iy >= self.h as isize {
+                            out.fill(0.0);
+                            continue;
+                        }
+                        let src = &plane[iy as usize * self.w..(iy as usize + 1) * self.w];
+                        for (ox, o) in out.iter_mut().enumerate() {
+                            let ix = (ox * s + kw) as isize - pad;
+                            *o = if ix >= 0 && ix < self.w as isize {
+                                src[ix as usize]
+                            } else {
+                                0.0
+                            };
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Adds columns back onto one image's gradient (im2col's adjoint).
+    fn col2im(&self, col: &[f32], dx: &mut [f32]) {
+        let (k, s, pad, p) = (self.k, self.stride, self.pad as isize, self.p());
+        for c in 0..self.cin {
+            let plane = &mut dx[c * self.h * self.w..(c + 1) * self.h * self.w];
+            for kh in 0..k {
+                for kw in 0..k {
+                    let row = &col[((c * k + kh) * k + kw) * p..][..p];
+                    for oy in 0..self.oh {
+                        let iy = (oy * s + kh) as isize - pad;
+                        if iy < 0 || iy >= self.h as isize {
+                            continue;
+                        }
+                        let dst = &mut plane[iy as usize * self.w..(iy as usize + 1) * self.w];
+                        for (ox, v) in row[oy * self.ow..(oy + 1) * self.ow].iter().enumerate() {
+                            let ix = (ox * s + kw) as isize - pad;
+                            if ix >= 0 && ix < self.w as isize {
+                                dst[ix as usize] += v;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `dst (m, n) = lhs (m, k) @ rhs (k, n)` (plus `dst` when `accumulate`),
+/// on the calling thread; strides are (row, column).
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: &[f32],
+    lhs_rs: usize,
+    lhs_cs: usize,
+    rhs: &[f32],
+    rhs_rs: usize,
+    rhs_cs: usize,
+) {
+    assert!(dst.len() >= m * n);
+    assert!(m == 0 || k == 0 || lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
+    assert!(n == 0 || k == 0 || rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
+    // SAFETY: the asserts above keep every index gemm reads or writes inside
+    // the slices; dst does not alias lhs or rhs (distinct borrows).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        )
+    }
+}
+
+fn f32s<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else {
+        candle_core::bail!("conv: {what} must be f32");
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("conv: {what} must be contiguous"),
+    }
+}
+
+/// The convolution `(x, weight) -> y`; its backward uses the two ops below.
+pub struct ConvOp {
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl CustomOp2 for ConvOp {
+    fn name(&self) -> &'static str {
+        "samlab-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = Geom::new(l1.shape(), l2.shape(), self.stride, self.padding)?;
+        let x = f32s(s1, l1, "input")?;
+        let w = f32s(s2, l2, "weight")?;
+        let (kk, p, img) = (g.kk(), g.p(), g.cin * g.h * g.w);
+        let mut out = vec![0f32; g.b * g.cout * p];
+        if p > 0 && g.cout > 0 {
+            out.par_chunks_mut(g.cout * p).enumerate().for_each_init(
+                || vec![0f32; kk * p],
+                |col, (n, y)| {
+                    g.im2col(&x[n * img..(n + 1) * img], col);
+                    matmul(g.cout, p, kk, y, false, w, kk, 1, col, p, 1);
+                },
+            );
+        }
+        Ok((CpuStorage::F32(out), Shape::from((g.b, g.cout, g.oh, g.ow))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let dx = grad.apply_op2_no_bwd(
+            w,
+            &GradInput {
+                stride: self.stride,
+                padding: self.padding,
+                input: x.shape().clone(),
+            },
+        )?;
+        let dw = x.apply_op2_no_bwd(
+            &grad,
+            &GradWeight {
+                stride: self.stride,
+                padding: self.padding,
+                kernel: w.shape().clone(),
+            },
+        )?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// `(dy, weight) -> dx`.
+struct GradInput {
+    stride: usize,
+    padding: usize,
+    input: Shape,
+}
+
+impl CustomOp2 for GradInput {
+    fn name(&self) -> &'static str {
+        "samlab-conv2d-grad-input"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = Geom::new(&self.input, l2.shape(), self.stride, self.padding)?;
+        let dy = f32s(s1, l1, "output gradient")?;
+        let w = f32s(s2, l2, "weight")?;
+        if l1.shape().dims() != [g.b, g.cout, g.oh, g.ow] {
+            candle_core::bail!("conv: output gradient {:?} does not fit", l1.shape());
+        }
+        let (kk, p, img) = (g.kk(), g.p(), g.cin * g.h * g.w);
+        let mut dx = vec![0f32; g.b * img];
+        if img > 0 {
+            dx.par_chunks_mut(img).enumerate().for_each_init(
+                || vec![0f32; kk * p],
+                |col, (n, dxn)| {
+                    let dyn_ = &dy[n * g.cout * p..(n + 1) * g.cout * p];
+                    // W^T (K, Cout): element (i, j) is w[j * K + i].
+                    matmul(kk, p, g.cout, col, false, w, 1, kk, dyn_, p, 1);
+                    g.col2im(col, dxn);
+                },
+            );
+        }
+        Ok((CpuStorage::F32(dx), self.input.clone()))
+    }
+}
+
+/// `(x, dy) -> dweight`.
+struct GradWeight {
+    stride: usize,
+    padding: usize,
+    kernel: Shape,
+}
+
+impl CustomOp2 for GradWeight {
+    fn name(&self) -> &'static str {
+        "samlab-conv2d-grad-weight"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = Geom::new(l1.shape(), &self.kernel, self.stride, self.padding)?;
+        let x = f32s(s1, l1, "input")?;
+        let dy = f32s(s2, l2, "output gradient")?;
+        if l2.shape().dims() != [g.b, g.cout, g.oh, g.ow] {
+            candle_core::bail!("conv: output gradient {:?} does not fit", l2.shape());
+        }
+        let (kk, p, img) = (g.kk(), g.p(), g.cin * g.h * g.w);
+        let groups: Vec<Vec<f32>> = (0..g.b.div_ceil(GROUP))
+            .into_par_iter()
+            .map_init(
+                || vec![0f32; kk * p],
+                |col, gi| {
+                    let mut part = vec![0f32; g.cout * kk];
+                    for n in gi * GROUP..((gi + 1) * GROUP).min(g.b) {
+                        g.im2col(&x[n * img..(n + 1) * img], col);
+                        let dyn_ = &dy[n * g.cout * p..(n + 1) * g.cout * p];
+                        // col^T (P, K): element (i, j) is col[j * P + i].
+                        matmul(
+                            g.cout,
+                            kk,
+                            p,
+                            &mut part,
+                            n > gi * GROUP,
+                            dyn_,
+                            p,
+                            1,
+                            col,
+                            1,
+                            p,
+                        );
+                    }
+                    part
+                },
+            )
+            .collect();
+        let mut sum = vec![0f64; g.cout * kk];
+        for part in &groups {
+            for (s, v) in sum.iter_mut().zip(part) {
+                *s += *v as f64;
+            }
+        }
+        let dw: Vec<f32> = sum.into_iter().map(|v| v as f32).collect();
+        Ok((CpuStorage::F32(dw), self.kernel.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, Var};
+
+    fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
+        let a = a
+            .to_dtype(DType::F64)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        let b = b
+            .to_dtype(DType::F64)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        let scale = b.iter().fold(0f64, |m, v| m.max(v.abs()));
+        a.iter()
+            .zip(&b)
+            .fold(0f64, |m, (x, y)| m.max((x - y).abs() / scale))
+    }
+
+    /// Forward and both gradients against candle's convolution in f64.
+    #[test]
+    fn matches_candle_in_f64() {
+        let dev = Device::Cpu;
+        // (candle's own f64 backward needs even sizes with stride 2)
+        for (b, cin, h, wd, cout, k, stride, pad) in [
+            (3, 4, 9, 10, 5, 3, 1, 1),
+            (2, 3, 8, 10, 6, 3, 2, 1),
+            (GROUP + 3, 2, 6, 8, 3, 1, 2, 0),
+            (2, 5, 7, 6, 4, 3, 1, 0),
+            // ResNet-18's layer4 shapes: K = 2304 and 4608, P = 16
+            (2, 256, 8, 8, 64, 3, 2, 1),
+            (2, 512, 4, 4, 32, 3, 1, 1),
+        ] {
+            let x = Tensor::randn(0f64, 1.0, (b, cin, h, wd), &dev).unwrap();
+            let w = Tensor::randn(0f64, 1.0, (cout, cin, k, k), &dev).unwrap();
+            let (x64, w64) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&w).unwrap());
+            let y64 = x64
+                .as_tensor()
+                .conv2d(w64.as_tensor(), pad, stride, 1, 1)
+                .unwrap();
+            let r = Tensor::randn(0f64, 1.0, y64.shape(), &dev).unwrap();
+            let g64 = (&y64 * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let x32 = Var::from_tensor(&x.to_dtype(DType::F32).unwrap()).unwrap();
+            let w32 = Var::from_tensor(&w.to_dtype(DType::F32).unwrap()).unwrap();
+            let y32 = x32
+                .as_tensor()
+                .apply_op2(
+                    w32.as_tensor(),
+                    ConvOp {
+                        stride,
+                        padding: pad,
+                    },
+                )
+                .unwrap();
+            assert_eq!(y32.dims(), y64.dims());
+            let r32 = r.to_dtype(DType::F32).unwrap();
+            let g32 = (&y32 * &r32)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let case = format!("b{b} cin{cin} h{h} cout{cout} k{k} s{stride} p{pad}");
+            assert!(max_rel(&y32, &y64) < 1e-5, "{case}: forward");
+            let gx = (
+                g32.get(x32.as_tensor()).unwrap(),
+                g64.get(x64.as_tensor()).unwrap(),
+            );
+            assert!(
+                max_rel(gx.0, gx.1) < 1e-5,
+                "{case}: input gradient {}",
+                max_rel(gx.0, gx.1)
+            );
+            let gw = (
+                g32.get(w32.as_tensor()).unwrap(),
+                g64.get(w64.as_tensor()).unwrap(),
+            );
+            assert!(
+                max_rel(gw.0, gw.1) < 1e-5,
+                "{case}: weight gradient {}",
+                max_rel(gw.0, gw.1)
+            );
+        }
+    }
+
+    /// As accurate as candle's convolution: against the exact (f64) result
+    /// of the same f32 inputs, the mean absolute error is within 20% of
+    /// candle's on ResNet shapes (both sum K products in f32; the order
+    /// differs).
+    #[test]
+    fn as_accurate_as_candle() {
+        let dev = Device::Cpu;
+        for (b, cin, h, cout, stride) in
+            [(4, 16, 32, 16, 1), (4, 32, 16, 64, 2), (4, 128, 8, 128, 1)]
+        {
+            let x = Tensor::randn(0f32, 1.0, (b, cin, h, h), &dev)
+                .unwrap()
+                .relu()
+                .unwrap();
+            let w = (Tensor::randn(0f32, 1.0, (cout, cin, 3, 3), &dev).unwrap() * 0.05).unwrap();
+            let f64_of = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+            let exact = f64_of(&x).conv2d(&f64_of(&w), 1, stride, 1, 1).unwrap();
+            let mean_err = |t: &Tensor| {
+                (f64_of(t) - &exact)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .mean_all()
+                    .unwrap()
+                    .to_scalar::<f64>()
+                    .unwrap()
+            };
+            let mine = mean_err(&x.apply_op2(&w, ConvOp { stride, padding: 1 }).unwrap());
+            let candle = mean_err(&x.conv2d(&w, 1, stride, 1, 1).unwrap());
+            assert!(
+                mine <= 1.2 * candle,
+                "cin {cin}: mean error {mine:.3e} vs candle's {candle:.3e}"
+            );
+        }
+    }
+}
