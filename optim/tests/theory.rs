@@ -159,3 +159,77 @@ fn sam_escapes_a_noisy_quadratic_valley_faster_and_faster_with_rho() {
     );
     assert!(times[3] < 0.8 * times[0], "{times:?}");
 }
+
+/// The minimiser of `f` on a grid over a box, refined twice around the best
+/// point (each pass: 61 x 61 points).
+fn argmin_2d(f: &impl Fn([f64; 2]) -> f64, mut lo: [f64; 2], mut hi: [f64; 2]) -> [f64; 2] {
+    let mut best = [f64::NAN; 2];
+    for _ in 0..3 {
+        let mut bv = f64::INFINITY;
+        for i in 0..=60 {
+            for j in 0..=60 {
+                let w = [
+                    lo[0] + (hi[0] - lo[0]) * i as f64 / 60.0,
+                    lo[1] + (hi[1] - lo[1]) * j as f64 / 60.0,
+                ];
+                let v = f(w);
+                if v < bv {
+                    (bv, best) = (v, w);
+                }
+            }
+        }
+        for k in 0..2 {
+            let h = (hi[k] - lo[k]) / 60.0 * 3.0;
+            (lo[k], hi[k]) = (best[k] - h, best[k] + h);
+        }
+    }
+    best
+}
+
+/// Theorem 3.3.2 with a second direction: `L(x, y) = A(x) + B(y)` with `A`
+/// asymmetric (slope p for x > 0, c p for x < 0) and `B` symmetric or
+/// nearly so (slopes a for y > 0, b for y < 0), and one L2 ball of radius
+/// rho for both coordinates. (Our reading of the thesis' Figure 3.2; the
+/// thesis' text is not at hand.)
+///
+/// What holds, numerically: the minimiser of `L~` moves toward the flat
+/// side along x by less than rho, and stays within (b-a)/(a+b) rho of 0
+/// along y. The 1-D lower bound (c-1)/(c+1) rho does *not* carry over: with
+/// a = b, `L~ = max(x + rho sqrt(p^2 + a^2), -c p x + rho sqrt(c^2 p^2 + a^2))`
+/// near 0 (up to |y| terms), so the shift is
+/// `(sqrt(c^2 p^2 + a^2) - sqrt(p^2 + a^2)) / ((c + 1) p) * rho`, below the
+/// 1-D bound and tending to it as a / p -> 0.
+#[test]
+fn theorem_3_3_2_asymmetric_valley_in_two_dimensions() {
+    for (p, c, a, b, rho) in [
+        (1.0, 3.0, 1.0, 1.0, 0.1),
+        (1.0, 3.0, 0.01, 0.01, 0.1),
+        (1.0, 4.0, 0.9, 1.1, 0.2),
+        (0.5, 2.0, 2.0, 2.5, 0.05),
+    ] {
+        let l = move |w: [f64; 2]| {
+            let x = if w[0] >= 0.0 { p * w[0] } else { -c * p * w[0] };
+            let y = if w[1] >= 0.0 { a * w[1] } else { -b * w[1] };
+            x + y
+        };
+        // L is convex: the max over the ball lies on its boundary circle.
+        let sam = |w: [f64; 2]| sam_loss_2d(l, w, rho, 1, 2880);
+        let at = argmin_2d(&sam, [-rho, -rho], [2.0 * rho, rho]);
+        let label = format!("p {p} c {c} a {a} b {b} rho {rho}");
+        let tol = 2e-3 * rho;
+        let one_d = (c - 1.0) / (c + 1.0) * rho;
+        assert!(at[0] > 0.0 && at[0] < rho, "{label}: x {}", at[0]);
+        assert!(at[0] <= one_d + tol, "{label}: x {} above {one_d}", at[0]);
+        let sym = (b - a).abs() / (a + b) * rho;
+        assert!(
+            at[1].abs() <= sym + tol,
+            "{label}: |y| {} > {sym}",
+            at[1].abs()
+        );
+        if a == b {
+            let h = |g: f64| (g * g + a * a).sqrt();
+            let want = (h(c * p) - h(p)) / ((c + 1.0) * p) * rho;
+            assert!((at[0] - want).abs() < tol, "{label}: x {} vs {want}", at[0]);
+        }
+    }
+}

@@ -12,7 +12,7 @@ use crate::error::{Result, io};
 use crate::key::{KeyDoc, canonical};
 use crate::plan::{DataInfo, Planned, Status};
 use crate::progress::Progress;
-use crate::stages::{self, Outcome, RunCtx, StageSpec, Summary};
+use crate::stages::{Outcome, RunCtx, StageSpec, Summary};
 use crate::study::Study;
 
 /// How to run.
@@ -162,10 +162,7 @@ pub fn run_study(
                     plan[i].prefix.as_ref()
                 },
             };
-            let ran = match &stage.spec {
-                StageSpec::Train(t) => stages::train::run(t, &ctx),
-                StageSpec::Evaluate(e) => stages::evaluate::run(e, &ctx),
-            };
+            let ran = stage.spec.run(&ctx);
             let (summary, outcome) = match ran {
                 Ok(x) => x,
                 Err(e) => {
@@ -244,7 +241,7 @@ fn key_doc(
     let stage = &study.stages[i];
     let spec = match &stage.spec {
         StageSpec::Train(t) => t.key_spec(plan[i].spe).expect("resolved in planning"),
-        StageSpec::Evaluate(e) => serde_json::to_value(e).expect("specs serialise"),
+        other => other.plain_key_spec(),
     };
     KeyDoc {
         kind: stage.spec.kind(),

@@ -18,6 +18,7 @@ mod error;
 pub mod exec;
 pub mod key;
 pub mod plan;
+pub mod plots;
 pub mod progress;
 pub mod results;
 pub mod stages;

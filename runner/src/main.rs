@@ -9,7 +9,6 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use samlab_data::{Cifar100Labels, DataConfig, DatasetName, LoadOptions};
 use samlab_runner::cache::{Cache, Lookup};
-use samlab_runner::stages::StageSpec;
 use samlab_runner::{exec, plan, results, study};
 
 // The allocator the runner uses: it keeps freed pages, where the system
@@ -402,10 +401,7 @@ fn show_plan(data: &DataArgs, path: &Path) -> Result<()> {
         "stage", "kind", "model", "epochs", "to run", "key"
     );
     for (s, p) in study.stages.iter().zip(&planned) {
-        let (model, epochs) = match &s.spec {
-            StageSpec::Train(t) => (t.model.clone(), t.epochs.to_string()),
-            StageSpec::Evaluate(e) => (e.model.clone(), "-".into()),
-        };
+        let (model, epochs) = (s.spec.model().to_string(), s.spec.length());
         let key = p.key.as_deref().map(|k| &k[..12]).unwrap_or("-");
         o += &format!(
             "{:<36} {:<9} {:<16} {:>7} {:>10}  {:<12} {}\n",

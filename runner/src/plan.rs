@@ -91,7 +91,7 @@ pub fn plan(study: &Study, data: Option<&DataInfo>, cache: Option<&Cache>) -> Re
                     spe,
                 )
             }
-            StageSpec::Evaluate(e) => (serde_json::to_value(e).expect("specs serialise"), None, 0),
+            other => (other.plain_key_spec(), None, 0),
         };
         let key = data.filter(|_| deps.len() == stage.deps.len()).map(|d| {
             KeyDoc {
@@ -158,6 +158,9 @@ pub fn plan(study: &Study, data: Option<&DataInfo>, cache: Option<&Cache>) -> Re
                 }
                 (images.div_ceil(e.batch) as u64).div_ceil(3)
             }
+            StageSpec::Escape(e) => e.cost(),
+            StageSpec::Interpolate(e) => e.cost(train_len, test_len),
+            StageSpec::Distance(_) => 1,
         };
         let Some(key) = out[i].key.clone() else {
             out[i].status = Status::Unknown;

@@ -148,8 +148,8 @@ pub fn write(
             let _ = write!(csv, ",{}", v.map(|v| v.to_string()).unwrap_or_default());
         }
         csv.push('\n');
-        if r.summary.is_some() {
-            let src = cache.entry_dir(&r.key).join("metrics.csv");
+        let src = cache.entry_dir(&r.key).join("metrics.csv");
+        if r.summary.is_some() && src.is_file() {
             let dst = stages_dir.join(format!("{}.csv", file_stem(stage)));
             std::fs::copy(&src, &dst).map_err(io(&src))?;
         }
@@ -177,10 +177,15 @@ pub fn write(
         );
     }
     write_file(&dir.join("last-run.csv"), last.as_bytes())?;
-    write_file(
-        &dir.join("summary.md"),
-        markdown(study, reports, prov).as_bytes(),
-    )?;
+    let plots = crate::plots::write_all(&dir.join("plots"), study, reports, cache)?;
+    let mut md = markdown(study, reports, prov);
+    if !plots.is_empty() {
+        md.push_str("## Plots\n\n");
+        for p in &plots {
+            let _ = writeln!(md, "![{p}](plots/{p})\n");
+        }
+    }
+    write_file(&dir.join("summary.md"), md.as_bytes())?;
     write_file(
         &dir.join("provenance.json"),
         serde_json::to_string_pretty(prov)

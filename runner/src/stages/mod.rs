@@ -4,7 +4,10 @@
 //! means a new module plus one variant in [`RawStage`] and [`StageSpec`]
 //! and their `match`es below.
 
+pub mod distance;
+pub mod escape;
 pub mod evaluate;
+pub mod interpolate;
 pub mod train;
 
 use std::collections::BTreeMap;
@@ -61,6 +64,9 @@ impl Subset {
 pub enum RawStage {
     Train(train::TrainPartial),
     Evaluate(evaluate::EvalPartial),
+    Escape(escape::EscapePartial),
+    Interpolate(interpolate::InterpPartial),
+    Distance(distance::DistancePartial),
 }
 
 /// A stage with every field resolved.
@@ -68,6 +74,9 @@ pub enum RawStage {
 pub enum StageSpec {
     Train(train::TrainSpec),
     Evaluate(evaluate::EvalSpec),
+    Escape(escape::EscapeSpec),
+    Interpolate(interpolate::InterpSpec),
+    Distance(distance::DistanceSpec),
 }
 
 impl RawStage {
@@ -75,6 +84,9 @@ impl RawStage {
         match self {
             RawStage::Train(_) => "Train",
             RawStage::Evaluate(_) => "Evaluate",
+            RawStage::Escape(_) => "Escape",
+            RawStage::Interpolate(_) => "Interpolate",
+            RawStage::Distance(_) => "Distance",
         }
     }
 
@@ -82,6 +94,9 @@ impl RawStage {
         match self {
             RawStage::Train(p) => p.extends.as_deref(),
             RawStage::Evaluate(p) => p.extends.as_deref(),
+            RawStage::Escape(p) => p.extends.as_deref(),
+            RawStage::Interpolate(p) => p.extends.as_deref(),
+            RawStage::Distance(p) => p.extends.as_deref(),
         }
     }
 
@@ -90,6 +105,11 @@ impl RawStage {
         match (self, parent) {
             (RawStage::Train(c), RawStage::Train(p)) => Ok(RawStage::Train(c.merge(p))),
             (RawStage::Evaluate(c), RawStage::Evaluate(p)) => Ok(RawStage::Evaluate(c.merge(p))),
+            (RawStage::Escape(c), RawStage::Escape(p)) => Ok(RawStage::Escape(c.merge(p))),
+            (RawStage::Interpolate(c), RawStage::Interpolate(p)) => {
+                Ok(RawStage::Interpolate(c.merge(p)))
+            }
+            (RawStage::Distance(c), RawStage::Distance(p)) => Ok(RawStage::Distance(c.merge(p))),
             (c, p) => Err(format!(
                 "a {} stage cannot extend a {} block",
                 c.kind(),
@@ -103,6 +123,9 @@ impl RawStage {
         match self {
             RawStage::Train(p) => p.from.iter().map(|f| ("from", f.as_str())).collect(),
             RawStage::Evaluate(p) => p.of.iter().map(|f| ("of", f.as_str())).collect(),
+            RawStage::Escape(p) => p.of.iter().map(|f| ("of", f.as_str())).collect(),
+            RawStage::Interpolate(p) => p.refs(),
+            RawStage::Distance(p) => p.refs(),
         }
     }
 
@@ -110,6 +133,9 @@ impl RawStage {
         match self {
             RawStage::Train(p) => p.grid.as_ref(),
             RawStage::Evaluate(p) => p.grid.as_ref(),
+            RawStage::Escape(p) => p.grid.as_ref(),
+            RawStage::Interpolate(p) => p.grid.as_ref(),
+            RawStage::Distance(p) => p.grid.as_ref(),
         }
     }
 
@@ -117,6 +143,9 @@ impl RawStage {
         match self {
             RawStage::Train(_) => train::GRID_FIELDS,
             RawStage::Evaluate(_) => evaluate::GRID_FIELDS,
+            RawStage::Escape(_) => escape::GRID_FIELDS,
+            RawStage::Interpolate(_) => interpolate::GRID_FIELDS,
+            RawStage::Distance(_) => distance::GRID_FIELDS,
         }
     }
 
@@ -124,6 +153,9 @@ impl RawStage {
         match self {
             RawStage::Train(p) => p.set_grid(field, v),
             RawStage::Evaluate(p) => p.set_grid(field, v),
+            RawStage::Escape(p) => p.set_grid(field, v),
+            RawStage::Interpolate(p) => p.set_grid(field, v),
+            RawStage::Distance(p) => p.set_grid(field, v),
         }
     }
 
@@ -132,6 +164,9 @@ impl RawStage {
         match self {
             RawStage::Train(p) => p.finish(dataset).map(StageSpec::Train),
             RawStage::Evaluate(p) => p.finish(dataset).map(StageSpec::Evaluate),
+            RawStage::Escape(p) => p.finish(dataset).map(StageSpec::Escape),
+            RawStage::Interpolate(p) => p.finish(dataset).map(StageSpec::Interpolate),
+            RawStage::Distance(p) => p.finish(dataset).map(StageSpec::Distance),
         }
     }
 }
@@ -141,6 +176,54 @@ impl StageSpec {
         match self {
             StageSpec::Train(_) => "train",
             StageSpec::Evaluate(_) => "evaluate",
+            StageSpec::Escape(_) => "escape",
+            StageSpec::Interpolate(_) => "interpolate",
+            StageSpec::Distance(_) => "distance",
+        }
+    }
+
+    /// The model it trains or evaluates.
+    pub fn model(&self) -> &str {
+        match self {
+            StageSpec::Train(s) => &s.model,
+            StageSpec::Evaluate(s) => &s.model,
+            StageSpec::Escape(s) => &s.model,
+            StageSpec::Interpolate(s) => &s.model,
+            StageSpec::Distance(s) => &s.model,
+        }
+    }
+
+    /// How long it runs, for `runner plan`: epochs, steps or `-`.
+    pub fn length(&self) -> String {
+        match self {
+            StageSpec::Train(s) => s.epochs.to_string(),
+            StageSpec::Escape(s) => format!("<={}st", s.max_steps),
+            StageSpec::Interpolate(s) => format!("{}pt", s.alpha.points),
+            StageSpec::Evaluate(_) | StageSpec::Distance(_) => "-".into(),
+        }
+    }
+
+    /// The key's spec of a kind other than Train (whose key needs the
+    /// steps per epoch; see `TrainSpec::key_spec`).
+    pub fn plain_key_spec(&self) -> serde_json::Value {
+        match self {
+            StageSpec::Train(s) => serde_json::to_value(s),
+            StageSpec::Evaluate(s) => serde_json::to_value(s),
+            StageSpec::Escape(s) => serde_json::to_value(s),
+            StageSpec::Interpolate(s) => serde_json::to_value(s),
+            StageSpec::Distance(s) => serde_json::to_value(s),
+        }
+        .expect("specs serialise")
+    }
+
+    /// Runs the stage.
+    pub fn run(&self, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
+        match self {
+            StageSpec::Train(s) => train::run(s, ctx),
+            StageSpec::Evaluate(s) => evaluate::run(s, ctx),
+            StageSpec::Escape(s) => escape::run(s, ctx),
+            StageSpec::Interpolate(s) => interpolate::run(s, ctx),
+            StageSpec::Distance(s) => distance::run(s, ctx),
         }
     }
 
@@ -150,6 +233,9 @@ impl StageSpec {
         match self {
             StageSpec::Train(s) => s.link(deps),
             StageSpec::Evaluate(s) => s.link(deps),
+            StageSpec::Escape(s) => s.link(deps),
+            StageSpec::Interpolate(s) => s.link(deps),
+            StageSpec::Distance(s) => s.link(deps),
         }
     }
 }

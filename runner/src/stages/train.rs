@@ -179,30 +179,8 @@ impl TrainPartial {
         positive("batch", batch as u64)?;
         let eval_batch = self.eval_batch.unwrap_or(500);
         positive("eval_batch", eval_batch as u64)?;
-        let d = SgdConfig::default();
-        let o = self.optimizer.clone().unwrap_or_default();
-        let optimizer = SgdConfig {
-            momentum: o.momentum.unwrap_or(d.momentum),
-            nesterov: o.nesterov.unwrap_or(d.nesterov),
-            weight_decay: o.weight_decay.unwrap_or(d.weight_decay),
-        };
-        samlab_optim::Sgd::new(optimizer.clone()).map_err(|e| e.to_string())?;
-        let s = self.sam.clone().unwrap_or_default();
-        let ds = SamConfig::new(0.05);
-        let sam = SamConfig {
-            rho: s.rho.unwrap_or(ds.rho),
-            chunk: s.chunk,
-            adaptive: s.adaptive.unwrap_or(ds.adaptive),
-            eta: s.eta.unwrap_or(ds.eta),
-        };
-        sam.check().map_err(|e| e.to_string())?;
-        if let Some(m) = sam.chunk
-            && !batch.is_multiple_of(m)
-        {
-            return Err(format!(
-                "the m-sharpness chunk {m} does not divide the batch {batch}"
-            ));
-        }
+        let optimizer = resolve_sgd(self.optimizer.as_ref())?;
+        let sam = resolve_sam(self.sam.as_ref(), batch)?;
         let lr = self.lr.clone().unwrap_or(LrSchedule::Cosine { lr: 0.1 });
         let lr_value = match lr {
             LrSchedule::Constant { lr } | LrSchedule::Cosine { lr } => lr,
@@ -235,6 +213,43 @@ impl TrainPartial {
             classes: dataset.num_classes(),
         })
     }
+}
+
+/// SGD settings with the recipe's defaults filled in, checked.
+pub(crate) fn resolve_sgd(o: Option<&SgdPartial>) -> std::result::Result<SgdConfig, String> {
+    let d = SgdConfig::default();
+    let o = o.cloned().unwrap_or_default();
+    let optimizer = SgdConfig {
+        momentum: o.momentum.unwrap_or(d.momentum),
+        nesterov: o.nesterov.unwrap_or(d.nesterov),
+        weight_decay: o.weight_decay.unwrap_or(d.weight_decay),
+    };
+    samlab_optim::Sgd::new(optimizer.clone()).map_err(|e| e.to_string())?;
+    Ok(optimizer)
+}
+
+/// SAM settings with defaults filled in, checked against the batch size.
+pub(crate) fn resolve_sam(
+    s: Option<&SamPartial>,
+    batch: usize,
+) -> std::result::Result<SamConfig, String> {
+    let s = s.cloned().unwrap_or_default();
+    let ds = SamConfig::new(0.05);
+    let sam = SamConfig {
+        rho: s.rho.unwrap_or(ds.rho),
+        chunk: s.chunk,
+        adaptive: s.adaptive.unwrap_or(ds.adaptive),
+        eta: s.eta.unwrap_or(ds.eta),
+    };
+    sam.check().map_err(|e| e.to_string())?;
+    if let Some(m) = sam.chunk
+        && !batch.is_multiple_of(m)
+    {
+        return Err(format!(
+            "the m-sharpness chunk {m} does not divide the batch {batch}"
+        ));
+    }
+    Ok(sam)
 }
 
 impl TrainSpec {

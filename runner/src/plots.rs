@@ -1,0 +1,306 @@
+//! Plots of a study's results (SVG, with plotters), written beside its
+//! tables under `plots/`:
+//!
+//! - each Interpolate stage: train (red) and test (blue) error along `a`,
+//!   and the same for the loss, as the thesis draws Figures 5.1 and 5.2;
+//! - the Escape stages together: steps to escape against rho, mean +- std
+//!   over the seeds that escaped (SGD drawn at rho = 0);
+//! - every other stage gridded over one field besides `seed` (a sweep):
+//!   each of its headline metrics (`test_acc`, `distance`, `passes_per_step`)
+//!   against that field, mean +- std over seeds.
+//!
+//! Plots only read the summaries and the entries' `metrics.csv`; a plot that
+//! has fewer than two points is left out.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use crate::cache::Cache;
+use crate::error::{Error, ErrorKind, Result};
+use crate::exec::StageReport;
+use crate::stages::StageSpec;
+use crate::study::Study;
+
+/// One line of a chart: its points, with an optional +- half-width each.
+pub struct Series {
+    pub name: String,
+    pub color: RGBColor,
+    pub points: Vec<(f64, f64, f64)>,
+}
+
+fn plot_err(path: &Path, e: impl std::fmt::Display) -> Error {
+    ErrorKind::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(format!("cannot draw the plot: {e}")),
+    }
+    .into()
+}
+
+fn range(vals: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for v in vals.filter(|v| v.is_finite()) {
+        lo = lo.min(v);
+        hi = hi.max(v);
+    }
+    if !lo.is_finite() {
+        return (0.0, 1.0);
+    }
+    let pad = if hi > lo {
+        (hi - lo) * 0.06
+    } else {
+        lo.abs().max(1.0) * 0.1
+    };
+    (lo - pad, hi + pad)
+}
+
+/// A line chart with points and error bars, as SVG.
+pub fn line_chart(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+) -> Result<()> {
+    let all = || series.iter().flat_map(|s| s.points.iter());
+    let (x0, x1) = range(all().map(|p| p.0));
+    let (y0, y1) = range(all().flat_map(|p| [p.1 - p.2, p.1 + p.2]));
+    let root = SVGBackend::new(path, (720, 460)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(45)
+        .y_label_area_size(65)
+        .build_cartesian_2d(x0..x1, y0..y1)
+        .map_err(|e| plot_err(path, e))?;
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc(y_label)
+        .light_line_style(WHITE.mix(0.0))
+        .draw()
+        .map_err(|e| plot_err(path, e))?;
+    for s in series {
+        let color = s.color;
+        let pts: Vec<(f64, f64)> = s.points.iter().map(|p| (p.0, p.1)).collect();
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+            .map_err(|e| plot_err(path, e))?
+            .label(s.name.clone())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        chart
+            .draw_series(pts.iter().map(|p| Circle::new(*p, 3, color.filled())))
+            .map_err(|e| plot_err(path, e))?;
+        chart
+            .draw_series(s.points.iter().filter(|p| p.2 > 0.0).map(|p| {
+                ErrorBar::new_vertical(p.0, p.1 - p.2, p.1, p.1 + p.2, color.stroke_width(1), 8)
+            }))
+            .map_err(|e| plot_err(path, e))?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(|e| plot_err(path, e))?;
+    root.present().map_err(|e| plot_err(path, e))?;
+    Ok(())
+}
+
+fn mean_std(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    let var = if xs.len() > 1 {
+        xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (mean, var.sqrt())
+}
+
+const PALETTE: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+];
+
+/// Reads an entry's `metrics.csv` as rows of fields (header dropped).
+fn rows(cache: &Cache, key: &str) -> Vec<Vec<String>> {
+    std::fs::read_to_string(cache.entry_dir(key).join("metrics.csv"))
+        .map(|t| {
+            t.lines()
+                .skip(1)
+                .map(|l| l.split(',').map(str::to_string).collect())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Writes every plot of a study into `dir`; returns the files written.
+pub fn write_all(
+    dir: &Path,
+    study: &Study,
+    reports: &[StageReport],
+    cache: &Cache,
+) -> Result<Vec<String>> {
+    let mut written = Vec::new();
+    std::fs::create_dir_all(dir).map_err(crate::error::io(dir))?;
+    let done: Vec<&StageReport> = reports.iter().filter(|r| r.summary.is_some()).collect();
+
+    // Interpolation curves.
+    for r in &done {
+        let stage = &study.stages[r.index];
+        if !matches!(stage.spec, StageSpec::Interpolate(_)) {
+            continue;
+        }
+        let data = rows(cache, &r.key);
+        let stem = crate::results::file_stem(stage);
+        for (col, what) in [(4, "error"), (3, "loss")] {
+            let mut series = Vec::new();
+            for (split, color) in [("train", RED), ("test", BLUE)] {
+                let points: Vec<(f64, f64, f64)> = data
+                    .iter()
+                    .filter(|row| row.len() > col && row[1] == split)
+                    .filter_map(|row| Some((row[0].parse().ok()?, row[col].parse().ok()?, 0.0)))
+                    .collect();
+                if points.len() >= 2 {
+                    series.push(Series {
+                        name: split.into(),
+                        color,
+                        points,
+                    });
+                }
+            }
+            if !series.is_empty() {
+                let name = format!("{stem}-{what}.svg");
+                line_chart(
+                    &dir.join(&name),
+                    &format!("{}: {what} along (1-a) w1 + a w2", r.display),
+                    "a",
+                    what,
+                    &series,
+                )?;
+                written.push(name);
+            }
+        }
+    }
+
+    // Escape steps against rho.
+    let mut escape: BTreeMap<String, BTreeMap<u64, Vec<f64>>> = BTreeMap::new();
+    for r in &done {
+        let stage = &study.stages[r.index];
+        let StageSpec::Escape(e) = &stage.spec else {
+            continue;
+        };
+        let rho = e.sam.as_ref().map_or(0.0, |s| s.rho);
+        if let Some(steps) = r.summary.as_ref().and_then(|s| s.get("escape_steps")) {
+            escape
+                .entry(stage.name.clone())
+                .or_default()
+                .entry(rho.to_bits())
+                .or_default()
+                .push(*steps);
+        }
+    }
+    let series: Vec<Series> = escape
+        .iter()
+        .enumerate()
+        .map(|(i, (name, by_rho))| {
+            let mut points: Vec<(f64, f64, f64)> = by_rho
+                .iter()
+                .map(|(rho, xs)| {
+                    let (m, s) = mean_std(xs);
+                    (f64::from_bits(*rho), m, s)
+                })
+                .collect();
+            points.sort_by(|a, b| a.0.total_cmp(&b.0));
+            Series {
+                name: name.clone(),
+                color: PALETTE[i % PALETTE.len()],
+                points,
+            }
+        })
+        .collect();
+    if series.iter().map(|s| s.points.len()).sum::<usize>() >= 2 {
+        let name = "escape-steps.svg".to_string();
+        line_chart(
+            &dir.join(&name),
+            "Steps to escape the minimum (mean ± std over escaped seeds)",
+            "rho (SGD at 0)",
+            "steps until train accuracy < threshold",
+            &series,
+        )?;
+        written.push(name);
+    }
+
+    // Sweeps: a stage gridded over one field besides the seed.
+    let mut names: Vec<&str> = Vec::new();
+    for s in &study.stages {
+        if !names.contains(&s.name.as_str()) {
+            names.push(&s.name);
+        }
+    }
+    for name in names {
+        let members: Vec<&&StageReport> = done
+            .iter()
+            .filter(|r| study.stages[r.index].name == name)
+            .collect();
+        let Some(first) = members.first() else {
+            continue;
+        };
+        if matches!(study.stages[first.index].spec, StageSpec::Escape(_)) {
+            continue;
+        }
+        let fields: Vec<&String> = study.stages[first.index]
+            .coords
+            .keys()
+            .filter(|k| k.as_str() != "seed")
+            .collect();
+        let [field] = fields.as_slice() else {
+            continue;
+        };
+        for metric in ["test_acc", "distance", "passes_per_step"] {
+            let mut by_x: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
+            for r in &members {
+                let x = study.stages[r.index].coords.get(*field).copied();
+                let y = r.summary.as_ref().and_then(|s| s.get(metric)).copied();
+                if let (Some(x), Some(y)) = (x, y) {
+                    by_x.entry(x.to_bits()).or_default().push(y);
+                }
+            }
+            if by_x.len() < 2 {
+                continue;
+            }
+            let mut points: Vec<(f64, f64, f64)> = by_x
+                .iter()
+                .map(|(x, ys)| {
+                    let (m, s) = mean_std(ys);
+                    (f64::from_bits(*x), m, s)
+                })
+                .collect();
+            points.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let file = format!("{name}-{metric}-vs-{field}.svg");
+            line_chart(
+                &dir.join(&file),
+                &format!("{name}: {metric} against {field} (mean ± std over seeds)"),
+                field,
+                metric,
+                &[Series {
+                    name: name.to_string(),
+                    color: PALETTE[0],
+                    points,
+                }],
+            )?;
+            written.push(file);
+        }
+    }
+    Ok(written)
+}

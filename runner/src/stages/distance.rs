@@ -1,0 +1,121 @@
+//! `Distance`: the L2 distance between two Train stages' final weights over
+//! the trainable parameters (BatchNorm's running statistics left out), for
+//! the ablations of the thesis' Figure 5.3. Writes only `summary.json`.
+
+use indexmap::IndexMap;
+use samlab_data::DatasetName;
+use samlab_models::Model;
+use serde::{Deserialize, Serialize};
+
+use super::interpolate::{distance, load_tensors};
+use super::{Outcome, RunCtx, StageSpec, Summary};
+use crate::error::{Result, stage_err};
+
+pub const GRID_FIELDS: &[&str] = &[];
+
+/// A Distance stage as written.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename = "Distance")]
+pub struct DistancePartial {
+    pub extends: Option<String>,
+    pub w1: Option<String>,
+    pub w2: Option<String>,
+    pub grid: Option<IndexMap<String, Vec<f64>>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DistanceSpec {
+    /// Filled from the Train stages.
+    pub model: String,
+    pub classes: usize,
+}
+
+impl DistancePartial {
+    pub fn merge(mut self, p: &DistancePartial) -> DistancePartial {
+        if self.w1.is_none() {
+            self.w1 = p.w1.clone();
+        }
+        if self.w2.is_none() {
+            self.w2 = p.w2.clone();
+        }
+        self.extends = p.extends.clone();
+        if self.grid.is_none() {
+            self.grid = p.grid.clone();
+        }
+        self
+    }
+
+    pub fn set_grid(&mut self, field: &str, _v: f64) -> std::result::Result<(), String> {
+        Err(format!("unknown grid field `{field}`"))
+    }
+
+    pub fn refs(&self) -> Vec<(&'static str, &str)> {
+        let mut r = Vec::new();
+        if let Some(a) = &self.w1 {
+            r.push(("w1", a.as_str()));
+        }
+        if let Some(b) = &self.w2 {
+            r.push(("w2", b.as_str()));
+        }
+        r
+    }
+
+    pub fn finish(&self, dataset: DatasetName) -> std::result::Result<DistanceSpec, String> {
+        if self.w1.is_none() || self.w2.is_none() {
+            return Err("`w1` and `w2` must name the two Train stages to compare".into());
+        }
+        Ok(DistanceSpec {
+            model: String::new(),
+            classes: dataset.num_classes(),
+        })
+    }
+}
+
+impl DistanceSpec {
+    pub fn link(&mut self, deps: &[(&'static str, &StageSpec)]) -> std::result::Result<(), String> {
+        let mut models = Vec::new();
+        for (role, d) in deps {
+            match d {
+                StageSpec::Train(t) => models.push(t.model.clone()),
+                other => {
+                    return Err(format!(
+                        "`{role}` must name a Train stage, not {}",
+                        other.kind()
+                    ));
+                }
+            }
+        }
+        match models.as_slice() {
+            [a, b] if a == b => {
+                self.model = a.clone();
+                Ok(())
+            }
+            [a, b] => Err(format!(
+                "`w1` trains {a} and `w2` {b}: both must be one model"
+            )),
+            _ => Err("`w1` and `w2` must name the two Train stages to compare".into()),
+        }
+    }
+}
+
+pub fn run(spec: &DistanceSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
+    let arch = spec
+        .model
+        .parse()
+        .map_err(|e: samlab_models::Error| stage_err(ctx.stage, e.to_string()))?;
+    let model = Model::new(&arch, spec.classes, 0, ctx.device)?;
+    let path = |role: &str| {
+        ctx.deps
+            .iter()
+            .find(|(r, _)| *r == role)
+            .map(|(_, d)| d.join("model.safetensors"))
+            .ok_or_else(|| stage_err(ctx.stage, format!("no `{role}` stage")))
+    };
+    model.params.load(&path("w1")?)?;
+    model.params.load(&path("w2")?)?;
+    let a = load_tensors(&path("w1")?, ctx.device)?;
+    let b = load_tensors(&path("w2")?, ctx.device)?;
+    let mut summary = Summary::new();
+    summary.insert("distance".into(), distance(&model, &a, &b)?);
+    Ok((summary, Outcome::default()))
+}

@@ -1,0 +1,360 @@
+//! `Escape`: the escape experiment of the thesis' Table 5.1. From a Train
+//! stage's final weights (a minimum found by SGD), run SGD or SAM with a
+//! constant learning rate and count the steps until the training accuracy
+//! falls below a threshold.
+//!
+//! The training accuracy is measured after every step on a fixed *probe*:
+//! the first `probe` images of the Train stage's training set in an order
+//! shuffled by `subset_seed`, without augmentation and with BatchNorm in
+//! evaluation mode (its running statistics, which the escape steps keep
+//! updating). The run starts with fresh momentum at step 0, on the same
+//! training images and augmentation as the Train stage, in an order drawn
+//! from `seed`. A run that is still above the threshold after `max_steps`
+//! steps is *censored*: its summary has `escaped = 0` and no
+//! `escape_steps`, so the mean over seeds of `escape_steps` covers the runs
+//! that escaped and `escaped` says how many did.
+//!
+//! Writes `metrics.csv` (one row per probed step: the step's batch loss and
+//! accuracy, the probe's loss and accuracy) and `summary.json`.
+
+use std::fmt::Write as _;
+
+use indexmap::IndexMap;
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+use samlab_data::{DatasetName, Loader, PipelineConfig};
+use samlab_models::Model;
+use samlab_optim::{LrSchedule, Method, SamConfig, SgdConfig, StepSchedule, Trainer};
+use serde::{Deserialize, Serialize};
+
+use super::train::{SamPartial, SgdPartial, resolve_sam, resolve_sgd};
+use super::{Outcome, RunCtx, StageSpec, Subset, Summary, evaluate_loader, positive, whole};
+use crate::cache::write_file;
+use crate::error::{Result, stage_err};
+
+pub const GRID_FIELDS: &[&str] = &["seed", "rho", "lr", "batch", "probe", "threshold"];
+
+/// An Escape stage as written.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename = "Escape")]
+pub struct EscapePartial {
+    pub extends: Option<String>,
+    /// The Train stage whose final weights are the starting minimum.
+    pub of: Option<String>,
+    /// `Sgd` or `Sam` at every step.
+    pub method: Option<Method>,
+    pub sam: Option<SamPartial>,
+    /// Constant learning rate.
+    pub lr: Option<f64>,
+    pub batch: Option<usize>,
+    pub optimizer: Option<SgdPartial>,
+    /// Data order and augmentation of the escape steps.
+    pub seed: Option<u64>,
+    /// Images in the probe.
+    pub probe: Option<usize>,
+    pub threshold: Option<f64>,
+    pub max_steps: Option<u64>,
+    pub eval_batch: Option<usize>,
+    pub grid: Option<IndexMap<String, Vec<f64>>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EscapeSpec {
+    pub method: Method,
+    /// `None` for SGD, so that SAM's settings do not split SGD's key.
+    pub sam: Option<SamConfig>,
+    pub lr: f64,
+    pub batch: usize,
+    pub optimizer: SgdConfig,
+    pub seed: u64,
+    pub probe: usize,
+    pub threshold: f64,
+    pub max_steps: u64,
+    pub eval_batch: usize,
+    /// Filled from the Train stage.
+    pub model: String,
+    pub classes: usize,
+    pub train_subset: Subset,
+    pub subset_seed: u64,
+    pub augment: bool,
+}
+
+impl EscapePartial {
+    pub fn merge(mut self, p: &EscapePartial) -> EscapePartial {
+        macro_rules! inherit { ($($f:ident),*) => { $( if self.$f.is_none() { self.$f = p.$f.clone(); } )* }; }
+        inherit!(
+            of, method, lr, batch, seed, probe, threshold, max_steps, eval_batch
+        );
+        self.extends = p.extends.clone();
+        self.sam = match (self.sam.take(), &p.sam) {
+            (Some(mut a), Some(b)) => {
+                if a.rho.is_none() {
+                    a.rho = b.rho;
+                }
+                if a.chunk.is_none() {
+                    a.chunk = b.chunk;
+                }
+                if a.adaptive.is_none() {
+                    a.adaptive = b.adaptive;
+                }
+                if a.eta.is_none() {
+                    a.eta = b.eta;
+                }
+                Some(a)
+            }
+            (a, b) => a.or_else(|| b.clone()),
+        };
+        self.optimizer = match (self.optimizer.take(), &p.optimizer) {
+            (Some(mut a), Some(b)) => {
+                if a.momentum.is_none() {
+                    a.momentum = b.momentum;
+                }
+                if a.nesterov.is_none() {
+                    a.nesterov = b.nesterov;
+                }
+                if a.weight_decay.is_none() {
+                    a.weight_decay = b.weight_decay;
+                }
+                Some(a)
+            }
+            (a, b) => a.or_else(|| b.clone()),
+        };
+        if let Some(pg) = &p.grid {
+            let mut g = pg.clone();
+            for (k, v) in self.grid.take().unwrap_or_default() {
+                g.insert(k, v);
+            }
+            self.grid = Some(g);
+        }
+        self
+    }
+
+    pub fn set_grid(&mut self, field: &str, v: f64) -> std::result::Result<(), String> {
+        match field {
+            "seed" => self.seed = Some(whole(v)?),
+            "rho" => self.sam.get_or_insert_with(Default::default).rho = Some(v),
+            "lr" => self.lr = Some(v),
+            "batch" => self.batch = Some(whole(v)? as usize),
+            "probe" => self.probe = Some(whole(v)? as usize),
+            "threshold" => self.threshold = Some(v),
+            _ => return Err(format!("unknown grid field `{field}`")),
+        }
+        Ok(())
+    }
+
+    pub fn finish(&self, dataset: DatasetName) -> std::result::Result<EscapeSpec, String> {
+        if self.of.is_none() {
+            return Err("`of` is missing: name the Train stage whose minimum to escape".into());
+        }
+        let method = self.method.ok_or("`method` is missing: `Sgd` or `Sam`")?;
+        let lr = self
+            .lr
+            .ok_or("`lr` is missing (the thesis: 0.03 for ResNet-18)")?;
+        if !(lr.is_finite() && lr > 0.0) {
+            return Err(format!("learning rate {lr} must be finite and > 0"));
+        }
+        let batch = self.batch.unwrap_or(256);
+        positive("batch", batch as u64)?;
+        let eval_batch = self.eval_batch.unwrap_or(500);
+        positive("eval_batch", eval_batch as u64)?;
+        let probe = self.probe.unwrap_or(1000);
+        positive("probe", probe as u64)?;
+        let max_steps = self.max_steps.unwrap_or(2000);
+        positive("max_steps", max_steps)?;
+        let threshold = self.threshold.unwrap_or(0.9);
+        if !(threshold > 0.0 && threshold <= 1.0) {
+            return Err(format!("`threshold` {threshold} must lie in (0, 1]"));
+        }
+        let sam = match method {
+            Method::Sgd => None,
+            Method::Sam => Some(resolve_sam(self.sam.as_ref(), batch)?),
+        };
+        Ok(EscapeSpec {
+            method,
+            sam,
+            lr,
+            batch,
+            optimizer: resolve_sgd(self.optimizer.as_ref())?,
+            seed: self.seed.unwrap_or(0),
+            probe,
+            threshold,
+            max_steps,
+            eval_batch,
+            model: String::new(),
+            classes: dataset.num_classes(),
+            train_subset: Subset::All,
+            subset_seed: 0,
+            augment: true,
+        })
+    }
+}
+
+impl EscapeSpec {
+    pub fn link(&mut self, deps: &[(&'static str, &StageSpec)]) -> std::result::Result<(), String> {
+        match deps {
+            [(_, StageSpec::Train(t))] => {
+                self.model = t.model.clone();
+                self.train_subset = t.train_subset;
+                self.subset_seed = t.subset_seed;
+                self.augment = t.augment;
+                Ok(())
+            }
+            [(role, other)] => Err(format!(
+                "`{role}` must name a Train stage, not {}",
+                other.kind()
+            )),
+            _ => Err("`of` is missing".into()),
+        }
+    }
+
+    /// Upper bound of the work in SGD-step equivalents: every step, plus
+    /// the probe evaluations (a forward pass is about a third of a step).
+    pub fn cost(&self) -> u64 {
+        let per_step = if self.method == Method::Sam { 2 } else { 1 };
+        let probe = (self.probe.div_ceil(self.batch) as u64).div_ceil(3).max(1);
+        self.max_steps * (per_step + probe)
+    }
+}
+
+/// The probe's indices: `n` of the training images in a fixed order.
+fn probe_indices(train: Option<Vec<u32>>, len: usize, n: usize, seed: u64) -> Vec<u32> {
+    let mut idx = train.unwrap_or_else(|| (0..len as u32).collect());
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5052_4f42_45u64);
+    for i in (1..idx.len()).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        idx.swap(i, j);
+    }
+    idx.truncate(n);
+    idx.sort_unstable();
+    idx
+}
+
+pub fn run(spec: &EscapeSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
+    let ds = ctx.dataset;
+    let arch = spec
+        .model
+        .parse()
+        .map_err(|e: samlab_models::Error| stage_err(ctx.stage, e.to_string()))?;
+    let model = Model::new(&arch, ds.num_classes(), 0, ctx.device)?;
+    let (_, dir) = ctx
+        .deps
+        .iter()
+        .find(|(r, _)| *r == "of")
+        .ok_or_else(|| stage_err(ctx.stage, "no stage to start from"))?;
+    model.params.load(&dir.join("model.safetensors"))?;
+
+    let train_idx = spec
+        .train_subset
+        .indices(&ds.train, ds.num_classes(), spec.subset_seed)?;
+    let probe_idx = probe_indices(
+        train_idx.clone(),
+        ds.train.len(),
+        spec.probe,
+        spec.subset_seed,
+    );
+    let probe = Loader::new(
+        ds.train.clone(),
+        Some(probe_idx),
+        PipelineConfig::eval(spec.eval_batch, ds.name.normalization()),
+    )?;
+    let mut cfg = PipelineConfig::train(spec.batch, ds.name.normalization(), spec.seed);
+    if !spec.augment {
+        cfg.augment = samlab_data::Augment::NONE;
+    }
+    let loader = Loader::new(ds.train.clone(), train_idx, cfg)?;
+    let spe = loader.batches_per_epoch() as u64;
+    if spe == 0 {
+        return Err(stage_err(
+            ctx.stage,
+            format!(
+                "{} training images make no full batch of {}",
+                loader.len(),
+                spec.batch
+            ),
+        ));
+    }
+    let mut trainer = Trainer::new(
+        spec.optimizer.clone(),
+        spec.sam.clone().unwrap_or(SamConfig::new(0.0)),
+        LrSchedule::Constant { lr: spec.lr },
+        &StepSchedule::Always(spec.method),
+        spec.max_steps,
+        spe,
+    )
+    .map_err(|e| stage_err(ctx.stage, e.to_string()))?;
+
+    let (loss0, correct0, n0) = evaluate_loader(&model, &probe, ctx.device)?;
+    let start_acc = correct0 as f64 / n0.max(1) as f64;
+    if start_acc < spec.threshold {
+        return Err(stage_err(
+            ctx.stage,
+            format!(
+                "the starting weights reach only {:.2}% on the probe, already below the threshold {}%: train the minimum longer or lower `threshold`",
+                100.0 * start_acc,
+                100.0 * spec.threshold
+            ),
+        ));
+    }
+    let mut csv = String::from("step,batch_loss,batch_acc,probe_loss,probe_acc\n");
+    let _ = writeln!(csv, "0,,,{loss0},{start_acc}");
+    let bar = ctx.progress.stage_bar(ctx.stage, spec.max_steps, 0);
+    let mut escaped_at = None;
+    let mut outcome = Outcome::default();
+    'outer: for epoch in 0.. {
+        for batch in loader.epoch(epoch) {
+            let (x, y) = batch.to_tensors(ctx.device)?;
+            let out = trainer
+                .train_step(&model, &x, &y)
+                .map_err(|e| stage_err(ctx.stage, e.to_string()))?;
+            outcome.steps_run += 1;
+            let (loss, correct, n) = evaluate_loader(&model, &probe, ctx.device)?;
+            let acc = correct as f64 / n.max(1) as f64;
+            let _ = writeln!(
+                csv,
+                "{},{},{},{loss},{acc}",
+                trainer.step,
+                out.loss,
+                out.correct as f64 / out.samples.max(1) as f64
+            );
+            bar.inc(1);
+            if acc < spec.threshold {
+                escaped_at = Some(trainer.step);
+                break 'outer;
+            }
+            if trainer.step >= spec.max_steps {
+                break 'outer;
+            }
+        }
+    }
+    bar.finish();
+    outcome.passes_run = trainer.passes;
+    write_file(&ctx.out.join("metrics.csv"), csv.as_bytes())?;
+    let mut summary = Summary::new();
+    summary.insert("start_probe_acc".into(), start_acc);
+    summary.insert("escaped".into(), escaped_at.is_some() as u64 as f64);
+    if let Some(s) = escaped_at {
+        summary.insert("escape_steps".into(), s as f64);
+    }
+    summary.insert("steps".into(), trainer.step as f64);
+    summary.insert("passes".into(), trainer.passes as f64);
+    Ok((summary, outcome))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_is_a_fixed_subset_of_the_training_images() {
+        let train = Some(vec![3, 5, 8, 13, 21, 34, 55]);
+        let a = probe_indices(train.clone(), 100, 4, 1);
+        assert_eq!(a, probe_indices(train.clone(), 100, 4, 1));
+        assert_eq!(a.len(), 4);
+        assert!(a.iter().all(|i| train.as_ref().unwrap().contains(i)));
+        assert_ne!(a, probe_indices(train, 100, 4, 2));
+        assert_eq!(
+            probe_indices(None, 10, 20, 0),
+            (0..10).collect::<Vec<u32>>()
+        );
+    }
+}

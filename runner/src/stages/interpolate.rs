@@ -1,0 +1,445 @@
+//! `Interpolate`: the loss landscape between two solutions (the thesis'
+//! Figures 5.1 and 5.2). For each `a` of a grid, the weights
+//! `w(a) = (1 - a) w1 + a w2` are evaluated on the train and/or test split:
+//! loss and error, BatchNorm in evaluation mode, no augmentation. The grid
+//! may reach beyond [0, 1].
+//!
+//! BatchNorm's running statistics are either interpolated like the weights
+//! (`bn: Interpolated`, the default; a running variance that extrapolation
+//! drives below zero is clamped to 0), or re-estimated at every `a`
+//! (`bn: Recomputed(batches: n)`): the mean of the batch statistics of the first `n`
+//! batches of `batch` images of the first solution's training images (no
+//! augmentation, in a fixed order; the last batch may be smaller), as PyTorch's `momentum=None` cumulative average would give.
+//!
+//! Also reports the L2 distance between the two solutions' trainable
+//! parameters. Writes `metrics.csv` (`alpha, split, images, loss, error`)
+//! and `summary.json`.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use indexmap::IndexMap;
+use samlab_data::{DatasetName, Loader, PipelineConfig};
+
+use samlab_models::Model;
+use serde::{Deserialize, Serialize};
+
+use super::evaluate::SplitName;
+use super::{
+    Outcome, RunCtx, StageSpec, Subset, Summary, eval_loader, evaluate_loader, positive, whole,
+};
+use crate::cache::write_file;
+use crate::error::{Result, stage_err};
+
+pub const GRID_FIELDS: &[&str] = &["train_per_class", "test_per_class", "subset_seed"];
+
+/// The values of `a`: `points` evenly spaced from `start` to `end`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlphaGrid {
+    pub start: f64,
+    pub end: f64,
+    pub points: usize,
+}
+
+impl AlphaGrid {
+    pub fn values(&self) -> Vec<f64> {
+        if self.points == 1 {
+            return vec![self.start];
+        }
+        (0..self.points)
+            .map(|i| {
+                let t = i as f64 / (self.points - 1) as f64;
+                // exact at both ends
+                if i + 1 == self.points {
+                    self.end
+                } else {
+                    self.start + t * (self.end - self.start)
+                }
+            })
+            .collect()
+    }
+}
+
+/// How BatchNorm's running statistics are set at each `a`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BnStats {
+    Interpolated,
+    Recomputed { batches: usize },
+}
+
+/// An Interpolate stage as written.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename = "Interpolate")]
+pub struct InterpPartial {
+    pub extends: Option<String>,
+    /// The Train stages at a = 0 and a = 1.
+    pub w1: Option<String>,
+    pub w2: Option<String>,
+    pub alpha: Option<AlphaGrid>,
+    pub bn: Option<BnStats>,
+    pub splits: Option<Vec<SplitName>>,
+    pub train_subset: Option<Subset>,
+    pub test_subset: Option<Subset>,
+    pub subset_seed: Option<u64>,
+    pub batch: Option<usize>,
+    pub grid: Option<IndexMap<String, Vec<f64>>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct InterpSpec {
+    pub alpha: AlphaGrid,
+    pub bn: BnStats,
+    pub splits: Vec<SplitName>,
+    pub train_subset: Subset,
+    pub test_subset: Subset,
+    pub subset_seed: u64,
+    pub batch: usize,
+    /// Filled from the Train stages.
+    pub model: String,
+    pub classes: usize,
+    /// The first solution's training images (for `Recomputed`).
+    pub w1_train_subset: Subset,
+    pub w1_subset_seed: u64,
+}
+
+impl InterpPartial {
+    pub fn merge(mut self, p: &InterpPartial) -> InterpPartial {
+        macro_rules! inherit { ($($f:ident),*) => { $( if self.$f.is_none() { self.$f = p.$f.clone(); } )* }; }
+        inherit!(
+            w1,
+            w2,
+            alpha,
+            bn,
+            splits,
+            train_subset,
+            test_subset,
+            subset_seed,
+            batch
+        );
+        self.extends = p.extends.clone();
+        if let Some(pg) = &p.grid {
+            let mut g = pg.clone();
+            for (k, v) in self.grid.take().unwrap_or_default() {
+                g.insert(k, v);
+            }
+            self.grid = Some(g);
+        }
+        self
+    }
+
+    pub fn set_grid(&mut self, field: &str, v: f64) -> std::result::Result<(), String> {
+        match field {
+            "train_per_class" => self.train_subset = Some(Subset::PerClass(whole(v)? as usize)),
+            "test_per_class" => self.test_subset = Some(Subset::PerClass(whole(v)? as usize)),
+            "subset_seed" => self.subset_seed = Some(whole(v)?),
+            _ => return Err(format!("unknown grid field `{field}`")),
+        }
+        Ok(())
+    }
+
+    pub fn refs(&self) -> Vec<(&'static str, &str)> {
+        let mut r = Vec::new();
+        if let Some(a) = &self.w1 {
+            r.push(("w1", a.as_str()));
+        }
+        if let Some(b) = &self.w2 {
+            r.push(("w2", b.as_str()));
+        }
+        r
+    }
+
+    pub fn finish(&self, dataset: DatasetName) -> std::result::Result<InterpSpec, String> {
+        if self.w1.is_none() || self.w2.is_none() {
+            return Err("`w1` and `w2` must name the two Train stages to interpolate".into());
+        }
+        let alpha = self.alpha.unwrap_or(AlphaGrid {
+            start: -0.5,
+            end: 1.5,
+            points: 21,
+        });
+        if alpha.points == 0 || !alpha.start.is_finite() || !alpha.end.is_finite() {
+            return Err(format!(
+                "`alpha` needs finite `start` and `end` and `points` >= 1, not {alpha:?}"
+            ));
+        }
+        let bn = self.bn.unwrap_or(BnStats::Interpolated);
+        if let BnStats::Recomputed { batches } = bn {
+            positive("batches", batches as u64)?;
+        }
+        let splits = self
+            .splits
+            .clone()
+            .unwrap_or(vec![SplitName::Train, SplitName::Test]);
+        if splits.is_empty() {
+            return Err("`splits` is empty".into());
+        }
+        let batch = self.batch.unwrap_or(500);
+        positive("batch", batch as u64)?;
+        let train_subset = self.train_subset.unwrap_or(Subset::All);
+        let test_subset = self.test_subset.unwrap_or(Subset::All);
+        for s in [train_subset, test_subset] {
+            if s == Subset::Off || s == Subset::PerClass(0) {
+                return Err("subsets must be All or PerClass(n) with n >= 1; leave a split out of `splits` instead".into());
+            }
+        }
+        Ok(InterpSpec {
+            alpha,
+            bn,
+            splits,
+            train_subset,
+            test_subset,
+            subset_seed: self.subset_seed.unwrap_or(0),
+            batch,
+            model: String::new(),
+            classes: dataset.num_classes(),
+            w1_train_subset: Subset::All,
+            w1_subset_seed: 0,
+        })
+    }
+}
+
+impl InterpSpec {
+    pub fn link(&mut self, deps: &[(&'static str, &StageSpec)]) -> std::result::Result<(), String> {
+        let mut models = Vec::new();
+        for (role, d) in deps {
+            match d {
+                StageSpec::Train(t) => {
+                    models.push(t.model.clone());
+                    if *role == "w1" {
+                        self.w1_train_subset = t.train_subset;
+                        self.w1_subset_seed = t.subset_seed;
+                    }
+                }
+                other => {
+                    return Err(format!(
+                        "`{role}` must name a Train stage, not {}",
+                        other.kind()
+                    ));
+                }
+            }
+        }
+        match models.as_slice() {
+            [a, b] if a == b => {
+                self.model = a.clone();
+                Ok(())
+            }
+            [a, b] => Err(format!(
+                "`w1` trains {a} and `w2` {b}: both must be one model"
+            )),
+            _ => Err("`w1` and `w2` must name the two Train stages to interpolate".into()),
+        }
+    }
+
+    /// Evaluations, in SGD-step equivalents (a forward pass is about a third of a step).
+    pub fn cost(&self, train_len: usize, test_len: usize) -> u64 {
+        let mut images = 0;
+        for s in &self.splits {
+            images += match s {
+                SplitName::Train => self.train_subset.count(train_len, self.classes),
+                SplitName::Test => self.test_subset.count(test_len, self.classes),
+            };
+        }
+        let recompute = match self.bn {
+            BnStats::Recomputed { batches } => batches,
+            BnStats::Interpolated => 0,
+        };
+        ((images.div_ceil(self.batch) + recompute) as u64 * self.alpha.points as u64).div_ceil(3)
+    }
+}
+
+/// A checkpoint's tensors by name.
+pub(crate) fn load_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    Ok(candle_core::safetensors::load(path, device)?)
+}
+
+/// L2 distance between two checkpoints over the model's trainable parameters.
+pub(crate) fn distance(
+    model: &Model,
+    a: &HashMap<String, Tensor>,
+    b: &HashMap<String, Tensor>,
+) -> Result<f64> {
+    let mut sq = 0.0f64;
+    for (name, _) in model.params.trainable() {
+        let (x, y) = (&a[name], &b[name]);
+        sq += (x.to_dtype(DType::F64)? - y.to_dtype(DType::F64)?)?
+            .sqr()?
+            .sum_all()?
+            .to_scalar::<f64>()?;
+    }
+    Ok(sq.sqrt())
+}
+
+/// Sets the model to `(1 - a) w1 + a w2`, running variances clamped at 0.
+fn set_interpolated(
+    model: &Model,
+    w1: &HashMap<String, Tensor>,
+    w2: &HashMap<String, Tensor>,
+    a: f64,
+) -> Result<()> {
+    for (name, var) in model.params.all() {
+        let t = ((&w1[name] * (1.0 - a))? + (&w2[name] * a)?)?;
+        let t = if name.ends_with("running_var") {
+            t.relu()?
+        } else {
+            t
+        };
+        var.set(&t)?;
+    }
+    Ok(())
+}
+
+/// Replaces the running statistics by the mean of the batch statistics of
+/// every batch `loader` yields. BatchNorm updates `r <- (1 - m) r + m s`
+/// with m = 0.1, so each batch's `s` is recovered from consecutive values
+/// of `r`.
+fn recompute_bn(
+    model: &Model,
+    loader: &Loader,
+    batches: usize,
+    device: &Device,
+    stage: &str,
+) -> Result<()> {
+    const M: f64 = 0.1;
+    let mut sums: Option<Vec<Tensor>> = None;
+    let mut n = 0usize;
+    for batch in loader.epoch(0).take(batches) {
+        let (x, _) = batch.to_tensors(device)?;
+        let before = model.params.snapshot_buffers()?;
+        model.forward(&x, true)?;
+        let after = model.params.snapshot_buffers()?;
+        let stats: Vec<Tensor> = before
+            .iter()
+            .zip(&after)
+            .map(|(b, a)| (a - (b * (1.0 - M))?)? / M)
+            .collect::<candle_core::Result<_>>()?;
+        sums = Some(match sums {
+            None => stats,
+            Some(s) => s
+                .iter()
+                .zip(&stats)
+                .map(|(x, y)| x + y)
+                .collect::<candle_core::Result<_>>()?,
+        });
+        n += 1;
+    }
+    if n < batches {
+        return Err(crate::error::stage_err(
+            stage,
+            format!(
+                "`Recomputed(batches: {batches})` needs {batches} batches, w1's training images make {n}"
+            ),
+        ));
+    }
+    if let Some(s) = sums {
+        let mean: Vec<Tensor> = s
+            .iter()
+            .map(|t| t / n as f64)
+            .collect::<candle_core::Result<_>>()?;
+        model.params.restore_buffers(&mean)?;
+    }
+    Ok(())
+}
+
+pub fn run(spec: &InterpSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
+    let ds = ctx.dataset;
+    let arch = spec
+        .model
+        .parse()
+        .map_err(|e: samlab_models::Error| stage_err(ctx.stage, e.to_string()))?;
+    let model = Model::new(&arch, ds.num_classes(), 0, ctx.device)?;
+    let dir = |role: &str| {
+        ctx.deps
+            .iter()
+            .find(|(r, _)| *r == role)
+            .map(|(_, d)| d.join("model.safetensors"))
+            .ok_or_else(|| stage_err(ctx.stage, format!("no `{role}` stage")))
+    };
+    // Loading into the model first checks names and shapes.
+    model.params.load(&dir("w2")?)?;
+    model.params.load(&dir("w1")?)?;
+    let w1 = load_tensors(&dir("w1")?, ctx.device)?;
+    let w2 = load_tensors(&dir("w2")?, ctx.device)?;
+
+    let mut loaders = Vec::new();
+    for split in &spec.splits {
+        let (train, subset, name) = match split {
+            SplitName::Train => (true, spec.train_subset, "train"),
+            SplitName::Test => (false, spec.test_subset, "test"),
+        };
+        loaders.push((
+            name,
+            eval_loader(ds, train, subset, spec.subset_seed, spec.batch)?,
+        ));
+    }
+    let bn_loader = match spec.bn {
+        BnStats::Recomputed { .. } => {
+            let idx =
+                spec.w1_train_subset
+                    .indices(&ds.train, ds.num_classes(), spec.w1_subset_seed)?;
+            Some(Loader::new(
+                ds.train.clone(),
+                idx,
+                PipelineConfig::eval(spec.batch, ds.name.normalization()),
+            )?)
+        }
+        BnStats::Interpolated => None,
+    };
+
+    let alphas = spec.alpha.values();
+    let bar = ctx.progress.stage_bar(ctx.stage, alphas.len() as u64, 0);
+    let mut csv = String::from("alpha,split,images,loss,error\n");
+    let mut summary = Summary::new();
+    let mut worst: HashMap<&str, f64> = HashMap::new();
+    for &a in &alphas {
+        set_interpolated(&model, &w1, &w2, a)?;
+        if let (BnStats::Recomputed { batches }, Some(l)) = (spec.bn, &bn_loader) {
+            recompute_bn(&model, l, batches, ctx.device, ctx.stage)?;
+        }
+        for (name, loader) in &loaders {
+            let (loss, correct, n) = evaluate_loader(&model, loader, ctx.device)?;
+            let err = 1.0 - correct as f64 / n.max(1) as f64;
+            let _ = writeln!(csv, "{a},{name},{n},{loss},{err}");
+            if a == 0.0 {
+                summary.insert(format!("{name}_error_w1"), err);
+            }
+            if a == 1.0 {
+                summary.insert(format!("{name}_error_w2"), err);
+            }
+            if (0.0..=1.0).contains(&a) {
+                let w = worst.entry(name).or_insert(f64::NEG_INFINITY);
+                *w = w.max(err);
+            }
+        }
+        bar.inc(1);
+    }
+    bar.finish();
+    for (name, w) in worst {
+        summary.insert(format!("{name}_error_max_between"), w);
+    }
+    summary.insert("distance".into(), distance(&model, &w1, &w2)?);
+    write_file(&ctx.out.join("metrics.csv"), csv.as_bytes())?;
+    Ok((summary, Outcome::default()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alpha_grid_hits_its_ends_exactly() {
+        let g = AlphaGrid {
+            start: -0.5,
+            end: 1.5,
+            points: 21,
+        };
+        let v = g.values();
+        assert_eq!(v.len(), 21);
+        assert_eq!(v[0], -0.5);
+        assert_eq!(v[20], 1.5);
+        assert_eq!(v[5], 0.0);
+        assert_eq!(v[15], 1.0);
+    }
+}
