@@ -8,9 +8,7 @@ mod runner_env;
 mod shared;
 use runner_env::*;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 /// Two seeds of SGD, SGD->SAM from epoch 3 of 4, and an evaluation.
 const STUDY: &str = r#"

@@ -335,7 +335,11 @@ fn run_study(data: &DataArgs, args: &RunArgs, path: &Path) -> Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| results::default_dir(path));
     let prov = results::Provenance {
-        command: std::env::args().collect::<Vec<_>>().join(" "),
+        // argv[0] varies with how the binary was started; the name does not.
+        command: std::iter::once("runner".to_string())
+            .chain(std::env::args().skip(1))
+            .collect::<Vec<_>>()
+            .join(" "),
         commit: results::git_commit(),
         dataset: study.dataset.to_string(),
         fingerprint: info.fingerprint.clone(),

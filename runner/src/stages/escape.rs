@@ -219,7 +219,7 @@ impl EscapeSpec {
 /// The probe's indices: `n` of the training images in a fixed order.
 fn probe_indices(train: Option<Vec<u32>>, len: usize, n: usize, seed: u64) -> Vec<u32> {
     let mut idx = train.unwrap_or_else(|| (0..len as u32).collect());
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5052_4f42_45u64);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x0050_524f_4245_u64);
     for i in (1..idx.len()).rev() {
         let j = (rng.next_u64() % (i as u64 + 1)) as usize;
         idx.swap(i, j);
