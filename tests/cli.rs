@@ -116,3 +116,43 @@ fn device_command_checks_the_cpu_and_explains_missing_cuda() {
         "{err}"
     );
 }
+
+#[test]
+fn gpu_check_commands_run_on_the_cpu_and_explain_missing_cuda() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = runner(&["check-parity", "cpu", "--batch", "4"], dir.path());
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        out.starts_with("resnet8 on cpu vs cpu, batch 4: logits 0.00e0"),
+        "{out}"
+    );
+    let o = runner(
+        &[
+            "bench-step",
+            "cpu",
+            "--model",
+            "resnet8",
+            "--batch",
+            "4",
+            "--warmup",
+            "1",
+            "--steps",
+            "1",
+        ],
+        dir.path(),
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["model"], "resnet8");
+    assert!(v["sgd_img_s"].as_f64().unwrap() > 0.0 && v["sam_img_s"].as_f64().unwrap() > 0.0);
+    for cmd in ["check-parity", "bench-step"] {
+        let o = runner(&[cmd, "cuda"], dir.path());
+        let (_, err) = text(&o);
+        assert!(
+            !o.status.success() && err.contains("built without CUDA"),
+            "{cmd}: {err}"
+        );
+    }
+}

@@ -13,6 +13,7 @@
 //! command line.
 
 pub mod cache;
+pub mod check;
 pub mod device;
 mod error;
 pub mod exec;

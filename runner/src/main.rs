@@ -74,6 +74,33 @@ enum Command {
         #[arg(default_value = "cpu")]
         device: String,
     },
+    /// Compare a model's logits and gradients on a device with the CPU's
+    /// (same fixed weights and batch); fails above the tolerance.
+    CheckParity {
+        #[arg(default_value = "cuda")]
+        device: String,
+        #[arg(long, default_value = "resnet8")]
+        model: String,
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        /// Largest relative difference accepted.
+        #[arg(long, default_value_t = 1e-3)]
+        tolerance: f64,
+    },
+    /// SGD and SAM training steps per second of a model on a device; prints
+    /// one JSON line.
+    BenchStep {
+        #[arg(default_value = "cuda")]
+        device: String,
+        #[arg(long, default_value = "resnet18")]
+        model: String,
+        #[arg(long, default_value_t = 256)]
+        batch: usize,
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+    },
     /// Show each stage of a study with its cache state and the work left.
     Plan { study: PathBuf },
     /// Summarise the cache: entries, shared prefixes, rolling checkpoints.
@@ -191,6 +218,47 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         (Some(Command::Device { device }), _) => {
             check_device(&device)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        (
+            Some(Command::CheckParity {
+                device,
+                model,
+                batch,
+                tolerance,
+            }),
+            _,
+        ) => {
+            let dev = samlab_runner::device::open(&device)?;
+            let p = samlab_runner::check::parity(&model, &dev, candle_core::DType::F32, batch)?;
+            println!(
+                "{model} on {device} vs cpu, batch {batch}: logits {:.2e}, worst gradient {} {:.2e} (of {} parameters)",
+                p.logits, p.worst_grad.0, p.worst_grad.1, p.params
+            );
+            if p.logits > tolerance || p.worst_grad.1 > tolerance {
+                eprintln!("parity: above the tolerance {tolerance}");
+                return Ok(ExitCode::FAILURE);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        (
+            Some(Command::BenchStep {
+                device,
+                model,
+                batch,
+                warmup,
+                steps,
+            }),
+            _,
+        ) => {
+            let dev = samlab_runner::device::open(&device)?;
+            let s = samlab_runner::check::speed(&model, &dev, batch, warmup, steps)?;
+            println!(
+                "{{\"model\": \"{model}\", \"device\": \"{device}\", \"batch\": {batch}, \"sgd_img_s\": {:.2}, \"sam_img_s\": {:.2}, \"sam_over_sgd_time\": {:.4}}}",
+                s.sgd_img_s,
+                s.sam_img_s,
+                s.sgd_img_s / s.sam_img_s
+            );
             Ok(ExitCode::SUCCESS)
         }
         (Some(Command::Plan { study }), _) => {
