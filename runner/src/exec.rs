@@ -27,6 +27,11 @@ pub struct RunOptions {
     pub device_name: String,
     /// No progress output.
     pub quiet: bool,
+    /// Compute only this stage (display name); every other stage is taken
+    /// from the cache or left out. What a Slurm job runs.
+    pub only: Option<String>,
+    /// Compute nothing: report what the cache holds (after Slurm jobs).
+    pub cache_only: Option<String>,
 }
 
 /// What happened to one stage.
@@ -134,6 +139,24 @@ pub fn run_study(
             .iter()
             .map(|(r, d)| (*r, cache.entry_dir(&reports[*d].key)))
             .collect();
+        let skip = match (&opts.cache_only, &opts.only) {
+            (Some(why), _) => Some(why.clone()),
+            (None, Some(only)) if *only != display => {
+                Some(format!("not part of this job ({only})"))
+            }
+            _ => None,
+        };
+        if let Some(why) = skip {
+            match cached(cache, &entry, &display, &progress)? {
+                Some(s) => {
+                    report.state = State::Cached;
+                    report.summary = Some(s);
+                }
+                None => report.state = State::NotRun(why),
+            }
+            reports.push(report);
+            continue;
+        }
         let result = (|| -> Result<(State, Outcome, Summary)> {
             if let Some(s) = cached(cache, &entry, &display, &progress)? {
                 return Ok((State::Cached, Outcome::default(), s));

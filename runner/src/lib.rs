@@ -22,6 +22,7 @@ pub mod plan;
 pub mod plots;
 pub mod progress;
 pub mod results;
+pub mod slurm;
 pub mod stages;
 pub mod study;
 

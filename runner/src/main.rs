@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use samlab_data::{Cifar100Labels, DataConfig, DatasetName, LoadOptions};
 use samlab_runner::cache::{Cache, Lookup};
+use samlab_runner::slurm;
 use samlab_runner::{exec, plan, results, study};
 
 // The allocator the runner uses: it keeps freed pages, where the system
@@ -54,6 +55,43 @@ struct RunArgs {
     /// No progress output.
     #[arg(long, short)]
     quiet: bool,
+    /// Where stages run: here, or as Slurm jobs over the shared cache.
+    #[arg(long, value_enum, default_value = "local")]
+    executor: Executor,
+    /// Slurm: block until the study's jobs end, then write its results.
+    #[arg(long)]
+    wait: bool,
+    /// Slurm: partition (`sbatch -p`).
+    #[arg(long)]
+    partition: Option<String>,
+    /// Slurm: time limit per job (`sbatch -t`, e.g. 4:00:00).
+    #[arg(long)]
+    time: Option<String>,
+    /// Slurm: CPUs per job (`sbatch -c`).
+    #[arg(long)]
+    cpus: Option<u32>,
+    /// Slurm: memory per job (`sbatch --mem`, e.g. 16G).
+    #[arg(long)]
+    mem: Option<String>,
+    /// Slurm: generic resources per job (`sbatch --gres`, e.g. gpu:1).
+    #[arg(long)]
+    gres: Option<String>,
+    /// Slurm: one more `sbatch` argument (repeatable).
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    sbatch_arg: Vec<String>,
+    /// Slurm: folder for job scripts and logs [default: <cache>/slurm/logs].
+    #[arg(long)]
+    log_dir: Option<PathBuf>,
+    /// Compute only this stage (display name) and write no results: what a
+    /// Slurm job runs.
+    #[arg(long, value_name = "STAGE", hide = true)]
+    only: Option<String>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Executor {
+    Local,
+    Slurm,
 }
 
 #[derive(Subcommand, Debug)]
@@ -103,8 +141,9 @@ enum Command {
     },
     /// Show each stage of a study with its cache state and the work left.
     Plan { study: PathBuf },
-    /// Summarise the cache: entries, shared prefixes, rolling checkpoints.
-    Status,
+    /// Summarise the cache: entries, shared prefixes, rolling checkpoints;
+    /// with a study, each stage's cache state and Slurm job.
+    Status { study: Option<PathBuf> },
     /// Remove cache entries that none of the given studies reaches (a dry
     /// run unless --delete).
     Gc {
@@ -265,8 +304,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             show_plan(&cli.data, &study)?;
             Ok(ExitCode::SUCCESS)
         }
-        (Some(Command::Status), _) => {
+        (Some(Command::Status { study: None }), _) => {
             cache_status(&cli.data)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        (Some(Command::Status { study: Some(study) }), _) => {
+            study_status(&cli.data, &study)?;
             Ok(ExitCode::SUCCESS)
         }
         (Some(Command::Gc { studies, delete }), _) => {
@@ -367,6 +410,103 @@ fn check_device(spec: &str) -> Result<()> {
     emit(&format!("{spec}: ok ({device:?})\n"))
 }
 
+/// Submits the study's uncached stages as Slurm jobs and prints what it did.
+fn submit_slurm(
+    data: &DataArgs,
+    args: &RunArgs,
+    path: &Path,
+    study: &study::Study,
+    planned: &[plan::Planned],
+    cache: &Cache,
+) -> Result<Vec<slurm::Submitted>> {
+    let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let mut job_args = vec![
+        abs(path).to_string_lossy().into_owned(),
+        "--cache-dir".into(),
+        abs(&cache.root).to_string_lossy().into_owned(),
+        "-q".into(),
+    ];
+    for (flag, v) in [
+        ("--data-dir", &data.data_dir),
+        ("--cifar10", &data.cifar10),
+        ("--cifar100", &data.cifar100),
+    ] {
+        if let Some(v) = v {
+            job_args.push(flag.into());
+            job_args.push(abs(v).to_string_lossy().into_owned());
+        }
+    }
+    if data.no_download {
+        job_args.push("--no-download".into());
+    }
+    if let Some(d) = &args.device {
+        job_args.push("--device".into());
+        job_args.push(d.clone());
+    }
+    let job = slurm::JobCommand {
+        program: std::env::current_exe()?,
+        args: job_args,
+    };
+    let opts = slurm::SlurmOptions {
+        partition: args.partition.clone(),
+        time: args.time.clone(),
+        cpus: args.cpus,
+        mem: args.mem.clone(),
+        gres: args.gres.clone(),
+        extra: args.sbatch_arg.clone(),
+        log_dir: args.log_dir.as_deref().map(abs),
+    };
+    let submitted = slurm::submit(study, planned, cache, &opts, &job)?;
+    let mut o = String::new();
+    for s in &submitted {
+        o += &format!(
+            "{:<40} {:<10} {}\n",
+            s.display,
+            s.action,
+            s.job.as_deref().unwrap_or("-")
+        );
+    }
+    let n = submitted.iter().filter(|s| s.action == "submitted").count();
+    o += &format!("{n} jobs submitted\n");
+    emit(&o)?;
+    Ok(submitted)
+}
+
+/// Each stage of a study: cache state, and its Slurm job where one was submitted.
+fn study_status(data: &DataArgs, path: &Path) -> Result<()> {
+    let study = study::load(path)?;
+    let ds = data.dataset(study.dataset, true)?;
+    let cache = Cache::open(&data.cache_dir())?;
+    let info = exec::data_info(&ds);
+    let planned = plan::plan(&study, Some(&info), Some(&cache))?;
+    let queue = slurm::queue().unwrap_or_default();
+    let mut o = format!("{:<40} {:<12} {:<10} job state\n", "stage", "cache", "job");
+    for (s, p) in study.stages.iter().zip(&planned) {
+        let key = p.key.clone().unwrap_or_default();
+        let cache_state = match p.status {
+            plan::Status::Cached => "cached",
+            _ => "missing",
+        };
+        let job = slurm::recorded_job(&cache, &key);
+        let state = match &job {
+            None => "-".to_string(),
+            Some(id) => queue
+                .values()
+                .find(|(j, _)| j == id)
+                .map(|(_, st)| st.clone())
+                .or_else(|| slurm::job_state(id))
+                .unwrap_or_else(|| "ended".into()),
+        };
+        o += &format!(
+            "{:<40} {:<12} {:<10} {state}\n",
+            s.display(),
+            cache_state,
+            job.as_deref().unwrap_or("-")
+        );
+    }
+    emit(&o)
+}
+
 fn run_study(data: &DataArgs, args: &RunArgs, path: &Path) -> Result<ExitCode> {
     let study = study::load(path)?;
     let device_name = args.device.clone().unwrap_or_else(|| study.device.clone());
@@ -391,13 +531,45 @@ fn run_study(data: &DataArgs, args: &RunArgs, path: &Path) -> Result<ExitCode> {
     let info = exec::data_info(&ds);
     let planned = plan::plan(&study, Some(&info), Some(&cache))?;
     let start = Instant::now();
-    let opts = exec::RunOptions {
+    let mut opts = exec::RunOptions {
         force: args.force.clone(),
         keep_going: args.keep_going,
         device_name: device_name.clone(),
         quiet: args.quiet,
+        only: args.only.clone(),
+        cache_only: None,
     };
+    if let Some(only) = &args.only {
+        anyhow::ensure!(
+            study.stages.iter().any(|s| s.display() == *only),
+            "--only {only}: no such stage in {}",
+            path.display()
+        );
+    }
+    if args.executor == Executor::Slurm {
+        let submitted = submit_slurm(data, args, path, &study, &planned, &cache)?;
+        if !args.wait {
+            return Ok(ExitCode::SUCCESS);
+        }
+        let jobs: Vec<String> = submitted.iter().filter_map(|s| s.job.clone()).collect();
+        slurm::wait(&jobs, std::time::Duration::from_secs(2))?;
+        opts.cache_only = Some("its Slurm job did not produce it (see the job logs)".into());
+    }
     let reports = exec::run_study(&study, &planned, &ds, &device, &cache, &opts)?;
+    if let Some(only) = &args.only {
+        let r = reports
+            .iter()
+            .find(|r| r.display == *only)
+            .expect("checked above");
+        return match &r.state {
+            exec::State::Ran | exec::State::Cached => {
+                emit(&format!("{only}: done\n"))?;
+                Ok(ExitCode::SUCCESS)
+            }
+            exec::State::Failed(e) => anyhow::bail!("{only}: {e}"),
+            exec::State::NotRun(why) => anyhow::bail!("{only}: not run: {why}"),
+        };
+    }
     let dir = args
         .results_dir
         .clone()
