@@ -6,6 +6,9 @@
 #   4. a short real study on CUDA, end to end.
 # Needs dist/ from scripts/build-cuda.sh and the CIFAR-10 JPEG archive
 # ($SAMLAB_CIFAR10, else shared/data/ or ../shared/data/ or dist/data/).
+# To carry it to a GPU machine within 64 MiB, keep dist/run.sh,
+# dist/runner.xz (unpacked here when dist/runner is missing) and
+# dist/data/cifar10-jpeg.tar.gz, and leave dist/runner (53 MB) behind.
 # Writes its table to $OUT/gpu-check.md when OUT is set (and always prints it).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +21,10 @@ run() { # run LIMIT_S CMD...: output to the log, exit code back
   timeout "$1" "${@:2}" >>"$log" 2>&1
 }
 runner=dist/run.sh
-[ -x "$runner" ] || { echo "dist/run.sh is missing: build it with scripts/build-cuda.sh" >&2; exit 1; }
+if [ ! -x dist/runner ] && [ -f dist/runner.xz ]; then
+  xz -dkf dist/runner.xz && chmod +x dist/runner
+fi
+[ -x "$runner" ] && [ -x dist/runner ] || { echo "dist/run.sh is missing: build it with scripts/build-cuda.sh" >&2; exit 1; }
 
 card=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1)
 say "card: ${card:-unknown}"
