@@ -233,7 +233,7 @@ pub fn write_all(
         let name = "escape-steps.svg".to_string();
         line_chart(
             &dir.join(&name),
-            "Steps to escape the minimum (mean ± std over escaped seeds)",
+            "Steps to escape (mean ± std over seeds that escaped; censored runs in summary.md)",
             "rho (SGD at 0)",
             "steps until train accuracy < threshold",
             &series,
