@@ -71,29 +71,46 @@ impl Geom {
         self.oh * self.ow
     }
 
+    /// The output columns `[lo, hi)` whose input column `ox * stride + kw -
+    /// pad` lies inside the image (empty when `lo >= hi`).
+    fn valid_cols(&self, kw: usize) -> (usize, usize) {
+        let (s, pad) = (self.stride, self.pad);
+        let lo = if pad > kw { (pad - kw).div_ceil(s) } else { 0 };
+        let hi = if self.w + pad > kw {
+            ((self.w + pad - kw - 1) / s + 1).min(self.ow)
+        } else {
+            0
+        };
+        (lo.min(self.ow), hi)
+    }
+
     /// The columns of one image: `col[(c*k + kh)*k + kw][oy*ow + ox]`.
     fn im2col(&self, x: &[f32], col: &mut [f32]) {
-        let (k, s, pad, p) = (self.k, self.stride, self.pad as isize, self.p());
+        let (k, s, pad, p) = (self.k, self.stride, self.pad, self.p());
         for c in 0..self.cin {
             let plane = &x[c * self.h * self.w..(c + 1) * self.h * self.w];
             for kh in 0..k {
                 for kw in 0..k {
                     let row = &mut col[((c * k + kh) * k + kw) * p..][..p];
+                    let (lo, hi) = self.valid_cols(kw);
                     for oy in 0..self.oh {
-                        let iy = (oy * s + kh) as isize - pad;
                         let out = &mut row[oy * self.ow..(oy + 1) * self.ow];
-                        if iy < 0 || iy >= self.h as isize {
+                        let iy = (oy * s + kh) as isize - pad as isize;
+                        if iy < 0 || iy >= self.h as isize || lo >= hi {
                             out.fill(0.0);
                             continue;
                         }
                         let src = &plane[iy as usize * self.w..(iy as usize + 1) * self.w];
-                        for (ox, o) in out.iter_mut().enumerate() {
-                            let ix = (ox * s + kw) as isize - pad;
-                            *o = if ix >= 0 && ix < self.w as isize {
-                                src[ix as usize]
-                            } else {
-                                0.0
-                            };
+                        out[..lo].fill(0.0);
+                        out[hi..].fill(0.0);
+                        let first = lo * s + kw - pad;
+                        if s == 1 {
+                            out[lo..hi].copy_from_slice(&src[first..first + (hi - lo)]);
+                        } else {
+                            for (o, v) in out[lo..hi].iter_mut().zip(src[first..].iter().step_by(s))
+                            {
+                                *o = *v;
+                            }
                         }
                     }
                 }
@@ -103,23 +120,26 @@ impl Geom {
 
     /// Adds columns back onto one image's gradient (im2col's adjoint).
     fn col2im(&self, col: &[f32], dx: &mut [f32]) {
-        let (k, s, pad, p) = (self.k, self.stride, self.pad as isize, self.p());
+        let (k, s, pad, p) = (self.k, self.stride, self.pad, self.p());
         for c in 0..self.cin {
             let plane = &mut dx[c * self.h * self.w..(c + 1) * self.h * self.w];
             for kh in 0..k {
                 for kw in 0..k {
                     let row = &col[((c * k + kh) * k + kw) * p..][..p];
+                    let (lo, hi) = self.valid_cols(kw);
+                    if lo >= hi {
+                        continue;
+                    }
                     for oy in 0..self.oh {
-                        let iy = (oy * s + kh) as isize - pad;
+                        let iy = (oy * s + kh) as isize - pad as isize;
                         if iy < 0 || iy >= self.h as isize {
                             continue;
                         }
                         let dst = &mut plane[iy as usize * self.w..(iy as usize + 1) * self.w];
-                        for (ox, v) in row[oy * self.ow..(oy + 1) * self.ow].iter().enumerate() {
-                            let ix = (ox * s + kw) as isize - pad;
-                            if ix >= 0 && ix < self.w as isize {
-                                dst[ix as usize] += v;
-                            }
+                        let first = lo * s + kw - pad;
+                        let vals = &row[oy * self.ow + lo..oy * self.ow + hi];
+                        for (d, v) in dst[first..].iter_mut().step_by(s).zip(vals) {
+                            *d += v;
                         }
                     }
                 }
@@ -443,6 +463,53 @@ mod tests {
                 "{case}: weight gradient {}",
                 max_rel(gw.0, gw.1)
             );
+        }
+    }
+
+    /// im2col and col2im against the element-by-element definition, exactly.
+    #[test]
+    fn im2col_and_col2im_follow_the_definition() {
+        for (cin, h, w, k, stride, pad) in [
+            (2, 5, 7, 3, 1, 1),
+            (1, 6, 6, 3, 2, 1),
+            (3, 4, 5, 1, 2, 0),
+            (1, 3, 3, 3, 1, 2),
+            (2, 9, 8, 3, 2, 0),
+        ] {
+            let xs = Shape::from((1, cin, h, w));
+            let g = Geom::new(&xs, &Shape::from((1, cin, k, k)), stride, pad).unwrap();
+            let x: Vec<f32> = (0..cin * h * w).map(|i| i as f32 * 0.5 - 3.0).collect();
+            let mut col = vec![f32::NAN; g.kk() * g.p()];
+            g.im2col(&x, &mut col);
+            let mut back = vec![0f32; x.len()];
+            g.col2im(&col, &mut back);
+            let mut want_back = vec![0f32; x.len()];
+            for c in 0..cin {
+                for kh in 0..k {
+                    for kw in 0..k {
+                        for oy in 0..g.oh {
+                            for ox in 0..g.ow {
+                                let iy = (oy * stride + kh) as isize - pad as isize;
+                                let ix = (ox * stride + kw) as isize - pad as isize;
+                                let inside =
+                                    iy >= 0 && iy < h as isize && ix >= 0 && ix < w as isize;
+                                let at = c * h * w + (iy.max(0) as usize) * w + ix.max(0) as usize;
+                                let v = if inside { x[at] } else { 0.0 };
+                                let got = col[((c * k + kh) * k + kw) * g.p() + oy * g.ow + ox];
+                                assert_eq!(
+                                    got.to_bits(),
+                                    v.to_bits(),
+                                    "{cin} {h}x{w} k{k} s{stride} p{pad}"
+                                );
+                                if inside {
+                                    want_back[at] += v;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            assert_eq!(back, want_back);
         }
     }
 
