@@ -380,3 +380,40 @@ fn status_and_gc() {
     let t = env.ok(&[just_a.to_str().unwrap(), "--results-dir", "r2"], "cache");
     assert_eq!(states(&t)["a"], "cached");
 }
+
+/// SGD epochs do not depend on SAM's settings: SGD->SAM runs with any rho
+/// start from the SGD run's checkpoint; SAM runs with different rho share
+/// nothing.
+#[test]
+fn switch_runs_with_any_rho_share_the_sgd_prefix() {
+    let env = Env::new();
+    let study = env.write(
+        "rho.ron",
+        r#"Study(version: 1, dataset: "cifar10",
+    blocks: {
+        "base": Train(model: "resnet8", train_subset: PerClass(10), batch: 50, epochs: 4,
+                      lr: Cosine(lr: 0.05), test_subset: Off),
+    },
+    stages: {
+        "sgd": Train(extends: "base"),
+        "switch": Train(extends: "base", method: Switch(from: Sgd, to: Sam, at: Epoch(3)),
+                        grid: {"rho": [0.05, 0.1]}),
+        "sam": Train(extends: "base", method: Always(Sam), grid: {"rho": [0.05, 0.1]}),
+    },
+)"#,
+    );
+    let t = env.ok(&[study.to_str().unwrap(), "--results-dir", "r"], "cache");
+    assert_eq!(t["sgd"][..5], ["ran", "0", "", "8", "8"]);
+    for rho in ["0.05", "0.1"] {
+        assert_eq!(
+            t[&format!("switch[rho={rho}]")][..5],
+            ["ran", "3", "prefix", "2", "4"],
+            "{t:?}"
+        );
+        assert_eq!(
+            t[&format!("sam[rho={rho}]")][..5],
+            ["ran", "0", "", "8", "16"],
+            "{t:?}"
+        );
+    }
+}

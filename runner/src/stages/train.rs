@@ -307,28 +307,39 @@ impl TrainSpec {
     }
 
     /// What a shared prefix of this run is made of, before `k` and the methods.
-    pub fn prefix_identity(&self, spe: u64, deps: &[(&str, String)], dataset_fp: &str) -> String {
+    /// What a shared prefix of this run is made of, before `k` and the
+    /// methods: (everything but the SAM settings, the SAM settings). The
+    /// SAM settings count only for prefixes that contain a SAM step, so
+    /// SGD->SAM runs with any rho share the SGD run's epochs.
+    pub fn prefix_identity(
+        &self,
+        spe: u64,
+        deps: &[(&str, String)],
+        dataset_fp: &str,
+    ) -> (String, String) {
         let mut v = serde_json::to_value(self).expect("specs serialise");
         let m = v.as_object_mut().expect("an object");
         m.remove("method");
         m.remove("test_subset");
         m.remove("eval_batch");
+        let sam = m.remove("sam").expect("specs have SAM settings");
         if matches!(self.lr, LrSchedule::Constant { .. }) {
             m.remove("epochs");
         }
-        // SAM settings matter only for the SAM steps, which the method digest covers,
-        // but they change what a SAM step computes: keep them.
         let deps: serde_json::Map<String, serde_json::Value> = deps
             .iter()
             .map(|(r, k)| (r.to_string(), k.clone().into()))
             .collect();
-        canonical(&serde_json::json!({
-            "semantics": crate::key::SEMANTICS,
-            "spec": v,
-            "deps": deps,
-            "spe": spe,
-            "dataset": dataset_fp,
-        }))
+        (
+            canonical(&serde_json::json!({
+                "semantics": crate::key::SEMANTICS,
+                "spec": v,
+                "deps": deps,
+                "spe": spe,
+                "dataset": dataset_fp,
+            })),
+            canonical(&sam),
+        )
     }
 }
 
@@ -361,13 +372,20 @@ pub struct PrefixPlan {
     /// Epochs after which to keep a shared-prefix checkpoint.
     pub keep: Vec<u64>,
     pub identity: String,
+    /// The SAM settings, which count from the first SAM step on.
+    pub sam: String,
     /// The method of every step of the run.
     pub methods: Vec<bool>,
     pub spe: u64,
 }
 
 impl PrefixPlan {
-    pub fn new(identity: String, resolved: &Resolved, epochs: u64, spe: u64) -> PrefixPlan {
+    pub fn new(
+        (identity, sam): (String, String),
+        resolved: &Resolved,
+        epochs: u64,
+        spe: u64,
+    ) -> PrefixPlan {
         let total = epochs * spe;
         let methods: Vec<bool> = (0..total)
             .map(|t| resolved.method(t) == Method::Sam)
@@ -375,9 +393,16 @@ impl PrefixPlan {
         let mut h = Sha256::new();
         h.update(identity.as_bytes());
         let mut keys = vec![String::new()];
+        let mut sam_seen = false;
         for k in 1..=epochs {
             for t in (k - 1) * spe..k * spe {
-                h.update([methods[t as usize] as u8]);
+                let is_sam = methods[t as usize];
+                if is_sam && !sam_seen {
+                    sam_seen = true;
+                    h.update(b":sam=");
+                    h.update(sam.as_bytes());
+                }
+                h.update([is_sam as u8]);
             }
             let mut hk = h.clone();
             hk.update(format!(":epochs={k}").as_bytes());
@@ -387,6 +412,7 @@ impl PrefixPlan {
             keys,
             keep: Vec::new(),
             identity,
+            sam,
             methods,
             spe,
         }
@@ -398,9 +424,13 @@ impl PrefixPlan {
             return 0;
         }
         let n = self.methods.len().min(other.methods.len());
-        let d = (0..n)
+        let mut d = (0..n)
             .find(|&i| self.methods[i] != other.methods[i])
             .unwrap_or(n);
+        if self.sam != other.sam {
+            // Same methods up to d: the first SAM step there ends the sharing.
+            d = (0..d).find(|&i| self.methods[i]).unwrap_or(d);
+        }
         d as u64 / self.spe
     }
 }
