@@ -10,7 +10,7 @@
 //!   against that field, mean +- std over seeds.
 //!
 //! Plots only read the summaries and the entries' `metrics.csv`; a plot that
-//! has fewer than two points is left out.
+//! has fewer than two points, or only one value, is left out.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -101,13 +101,15 @@ pub fn line_chart(
             }))
             .map_err(|e| plot_err(path, e))?;
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()
-        .map_err(|e| plot_err(path, e))?;
+    if series.len() > 1 {
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()
+            .map_err(|e| plot_err(path, e))?;
+    }
     root.present().map_err(|e| plot_err(path, e))?;
     Ok(())
 }
@@ -276,8 +278,9 @@ pub fn write_all(
                     by_x.entry(x.to_bits()).or_default().push(y);
                 }
             }
-            if by_x.len() < 2 {
-                continue;
+            let all: Vec<f64> = by_x.values().flatten().copied().collect();
+            if by_x.len() < 2 || all.iter().all(|v| *v == all[0]) {
+                continue; // one point, or a flat line that says nothing
             }
             let mut points: Vec<(f64, f64, f64)> = by_x
                 .iter()
