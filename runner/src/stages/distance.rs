@@ -8,7 +8,7 @@ use samlab_models::Model;
 use serde::{Deserialize, Serialize};
 
 use super::interpolate::{distance, load_tensors};
-use super::{Outcome, RunCtx, StageSpec, Summary};
+use super::{Outcome, RunCtx, StageSpec, Summary, dep_file, pair_model};
 use crate::error::{Result, stage_err};
 
 pub const GRID_FIELDS: &[&str] = &[];
@@ -39,9 +39,7 @@ impl DistancePartial {
             self.w2 = p.w2.clone();
         }
         self.extends = p.extends.clone();
-        if self.grid.is_none() {
-            self.grid = p.grid.clone();
-        }
+        self.grid = super::train::merged_grid(self.grid.take(), &p.grid);
         self
     }
 
@@ -73,28 +71,8 @@ impl DistancePartial {
 
 impl DistanceSpec {
     pub fn link(&mut self, deps: &[(&'static str, &StageSpec)]) -> std::result::Result<(), String> {
-        let mut models = Vec::new();
-        for (role, d) in deps {
-            match d {
-                StageSpec::Train(t) => models.push(t.model.clone()),
-                other => {
-                    return Err(format!(
-                        "`{role}` must name a Train stage, not {}",
-                        other.kind()
-                    ));
-                }
-            }
-        }
-        match models.as_slice() {
-            [a, b] if a == b => {
-                self.model = a.clone();
-                Ok(())
-            }
-            [a, b] => Err(format!(
-                "`w1` trains {a} and `w2` {b}: both must be one model"
-            )),
-            _ => Err("`w1` and `w2` must name the two Train stages to compare".into()),
-        }
+        self.model = pair_model(deps)?;
+        Ok(())
     }
 }
 
@@ -104,13 +82,7 @@ pub fn run(spec: &DistanceSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
         .parse()
         .map_err(|e: samlab_models::Error| stage_err(ctx.stage, e.to_string()))?;
     let model = Model::new(&arch, spec.classes, 0, ctx.device)?;
-    let path = |role: &str| {
-        ctx.deps
-            .iter()
-            .find(|(r, _)| *r == role)
-            .map(|(_, d)| d.join("model.safetensors"))
-            .ok_or_else(|| stage_err(ctx.stage, format!("no `{role}` stage")))
-    };
+    let path = |role: &str| dep_file(ctx, role, "model.safetensors");
     model.params.load(&path("w1")?)?;
     model.params.load(&path("w2")?)?;
     let a = load_tensors(&path("w1")?, ctx.device)?;

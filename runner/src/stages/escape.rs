@@ -27,7 +27,7 @@ use samlab_models::Model;
 use samlab_optim::{LrSchedule, Method, SamConfig, SgdConfig, StepSchedule, Trainer};
 use serde::{Deserialize, Serialize};
 
-use super::train::{SamPartial, SgdPartial, resolve_sam, resolve_sgd};
+use super::train::{SamPartial, SgdPartial, merged_grid, resolve_sam, resolve_sgd};
 use super::{Outcome, RunCtx, StageSpec, Subset, Summary, evaluate_loader, positive, whole};
 use crate::cache::write_file;
 use crate::error::{Result, stage_err};
@@ -86,46 +86,9 @@ impl EscapePartial {
             of, method, lr, batch, seed, probe, threshold, max_steps, eval_batch
         );
         self.extends = p.extends.clone();
-        self.sam = match (self.sam.take(), &p.sam) {
-            (Some(mut a), Some(b)) => {
-                if a.rho.is_none() {
-                    a.rho = b.rho;
-                }
-                if a.chunk.is_none() {
-                    a.chunk = b.chunk;
-                }
-                if a.adaptive.is_none() {
-                    a.adaptive = b.adaptive;
-                }
-                if a.eta.is_none() {
-                    a.eta = b.eta;
-                }
-                Some(a)
-            }
-            (a, b) => a.or_else(|| b.clone()),
-        };
-        self.optimizer = match (self.optimizer.take(), &p.optimizer) {
-            (Some(mut a), Some(b)) => {
-                if a.momentum.is_none() {
-                    a.momentum = b.momentum;
-                }
-                if a.nesterov.is_none() {
-                    a.nesterov = b.nesterov;
-                }
-                if a.weight_decay.is_none() {
-                    a.weight_decay = b.weight_decay;
-                }
-                Some(a)
-            }
-            (a, b) => a.or_else(|| b.clone()),
-        };
-        if let Some(pg) = &p.grid {
-            let mut g = pg.clone();
-            for (k, v) in self.grid.take().unwrap_or_default() {
-                g.insert(k, v);
-            }
-            self.grid = Some(g);
-        }
+        self.sam = SamPartial::merged(self.sam.take(), &p.sam);
+        self.optimizer = SgdPartial::merged(self.optimizer.take(), &p.optimizer);
+        self.grid = merged_grid(self.grid.take(), &p.grid);
         self
     }
 
@@ -236,12 +199,9 @@ pub fn run(spec: &EscapeSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
         .parse()
         .map_err(|e: samlab_models::Error| stage_err(ctx.stage, e.to_string()))?;
     let model = Model::new(&arch, ds.num_classes(), 0, ctx.device)?;
-    let (_, dir) = ctx
-        .deps
-        .iter()
-        .find(|(r, _)| *r == "of")
-        .ok_or_else(|| stage_err(ctx.stage, "no stage to start from"))?;
-    model.params.load(&dir.join("model.safetensors"))?;
+    model
+        .params
+        .load(&super::dep_file(ctx, "of", "model.safetensors")?)?;
 
     let train_idx = spec
         .train_subset

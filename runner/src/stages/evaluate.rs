@@ -54,13 +54,7 @@ impl EvalPartial {
         macro_rules! inherit { ($($f:ident),*) => { $( if self.$f.is_none() { self.$f = p.$f.clone(); } )* }; }
         inherit!(of, splits, train_subset, test_subset, subset_seed, batch);
         self.extends = p.extends.clone();
-        if let Some(pg) = &p.grid {
-            let mut g = pg.clone();
-            for (k, v) in self.grid.take().unwrap_or_default() {
-                g.insert(k, v);
-            }
-            self.grid = Some(g);
-        }
+        self.grid = super::train::merged_grid(self.grid.take(), &p.grid);
         self
     }
 
@@ -129,12 +123,9 @@ pub fn run(spec: &EvalSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
         .parse()
         .map_err(|e: samlab_models::Error| stage_err(ctx.stage, e.to_string()))?;
     let model = Model::new(&arch, ds.num_classes(), 0, ctx.device)?;
-    let (_, dir) = ctx
-        .deps
-        .iter()
-        .find(|(r, _)| *r == "of")
-        .ok_or_else(|| stage_err(ctx.stage, "no stage to evaluate"))?;
-    model.params.load(&dir.join("model.safetensors"))?;
+    model
+        .params
+        .load(&super::dep_file(ctx, "of", "model.safetensors")?)?;
     let mut summary = Summary::new();
     let mut csv = String::from("split,images,loss,accuracy,error\n");
     for split in &spec.splits {

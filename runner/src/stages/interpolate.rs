@@ -28,7 +28,8 @@ use serde::{Deserialize, Serialize};
 
 use super::evaluate::SplitName;
 use super::{
-    Outcome, RunCtx, StageSpec, Subset, Summary, eval_loader, evaluate_loader, positive, whole,
+    Outcome, RunCtx, StageSpec, Subset, Summary, dep_file, eval_loader, evaluate_loader,
+    pair_model, positive, whole,
 };
 use crate::cache::write_file;
 use crate::error::{Result, stage_err};
@@ -120,13 +121,7 @@ impl InterpPartial {
             batch
         );
         self.extends = p.extends.clone();
-        if let Some(pg) = &p.grid {
-            let mut g = pg.clone();
-            for (k, v) in self.grid.take().unwrap_or_default() {
-                g.insert(k, v);
-            }
-            self.grid = Some(g);
-        }
+        self.grid = super::train::merged_grid(self.grid.take(), &p.grid);
         self
     }
 
@@ -203,34 +198,12 @@ impl InterpPartial {
 
 impl InterpSpec {
     pub fn link(&mut self, deps: &[(&'static str, &StageSpec)]) -> std::result::Result<(), String> {
-        let mut models = Vec::new();
-        for (role, d) in deps {
-            match d {
-                StageSpec::Train(t) => {
-                    models.push(t.model.clone());
-                    if *role == "w1" {
-                        self.w1_train_subset = t.train_subset;
-                        self.w1_subset_seed = t.subset_seed;
-                    }
-                }
-                other => {
-                    return Err(format!(
-                        "`{role}` must name a Train stage, not {}",
-                        other.kind()
-                    ));
-                }
-            }
+        self.model = pair_model(deps)?;
+        if let Some((_, StageSpec::Train(t))) = deps.iter().find(|(r, _)| *r == "w1") {
+            self.w1_train_subset = t.train_subset;
+            self.w1_subset_seed = t.subset_seed;
         }
-        match models.as_slice() {
-            [a, b] if a == b => {
-                self.model = a.clone();
-                Ok(())
-            }
-            [a, b] => Err(format!(
-                "`w1` trains {a} and `w2` {b}: both must be one model"
-            )),
-            _ => Err("`w1` and `w2` must name the two Train stages to interpolate".into()),
-        }
+        Ok(())
     }
 
     /// Evaluations, in SGD-step equivalents (a forward pass is about a third of a step).
@@ -350,13 +323,7 @@ pub fn run(spec: &InterpSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
         .parse()
         .map_err(|e: samlab_models::Error| stage_err(ctx.stage, e.to_string()))?;
     let model = Model::new(&arch, ds.num_classes(), 0, ctx.device)?;
-    let dir = |role: &str| {
-        ctx.deps
-            .iter()
-            .find(|(r, _)| *r == role)
-            .map(|(_, d)| d.join("model.safetensors"))
-            .ok_or_else(|| stage_err(ctx.stage, format!("no `{role}` stage")))
-    };
+    let dir = |role: &str| dep_file(ctx, role, "model.safetensors");
     // Loading into the model first checks names and shapes.
     model.params.load(&dir("w2")?)?;
     model.params.load(&dir("w1")?)?;

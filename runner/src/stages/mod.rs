@@ -240,6 +240,40 @@ impl StageSpec {
     }
 }
 
+/// The model that both Train stages of a `w1`/`w2` pair train.
+pub(crate) fn pair_model(
+    deps: &[(&'static str, &StageSpec)],
+) -> std::result::Result<String, String> {
+    let mut models = Vec::new();
+    for (role, d) in deps {
+        match d {
+            StageSpec::Train(t) => models.push(t.model.clone()),
+            other => {
+                return Err(format!(
+                    "`{role}` must name a Train stage, not {}",
+                    other.kind()
+                ));
+            }
+        }
+    }
+    match models.as_slice() {
+        [a, b] if a == b => Ok(a.clone()),
+        [a, b] => Err(format!(
+            "`w1` trains {a} and `w2` {b}: both must be one model"
+        )),
+        _ => Err("`w1` and `w2` must name two Train stages".into()),
+    }
+}
+
+/// The file `name` in the cache entry of the dependency `role`.
+pub(crate) fn dep_file(ctx: &RunCtx, role: &str, name: &str) -> Result<PathBuf> {
+    ctx.deps
+        .iter()
+        .find(|(r, _)| *r == role)
+        .map(|(_, d)| d.join(name))
+        .ok_or_else(|| crate::error::stage_err(ctx.stage, format!("no `{role}` stage")))
+}
+
 /// Converts a grid value to a whole number.
 pub(crate) fn whole(v: f64) -> std::result::Result<u64, String> {
     if v >= 0.0 && v.fract() == 0.0 && v < 9.0e15 {

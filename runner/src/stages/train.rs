@@ -59,6 +59,53 @@ pub struct SamPartial {
     pub eta: Option<f64>,
 }
 
+macro_rules! inherit {
+    ($c:ident, $p:ident; $($f:ident),*) => { $( if $c.$f.is_none() { $c.$f = $p.$f.clone(); } )* };
+}
+
+impl SgdPartial {
+    /// `own` with its unset fields taken from `parent`.
+    pub fn merged(own: Option<SgdPartial>, parent: &Option<SgdPartial>) -> Option<SgdPartial> {
+        match (own, parent) {
+            (Some(mut a), Some(b)) => {
+                inherit!(a, b; momentum, nesterov, weight_decay);
+                Some(a)
+            }
+            (a, b) => a.or_else(|| b.clone()),
+        }
+    }
+}
+
+impl SamPartial {
+    /// `own` with its unset fields taken from `parent`.
+    pub fn merged(own: Option<SamPartial>, parent: &Option<SamPartial>) -> Option<SamPartial> {
+        match (own, parent) {
+            (Some(mut a), Some(b)) => {
+                inherit!(a, b; rho, chunk, adaptive, eta);
+                Some(a)
+            }
+            (a, b) => a.or_else(|| b.clone()),
+        }
+    }
+}
+
+/// A grid whose fields come from `parent` unless `own` sets them.
+pub fn merged_grid(
+    own: Option<IndexMap<String, Vec<f64>>>,
+    parent: &Option<IndexMap<String, Vec<f64>>>,
+) -> Option<IndexMap<String, Vec<f64>>> {
+    match parent {
+        None => own,
+        Some(pg) => {
+            let mut g = pg.clone();
+            for (k, v) in own.unwrap_or_default() {
+                g.insert(k, v);
+            }
+            Some(g)
+        }
+    }
+}
+
 /// A Train stage as written; every field may come from what it extends.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename = "Train")]
@@ -105,36 +152,14 @@ pub struct TrainSpec {
     pub classes: usize,
 }
 
-macro_rules! inherit {
-    ($c:ident, $p:ident; $($f:ident),*) => { $( if $c.$f.is_none() { $c.$f = $p.$f.clone(); } )* };
-}
-
 impl TrainPartial {
     pub fn merge(mut self, p: &TrainPartial) -> TrainPartial {
         let c = &mut self;
         inherit!(c, p; from, model, train_subset, subset_seed, batch, epochs, seed, augment, lr, method, test_subset, eval_batch);
         c.extends = p.extends.clone();
-        c.optimizer = match (c.optimizer.take(), &p.optimizer) {
-            (Some(mut a), Some(b)) => {
-                inherit!(a, b; momentum, nesterov, weight_decay);
-                Some(a)
-            }
-            (a, b) => a.or_else(|| b.clone()),
-        };
-        c.sam = match (c.sam.take(), &p.sam) {
-            (Some(mut a), Some(b)) => {
-                inherit!(a, b; rho, chunk, adaptive, eta);
-                Some(a)
-            }
-            (a, b) => a.or_else(|| b.clone()),
-        };
-        if let Some(pg) = &p.grid {
-            let mut g = pg.clone();
-            for (k, v) in c.grid.take().unwrap_or_default() {
-                g.insert(k, v);
-            }
-            c.grid = Some(g);
-        }
+        c.optimizer = SgdPartial::merged(c.optimizer.take(), &p.optimizer);
+        c.sam = SamPartial::merged(c.sam.take(), &p.sam);
+        c.grid = merged_grid(c.grid.take(), &p.grid);
         self
     }
 
