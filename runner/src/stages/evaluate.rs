@@ -49,6 +49,46 @@ pub struct EvalSpec {
     pub classes: usize,
 }
 
+/// What every evaluating stage resolves the same way: which splits, which
+/// images of each, and the batch size.
+pub(crate) struct EvalFields {
+    pub splits: Vec<SplitName>,
+    pub train_subset: Subset,
+    pub test_subset: Subset,
+    pub batch: usize,
+}
+
+impl EvalFields {
+    pub fn resolve(
+        splits: &Option<Vec<SplitName>>,
+        train_subset: Option<Subset>,
+        test_subset: Option<Subset>,
+        batch: Option<usize>,
+    ) -> std::result::Result<EvalFields, String> {
+        let splits = splits
+            .clone()
+            .unwrap_or(vec![SplitName::Train, SplitName::Test]);
+        if splits.is_empty() {
+            return Err("`splits` is empty".into());
+        }
+        let batch = batch.unwrap_or(500);
+        positive("batch", batch as u64)?;
+        let train_subset = train_subset.unwrap_or(Subset::All);
+        let test_subset = test_subset.unwrap_or(Subset::All);
+        for s in [train_subset, test_subset] {
+            if s == Subset::Off || s == Subset::PerClass(0) {
+                return Err("subsets must be All or PerClass(n) with n >= 1; leave a split out of `splits` instead".into());
+            }
+        }
+        Ok(EvalFields {
+            splits,
+            train_subset,
+            test_subset,
+            batch,
+        })
+    }
+}
+
 impl EvalPartial {
     pub fn merge(mut self, p: &EvalPartial) -> EvalPartial {
         macro_rules! inherit { ($($f:ident),*) => { $( if self.$f.is_none() { self.$f = p.$f.clone(); } )* }; }
@@ -72,22 +112,17 @@ impl EvalPartial {
         if self.of.is_none() {
             return Err("`of` is missing: name the Train stage to evaluate".into());
         }
-        let splits = self
-            .splits
-            .clone()
-            .unwrap_or(vec![SplitName::Train, SplitName::Test]);
-        if splits.is_empty() {
-            return Err("`splits` is empty".into());
-        }
-        let batch = self.batch.unwrap_or(500);
-        positive("batch", batch as u64)?;
-        let train_subset = self.train_subset.unwrap_or(Subset::All);
-        let test_subset = self.test_subset.unwrap_or(Subset::All);
-        for s in [train_subset, test_subset] {
-            if s == Subset::Off || s == Subset::PerClass(0) {
-                return Err("subsets must be All or PerClass(n) with n >= 1; leave a split out of `splits` instead".into());
-            }
-        }
+        let EvalFields {
+            splits,
+            train_subset,
+            test_subset,
+            batch,
+        } = EvalFields::resolve(
+            &self.splits,
+            self.train_subset,
+            self.test_subset,
+            self.batch,
+        )?;
         Ok(EvalSpec {
             splits,
             train_subset,

@@ -26,7 +26,7 @@ use samlab_data::{DatasetName, Loader, PipelineConfig};
 use samlab_models::Model;
 use serde::{Deserialize, Serialize};
 
-use super::evaluate::SplitName;
+use super::evaluate::{EvalFields, SplitName};
 use super::{
     Outcome, RunCtx, StageSpec, Subset, Summary, dep_file, eval_loader, evaluate_loader,
     pair_model, positive, whole,
@@ -164,22 +164,17 @@ impl InterpPartial {
         if let BnStats::Recomputed { batches } = bn {
             positive("batches", batches as u64)?;
         }
-        let splits = self
-            .splits
-            .clone()
-            .unwrap_or(vec![SplitName::Train, SplitName::Test]);
-        if splits.is_empty() {
-            return Err("`splits` is empty".into());
-        }
-        let batch = self.batch.unwrap_or(500);
-        positive("batch", batch as u64)?;
-        let train_subset = self.train_subset.unwrap_or(Subset::All);
-        let test_subset = self.test_subset.unwrap_or(Subset::All);
-        for s in [train_subset, test_subset] {
-            if s == Subset::Off || s == Subset::PerClass(0) {
-                return Err("subsets must be All or PerClass(n) with n >= 1; leave a split out of `splits` instead".into());
-            }
-        }
+        let EvalFields {
+            splits,
+            train_subset,
+            test_subset,
+            batch,
+        } = EvalFields::resolve(
+            &self.splits,
+            self.train_subset,
+            self.test_subset,
+            self.batch,
+        )?;
         Ok(InterpSpec {
             alpha,
             bn,
