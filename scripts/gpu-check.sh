@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One check of the CUDA build on a lent GPU machine, within 8 minutes:
+# One check of the CUDA build on a lent GPU machine, within 8 minutes (the
+# per-step timeouts add up to 450 s: 20 + 50 + 2 x 80 + 100 + 120):
 #   1. CPU/CUDA parity of ResNet-8 logits and gradients (same weights, batch);
 #   2. SGD and SAM train-step images/s, batch 256, ResNet-18 and WRN-28-10;
 #   3. the same with PyTorch on the same GPU (bench/torch_step.py), and ratios;
@@ -31,18 +32,18 @@ say "card: ${card:-unknown}"
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 
 say "1. device and parity"
-run 60 "$runner" device cuda; dev_rc=$?
-parity=$(timeout 120 "$runner" check-parity cuda --model resnet8 --batch 16 2>&1); parity_rc=$?
+run 20 "$runner" device cuda; dev_rc=$?
+parity=$(timeout 50 "$runner" check-parity cuda --model resnet8 --batch 16 2>&1); parity_rc=$?
 echo "$parity" >>"$log"
 
 say "2. samlab steps"
-bench() { timeout 150 "$runner" bench-step cuda --model "$1" --batch 256 --warmup 2 --steps "$2" 2>>"$log" | tail -1; }
+bench() { timeout 80 "$runner" bench-step cuda --model "$1" --batch 256 --warmup 2 --steps "$2" 2>>"$log" | tail -1; }
 s_r18=$(bench resnet18 10)
 s_wrn=$(bench wrn28-10 5)
 echo "$s_r18" "$s_wrn" >>"$log"
 
 say "3. PyTorch steps"
-t_all=$(timeout 150 python3 bench/torch_step.py --device cuda --batch 256 --warmup 2 --steps 10 resnet18 wrn28-10 2>>"$log")
+t_all=$(timeout 100 python3 bench/torch_step.py --device cuda --batch 256 --warmup 2 --steps 10 resnet18 wrn28-10 2>>"$log")
 echo "$t_all" >>"$log"
 t_r18=$(grep '"resnet18"' <<<"$t_all")
 t_wrn=$(grep '"wrn28-10"' <<<"$t_all")
@@ -72,7 +73,7 @@ Study(
 RON
 if [ -n "$data" ]; then
   SAMLAB_CIFAR10=$data SAMLAB_DATA_DIR=$out/data SAMLAB_CACHE_DIR=$out/cache \
-    timeout 200 "$runner" "$study" --results-dir "$out/study" --keep-going -q >>"$log" 2>&1
+    timeout 120 "$runner" "$study" --results-dir "$out/study" --keep-going -q >>"$log" 2>&1
   study_rc=$?
 else
   echo "no CIFAR-10 archive found" >>"$log"; study_rc=127

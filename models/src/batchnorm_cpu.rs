@@ -32,13 +32,7 @@ pub struct BnOp {
 }
 
 fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        candle_core::bail!("batch-norm: {what} must be f32");
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("batch-norm: {what} must be contiguous"),
-    }
+    crate::conv_cpu::f32_slice(s, l, "batch-norm", what)
 }
 
 impl CustomOp3 for BnOp {

@@ -194,14 +194,24 @@ fn matmul(
     }
 }
 
-fn f32s<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+/// The f32 data of a contiguous CPU tensor, or an error naming `op` and `what`.
+pub(crate) fn f32_slice<'a>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    op: &str,
+    what: &str,
+) -> candle_core::Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else {
-        candle_core::bail!("conv: {what} must be f32");
+        candle_core::bail!("{op}: {what} must be f32");
     };
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("conv: {what} must be contiguous"),
+        None => candle_core::bail!("{op}: {what} must be contiguous"),
     }
+}
+
+fn f32s<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+    f32_slice(s, l, "conv", what)
 }
 
 /// The convolution `(x, weight) -> y`; its backward uses the two ops below.
@@ -445,24 +455,13 @@ mod tests {
                 .unwrap();
             let case = format!("b{b} cin{cin} h{h} cout{cout} k{k} s{stride} p{pad}");
             assert!(max_rel(&y32, &y64) < 1e-5, "{case}: forward");
-            let gx = (
-                g32.get(x32.as_tensor()).unwrap(),
-                g64.get(x64.as_tensor()).unwrap(),
-            );
-            assert!(
-                max_rel(gx.0, gx.1) < 1e-5,
-                "{case}: input gradient {}",
-                max_rel(gx.0, gx.1)
-            );
-            let gw = (
-                g32.get(w32.as_tensor()).unwrap(),
-                g64.get(w64.as_tensor()).unwrap(),
-            );
-            assert!(
-                max_rel(gw.0, gw.1) < 1e-5,
-                "{case}: weight gradient {}",
-                max_rel(gw.0, gw.1)
-            );
+            for (what, a, b) in [
+                ("input gradient", x32.as_tensor(), x64.as_tensor()),
+                ("weight gradient", w32.as_tensor(), w64.as_tensor()),
+            ] {
+                let err = max_rel(g32.get(a).unwrap(), g64.get(b).unwrap());
+                assert!(err < 1e-5, "{case}: {what} {err}");
+            }
         }
     }
 

@@ -144,20 +144,7 @@ pub fn plan(study: &Study, data: Option<&DataInfo>, cache: Option<&Cache>) -> Re
                     .expect("checked above")
                     .cost(0, t.epochs * spe)
             }
-            StageSpec::Evaluate(e) => {
-                let mut images = 0;
-                for s in &e.splits {
-                    images += match s {
-                        crate::stages::evaluate::SplitName::Train => {
-                            e.train_subset.count(train_len, e.classes)
-                        }
-                        crate::stages::evaluate::SplitName::Test => {
-                            e.test_subset.count(test_len, e.classes)
-                        }
-                    };
-                }
-                (images.div_ceil(e.batch) as u64).div_ceil(3)
-            }
+            StageSpec::Evaluate(e) => e.cost(train_len, test_len),
             StageSpec::Escape(e) => e.cost(),
             StageSpec::Interpolate(e) => e.cost(train_len, test_len),
             StageSpec::Distance(_) => 1,

@@ -20,6 +20,7 @@ use plotters::prelude::*;
 use crate::cache::Cache;
 use crate::error::{Error, ErrorKind, Result};
 use crate::exec::StageReport;
+use crate::results::mean_std;
 use crate::stages::StageSpec;
 use crate::study::Study;
 
@@ -112,17 +113,6 @@ pub fn line_chart(
     }
     root.present().map_err(|e| plot_err(path, e))?;
     Ok(())
-}
-
-fn mean_std(xs: &[f64]) -> (f64, f64) {
-    let n = xs.len() as f64;
-    let mean = xs.iter().sum::<f64>() / n;
-    let var = if xs.len() > 1 {
-        xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
-    } else {
-        0.0
-    };
-    (mean, var.sqrt())
 }
 
 const PALETTE: [RGBColor; 6] = [

@@ -4,12 +4,14 @@
 
 use indexmap::IndexMap;
 use samlab_data::DatasetName;
-use samlab_models::Model;
 use serde::{Deserialize, Serialize};
 
-use super::interpolate::{distance, load_tensors};
-use super::{Outcome, RunCtx, StageSpec, Summary, dep_file, pair_model};
-use crate::error::{Result, stage_err};
+use super::interpolate::distance;
+use super::{
+    Outcome, RunCtx, StageSpec, Summary, dep_model, dep_tensors, model_tensors, pair_model,
+    pair_refs,
+};
+use crate::error::Result;
 
 pub const GRID_FIELDS: &[&str] = &[];
 
@@ -48,14 +50,7 @@ impl DistancePartial {
     }
 
     pub fn refs(&self) -> Vec<(&'static str, &str)> {
-        let mut r = Vec::new();
-        if let Some(a) = &self.w1 {
-            r.push(("w1", a.as_str()));
-        }
-        if let Some(b) = &self.w2 {
-            r.push(("w2", b.as_str()));
-        }
-        r
+        pair_refs(&self.w1, &self.w2)
     }
 
     pub fn finish(&self, dataset: DatasetName) -> std::result::Result<DistanceSpec, String> {
@@ -77,16 +72,9 @@ impl DistanceSpec {
 }
 
 pub fn run(spec: &DistanceSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
-    let arch = spec
-        .model
-        .parse()
-        .map_err(|e: samlab_models::Error| stage_err(ctx.stage, e.to_string()))?;
-    let model = Model::new(&arch, spec.classes, 0, ctx.device)?;
-    let path = |role: &str| dep_file(ctx, role, "model.safetensors");
-    model.params.load(&path("w1")?)?;
-    model.params.load(&path("w2")?)?;
-    let a = load_tensors(&path("w1")?, ctx.device)?;
-    let b = load_tensors(&path("w2")?, ctx.device)?;
+    let model = dep_model(ctx, &spec.model, "w1")?;
+    let a = model_tensors(&model)?;
+    let b = dep_tensors(ctx, &model, "w2")?;
     let mut summary = Summary::new();
     summary.insert("distance".into(), distance(&model, &a, &b)?);
     Ok((summary, Outcome::default()))

@@ -23,12 +23,14 @@ use indexmap::IndexMap;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use samlab_data::{DatasetName, Loader, PipelineConfig};
-use samlab_models::Model;
 use samlab_optim::{LrSchedule, Method, SamConfig, SgdConfig, StepSchedule, Trainer};
 use serde::{Deserialize, Serialize};
 
 use super::train::{SamPartial, SgdPartial, merged_grid, resolve_sam, resolve_sgd};
-use super::{Outcome, RunCtx, StageSpec, Subset, Summary, evaluate_loader, positive, whole};
+use super::{
+    Outcome, RunCtx, StageSpec, Subset, Summary, dep_model, evaluate_loader, positive,
+    training_loader, whole,
+};
 use crate::cache::write_file;
 use crate::error::{Result, stage_err};
 
@@ -194,15 +196,7 @@ fn probe_indices(train: Option<Vec<u32>>, len: usize, n: usize, seed: u64) -> Ve
 
 pub fn run(spec: &EscapeSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
     let ds = ctx.dataset;
-    let arch = spec
-        .model
-        .parse()
-        .map_err(|e: samlab_models::Error| stage_err(ctx.stage, e.to_string()))?;
-    let model = Model::new(&arch, ds.num_classes(), 0, ctx.device)?;
-    model
-        .params
-        .load(&super::dep_file(ctx, "of", "model.safetensors")?)?;
-
+    let model = dep_model(ctx, &spec.model, "of")?;
     let train_idx = spec
         .train_subset
         .indices(&ds.train, ds.num_classes(), spec.subset_seed)?;
@@ -217,22 +211,15 @@ pub fn run(spec: &EscapeSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
         Some(probe_idx),
         PipelineConfig::eval(spec.eval_batch, ds.name.normalization()),
     )?;
-    let mut cfg = PipelineConfig::train(spec.batch, ds.name.normalization(), spec.seed);
-    if !spec.augment {
-        cfg.augment = samlab_data::Augment::NONE;
-    }
-    let loader = Loader::new(ds.train.clone(), train_idx, cfg)?;
+    let loader = training_loader(
+        ds,
+        train_idx,
+        spec.batch,
+        spec.seed,
+        spec.augment,
+        ctx.stage,
+    )?;
     let spe = loader.batches_per_epoch() as u64;
-    if spe == 0 {
-        return Err(stage_err(
-            ctx.stage,
-            format!(
-                "{} training images make no full batch of {}",
-                loader.len(),
-                spec.batch
-            ),
-        ));
-    }
     let mut trainer = Trainer::new(
         spec.optimizer.clone(),
         spec.sam.clone().unwrap_or(SamConfig::new(0.0)),

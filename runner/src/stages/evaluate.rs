@@ -5,14 +5,14 @@
 
 use indexmap::IndexMap;
 use samlab_data::DatasetName;
-use samlab_models::Model;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Outcome, RunCtx, StageSpec, Subset, Summary, eval_loader, evaluate_loader, positive, whole,
+    Outcome, RunCtx, StageSpec, Subset, Summary, dep_model, eval_loader, evaluate_loader, positive,
+    whole,
 };
 use crate::cache::write_file;
-use crate::error::{Result, stage_err};
+use crate::error::Result;
 
 pub const GRID_FIELDS: &[&str] = &["train_per_class", "test_per_class", "subset_seed"];
 
@@ -49,8 +49,47 @@ pub struct EvalSpec {
     pub classes: usize,
 }
 
+/// `(name, is the train split, subset)` of each split an evaluating stage reads.
+fn split_parts(
+    splits: &[SplitName],
+    train: Subset,
+    test: Subset,
+) -> impl Iterator<Item = (&'static str, bool, Subset)> + '_ {
+    splits.iter().map(move |s| match s {
+        SplitName::Train => ("train", true, train),
+        SplitName::Test => ("test", false, test),
+    })
+}
+
+/// Batches of `batch` in one evaluation of those splits.
+pub(crate) fn split_batches(
+    f: &EvalFields,
+    classes: usize,
+    train_len: usize,
+    test_len: usize,
+) -> usize {
+    split_parts(&f.splits, f.train_subset, f.test_subset)
+        .map(|(_, train, sub)| {
+            sub.count(if train { train_len } else { test_len }, classes)
+                .div_ceil(f.batch)
+        })
+        .sum()
+}
+
+/// One evaluation loader per split, by split name.
+pub(crate) fn split_loaders(
+    ds: &samlab_data::Dataset,
+    f: &EvalFields,
+    subset_seed: u64,
+) -> Result<Vec<(&'static str, samlab_data::Loader)>> {
+    split_parts(&f.splits, f.train_subset, f.test_subset)
+        .map(|(name, train, sub)| Ok((name, eval_loader(ds, train, sub, subset_seed, f.batch)?)))
+        .collect()
+}
+
 /// What every evaluating stage resolves the same way: which splits, which
 /// images of each, and the batch size.
+#[derive(Clone, Debug)]
 pub(crate) struct EvalFields {
     pub splits: Vec<SplitName>,
     pub train_subset: Subset,
@@ -136,6 +175,20 @@ impl EvalPartial {
 }
 
 impl EvalSpec {
+    pub(crate) fn fields(&self) -> EvalFields {
+        EvalFields {
+            splits: self.splits.clone(),
+            train_subset: self.train_subset,
+            test_subset: self.test_subset,
+            batch: self.batch,
+        }
+    }
+
+    /// Evaluations, in SGD-step equivalents (a forward pass is about a third of a step).
+    pub fn cost(&self, train_len: usize, test_len: usize) -> u64 {
+        (split_batches(&self.fields(), self.classes, train_len, test_len) as u64).div_ceil(3)
+    }
+
     pub fn link(&mut self, deps: &[(&'static str, &StageSpec)]) -> std::result::Result<(), String> {
         match deps {
             [(_, StageSpec::Train(t))] => {
@@ -152,23 +205,10 @@ impl EvalSpec {
 }
 
 pub fn run(spec: &EvalSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
-    let ds = ctx.dataset;
-    let arch = spec
-        .model
-        .parse()
-        .map_err(|e: samlab_models::Error| stage_err(ctx.stage, e.to_string()))?;
-    let model = Model::new(&arch, ds.num_classes(), 0, ctx.device)?;
-    model
-        .params
-        .load(&super::dep_file(ctx, "of", "model.safetensors")?)?;
+    let model = dep_model(ctx, &spec.model, "of")?;
     let mut summary = Summary::new();
     let mut csv = String::from("split,images,loss,accuracy,error\n");
-    for split in &spec.splits {
-        let (train, subset, name) = match split {
-            SplitName::Train => (true, spec.train_subset, "train"),
-            SplitName::Test => (false, spec.test_subset, "test"),
-        };
-        let l = eval_loader(ds, train, subset, spec.subset_seed, spec.batch)?;
+    for (name, l) in split_loaders(ctx.dataset, &spec.fields(), spec.subset_seed)? {
         let (loss, correct, n) = evaluate_loader(&model, &l, ctx.device)?;
         let acc = correct as f64 / n.max(1) as f64;
         csv.push_str(&format!("{name},{n},{loss},{acc},{}\n", 1.0 - acc));

@@ -17,7 +17,6 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use indexmap::IndexMap;
@@ -26,13 +25,13 @@ use samlab_data::{DatasetName, Loader, PipelineConfig};
 use samlab_models::Model;
 use serde::{Deserialize, Serialize};
 
-use super::evaluate::{EvalFields, SplitName};
+use super::evaluate::{EvalFields, SplitName, split_batches, split_loaders};
 use super::{
-    Outcome, RunCtx, StageSpec, Subset, Summary, dep_file, eval_loader, evaluate_loader,
-    pair_model, positive, whole,
+    Outcome, RunCtx, StageSpec, Subset, Summary, dep_model, dep_tensors, evaluate_loader,
+    model_tensors, pair_model, pair_refs, positive, whole,
 };
 use crate::cache::write_file;
-use crate::error::{Result, stage_err};
+use crate::error::Result;
 
 pub const GRID_FIELDS: &[&str] = &["train_per_class", "test_per_class", "subset_seed"];
 
@@ -136,14 +135,7 @@ impl InterpPartial {
     }
 
     pub fn refs(&self) -> Vec<(&'static str, &str)> {
-        let mut r = Vec::new();
-        if let Some(a) = &self.w1 {
-            r.push(("w1", a.as_str()));
-        }
-        if let Some(b) = &self.w2 {
-            r.push(("w2", b.as_str()));
-        }
-        r
+        pair_refs(&self.w1, &self.w2)
     }
 
     pub fn finish(&self, dataset: DatasetName) -> std::result::Result<InterpSpec, String> {
@@ -203,24 +195,23 @@ impl InterpSpec {
 
     /// Evaluations, in SGD-step equivalents (a forward pass is about a third of a step).
     pub fn cost(&self, train_len: usize, test_len: usize) -> u64 {
-        let mut images = 0;
-        for s in &self.splits {
-            images += match s {
-                SplitName::Train => self.train_subset.count(train_len, self.classes),
-                SplitName::Test => self.test_subset.count(test_len, self.classes),
-            };
-        }
         let recompute = match self.bn {
             BnStats::Recomputed { batches } => batches,
             BnStats::Interpolated => 0,
         };
-        ((images.div_ceil(self.batch) + recompute) as u64 * self.alpha.points as u64).div_ceil(3)
+        let per_point =
+            split_batches(&self.fields(), self.classes, train_len, test_len) + recompute;
+        (per_point as u64 * self.alpha.points as u64).div_ceil(3)
     }
-}
 
-/// A checkpoint's tensors by name.
-pub(crate) fn load_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
-    Ok(candle_core::safetensors::load(path, device)?)
+    fn fields(&self) -> EvalFields {
+        EvalFields {
+            splits: self.splits.clone(),
+            train_subset: self.train_subset,
+            test_subset: self.test_subset,
+            batch: self.batch,
+        }
+    }
 }
 
 /// L2 distance between two checkpoints over the model's trainable parameters.
@@ -313,29 +304,10 @@ fn recompute_bn(
 
 pub fn run(spec: &InterpSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
     let ds = ctx.dataset;
-    let arch = spec
-        .model
-        .parse()
-        .map_err(|e: samlab_models::Error| stage_err(ctx.stage, e.to_string()))?;
-    let model = Model::new(&arch, ds.num_classes(), 0, ctx.device)?;
-    let dir = |role: &str| dep_file(ctx, role, "model.safetensors");
-    // Loading into the model first checks names and shapes.
-    model.params.load(&dir("w2")?)?;
-    model.params.load(&dir("w1")?)?;
-    let w1 = load_tensors(&dir("w1")?, ctx.device)?;
-    let w2 = load_tensors(&dir("w2")?, ctx.device)?;
-
-    let mut loaders = Vec::new();
-    for split in &spec.splits {
-        let (train, subset, name) = match split {
-            SplitName::Train => (true, spec.train_subset, "train"),
-            SplitName::Test => (false, spec.test_subset, "test"),
-        };
-        loaders.push((
-            name,
-            eval_loader(ds, train, subset, spec.subset_seed, spec.batch)?,
-        ));
-    }
+    let model = dep_model(ctx, &spec.model, "w2")?;
+    let w2 = model_tensors(&model)?;
+    let w1 = dep_tensors(ctx, &model, "w1")?;
+    let loaders = split_loaders(ds, &spec.fields(), spec.subset_seed)?;
     let bn_loader = match spec.bn {
         BnStats::Recomputed { .. } => {
             let idx =

@@ -265,6 +265,86 @@ pub(crate) fn pair_model(
     }
 }
 
+/// `(w1, w2)` as stage references.
+pub(crate) fn pair_refs<'a>(
+    w1: &'a Option<String>,
+    w2: &'a Option<String>,
+) -> Vec<(&'static str, &'a str)> {
+    let mut r = Vec::new();
+    if let Some(a) = w1 {
+        r.push(("w1", a.as_str()));
+    }
+    if let Some(b) = w2 {
+        r.push(("w2", b.as_str()));
+    }
+    r
+}
+
+/// A model of `name` for the dataset, holding the final weights (and
+/// BatchNorm buffers) of the dependency `role`.
+pub(crate) fn dep_model(ctx: &RunCtx, name: &str, role: &str) -> Result<Model> {
+    let arch = name
+        .parse()
+        .map_err(|e: samlab_models::Error| crate::error::stage_err(ctx.stage, e.to_string()))?;
+    let model = Model::new(&arch, ctx.dataset.num_classes(), 0, ctx.device)?;
+    model
+        .params
+        .load(&dep_file(ctx, role, "model.safetensors")?)?;
+    Ok(model)
+}
+
+/// Loads the dependency `role`'s weights into `model` (checked against
+/// its names and shapes) and returns a copy of every tensor by name.
+pub(crate) fn dep_tensors(
+    ctx: &RunCtx,
+    model: &Model,
+    role: &str,
+) -> Result<std::collections::HashMap<String, candle_core::Tensor>> {
+    model
+        .params
+        .load(&dep_file(ctx, role, "model.safetensors")?)?;
+    model_tensors(model)
+}
+
+/// A copy of every tensor of `model` by name.
+pub(crate) fn model_tensors(
+    model: &Model,
+) -> Result<std::collections::HashMap<String, candle_core::Tensor>> {
+    Ok(model
+        .params
+        .all()
+        .into_iter()
+        .map(|(k, v)| Ok((k.to_string(), v.as_tensor().copy()?)))
+        .collect::<candle_core::Result<_>>()?)
+}
+
+/// A shuffled training loader over `indices` (None: the whole split), with
+/// CIFAR augmentation unless `augment` is false; at least one full batch.
+pub(crate) fn training_loader(
+    ds: &Dataset,
+    indices: Option<Vec<u32>>,
+    batch: usize,
+    seed: u64,
+    augment: bool,
+    stage: &str,
+) -> Result<Loader> {
+    let mut cfg = PipelineConfig::train(batch, ds.name.normalization(), seed);
+    if !augment {
+        cfg.augment = samlab_data::Augment::NONE;
+    }
+    let loader = Loader::new(ds.train.clone(), indices, cfg)?;
+    if loader.batches_per_epoch() == 0 {
+        return Err(crate::error::stage_err(
+            stage,
+            format!(
+                "{} training images make no full batch of {batch}",
+                loader.len()
+            ),
+        ));
+    }
+    Ok(loader)
+}
+
 /// The file `name` in the cache entry of the dependency `role`.
 pub(crate) fn dep_file(ctx: &RunCtx, role: &str, name: &str) -> Result<PathBuf> {
     ctx.deps

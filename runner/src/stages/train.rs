@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use indexmap::IndexMap;
-use samlab_data::{DatasetName, Loader, PipelineConfig};
+use samlab_data::DatasetName;
 use samlab_models::{Arch, Model};
 use samlab_optim::{
     LrSchedule, Method, Point, Resolved, SamConfig, SgdConfig, StepSchedule, Trainer,
@@ -21,7 +21,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{
-    Outcome, RunCtx, StageSpec, Subset, Summary, eval_loader, evaluate_loader, positive, whole,
+    Outcome, RunCtx, StageSpec, Subset, Summary, eval_loader, evaluate_loader, positive,
+    training_loader, whole,
 };
 use crate::cache::{Lookup, unix_time, write_file};
 use crate::error::{Result, stage_err};
@@ -460,17 +461,6 @@ impl PrefixPlan {
     }
 }
 
-pub fn train_loader(spec: &TrainSpec, ds: &samlab_data::Dataset) -> Result<Loader> {
-    let indices = spec
-        .train_subset
-        .indices(&ds.train, ds.num_classes(), spec.subset_seed)?;
-    let mut cfg = PipelineConfig::train(spec.batch, ds.name.normalization(), spec.seed);
-    if !spec.augment {
-        cfg.augment = samlab_data::Augment::NONE;
-    }
-    Ok(Loader::new(ds.train.clone(), indices, cfg)?)
-}
-
 const METRICS_HEADER: &str = "epoch,step,lr,train_loss,train_acc,sam_steps,passes,wall_s";
 
 /// Where a checkpoint goes: its directory, what it is (`prefix`, `partial`) and its key.
@@ -524,18 +514,11 @@ fn read_rows(dir: &Path) -> Result<Vec<String>> {
 /// Runs a Train stage.
 pub fn run(spec: &TrainSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
     let ds = ctx.dataset;
-    let loader = train_loader(spec, ds)?;
+    let indices = spec
+        .train_subset
+        .indices(&ds.train, ds.num_classes(), spec.subset_seed)?;
+    let loader = training_loader(ds, indices, spec.batch, spec.seed, spec.augment, ctx.stage)?;
     let spe = loader.batches_per_epoch() as u64;
-    if spe == 0 {
-        return Err(stage_err(
-            ctx.stage,
-            format!(
-                "{} training images make no full batch of {}",
-                loader.len(),
-                spec.batch
-            ),
-        ));
-    }
     let total = spec.epochs * spe;
     let model = Model::new(&spec.arch(), ds.num_classes(), spec.seed, ctx.device)?;
     if let Some((_, dir)) = ctx.deps.iter().find(|(r, _)| *r == "from") {
