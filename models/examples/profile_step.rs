@@ -2,8 +2,9 @@
 //! `cargo build --release -p samlab-models --example profile_step` then
 //! `perf record -e cpu-clock -g target/release/examples/profile_step resnet8 128 3`.
 //!
-//! Arguments: model name, batch size, steps. A step is forward in training
-//! mode, cross-entropy, backward, and a plain SGD update.
+//! Arguments: model name, batch size, steps, and `eval` to time evaluation
+//! forwards instead. A training step is forward in training mode,
+//! cross-entropy, backward, and a plain SGD update.
 
 use candle_core::{Device, Tensor};
 use samlab_models::{Arch, Model, cross_entropy, fixtures};
@@ -16,6 +17,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let name = args.get(1).map(String::as_str).unwrap_or("resnet8");
     let batch: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(128);
     let steps: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(3);
+    let eval = args.get(4).map(String::as_str) == Some("eval");
     let model = Model::new(&name.parse::<Arch>()?, 10, 0, &Device::Cpu)?;
     let x = fixtures::images(batch, 7, &Device::Cpu)?;
     let y = Tensor::from_vec(
@@ -25,6 +27,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     for step in 0..steps {
         let t = std::time::Instant::now();
+        if eval {
+            std::hint::black_box(model.forward(&x, false)?);
+            eprintln!("eval {step}: {:.3} s", t.elapsed().as_secs_f64());
+            continue;
+        }
         let loss = cross_entropy(&model.forward(&x, true)?, &y)?;
         let grads = loss.backward()?;
         for (_, var) in model.params.trainable() {
