@@ -20,6 +20,18 @@ use samlab_models::{Arch, Model, cross_entropy, fixtures};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// As the runner does (runner/src/main.rs): mimalloc hands freed memory back to the kernel after a delay (1 s), and
+/// later steps fault it in again as zeroed huge pages: 7,457 page faults and
+/// about 7% more CPU time over 14 ResNet-8 steps (docs/cpu-profile.md).
+/// Never purging keeps the pages of one step for the next.
+fn keep_freed_pages() {
+    // `mi_option_purge_delay` in mimalloc 3's option enum (libmimalloc-sys
+    // 0.1.49 names no constant for it); -1 = never purge.
+    const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    // SAFETY: sets an allocator option; no memory is touched.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) }
+}
+
 fn batch(n: usize) -> (Tensor, Tensor) {
     let y: Vec<u32> = (0..n as u32).map(|i| (7 * i + 1) % 10).collect();
     (
@@ -66,6 +78,7 @@ fn jax(model: &str, batch: usize, steps: usize) -> Option<(f64, f64)> {
 }
 
 fn main() {
+    keep_freed_pages();
     let bs = 128;
     let steps_env = std::env::var("SAMLAB_BENCH_STEPS")
         .ok()

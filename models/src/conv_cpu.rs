@@ -5,25 +5,57 @@
 //! 512 output pixels, its weight gradient as another convolution with a
 //! batch-sized kernel, and its input gradient with a naive transposed
 //! convolution; together they were about 70% of a training step (see
-//! docs/cpu-profile.md). Here every image is one gemm per pass:
+//! docs/cpu-profile.md). Here a chunk of images is one gemm per pass:
 //!
-//! - forward: `out[n] (Cout, P) = W (Cout, K) @ col(x[n]) (K, P)`
-//! - input gradient: `dx[n] = col2im(W^T (K, Cout) @ dout[n] (Cout, P))`
-//! - weight gradient: `dW = sum_n dout[n] (Cout, P) @ col(x[n])^T (P, K)`
+//! - forward: `out (Cout, P) = W (Cout, K) @ col(x) (K, P)`
+//! - input gradient, stride 1: the forward convolution of `dout` with the
+//!   kernel flipped and its channels swapped (padding `k - 1 - pad`);
+//!   other strides: `dx = col2im(W^T (K, Cout) @ dout (Cout, P))`
+//! - weight gradient: `dW = sum dout (Cout, P) @ col(x)^T (P, K)`
 //!
-//! with `K = Cin * k * k` and `P = Hout * Wout`. Images are spread over
-//! rayon's threads; the columns of an image are rebuilt in the backward
-//! pass rather than kept (keeping them would cost K * P floats per image
-//! and layer). The weight gradient is summed over fixed groups of images
-//! in f32 and over the groups in f64, in a fixed order, so results do not
+//! with `K = Cin * k * k` and `P` the output pixels of the chunk: one image,
+//! or the columns of several images side by side where one image has fewer
+//! than [`MIN_COLS`] pixels (ResNet-18's 4x4 layer-4 maps are too little
+//! work for one gemm). Chunks are spread over rayon's threads; the columns
+//! are rebuilt in the backward pass rather than kept (keeping them would
+//! cost K * P floats per image and layer), in per-thread scratch buffers
+//! that live as long as the thread. The weight gradient is summed over
+//! fixed groups of images in f32 and over the groups in f64, in a fixed
+//! order: the chunking depends on the shapes only, so results do not
 //! depend on the number of threads.
+
+use std::cell::RefCell;
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-/// Images per f32 partial sum of the weight gradient.
+/// Images per f32 partial sum of the weight gradient (at least).
 const GROUP: usize = 8;
+
+/// Output pixels one gemm should cover at least: smaller images are put
+/// side by side in one chunk.
+const MIN_COLS: usize = 256;
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on a scratch buffer of `len` floats (contents unspecified),
+/// kept per thread between calls so that no step allocates or faults in
+/// fresh pages for its columns.
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut v) => {
+            if v.len() < len {
+                v.resize(len, 0.0);
+            }
+            f(&mut v[..len])
+        }
+        // Only if `f` itself asked for scratch (it does not); stay correct.
+        Err(_) => f(&mut vec![0.0; len]),
+    })
+}
 
 #[derive(Clone, Copy, Debug)]
 struct Geom {
@@ -71,6 +103,44 @@ impl Geom {
         self.oh * self.ow
     }
 
+    /// Floats of one input image.
+    fn img(&self) -> usize {
+        self.cin * self.h * self.w
+    }
+
+    /// Floats of one output image.
+    fn out_img(&self) -> usize {
+        self.cout * self.p()
+    }
+
+    /// Images per gemm (depends on the shapes only).
+    fn chunk(&self) -> usize {
+        MIN_COLS.div_ceil(self.p().max(1)).clamp(1, self.b.max(1))
+    }
+
+    /// A 1x1 convolution with stride 1 and no padding: the columns are the image.
+    fn is_pointwise(&self) -> bool {
+        self.k == 1 && self.stride == 1 && self.pad == 0
+    }
+
+    /// The convolution whose forward pass is this one's input gradient
+    /// (stride 1 only): input `dout`, kernel flipped with its channels
+    /// swapped, padding `k - 1 - pad`.
+    fn transposed(&self) -> Option<Geom> {
+        (self.stride == 1 && self.pad < self.k).then(|| Geom {
+            b: self.b,
+            cin: self.cout,
+            h: self.oh,
+            w: self.ow,
+            cout: self.cin,
+            k: self.k,
+            stride: 1,
+            pad: self.k - 1 - self.pad,
+            oh: self.h,
+            ow: self.w,
+        })
+    }
+
     /// The output columns `[lo, hi)` whose input column `ox * stride + kw -
     /// pad` lies inside the image (empty when `lo >= hi`).
     fn valid_cols(&self, kw: usize) -> (usize, usize) {
@@ -84,23 +154,53 @@ impl Geom {
         (lo.min(self.ow), hi)
     }
 
-    /// The columns of one image: `col[(c*k + kh)*k + kw][oy*ow + ox]`.
-    fn im2col(&self, x: &[f32], col: &mut [f32]) {
-        let (k, s, pad, p) = (self.k, self.stride, self.pad, self.p());
+    /// The output rows `[lo, hi)` whose input row `oy * stride + kh - pad`
+    /// lies inside the image.
+    fn valid_rows(&self, kh: usize) -> (usize, usize) {
+        let (s, pad) = (self.stride, self.pad);
+        let lo = if pad > kh { (pad - kh).div_ceil(s) } else { 0 };
+        let hi = if self.h + pad > kh {
+            ((self.h + pad - kh - 1) / s + 1).min(self.oh)
+        } else {
+            0
+        };
+        (lo.min(self.oh), hi)
+    }
+
+    /// The columns of one image: row `(c*k + kh)*k + kw` of the column
+    /// matrix, element `oy*ow + ox`, is written at `col[row * ld + oy*ow + ox]`.
+    fn im2col(&self, x: &[f32], col: &mut [f32], ld: usize) {
+        let (k, s, pad, p, ow) = (self.k, self.stride, self.pad, self.p(), self.ow);
         for c in 0..self.cin {
             let plane = &x[c * self.h * self.w..(c + 1) * self.h * self.w];
             for kh in 0..k {
+                let (ylo, yhi) = self.valid_rows(kh);
                 for kw in 0..k {
-                    let row = &mut col[((c * k + kh) * k + kw) * p..][..p];
+                    let row = &mut col[((c * k + kh) * k + kw) * ld..][..p];
                     let (lo, hi) = self.valid_cols(kw);
-                    for oy in 0..self.oh {
-                        let out = &mut row[oy * self.ow..(oy + 1) * self.ow];
-                        let iy = (oy * s + kh) as isize - pad as isize;
-                        if iy < 0 || iy >= self.h as isize || lo >= hi {
-                            out.fill(0.0);
-                            continue;
+                    if lo >= hi || ylo >= yhi {
+                        row.fill(0.0);
+                        continue;
+                    }
+                    row[..ylo * ow].fill(0.0);
+                    row[yhi * ow..].fill(0.0);
+                    if s == 1 && ow == self.w {
+                        // Output and input rows have the same pitch: one copy
+                        // from the first valid element to the last, then zero
+                        // the columns that wrapped around from the next row.
+                        let (from, to) = (ylo * ow + lo, (yhi - 1) * ow + hi);
+                        let first = (ylo + kh - pad) * self.w + lo + kw - pad;
+                        row[from..to].copy_from_slice(&plane[first..first + (to - from)]);
+                        for oy in ylo..yhi {
+                            row[oy * ow..oy * ow + lo].fill(0.0);
+                            row[oy * ow + hi..(oy + 1) * ow].fill(0.0);
                         }
-                        let src = &plane[iy as usize * self.w..(iy as usize + 1) * self.w];
+                        continue;
+                    }
+                    for oy in ylo..yhi {
+                        let out = &mut row[oy * ow..(oy + 1) * ow];
+                        let iy = oy * s + kh - pad;
+                        let src = &plane[iy * self.w..(iy + 1) * self.w];
                         out[..lo].fill(0.0);
                         out[hi..].fill(0.0);
                         let first = lo * s + kw - pad;
@@ -118,33 +218,105 @@ impl Geom {
         }
     }
 
-    /// Adds columns back onto one image's gradient (im2col's adjoint).
-    fn col2im(&self, col: &[f32], dx: &mut [f32]) {
-        let (k, s, pad, p) = (self.k, self.stride, self.pad, self.p());
+    /// Adds columns (laid out as [`im2col`](Self::im2col) writes them) back
+    /// onto one image's gradient: im2col's adjoint.
+    #[inline(never)]
+    fn col2im(&self, col: &[f32], ld: usize, dx: &mut [f32]) {
+        let (k, s, pad, ow) = (self.k, self.stride, self.pad, self.ow);
         for c in 0..self.cin {
             let plane = &mut dx[c * self.h * self.w..(c + 1) * self.h * self.w];
             for kh in 0..k {
+                let (ylo, yhi) = self.valid_rows(kh);
                 for kw in 0..k {
-                    let row = &col[((c * k + kh) * k + kw) * p..][..p];
+                    let row = &col[((c * k + kh) * k + kw) * ld..];
                     let (lo, hi) = self.valid_cols(kw);
                     if lo >= hi {
                         continue;
                     }
-                    for oy in 0..self.oh {
-                        let iy = (oy * s + kh) as isize - pad as isize;
-                        if iy < 0 || iy >= self.h as isize {
-                            continue;
-                        }
-                        let dst = &mut plane[iy as usize * self.w..(iy as usize + 1) * self.w];
+                    for oy in ylo..yhi {
+                        let iy = oy * s + kh - pad;
+                        let dst = &mut plane[iy * self.w..(iy + 1) * self.w];
                         let first = lo * s + kw - pad;
-                        let vals = &row[oy * self.ow + lo..oy * self.ow + hi];
-                        for (d, v) in dst[first..].iter_mut().step_by(s).zip(vals) {
-                            *d += v;
+                        let vals = &row[oy * ow + lo..oy * ow + hi];
+                        if s == 1 {
+                            for (d, v) in dst[first..first + (hi - lo)].iter_mut().zip(vals) {
+                                *d += v;
+                            }
+                        } else {
+                            for (d, v) in dst[first..].iter_mut().step_by(s).zip(vals) {
+                                *d += v;
+                            }
                         }
                     }
                 }
             }
         }
+    }
+
+    /// The column matrix (K, n * P) of `n` consecutive images in `x`, in
+    /// `buf`; a pointwise convolution of one image needs no copy.
+    fn columns<'a>(&self, x: &'a [f32], n: usize, buf: &'a mut [f32]) -> &'a [f32] {
+        let (p, img) = (self.p(), self.img());
+        if n == 1 && self.is_pointwise() {
+            return &x[..img];
+        }
+        for i in 0..n {
+            self.im2col(&x[i * img..(i + 1) * img], &mut buf[i * p..], n * p);
+        }
+        &buf[..self.kk() * n * p]
+    }
+
+    /// `(Cout, n * P)` matrix from `n` consecutive output-shaped images
+    /// (`(n, Cout, P)`), in `buf`; one image needs no copy.
+    #[inline(never)]
+    fn gather_out<'a>(&self, y: &'a [f32], n: usize, buf: &'a mut [f32]) -> &'a [f32] {
+        let p = self.p();
+        if n == 1 {
+            return &y[..self.out_img()];
+        }
+        for i in 0..n {
+            for co in 0..self.cout {
+                buf[co * n * p + i * p..][..p].copy_from_slice(&y[(i * self.cout + co) * p..][..p]);
+            }
+        }
+        &buf[..self.cout * n * p]
+    }
+
+    /// The forward pass `out = conv(x, w)` for the whole batch.
+    fn forward(&self, x: &[f32], w: &[f32], out: &mut [f32]) {
+        let (kk, p, img, oimg, chunk) = (
+            self.kk(),
+            self.p(),
+            self.img(),
+            self.out_img(),
+            self.chunk(),
+        );
+        if oimg == 0 {
+            return;
+        }
+        out.par_chunks_mut(chunk * oimg)
+            .enumerate()
+            .for_each(|(ci, y)| {
+                let n = y.len() / oimg;
+                let xs = &x[ci * chunk * img..][..n * img];
+                let cols = n * p;
+                let tmp_len = if n > 1 { self.cout * cols } else { 0 };
+                with_scratch(kk * cols + tmp_len, |buf| {
+                    let (colbuf, tmp) = buf.split_at_mut(kk * cols);
+                    let col = self.columns(xs, n, colbuf);
+                    if n == 1 {
+                        matmul(self.cout, p, kk, y, false, w, kk, 1, col, p, 1);
+                        return;
+                    }
+                    matmul(self.cout, cols, kk, tmp, false, w, kk, 1, col, cols, 1);
+                    for i in 0..n {
+                        for co in 0..self.cout {
+                            y[(i * self.cout + co) * p..][..p]
+                                .copy_from_slice(&tmp[co * cols + i * p..][..p]);
+                        }
+                    }
+                });
+            });
     }
 }
 
@@ -235,17 +407,8 @@ impl CustomOp2 for ConvOp {
         let g = Geom::new(l1.shape(), l2.shape(), self.stride, self.padding)?;
         let x = f32s(s1, l1, "input")?;
         let w = f32s(s2, l2, "weight")?;
-        let (kk, p, img) = (g.kk(), g.p(), g.cin * g.h * g.w);
-        let mut out = vec![0f32; g.b * g.cout * p];
-        if p > 0 && g.cout > 0 {
-            out.par_chunks_mut(g.cout * p).enumerate().for_each_init(
-                || vec![0f32; kk * p],
-                |col, (n, y)| {
-                    g.im2col(&x[n * img..(n + 1) * img], col);
-                    matmul(g.cout, p, kk, y, false, w, kk, 1, col, p, 1);
-                },
-            );
-        }
+        let mut out = vec![0f32; g.b * g.out_img()];
+        g.forward(x, w, &mut out);
         Ok((CpuStorage::F32(out), Shape::from((g.b, g.cout, g.oh, g.ow))))
     }
 
@@ -257,14 +420,19 @@ impl CustomOp2 for ConvOp {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        let dx = grad.apply_op2_no_bwd(
-            w,
-            &GradInput {
-                stride: self.stride,
-                padding: self.padding,
-                input: x.shape().clone(),
-            },
-        )?;
+        // The network's input (images) needs no gradient: skip the pass.
+        let dx = if x.track_op() {
+            Some(grad.apply_op2_no_bwd(
+                w,
+                &GradInput {
+                    stride: self.stride,
+                    padding: self.padding,
+                    input: x.shape().clone(),
+                },
+            )?)
+        } else {
+            None
+        };
         let dw = x.apply_op2_no_bwd(
             &grad,
             &GradWeight {
@@ -273,7 +441,7 @@ impl CustomOp2 for ConvOp {
                 kernel: w.shape().clone(),
             },
         )?;
-        Ok((Some(dx), Some(dw)))
+        Ok((dx, Some(dw)))
     }
 }
 
@@ -302,18 +470,42 @@ impl CustomOp2 for GradInput {
         if l1.shape().dims() != [g.b, g.cout, g.oh, g.ow] {
             candle_core::bail!("conv: output gradient {:?} does not fit", l1.shape());
         }
-        let (kk, p, img) = (g.kk(), g.p(), g.cin * g.h * g.w);
-        let mut dx = vec![0f32; g.b * img];
-        if img > 0 {
-            dx.par_chunks_mut(img).enumerate().for_each_init(
-                || vec![0f32; kk * p],
-                |col, (n, dxn)| {
-                    let dyn_ = &dy[n * g.cout * p..(n + 1) * g.cout * p];
-                    // W^T (K, Cout): element (i, j) is w[j * K + i].
-                    matmul(kk, p, g.cout, col, false, w, 1, kk, dyn_, p, 1);
-                    g.col2im(col, dxn);
-                },
-            );
+        let mut dx = vec![0f32; g.b * g.img()];
+        if let Some(t) = g.transposed() {
+            // wt[ci][co][kh][kw] = w[co][ci][k-1-kh][k-1-kw]
+            let (k, kk) = (g.k, g.k * g.k);
+            let mut wt = vec![0f32; w.len()];
+            for co in 0..g.cout {
+                for ci in 0..g.cin {
+                    for i in 0..kk {
+                        let (kh, kw) = (i / k, i % k);
+                        wt[(ci * g.cout + co) * kk + (k - 1 - kh) * k + (k - 1 - kw)] =
+                            w[(co * g.cin + ci) * kk + i];
+                    }
+                }
+            }
+            t.forward(dy, &wt, &mut dx);
+        } else {
+            let (kk, p, img, oimg, chunk) = (g.kk(), g.p(), g.img(), g.out_img(), g.chunk());
+            if img > 0 {
+                dx.par_chunks_mut(chunk * img)
+                    .enumerate()
+                    .for_each(|(ci, dxs)| {
+                        let n = dxs.len() / img;
+                        let cols = n * p;
+                        let dys = &dy[ci * chunk * oimg..][..n * oimg];
+                        let gather_len = if n > 1 { g.cout * cols } else { 0 };
+                        with_scratch(kk * cols + gather_len, |buf| {
+                            let (col, gbuf) = buf.split_at_mut(kk * cols);
+                            let d = g.gather_out(dys, n, gbuf);
+                            // W^T (K, Cout): element (i, j) is w[j * K + i].
+                            matmul(kk, cols, g.cout, col, false, w, 1, kk, d, cols, 1);
+                            for i in 0..n {
+                                g.col2im(&col[i * p..], cols, &mut dxs[i * img..(i + 1) * img]);
+                            }
+                        });
+                    });
+            }
         }
         Ok((CpuStorage::F32(dx), self.input.clone()))
     }
@@ -344,34 +536,40 @@ impl CustomOp2 for GradWeight {
         if l2.shape().dims() != [g.b, g.cout, g.oh, g.ow] {
             candle_core::bail!("conv: output gradient {:?} does not fit", l2.shape());
         }
-        let (kk, p, img) = (g.kk(), g.p(), g.cin * g.h * g.w);
-        let groups: Vec<Vec<f32>> = (0..g.b.div_ceil(GROUP))
+        let (kk, p, img, oimg, chunk) = (g.kk(), g.p(), g.img(), g.out_img(), g.chunk());
+        // Images per f32 partial: whole chunks, at least GROUP images.
+        let per_part = chunk * GROUP.div_ceil(chunk);
+        let groups: Vec<Vec<f32>> = (0..g.b.div_ceil(per_part))
             .into_par_iter()
-            .map_init(
-                || vec![0f32; kk * p],
-                |col, gi| {
-                    let mut part = vec![0f32; g.cout * kk];
-                    for n in gi * GROUP..((gi + 1) * GROUP).min(g.b) {
-                        g.im2col(&x[n * img..(n + 1) * img], col);
-                        let dyn_ = &dy[n * g.cout * p..(n + 1) * g.cout * p];
-                        // col^T (P, K): element (i, j) is col[j * P + i].
+            .map(|gi| {
+                let mut part = vec![0f32; g.cout * kk];
+                let end = ((gi + 1) * per_part).min(g.b);
+                for n0 in (gi * per_part..end).step_by(chunk) {
+                    let n = chunk.min(end - n0);
+                    let cols = n * p;
+                    let gather_len = if n > 1 { g.cout * cols } else { 0 };
+                    with_scratch(kk * cols + gather_len, |buf| {
+                        let (colbuf, gbuf) = buf.split_at_mut(kk * cols);
+                        let col = g.columns(&x[n0 * img..][..n * img], n, colbuf);
+                        let d = g.gather_out(&dy[n0 * oimg..][..n * oimg], n, gbuf);
+                        // col^T (cols, K): element (i, j) is col[j * cols + i].
                         matmul(
                             g.cout,
                             kk,
-                            p,
+                            cols,
                             &mut part,
-                            n > gi * GROUP,
-                            dyn_,
-                            p,
+                            n0 > gi * per_part,
+                            d,
+                            cols,
                             1,
                             col,
                             1,
-                            p,
+                            cols,
                         );
-                    }
-                    part
-                },
-            )
+                    });
+                }
+                part
+            })
             .collect();
         let mut sum = vec![0f64; g.cout * kk];
         for part in &groups {
@@ -423,6 +621,15 @@ mod tests {
             // ResNet-18's layer4 shapes: K = 2304 and 4608, P = 16
             (2, 256, 8, 8, 64, 3, 2, 1),
             (2, 512, 4, 4, 32, 3, 1, 1),
+            // several images per gemm (P = 16: chunks of 16, 16 and 5;
+            // P = 9: one chunk of 21), pointwise with and without chunks
+            (37, 3, 4, 4, 5, 3, 1, 1),
+            (21, 4, 6, 6, 3, 3, 2, 1),
+            (3, 4, 16, 16, 5, 1, 1, 0),
+            (5, 4, 4, 4, 3, 1, 1, 0),
+            // stride 1 without "same" padding: the transposed convolution
+            // pads by 2 and by 0
+            (2, 3, 6, 5, 4, 3, 1, 2),
         ] {
             let x = Tensor::randn(0f64, 1.0, (b, cin, h, wd), &dev).unwrap();
             let w = Tensor::randn(0f64, 1.0, (cout, cin, k, k), &dev).unwrap();
@@ -474,14 +681,40 @@ mod tests {
             (3, 4, 5, 1, 2, 0),
             (1, 3, 3, 3, 1, 2),
             (2, 9, 8, 3, 2, 0),
+            (2, 4, 4, 3, 1, 0),
+            (1, 2, 2, 3, 1, 1),
         ] {
             let xs = Shape::from((1, cin, h, w));
             let g = Geom::new(&xs, &Shape::from((1, cin, k, k)), stride, pad).unwrap();
             let x: Vec<f32> = (0..cin * h * w).map(|i| i as f32 * 0.5 - 3.0).collect();
             let mut col = vec![f32::NAN; g.kk() * g.p()];
-            g.im2col(&x, &mut col);
+            g.im2col(&x, &mut col, g.p());
             let mut back = vec![0f32; x.len()];
-            g.col2im(&col, &mut back);
+            g.col2im(&col, g.p(), &mut back);
+            // Written with a row pitch of three images at image 1's place,
+            // the same rows land there and nothing else is touched.
+            let ld = 3 * g.p();
+            let mut wide = vec![f32::NAN; g.kk() * ld];
+            g.im2col(&x, &mut wide[g.p()..], ld);
+            for r in 0..g.kk() {
+                let row = &wide[r * ld..(r + 1) * ld];
+                assert!(
+                    row[..g.p()]
+                        .iter()
+                        .chain(&row[2 * g.p()..])
+                        .all(|v| v.is_nan())
+                );
+                let want = &col[r * g.p()..(r + 1) * g.p()];
+                assert!(
+                    row[g.p()..2 * g.p()]
+                        .iter()
+                        .zip(want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits())
+                );
+            }
+            let mut back_wide = vec![0f32; x.len()];
+            g.col2im(&wide[g.p()..], ld, &mut back_wide);
+            assert_eq!(back_wide, back);
             let mut want_back = vec![0f32; x.len()];
             for c in 0..cin {
                 for kh in 0..k {

@@ -1,0 +1,64 @@
+//! Times the CPU convolution forward, input gradient and weight gradient for
+//! the layer shapes of ResNet-8 and ResNet-18 at batch 128, in GFLOP/s:
+//! `cargo run --release -p samlab-models --example conv_shapes`.
+
+use candle_core::{Device, Tensor, Var};
+use samlab_models::params::{Builder, Conv2d, ConvSpec};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let batch = 128;
+    // (name, cin, cout, kernel, stride, input size)
+    let shapes = [
+        ("r8 stem", 3, 16, 3, 1, 32),
+        ("r8 l1", 16, 16, 3, 1, 32),
+        ("r8 l2 down", 16, 32, 3, 2, 32),
+        ("r8 l2", 32, 32, 3, 1, 16),
+        ("r8 l2 short", 16, 32, 1, 2, 32),
+        ("r8 l3", 64, 64, 3, 1, 8),
+        ("r18 l1", 64, 64, 3, 1, 32),
+        ("r18 l2", 128, 128, 3, 1, 16),
+        ("r18 l3", 256, 256, 3, 1, 8),
+        ("r18 l4", 512, 512, 3, 1, 4),
+    ];
+    println!(
+        "{:<12} {:>9} {:>9} {:>9}",
+        "layer", "fwd GF/s", "bwd GF/s", "fwd ms"
+    );
+    for (name, cin, cout, k, s, hw) in shapes {
+        let b = Builder::new(0, &Device::Cpu);
+        let conv = Conv2d::new(ConvSpec::new(cin, cout, k, s), &b)?;
+        let x = Var::from_tensor(&Tensor::randn(
+            0f32,
+            1.0,
+            (batch, cin, hw, hw),
+            &Device::Cpu,
+        )?)?;
+        let oh = (hw + 2 * (k / 2) - k) / s + 1;
+        let flops = 2.0 * (batch * cout * oh * oh * cin * k * k) as f64;
+        let reps = ((2e9 / flops) as usize).clamp(2, 50);
+        conv.forward(&x)?;
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            std::hint::black_box(conv.forward(&x)?);
+        }
+        let fwd = t.elapsed().as_secs_f64() / reps as f64;
+        let y = conv.forward(&x)?;
+        let loss = y.sum_all()?;
+        loss.backward()?;
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            std::hint::black_box(loss.backward()?);
+        }
+        let bwd = t.elapsed().as_secs_f64() / reps as f64;
+        println!(
+            "{name:<12} {:>9.1} {:>9.1} {:>9.2}",
+            flops / fwd / 1e9,
+            2.0 * flops / bwd / 1e9,
+            fwd * 1e3
+        );
+    }
+    Ok(())
+}
