@@ -6,7 +6,10 @@ one evaluation forward of the same CIFAR ResNets as samlab, using the JAX
 implementation in models/tests/reference/gen_resnet_reference.py. Prints one
 JSON line: {"model", "batch", "train_img_s", "eval_img_s"}.
 
-    python3 bench/jax_step.py resnet8 128 [steps]
+    python3 bench/jax_step.py resnet8 128 [steps [warmup]]
+
+`warmup` steps (default 1, the compiling one included) run before the timed
+ones, for training and for evaluation.
 """
 import json
 import os
@@ -28,6 +31,7 @@ CONFIGS = {
 def main():
     name, batch = sys.argv[1], int(sys.argv[2])
     steps = int(sys.argv[3]) if len(sys.argv) > 3 else 3
+    warmup = max(1, int(sys.argv[4]) if len(sys.argv) > 4 else 1)
     stem, stages = CONFIGS[name]
     sh = ref.shapes(stem, stages, 10)
     names = sorted(sh)
@@ -48,14 +52,16 @@ def main():
     def evaluate(params, buffers, x):
         return ref.forward({**params, **buffers}, x, stages, False)[0]
 
-    params, buffers, loss = train_step(params, buffers, x, y)
+    for _ in range(warmup):
+        params, buffers, loss = train_step(params, buffers, x, y)
     loss.block_until_ready()
     start = time.perf_counter()
     for _ in range(steps):
         params, buffers, loss = train_step(params, buffers, x, y)
     loss.block_until_ready()
     train = batch * steps / (time.perf_counter() - start)
-    evaluate(params, buffers, x).block_until_ready()
+    for _ in range(warmup):
+        evaluate(params, buffers, x).block_until_ready()
     start = time.perf_counter()
     for _ in range(steps):
         out = evaluate(params, buffers, x)

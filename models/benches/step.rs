@@ -5,8 +5,11 @@
 //! every parameter) and an evaluation forward, in images per second; the
 //! process's peak RSS after each net; and the same numbers from JAX
 //! (`bench/jax_step.py`, run in the same command) with the ratio
-//! samlab / JAX. Set `SAMLAB_BENCH_STEPS` to time more steps (default:
-//! 3 for ResNet-8, 1 for ResNet-18, after one warm-up step each).
+//! samlab / JAX. Both sides time the same steps after the same number of
+//! untimed warm-up steps (samlab's first steps grow per-thread buffers and
+//! the allocator's pages; JAX's first compiles). Set `SAMLAB_BENCH_STEPS`
+//! and `SAMLAB_BENCH_WARMUP` to change them (defaults: 5 and 3 for
+//! ResNet-8, 2 and 2 for ResNet-18).
 
 use std::process::Command;
 use std::time::Instant;
@@ -50,10 +53,16 @@ fn train_step(m: &Model, x: &Tensor, y: &Tensor) {
     }
 }
 
-fn jax(model: &str, batch: usize, steps: usize) -> Option<(f64, f64)> {
+fn jax(model: &str, batch: usize, steps: usize, warmup: usize) -> Option<(f64, f64)> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../bench/jax_step.py");
     let out = Command::new("python3")
-        .args([script, model, &batch.to_string(), &steps.to_string()])
+        .args([
+            script,
+            model,
+            &batch.to_string(),
+            &steps.to_string(),
+            &warmup.to_string(),
+        ])
         .output()
         .ok()?;
     if !out.status.success() {
@@ -80,9 +89,8 @@ fn jax(model: &str, batch: usize, steps: usize) -> Option<(f64, f64)> {
 fn main() {
     keep_freed_pages();
     let bs = 128;
-    let steps_env = std::env::var("SAMLAB_BENCH_STEPS")
-        .ok()
-        .and_then(|s| s.parse().ok());
+    let env = |k: &str| std::env::var(k).ok().and_then(|s| s.parse::<usize>().ok());
+    let (steps_env, warmup_env) = (env("SAMLAB_BENCH_STEPS"), env("SAMLAB_BENCH_WARMUP"));
     println!(
         "training step, batch {bs}, CPU ({} threads), f32",
         rayon_threads()
@@ -98,24 +106,29 @@ fn main() {
         "train x",
         "eval x"
     );
-    for (name, default_steps) in [("resnet8", 3), ("resnet18", 1)] {
-        let steps = steps_env.unwrap_or(default_steps);
+    for (name, default_steps, default_warmup) in [("resnet8", 5, 3), ("resnet18", 2, 2)] {
+        let steps = steps_env.unwrap_or(default_steps).max(1);
+        let warmup = warmup_env.unwrap_or(default_warmup).max(1);
         let m = Model::new(&name.parse::<Arch>().unwrap(), 10, 0, &Device::Cpu).unwrap();
         let (x, y) = batch(bs);
-        train_step(&m, &x, &y);
+        for _ in 0..warmup {
+            train_step(&m, &x, &y);
+        }
         let t = Instant::now();
         for _ in 0..steps {
             train_step(&m, &x, &y);
         }
         let train = (bs * steps) as f64 / t.elapsed().as_secs_f64();
-        m.forward(&x, false).unwrap();
+        for _ in 0..warmup {
+            m.forward(&x, false).unwrap();
+        }
         let t = Instant::now();
         for _ in 0..steps {
             std::hint::black_box(m.forward(&x, false).unwrap());
         }
         let eval = (bs * steps) as f64 / t.elapsed().as_secs_f64();
         let rss = fixtures::peak_rss_mib();
-        let (jt, je) = jax(name, bs, steps.max(3)).unwrap_or((f64::NAN, f64::NAN));
+        let (jt, je) = jax(name, bs, steps, warmup).unwrap_or((f64::NAN, f64::NAN));
         println!(
             "{name:<9} {train:>12.1} {eval:>12.1} {rss:>10.0} {jt:>12.1} {je:>12.1} {:>8.3} {:>8.3}",
             train / jt,

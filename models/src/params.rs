@@ -332,17 +332,28 @@ impl BatchNorm2d {
     }
 
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_maybe_relu(x, train, false)
+    }
+
+    /// `relu(self.forward(x, train))`, in one pass on the CPU.
+    pub fn forward_relu(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_maybe_relu(x, train, true)
+    }
+
+    fn forward_maybe_relu(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
         // The fused op serves f32 on the CPU; other dtypes and devices use
         // the composite of candle ops.
         if x.device().is_cpu() && x.dtype() == DType::F32 {
-            self.forward_cpu(x, train)
+            self.forward_cpu(x, train, relu)
+        } else if relu {
+            Ok(self.forward_composite(x, train)?.relu()?)
         } else {
             self.forward_composite(x, train)
         }
     }
 
     /// One fused custom op with f64 per-channel sums (see `batchnorm_cpu`).
-    fn forward_cpu(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+    fn forward_cpu(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
         use crate::batchnorm_cpu::{BnOp, Stats};
         let stats = std::sync::Arc::new(std::sync::Mutex::new(Stats::default()));
         let running = if train {
@@ -356,6 +367,7 @@ impl BatchNorm2d {
         let op = BnOp {
             running,
             eps: self.eps,
+            relu,
             stats: stats.clone(),
         };
         let y = x.contiguous()?.apply_op3(&self.weight, &self.bias, op)?;
@@ -549,6 +561,16 @@ pub fn stage_blocks(b: &Builder, blocks: &[usize]) -> Vec<(Builder, usize, usize
     out
 }
 
+/// `relu(a + b)`: the end of a residual block, one pass on the CPU (f32).
+pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if a.device().is_cpu() && a.dtype() == DType::F32 && b.dtype() == DType::F32 {
+        Ok(a.contiguous()?
+            .apply_op2(&b.contiguous()?, crate::batchnorm_cpu::AddRelu)?)
+    } else {
+        Ok((a + b)?.relu()?)
+    }
+}
+
 /// Global average pooling (N, C, H, W) -> (N, C).
 pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
     Ok(x.mean(3)?.mean(2)?)
@@ -561,7 +583,7 @@ mod tests {
     /// The fused CPU op and the composite path (used on other devices) agree.
     #[test]
     fn fused_and_composite_batch_norm_agree() {
-        for train in [true, false] {
+        for (train, relu) in [(true, false), (false, false), (true, true), (false, true)] {
             let b = Builder::new(3, &Device::Cpu);
             let bn = BatchNorm2d::new(5, &b).unwrap();
             let store = b.finish();
@@ -580,9 +602,10 @@ mod tests {
             let run = |fused: bool| {
                 store.restore_buffers(&snap).unwrap();
                 let y = if fused {
-                    bn.forward_cpu(x.as_tensor(), train).unwrap()
+                    bn.forward_cpu(x.as_tensor(), train, relu).unwrap()
                 } else {
-                    bn.forward_composite(x.as_tensor(), train).unwrap()
+                    let y = bn.forward_composite(x.as_tensor(), train).unwrap();
+                    if relu { y.relu().unwrap() } else { y }
                 };
                 let loss = (y.sqr().unwrap().sum_all().unwrap() + y.sum_all().unwrap()).unwrap();
                 let g = loss.backward().unwrap();
@@ -601,10 +624,44 @@ mod tests {
                 for (p, q) in a.iter().zip(&b) {
                     assert!(
                         (p - q).abs() <= 1e-4 * (1.0 + q.abs()),
-                        "train {train} output {i}: {p} vs {q}"
+                        "train {train} relu {relu} output {i}: {p} vs {q}"
                     );
                 }
             }
         }
+    }
+
+    /// The fused `relu(a + b)` matches the composite in value and in both
+    /// gradients (inputs keep away from 0, where conventions differ).
+    #[test]
+    fn fused_add_relu_matches_composite() {
+        let dev = Device::Cpu;
+        let n = 3 * 4 * 5 * 7;
+        let a: Vec<f32> = (0..n)
+            .map(|i| ((i * 37 % 101) as f32 - 50.3) / 25.0)
+            .collect();
+        let b: Vec<f32> = (0..n)
+            .map(|i| ((i * 53 % 89) as f32 - 44.1) / 30.0)
+            .collect();
+        let va = Var::from_tensor(&Tensor::from_vec(a, (3, 4, 5, 7), &dev).unwrap()).unwrap();
+        let vb = Var::from_tensor(&Tensor::from_vec(b, (3, 4, 5, 7), &dev).unwrap()).unwrap();
+        let r = Tensor::randn(0f32, 1.0, (3, 4, 5, 7), &dev).unwrap();
+        let run = |fused: bool| {
+            let y = if fused {
+                add_relu(va.as_tensor(), vb.as_tensor()).unwrap()
+            } else {
+                (va.as_tensor() + vb.as_tensor()).unwrap().relu().unwrap()
+            };
+            let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            [
+                flat(&y),
+                flat(g.get(va.as_tensor()).unwrap()),
+                flat(g.get(vb.as_tensor()).unwrap()),
+            ]
+        };
+        let (f, c) = (run(true), run(false));
+        assert!(f[0].iter().any(|&v| v == 0.0) && f[0].iter().any(|&v| v > 0.0));
+        assert_eq!(f, c);
     }
 }

@@ -70,14 +70,14 @@ impl Bottleneck {
     }
 
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let pre = self.bn1.forward(x, train)?.relu()?;
+        let pre = self.bn1.forward_relu(x, train)?;
         let short = match &self.shortcut {
             Some(conv) => conv.forward(&pre)?,
             None => x.clone(),
         };
         let y = self.conv1.forward(&pre)?;
-        let y = self.conv2.forward(&self.bn2.forward(&y, train)?.relu()?)?;
-        let y = self.conv3.forward(&self.bn3.forward(&y, train)?.relu()?)?;
+        let y = self.conv2.forward(&self.bn2.forward_relu(&y, train)?)?;
+        let y = self.conv3.forward(&self.bn3.forward_relu(&y, train)?)?;
         Ok((y + short)?)
     }
 }
@@ -113,7 +113,7 @@ impl PreActResNet {
         for block in &self.layers {
             y = block.forward(&y, train)?;
         }
-        let y = self.bn.forward(&y, train)?.relu()?;
+        let y = self.bn.forward_relu(&y, train)?;
         self.linear.forward(&global_avg_pool(&y)?)
     }
 }

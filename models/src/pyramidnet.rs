@@ -71,7 +71,7 @@ impl Block {
 
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let y = self.conv1.forward(&self.bn1.forward(x, train)?)?;
-        let y = self.conv2.forward(&self.bn2.forward(&y, train)?.relu()?)?;
+        let y = self.conv2.forward(&self.bn2.forward_relu(&y, train)?)?;
         let y = self.bn3.forward(&y, train)?;
         let short = if self.downsample {
             x.avg_pool2d(2)?
@@ -127,7 +127,7 @@ impl PyramidNet {
         for block in &self.layers {
             y = block.forward(&y, train)?;
         }
-        let y = self.bn_final.forward(&y, train)?.relu()?;
+        let y = self.bn_final.forward_relu(&y, train)?;
         self.fc.forward(&global_avg_pool(&y)?)
     }
 }

@@ -12,7 +12,7 @@ use candle_core::Tensor;
 
 use crate::error::Result;
 use crate::params::{
-    BatchNorm2d, Builder, Conv2d, ConvSpec, Linear, global_avg_pool, stage_blocks,
+    BatchNorm2d, Builder, Conv2d, ConvSpec, Linear, add_relu, global_avg_pool, stage_blocks,
 };
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,13 +70,13 @@ impl Block {
     }
 
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = self.bn1.forward(&self.conv1.forward(x)?, train)?.relu()?;
+        let y = self.bn1.forward_relu(&self.conv1.forward(x)?, train)?;
         let y = self.bn2.forward(&self.conv2.forward(&y)?, train)?;
         let short = match &self.shortcut {
             Some((conv, bn)) => bn.forward(&conv.forward(x)?, train)?,
             None => x.clone(),
         };
-        Ok((y + short)?.relu()?)
+        add_relu(&y, &short)
     }
 }
 
@@ -107,7 +107,7 @@ impl ResNet {
     }
 
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut y = self.bn1.forward(&self.conv1.forward(x)?, train)?.relu()?;
+        let mut y = self.bn1.forward_relu(&self.conv1.forward(x)?, train)?;
         for block in &self.layers {
             y = block.forward(&y, train)?;
         }

@@ -63,8 +63,8 @@ impl WideBlock {
     }
 
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = self.conv1.forward(&self.bn1.forward(x, train)?.relu()?)?;
-        let y = self.conv2.forward(&self.bn2.forward(&y, train)?.relu()?)?;
+        let y = self.conv1.forward(&self.bn1.forward_relu(x, train)?)?;
+        let y = self.conv2.forward(&self.bn2.forward_relu(&y, train)?)?;
         let short = match &self.shortcut {
             Some(conv) => conv.forward(x)?,
             None => x.clone(),
@@ -104,7 +104,7 @@ impl WideResNet {
         for block in &self.layers {
             y = block.forward(&y, train)?;
         }
-        let y = self.bn1.forward(&y, train)?.relu()?;
+        let y = self.bn1.forward_relu(&y, train)?;
         self.linear.forward(&global_avg_pool(&y)?)
     }
 }
