@@ -1,5 +1,6 @@
 //! Times the CPU convolution forward, input gradient and weight gradient for
-//! the layer shapes of ResNet-8 and ResNet-18 at batch 128, in GFLOP/s:
+//! the layer shapes of ResNet-8 and ResNet-18 at batch 128, in GFLOP/s
+//! (bwd: both gradients; dW: the weight gradient alone):
 //! `cargo run --release -p samlab-models --example conv_shapes`.
 
 use candle_core::{Device, Tensor, Var};
@@ -24,8 +25,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("r18 l4", 512, 512, 3, 1, 4),
     ];
     println!(
-        "{:<12} {:>9} {:>9} {:>9}",
-        "layer", "fwd GF/s", "bwd GF/s", "fwd ms"
+        "{:<12} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "layer", "fwd GF/s", "bwd GF/s", "dW GF/s", "fwd ms", "dW ms"
     );
     for (name, cin, cout, k, s, hw) in shapes {
         let b = Builder::new(0, &Device::Cpu);
@@ -53,11 +54,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             std::hint::black_box(loss.backward()?);
         }
         let bwd = t.elapsed().as_secs_f64() / reps as f64;
+        // The weight gradient alone: an input that needs no gradient.
+        let loss = conv.forward(&x.as_tensor().detach())?.sum_all()?;
+        loss.backward()?;
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            std::hint::black_box(loss.backward()?);
+        }
+        let dw = t.elapsed().as_secs_f64() / reps as f64;
         println!(
-            "{name:<12} {:>9.1} {:>9.1} {:>9.2}",
+            "{name:<12} {:>9.1} {:>9.1} {:>9.1} {:>9.2} {:>9.2}",
             flops / fwd / 1e9,
             2.0 * flops / bwd / 1e9,
-            fwd * 1e3
+            flops / dw / 1e9,
+            fwd * 1e3,
+            dw * 1e3
         );
     }
     Ok(())
