@@ -330,14 +330,7 @@ impl CustomOp2 for AddRelu {
         }
         let a = crate::conv_cpu::f32_slice(s1, l1, "add-relu", "a")?;
         let b = crate::conv_cpu::f32_slice(s2, l2, "add-relu", "b")?;
-        let mut y = vec![0f32; a.len()];
-        y.par_chunks_mut(CHUNK)
-            .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
-            .for_each(|(yc, (ac, bc))| {
-                for ((o, &p), &q) in yc.iter_mut().zip(ac).zip(bc) {
-                    *o = (p + q).max(0.0);
-                }
-            });
+        let y = zip_map(a, b, |p, q| (p + q).max(0.0));
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -355,6 +348,19 @@ impl CustomOp2 for AddRelu {
 
 /// Elements per parallel task of the elementwise ops.
 const CHUNK: usize = 1 << 14;
+
+/// `f(a[i], b[i])` for every `i`, in parallel chunks (same-length slices).
+fn zip_map(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; a.len().min(b.len())];
+    out.par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+        .for_each(|(o, (ac, bc))| {
+            for ((o, &p), &q) in o.iter_mut().zip(ac).zip(bc) {
+                *o = f(p, q);
+            }
+        });
+    out
+}
 
 /// `(dy, y) -> dy where y > 0, else 0`.
 struct ReluGrad;
@@ -376,14 +382,7 @@ impl CustomOp2 for ReluGrad {
         if dy.len() != y.len() {
             candle_core::bail!("relu-grad: shapes {:?} and {:?}", l1.shape(), l2.shape());
         }
-        let mut dx = vec![0f32; dy.len()];
-        dx.par_chunks_mut(CHUNK)
-            .zip(dy.par_chunks(CHUNK).zip(y.par_chunks(CHUNK)))
-            .for_each(|(o, (d, v))| {
-                for ((o, &d), &v) in o.iter_mut().zip(d).zip(v) {
-                    *o = if v > 0.0 { d } else { 0.0 };
-                }
-            });
+        let dx = zip_map(dy, y, |d, v| if v > 0.0 { d } else { 0.0 });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
