@@ -219,7 +219,8 @@ impl Geom {
     }
 
     /// Adds columns (laid out as [`im2col`](Self::im2col) writes them) back
-    /// onto one image's gradient: im2col's adjoint.
+    /// onto one image's gradient: im2col's adjoint. (Not inlined, so that a
+    /// profile names it; docs/cpu-profile.md.)
     #[inline(never)]
     fn col2im(&self, col: &[f32], ld: usize, dx: &mut [f32]) {
         let (k, s, pad, ow) = (self.k, self.stride, self.pad, self.ow);
@@ -267,7 +268,8 @@ impl Geom {
     }
 
     /// `(Cout, n * P)` matrix from `n` consecutive output-shaped images
-    /// (`(n, Cout, P)`), in `buf`; one image needs no copy.
+    /// (`(n, Cout, P)`), in `buf`; one image needs no copy. (Not inlined,
+    /// so that a profile names it.)
     #[inline(never)]
     fn gather_out<'a>(&self, y: &'a [f32], n: usize, buf: &'a mut [f32]) -> &'a [f32] {
         let p = self.p();
