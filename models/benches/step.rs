@@ -88,6 +88,8 @@ fn jax(model: &str, batch: usize, steps: usize, warmup: usize) -> Option<(f64, f
 
 fn main() {
     keep_freed_pages();
+    // SAFETY: first thing in main, no other thread yet.
+    unsafe { samlab_models::shorten_candle_spin() };
     let bs = 128;
     let env = |k: &str| std::env::var(k).ok().and_then(|s| s.parse::<usize>().ok());
     let (steps_env, warmup_env) = (env("SAMLAB_BENCH_STEPS"), env("SAMLAB_BENCH_WARMUP"));

@@ -26,6 +26,8 @@ fn keep_freed_pages() {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     keep_freed_pages();
+    // SAFETY: first thing in main, no other thread yet.
+    unsafe { samlab_models::shorten_candle_spin() };
     let args: Vec<String> = std::env::args().collect();
     let name = args.get(1).map(String::as_str).unwrap_or("resnet8");
     let batch: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(128);

@@ -47,6 +47,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() {
     keep_freed_pages();
+    // SAFETY: first thing in main, no other thread yet.
+    unsafe { samlab_models::shorten_candle_spin() };
     let repeats_env = std::env::var("SAMLAB_BENCH_REPEATS")
         .ok()
         .and_then(|s| s.parse().ok());

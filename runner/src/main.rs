@@ -238,6 +238,8 @@ impl DataArgs {
 
 fn main() -> ExitCode {
     keep_freed_pages();
+    // SAFETY: first thing in main, no other thread yet.
+    unsafe { samlab_models::shorten_candle_spin() };
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
