@@ -141,30 +141,32 @@ impl Geom {
         })
     }
 
-    /// The output columns `[lo, hi)` whose input column `ox * stride + kw -
-    /// pad` lies inside the image (empty when `lo >= hi`).
-    fn valid_cols(&self, kw: usize) -> (usize, usize) {
+    /// The output positions `[lo, hi)` along one axis (input size `size`,
+    /// output size `out`) whose input position `o * stride + tap - pad`
+    /// lies inside the image (empty when `lo >= hi`).
+    fn valid(&self, tap: usize, size: usize, out: usize) -> (usize, usize) {
         let (s, pad) = (self.stride, self.pad);
-        let lo = if pad > kw { (pad - kw).div_ceil(s) } else { 0 };
-        let hi = if self.w + pad > kw {
-            ((self.w + pad - kw - 1) / s + 1).min(self.ow)
+        let lo = if pad > tap {
+            (pad - tap).div_ceil(s)
         } else {
             0
         };
-        (lo.min(self.ow), hi)
+        let hi = if size + pad > tap {
+            ((size + pad - tap - 1) / s + 1).min(out)
+        } else {
+            0
+        };
+        (lo.min(out), hi)
     }
 
-    /// The output rows `[lo, hi)` whose input row `oy * stride + kh - pad`
-    /// lies inside the image.
+    /// [`valid`](Self::valid) output columns for kernel column `kw`.
+    fn valid_cols(&self, kw: usize) -> (usize, usize) {
+        self.valid(kw, self.w, self.ow)
+    }
+
+    /// [`valid`](Self::valid) output rows for kernel row `kh`.
     fn valid_rows(&self, kh: usize) -> (usize, usize) {
-        let (s, pad) = (self.stride, self.pad);
-        let lo = if pad > kh { (pad - kh).div_ceil(s) } else { 0 };
-        let hi = if self.h + pad > kh {
-            ((self.h + pad - kh - 1) / s + 1).min(self.oh)
-        } else {
-            0
-        };
-        (lo.min(self.oh), hi)
+        self.valid(kh, self.h, self.oh)
     }
 
     /// The columns of one image: row `(c*k + kh)*k + kw` of the column
