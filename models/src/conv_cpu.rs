@@ -327,14 +327,18 @@ impl Geom {
 /// `dst (c, r) = src (r, c)`, both row-major (`rows` x `cols` in).
 fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
     assert!(src.len() >= rows * cols && dst.len() >= rows * cols);
-    let (mut r8, mut c8) = (0, 0);
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx") {
-        (r8, c8) = (rows / 8 * 8, cols / 8 * 8);
+    let (r8, c8) = if std::arch::is_x86_feature_detected!("avx") {
+        let (r8, c8) = (rows / 8 * 8, cols / 8 * 8);
         // SAFETY: AVX is present; the 8x8 blocks lie inside the first
         // `r8` rows and `c8` columns, inside both slices (assert above).
         unsafe { transpose_blocks_avx(src, rows, cols, r8, c8, dst) };
-    }
+        (r8, c8)
+    } else {
+        (0, 0)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let (r8, c8) = (0, 0);
     // What the blocks did not cover: the last columns of the first `r8`
     // rows, then every column of the remaining rows.
     for r in 0..rows {
