@@ -64,23 +64,14 @@ fn planes(x: &[f32], c: usize, hw: usize, ch: usize) -> impl Iterator<Item = &[f
 /// one vector register (one chain of dependent adds runs 4x slower).
 const LANES: usize = 8;
 
-/// `sum f(v)` over `xs` in f64, element `i` into accumulator `i % LANES`,
-/// the accumulators added in order: a fixed order, whatever the threads.
+/// `sum f(v)` over `xs` in f64, as [`lanes_sum2`].
 fn lanes_sum(xs: &[f32], f: impl Fn(f32) -> f64) -> f64 {
-    let mut acc = [0f64; LANES];
-    let mut chunks = xs.chunks_exact(LANES);
-    for c in &mut chunks {
-        for (a, &v) in acc.iter_mut().zip(c) {
-            *a += f(v);
-        }
-    }
-    for (a, &v) in acc.iter_mut().zip(chunks.remainder()) {
-        *a += f(v);
-    }
-    acc.iter().sum()
+    lanes_sum2(xs, xs, xs, |v, _, _| (f(v), 0.0)).0
 }
 
-/// Two sums of `f(x, dy, y)` over three slices of one length, as [`lanes_sum`].
+/// Two sums of `f(x, dy, y)` over three slices of one length, in f64:
+/// element `i` goes into accumulator `i % LANES`, and the accumulators are
+/// added in order, a fixed order whatever the threads.
 fn lanes_sum2(
     xs: &[f32],
     ds: &[f32],
