@@ -49,6 +49,23 @@ pub struct EvalSpec {
     pub classes: usize,
 }
 
+/// Sets one of [`GRID_FIELDS`] of an evaluating stage (Evaluate, Interpolate).
+pub(super) fn set_eval_grid(
+    field: &str,
+    v: f64,
+    train_subset: &mut Option<Subset>,
+    test_subset: &mut Option<Subset>,
+    subset_seed: &mut Option<u64>,
+) -> std::result::Result<(), String> {
+    match field {
+        "train_per_class" => *train_subset = Some(Subset::PerClass(whole(v)? as usize)),
+        "test_per_class" => *test_subset = Some(Subset::PerClass(whole(v)? as usize)),
+        "subset_seed" => *subset_seed = Some(whole(v)?),
+        _ => return Err(format!("unknown grid field `{field}`")),
+    }
+    Ok(())
+}
+
 /// `(name, is the train split, subset)` of each split an evaluating stage reads.
 fn split_parts(
     splits: &[SplitName],
@@ -138,13 +155,13 @@ impl EvalPartial {
     }
 
     pub fn set_grid(&mut self, field: &str, v: f64) -> std::result::Result<(), String> {
-        match field {
-            "train_per_class" => self.train_subset = Some(Subset::PerClass(whole(v)? as usize)),
-            "test_per_class" => self.test_subset = Some(Subset::PerClass(whole(v)? as usize)),
-            "subset_seed" => self.subset_seed = Some(whole(v)?),
-            _ => return Err(format!("unknown grid field `{field}`")),
-        }
-        Ok(())
+        set_eval_grid(
+            field,
+            v,
+            &mut self.train_subset,
+            &mut self.test_subset,
+            &mut self.subset_seed,
+        )
     }
 
     pub fn finish(&self, dataset: DatasetName) -> std::result::Result<EvalSpec, String> {

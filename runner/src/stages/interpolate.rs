@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use super::evaluate::{EvalFields, SplitName, split_batches, split_loaders};
 use super::{
     Outcome, RunCtx, StageSpec, Subset, Summary, dep_model, dep_tensors, evaluate_loader,
-    model_tensors, pair_model, pair_refs, positive, whole,
+    model_tensors, pair_model, pair_refs, positive,
 };
 use crate::cache::write_file;
 use crate::error::Result;
@@ -125,13 +125,13 @@ impl InterpPartial {
     }
 
     pub fn set_grid(&mut self, field: &str, v: f64) -> std::result::Result<(), String> {
-        match field {
-            "train_per_class" => self.train_subset = Some(Subset::PerClass(whole(v)? as usize)),
-            "test_per_class" => self.test_subset = Some(Subset::PerClass(whole(v)? as usize)),
-            "subset_seed" => self.subset_seed = Some(whole(v)?),
-            _ => return Err(format!("unknown grid field `{field}`")),
-        }
-        Ok(())
+        super::evaluate::set_eval_grid(
+            field,
+            v,
+            &mut self.train_subset,
+            &mut self.test_subset,
+            &mut self.subset_seed,
+        )
     }
 
     pub fn refs(&self) -> Vec<(&'static str, &str)> {
