@@ -103,6 +103,14 @@ impl Geom {
         self.oh * self.ow
     }
 
+    /// An error unless `dy` has this convolution's output shape.
+    fn check_out_grad(&self, dy: &Shape) -> candle_core::Result<()> {
+        if dy.dims() != [self.b, self.cout, self.oh, self.ow] {
+            candle_core::bail!("conv: output gradient {dy:?} does not fit");
+        }
+        Ok(())
+    }
+
     /// Floats of one input image.
     fn img(&self) -> usize {
         self.cin * self.h * self.w
@@ -554,9 +562,7 @@ impl CustomOp2 for GradInput {
         let g = Geom::new(&self.input, l2.shape(), self.stride, self.padding)?;
         let dy = f32s(s1, l1, "output gradient")?;
         let w = f32s(s2, l2, "weight")?;
-        if l1.shape().dims() != [g.b, g.cout, g.oh, g.ow] {
-            candle_core::bail!("conv: output gradient {:?} does not fit", l1.shape());
-        }
+        g.check_out_grad(l1.shape())?;
         let mut dx = vec![0f32; g.b * g.img()];
         if let Some(t) = g.transposed() {
             // wt[ci][co][kh][kw] = w[co][ci][k-1-kh][k-1-kw]
@@ -620,9 +626,7 @@ impl CustomOp2 for GradWeight {
         let g = Geom::new(l1.shape(), &self.kernel, self.stride, self.padding)?;
         let x = f32s(s1, l1, "input")?;
         let dy = f32s(s2, l2, "output gradient")?;
-        if l2.shape().dims() != [g.b, g.cout, g.oh, g.ow] {
-            candle_core::bail!("conv: output gradient {:?} does not fit", l2.shape());
-        }
+        g.check_out_grad(l2.shape())?;
         let (kk, p, img, oimg, chunk) = (g.kk(), g.p(), g.img(), g.out_img(), g.chunk());
         // Images per f32 partial: whole chunks, at least GROUP images.
         let per_part = chunk * GROUP.div_ceil(chunk);
