@@ -639,12 +639,14 @@ impl CustomOp2 for GradWeight {
                     let n = chunk.min(end - n0);
                     let cols = n * p;
                     let gather_len = if n > 1 { g.cout * cols } else { 0 };
-                    // Measured (conv_shapes example): with 1024 columns the
+                    // Measured with the layer_speed example, this rule forced
+                    // each way (docs/cpu-profile.md): with 1024 columns the
                     // weight gradient runs 2-3x faster from a transposed copy
                     // of the columns (gemm then reads both operands along
-                    // the reduction), and with 256 columns it still gains
-                    // for up to 64 output channels (ResNet-8's layers) but
-                    // loses 10-15% at 128 and more (ResNet-18's).
+                    // the reduction); with 256 columns the two are within
+                    // the run-to-run noise. Layers with up to 64 output
+                    // channels transpose too: no faster, but results/quick
+                    // was computed so, and the choice changes rounding.
                     let transposed = cols > 2 * MIN_COLS || g.cout <= 64;
                     let colt_len = if transposed { kk * cols } else { 0 };
                     with_scratch(kk * cols + colt_len + gather_len, |buf| {

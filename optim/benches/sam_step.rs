@@ -13,8 +13,8 @@
 //! `SAMLAB_BENCH_REPEATS` sets the number of block pairs (default 8 for
 //! ResNet-8, 3 for ResNet-18, after one warm-up pair): with 3 pairs the
 //! ResNet-8 ratio ranged from 1.90 to 2.33 between runs on these shared
-//! machines, while SAM's own work (norm, perturb, restore) was measured at
-//! 0.2 ms of a 237 ms step.
+//! machines (`SAMLAB_BENCH_REPEATS=3`). `examples/sam_sustained.rs` times
+//! each method alone in its own process.
 
 use std::time::Instant;
 
