@@ -417,3 +417,44 @@ fn switch_runs_with_any_rho_share_the_sgd_prefix() {
         );
     }
 }
+
+/// `runner plan --why` names, for each stage to run, the fields of the key
+/// document that differ from the nearest cached entry of its kind, the way
+/// cargo explains a dirty crate; a stage whose dependency changed names it.
+#[test]
+fn plan_why_names_the_changed_field_with_old_and_new_values() {
+    let env = Env::new();
+    let study = |rho: &str| {
+        format!(
+            r#"Study(version: 1, dataset: "cifar10",
+    stages: {{
+        "sam": Train(model: "resnet8", train_subset: PerClass(10), batch: 50, epochs: 1,
+                     lr: Cosine(lr: 0.05), test_subset: Off, method: Always(Sam), sam: (rho: {rho})),
+        "eval": Evaluate(of: "sam", splits: [Test], test_subset: PerClass(2)),
+    }},
+)"#
+        )
+    };
+    let first = env.write("a.ron", &study("0.05"));
+    env.ok(&[first.to_str().unwrap(), "--results-dir", "r"], "cache");
+    let cached = env.run(&["plan", first.to_str().unwrap(), "--why"], "cache");
+    let (out, err) = text(&cached);
+    assert!(cached.status.success(), "{err}");
+    assert!(out.contains("every stage is cached"), "{out}");
+
+    let second = env.write("b.ron", &study("0.1"));
+    let o = env.run(&["plan", second.to_str().unwrap(), "--why"], "cache");
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let why = out.split("why each stage").nth(1).unwrap_or_default();
+    assert!(
+        why.contains("sam: nearest cached entry") && why.contains("differs in 1 field:"),
+        "{out}"
+    );
+    assert!(why.contains("sam.rho: 0.05 -> 0.1"), "{out}");
+    // The evaluation differs only in its dependency, which it names.
+    assert!(
+        why.contains("deps.of: ") && why.contains("(its `of` stage sam changed)"),
+        "{out}"
+    );
+}

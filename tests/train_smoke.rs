@@ -55,7 +55,11 @@ fn train(data_dir: &std::path::Path) -> (Vec<f64>, Vec<u32>) {
         }
         losses.push(sum / steps_per_epoch as f64);
     }
-    assert_eq!(trainer.passes, 24 + 2 * 8, "24 SGD steps, then 8 SAM steps");
+    assert_eq!(
+        trainer.passes,
+        24.0 + 2.0 * 8.0,
+        "24 SGD steps, then 8 SAM steps"
+    );
     let bits = model
         .params
         .all()

@@ -7,7 +7,8 @@
 //! output, so candle's own sum backward is included), in ms.
 
 use candle_core::{Device, Tensor, Var};
-use samlab_models::params::{BatchNorm2d, Builder, Conv2d, ConvSpec};
+use samlab_models::Builder;
+use samlab_models::layers::{BatchNorm2d, Conv2d, ConvSpec};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -10,10 +10,10 @@
 //!
 //! This crate knows nothing about RON, study files or the runner's cache.
 
-mod batchnorm_cpu;
-mod conv_cpu;
+mod cpu;
 mod error;
 pub mod fixtures;
+pub mod layers;
 pub mod params;
 pub mod preact_resnet;
 pub mod pyramidnet;
@@ -32,9 +32,8 @@ pub use params::{Builder, ParamStore};
 /// own elementwise ops before they sleep (candle's default: 25,000 spins),
 /// unless `CANDLE_BARRIER_POOL_SPIN_LIMIT` is already set. On two cores a
 /// spinning candle thread takes a core from the convolutions that rayon
-/// runs meanwhile: a ResNet-8 training step took 0.074 s with 2,000 spins
-/// against 0.081 s with the default (ResNet-18 unchanged;
-/// docs/cpu-profile.md).
+/// runs meanwhile (docs/cpu-profile.md, "candle's pool spins less", has
+/// the measured effect and the command that reruns it).
 ///
 /// # Safety
 ///
@@ -49,49 +48,106 @@ pub unsafe fn shorten_candle_spin() {
     }
 }
 
-/// An architecture and its configuration.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Arch {
-    ResNet(resnet::Config),
-    PreActResNet(preact_resnet::Config),
-    WideResNet(wide_resnet::Config),
-    PyramidNet(pyramidnet::Config),
+/// A family of networks: one file with its `Config`, how its names parse
+/// and print, how it is built and how it runs. [`models!`] lists the
+/// families; adding one is a new file that implements this trait plus one
+/// line there (ARCHITECTURE.md walks through it).
+pub trait Family: Sized {
+    type Config: Clone + fmt::Debug + PartialEq;
+    /// The names `runner models` lists, each with a description.
+    const CATALOGUE: &'static [(&'static str, &'static str)];
+    /// How its names are written, for the list of choices in errors.
+    const SYNTAX: &'static str;
+    /// The config a lower-case, `-`-separated name stands for; `None` when
+    /// the name is not of this family (another may take it).
+    fn parse(name: &str) -> Option<Result<Self::Config>>;
+    /// The canonical name of a config (what keys and tables show).
+    fn name(c: &Self::Config) -> String;
+    /// The network for `classes` classes, its tensors made by `b`.
+    fn build(c: &Self::Config, classes: usize, b: &Builder) -> Result<Self>;
+    /// Logits (N, classes) for images (N, 3, H, W); with `train`, BatchNorm
+    /// uses batch statistics and updates its running statistics.
+    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor>;
 }
 
-impl Arch {
-    /// The canonical name: `resnet18`, `resnet20`, `preactresnet164`,
-    /// `wrn28-10`, `pyramidnet110` (`pyramidnet110-a48` for alpha other than 270).
-    pub fn name(&self) -> String {
-        match self {
-            Arch::ResNet(c) if *c == resnet::Config::resnet18() => "resnet18".into(),
-            Arch::ResNet(c) => {
-                let n = c.stages.first().map(|s| s.1).unwrap_or(0);
-                format!("resnet{}", 6 * n + 2)
-            }
-            Arch::PreActResNet(c) => format!("preactresnet{}", c.depth),
-            Arch::WideResNet(c) => format!("wrn{}-{}", c.depth, c.widen),
-            Arch::PyramidNet(c) if c.alpha == 270.0 => format!("pyramidnet{}", c.depth),
-            Arch::PyramidNet(c) => format!("pyramidnet{}-a{}", c.depth, c.alpha),
+/// Defines [`Arch`] (a family with its config) and the network it builds
+/// from the list of families: `Variant => module::Net`.
+macro_rules! models {
+    ($($variant:ident => $module:ident :: $net:ident),* $(,)?) => {
+        /// An architecture and its configuration.
+        #[derive(Clone, Debug, PartialEq)]
+        pub enum Arch {
+            $($variant(<$module::$net as Family>::Config),)*
         }
-    }
 
-    /// The models `runner models` lists: the thesis' four and the CPU-sized ones.
-    pub fn catalogue() -> Vec<(Arch, &'static str)> {
-        [
-            ("resnet18", "thesis: ResNet-18 (CIFAR variant)"),
-            ("preactresnet164", "thesis: PreAct-ResNet-164 (bottleneck)"),
-            ("wrn28-10", "thesis: WideResNet-28-10"),
-            ("pyramidnet110", "thesis: PyramidNet-110, alpha 270"),
-            ("resnet8", "CPU-sized: ResNet-8, widths 16/32/64"),
-            ("resnet20", "CPU-sized: ResNet-20, widths 16/32/64"),
-            ("resnet32", "CPU-sized: ResNet-32, widths 16/32/64"),
-            ("wrn16-2", "CPU-sized: WideResNet-16-2"),
-            ("wrn10-1", "CPU-sized: WideResNet-10-1"),
-        ]
-        .into_iter()
-        .map(|(n, d)| (n.parse().expect("catalogue names parse"), d))
-        .collect()
+        #[allow(clippy::enum_variant_names)] // the families are named so
+        enum Net {
+            $($variant($module::$net),)*
+        }
+
+        impl Arch {
+            /// The canonical name: `resnet18`, `resnet20`, `preactresnet164`,
+            /// `wrn28-10`, `pyramidnet110` (`pyramidnet110-a48` for alpha other than 270).
+            pub fn name(&self) -> String {
+                match self { $(Arch::$variant(c) => <$module::$net as Family>::name(c),)* }
+            }
+
+            /// The models `runner models` lists: the thesis' four, then the CPU-sized ones.
+            pub fn catalogue() -> Vec<(Arch, &'static str)> {
+                let mut all: Vec<(&str, &str)> = Vec::new();
+                $(all.extend(<$module::$net as Family>::CATALOGUE);)*
+                all.sort_by_key(|(_, about)| !about.starts_with("thesis"));
+                all.into_iter()
+                    .map(|(n, d)| (n.parse().expect("catalogue names parse"), d))
+                    .collect()
+            }
+
+            fn parse_lower(name: &str) -> Result<Arch> {
+                $(
+                    if let Some(c) = <$module::$net as Family>::parse(name) {
+                        return c.map(Arch::$variant);
+                    }
+                )*
+                Err(unknown_model(name))
+            }
+
+            fn build(&self, classes: usize, b: &Builder) -> Result<Net> {
+                Ok(match self { $(Arch::$variant(c) => Net::$variant(<$module::$net as Family>::build(c, classes, b)?),)* })
+            }
+        }
+
+        impl Net {
+            fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+                match self { $(Net::$variant(n) => Family::forward(n, x, train),)* }
+            }
+        }
+
+        /// Every family's name syntax, for error messages.
+        fn choices() -> String {
+            [$(<$module::$net as Family>::SYNTAX),*].join(", ")
+        }
+    };
+}
+
+models! {
+    ResNet => resnet::ResNet,
+    PreActResNet => preact_resnet::PreActResNet,
+    WideResNet => wide_resnet::WideResNet,
+    PyramidNet => pyramidnet::PyramidNet,
+}
+
+/// The error for a name no family takes.
+pub(crate) fn unknown_model(name: &str) -> Error {
+    ErrorKind::UnknownModel {
+        name: name.to_string(),
+        choices: choices(),
     }
+    .into()
+}
+
+/// A whole number in a model name.
+pub(crate) fn number(t: &str, name: &str) -> Result<usize> {
+    t.parse::<usize>().map_err(|_| unknown_model(name))
 }
 
 impl fmt::Display for Arch {
@@ -100,77 +156,20 @@ impl fmt::Display for Arch {
     }
 }
 
-const CHOICES: &str = "resnet18, resnetN (N = 6n+2: resnet8, resnet20, ...), preactresnetN (N = 9n+2: \
-     preactresnet164, ...), wrnD-K (D = 6n+4: wrn28-10, wrn16-2, ...), pyramidnetN (N = 6n+2: \
-     pyramidnet110; pyramidnetN-aALPHA for alpha other than 270)";
-
 impl FromStr for Arch {
     type Err = Error;
     fn from_str(s: &str) -> Result<Arch> {
         let name = s.to_ascii_lowercase().replace('_', "-");
-        let unknown = || -> Error {
-            ErrorKind::UnknownModel {
+        Arch::parse_lower(&name).map_err(|e| match e.kind {
+            // Name the model as the user wrote it.
+            ErrorKind::UnknownModel { choices, .. } => ErrorKind::UnknownModel {
                 name: s.to_string(),
-                choices: CHOICES.to_string(),
+                choices,
             }
-            .into()
-        };
-        let num = |t: &str| t.parse::<usize>().map_err(|_| unknown());
-        let arch = if name == "resnet18" || name == "resnet-18" {
-            Arch::ResNet(resnet::Config::resnet18())
-        } else if let Some(rest) = name
-            .strip_prefix("preactresnet")
-            .or(name.strip_prefix("preact-resnet"))
-        {
-            let c = preact_resnet::Config {
-                depth: num(rest.trim_start_matches('-'))?,
-            };
-            c.blocks_per_stage()?;
-            Arch::PreActResNet(c)
-        } else if let Some(rest) = name.strip_prefix("resnet") {
-            let d = num(rest.trim_start_matches('-'))?;
-            if d < 8 || (d - 2) % 6 != 0 {
-                return Err(ErrorKind::BadConfig(format!(
-                    "CIFAR ResNet depth must be 6n+2 (8, 14, 20, 32, ...) or 18, not {d}"
-                ))
-                .into());
-            }
-            Arch::ResNet(resnet::Config::cifar((d - 2) / 6))
-        } else if let Some(rest) = name.strip_prefix("wrn").or(name.strip_prefix("wideresnet")) {
-            let (d, k) = rest
-                .trim_start_matches('-')
-                .split_once('-')
-                .ok_or_else(unknown)?;
-            let c = wide_resnet::Config {
-                depth: num(d)?,
-                widen: num(k)?,
-            };
-            c.blocks_per_stage()?;
-            Arch::WideResNet(c)
-        } else if let Some(rest) = name.strip_prefix("pyramidnet") {
-            let rest = rest.trim_start_matches('-');
-            let (d, alpha) = match rest.split_once("-a") {
-                Some((d, a)) => (d, a.parse::<f64>().map_err(|_| unknown())?),
-                None => (rest, 270.0),
-            };
-            let c = pyramidnet::Config {
-                depth: num(d)?,
-                alpha,
-            };
-            c.blocks_per_stage()?;
-            Arch::PyramidNet(c)
-        } else {
-            return Err(unknown());
-        };
-        Ok(arch)
+            .into(),
+            _ => e,
+        })
     }
-}
-
-enum Net {
-    Res(resnet::ResNet),
-    PreAct(preact_resnet::PreActResNet),
-    Wide(wide_resnet::WideResNet),
-    Pyramid(pyramidnet::PyramidNet),
 }
 
 /// A network with its parameters.
@@ -200,14 +199,7 @@ impl Model {
             return Err(ErrorKind::BadConfig("a model needs at least one class".into()).into());
         }
         let b = Builder::with_dtype(seed, device, dtype);
-        let net = match arch {
-            Arch::ResNet(c) => Net::Res(resnet::ResNet::new(c, num_classes, &b)?),
-            Arch::PreActResNet(c) => {
-                Net::PreAct(preact_resnet::PreActResNet::new(c, num_classes, &b)?)
-            }
-            Arch::WideResNet(c) => Net::Wide(wide_resnet::WideResNet::new(c, num_classes, &b)?),
-            Arch::PyramidNet(c) => Net::Pyramid(pyramidnet::PyramidNet::new(c, num_classes, &b)?),
-        };
+        let net = arch.build(num_classes, &b)?;
         Ok(Model {
             arch: arch.clone(),
             num_classes,
@@ -219,12 +211,7 @@ impl Model {
     /// Logits (N, classes) for images (N, 3, H, W). With `train`, BatchNorm
     /// uses batch statistics and updates its running statistics.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        match &self.net {
-            Net::Res(n) => n.forward(x, train),
-            Net::PreAct(n) => n.forward(x, train),
-            Net::Wide(n) => n.forward(x, train),
-            Net::Pyramid(n) => n.forward(x, train),
-        }
+        self.net.forward(x, train)
     }
 }
 

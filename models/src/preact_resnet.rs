@@ -12,9 +12,8 @@
 use candle_core::Tensor;
 
 use crate::error::{ErrorKind, Result};
-use crate::params::{
-    BatchNorm2d, Builder, Conv2d, ConvSpec, Linear, global_avg_pool, stage_blocks,
-};
+use crate::layers::{BatchNorm2d, Conv2d, ConvSpec, Linear, global_avg_pool, stage_blocks};
+use crate::params::Builder;
 
 pub const EXPANSION: usize = 4;
 
@@ -115,5 +114,37 @@ impl PreActResNet {
         }
         let y = self.bn.forward_relu(&y, train)?;
         self.linear.forward(&global_avg_pool(&y)?)
+    }
+}
+
+impl crate::Family for PreActResNet {
+    type Config = Config;
+    const CATALOGUE: &'static [(&'static str, &'static str)] =
+        &[("preactresnet164", "thesis: PreAct-ResNet-164 (bottleneck)")];
+    const SYNTAX: &'static str = "preactresnetN (N = 9n+2: preactresnet164, ...)";
+
+    fn parse(name: &str) -> Option<Result<Config>> {
+        let rest = name
+            .strip_prefix("preactresnet")
+            .or(name.strip_prefix("preact-resnet"))?;
+        Some((|| {
+            let c = Config {
+                depth: crate::number(rest.trim_start_matches('-'), name)?,
+            };
+            c.blocks_per_stage()?;
+            Ok(c)
+        })())
+    }
+
+    fn name(c: &Config) -> String {
+        format!("preactresnet{}", c.depth)
+    }
+
+    fn build(c: &Config, classes: usize, b: &Builder) -> Result<Self> {
+        PreActResNet::new(c, classes, b)
+    }
+
+    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        PreActResNet::forward(self, x, train)
     }
 }

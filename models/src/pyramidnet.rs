@@ -13,9 +13,8 @@
 use candle_core::Tensor;
 
 use crate::error::{ErrorKind, Result};
-use crate::params::{
-    BatchNorm2d, Builder, Conv2d, ConvSpec, Linear, global_avg_pool, stage_blocks,
-};
+use crate::layers::{BatchNorm2d, Conv2d, ConvSpec, Linear, global_avg_pool, stage_blocks};
+use crate::params::Builder;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
@@ -129,5 +128,45 @@ impl PyramidNet {
         }
         let y = self.bn_final.forward_relu(&y, train)?;
         self.fc.forward(&global_avg_pool(&y)?)
+    }
+}
+
+impl crate::Family for PyramidNet {
+    type Config = Config;
+    const CATALOGUE: &'static [(&'static str, &'static str)] =
+        &[("pyramidnet110", "thesis: PyramidNet-110, alpha 270")];
+    const SYNTAX: &'static str =
+        "pyramidnetN (N = 6n+2: pyramidnet110; pyramidnetN-aALPHA for alpha other than 270)";
+
+    fn parse(name: &str) -> Option<Result<Config>> {
+        let rest = name.strip_prefix("pyramidnet")?.trim_start_matches('-');
+        Some((|| {
+            let (d, alpha) = match rest.split_once("-a") {
+                Some((d, a)) => (d, a.parse::<f64>().map_err(|_| crate::unknown_model(name))?),
+                None => (rest, 270.0),
+            };
+            let c = Config {
+                depth: crate::number(d, name)?,
+                alpha,
+            };
+            c.blocks_per_stage()?;
+            Ok(c)
+        })())
+    }
+
+    fn name(c: &Config) -> String {
+        if c.alpha == 270.0 {
+            format!("pyramidnet{}", c.depth)
+        } else {
+            format!("pyramidnet{}-a{}", c.depth, c.alpha)
+        }
+    }
+
+    fn build(c: &Config, classes: usize, b: &Builder) -> Result<Self> {
+        PyramidNet::new(c, classes, b)
+    }
+
+    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        PyramidNet::forward(self, x, train)
     }
 }

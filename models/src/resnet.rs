@@ -11,9 +11,10 @@
 use candle_core::Tensor;
 
 use crate::error::Result;
-use crate::params::{
-    BatchNorm2d, Builder, Conv2d, ConvSpec, Linear, add_relu, global_avg_pool, stage_blocks,
+use crate::layers::{
+    BatchNorm2d, Conv2d, ConvSpec, Linear, add_relu, global_avg_pool, stage_blocks,
 };
+use crate::params::Builder;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -112,5 +113,49 @@ impl ResNet {
             y = block.forward(&y, train)?;
         }
         self.linear.forward(&global_avg_pool(&y)?)
+    }
+}
+
+impl crate::Family for ResNet {
+    type Config = Config;
+    const CATALOGUE: &'static [(&'static str, &'static str)] = &[
+        ("resnet18", "thesis: ResNet-18 (CIFAR variant)"),
+        ("resnet8", "CPU-sized: ResNet-8, widths 16/32/64"),
+        ("resnet20", "CPU-sized: ResNet-20, widths 16/32/64"),
+        ("resnet32", "CPU-sized: ResNet-32, widths 16/32/64"),
+    ];
+    const SYNTAX: &'static str = "resnet18, resnetN (N = 6n+2: resnet8, resnet20, ...)";
+
+    fn parse(name: &str) -> Option<Result<Config>> {
+        if name == "resnet18" || name == "resnet-18" {
+            return Some(Ok(Config::resnet18()));
+        }
+        let rest = name.strip_prefix("resnet")?;
+        Some((|| {
+            let d = crate::number(rest.trim_start_matches('-'), name)?;
+            if d < 8 || (d - 2) % 6 != 0 {
+                return Err(crate::ErrorKind::BadConfig(format!(
+                    "CIFAR ResNet depth must be 6n+2 (8, 14, 20, 32, ...) or 18, not {d}"
+                ))
+                .into());
+            }
+            Ok(Config::cifar((d - 2) / 6))
+        })())
+    }
+
+    fn name(c: &Config) -> String {
+        if *c == Config::resnet18() {
+            return "resnet18".into();
+        }
+        let n = c.stages.first().map(|s| s.1).unwrap_or(0);
+        format!("resnet{}", 6 * n + 2)
+    }
+
+    fn build(c: &Config, classes: usize, b: &Builder) -> Result<Self> {
+        ResNet::new(c, classes, b)
+    }
+
+    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        ResNet::forward(self, x, train)
     }
 }

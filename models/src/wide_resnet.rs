@@ -11,9 +11,8 @@
 use candle_core::Tensor;
 
 use crate::error::{ErrorKind, Result};
-use crate::params::{
-    BatchNorm2d, Builder, Conv2d, ConvSpec, Linear, global_avg_pool, stage_blocks,
-};
+use crate::layers::{BatchNorm2d, Conv2d, ConvSpec, Linear, global_avg_pool, stage_blocks};
+use crate::params::Builder;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -106,5 +105,45 @@ impl WideResNet {
         }
         let y = self.bn1.forward_relu(&y, train)?;
         self.linear.forward(&global_avg_pool(&y)?)
+    }
+}
+
+impl crate::Family for WideResNet {
+    type Config = Config;
+    const CATALOGUE: &'static [(&'static str, &'static str)] = &[
+        ("wrn28-10", "thesis: WideResNet-28-10"),
+        ("wrn16-2", "CPU-sized: WideResNet-16-2"),
+        ("wrn10-1", "CPU-sized: WideResNet-10-1"),
+    ];
+    const SYNTAX: &'static str = "wrnD-K (D = 6n+4: wrn28-10, wrn16-2, ...)";
+
+    fn parse(name: &str) -> Option<Result<Config>> {
+        let rest = name
+            .strip_prefix("wrn")
+            .or(name.strip_prefix("wideresnet"))?;
+        Some((|| {
+            let (d, k) = rest
+                .trim_start_matches('-')
+                .split_once('-')
+                .ok_or_else(|| crate::unknown_model(name))?;
+            let c = Config {
+                depth: crate::number(d, name)?,
+                widen: crate::number(k, name)?,
+            };
+            c.blocks_per_stage()?;
+            Ok(c)
+        })())
+    }
+
+    fn name(c: &Config) -> String {
+        format!("wrn{}-{}", c.depth, c.widen)
+    }
+
+    fn build(c: &Config, classes: usize, b: &Builder) -> Result<Self> {
+        WideResNet::new(c, classes, b)
+    }
+
+    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        WideResNet::forward(self, x, train)
     }
 }

@@ -17,7 +17,7 @@ const TOL: f64 = 1e-4;
 /// entry. samlab's CPU convolution sums in another order than JAX's, so these
 /// gradients get this looser bound. Everything else keeps 1e-4: ResNet-8 in
 /// f32, all logits and losses, and every value of the f64 test below;
-/// `conv_cpu`'s unit test checks the convolution itself against candle's in
+/// `cpu::conv`'s unit test checks the convolution itself against candle's in
 /// f64 to 1e-5.
 const RESNET18_F32_GRAD_TOL: f64 = 1e-2;
 

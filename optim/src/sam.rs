@@ -73,7 +73,7 @@ pub struct StepOutput {
     pub correct: usize,
     pub samples: usize,
     /// Forward+backward passes over the whole batch, in SGD-step units.
-    pub passes: u64,
+    pub passes: f64,
 }
 
 /// Loss, number of correct predictions and gradients of one training-mode pass.
@@ -130,7 +130,7 @@ pub fn sgd_step(
             loss,
             correct,
             samples: y.dim(0)?,
-            passes: 1,
+            passes: Method::Sgd.cost(),
         })
     })
 }
@@ -252,6 +252,6 @@ fn sam_update(
         loss,
         correct,
         samples: n,
-        passes: 2,
+        passes: Method::Sam.cost(),
     })
 }

@@ -43,11 +43,13 @@ pub enum Method {
 }
 
 impl Method {
-    /// Forward+backward passes of one step, in SGD-step units.
-    pub fn cost(self) -> u64 {
+    /// What one step costs, as a fraction of an SGD step (forward+backward
+    /// passes over the batch): the one place that says so. A fraction, so
+    /// that cheaper SAM variants can say what they cost.
+    pub fn cost(self) -> f64 {
         match self {
-            Method::Sgd => 1,
-            Method::Sam => 2,
+            Method::Sgd => 1.0,
+            Method::Sam => 2.0,
         }
     }
 }
@@ -145,7 +147,10 @@ impl Resolved {
     }
 
     /// Forward+backward passes of steps `[start, end)`, in SGD-step units.
-    pub fn cost(&self, start: u64, end: u64) -> u64 {
-        self.count(Method::Sgd, start, end) + 2 * self.count(Method::Sam, start, end)
+    pub fn cost(&self, start: u64, end: u64) -> f64 {
+        [Method::Sgd, Method::Sam]
+            .into_iter()
+            .map(|m| self.count(m, start, end) as f64 * m.cost())
+            .sum()
     }
 }

@@ -23,7 +23,7 @@ pub struct Trainer {
     /// The next global step.
     pub step: u64,
     /// Forward+backward passes so far, in SGD-step units.
-    pub passes: u64,
+    pub passes: f64,
 }
 
 impl Trainer {
@@ -45,7 +45,7 @@ impl Trainer {
             schedule: schedule.resolve(total_steps, steps_per_epoch)?,
             total_steps,
             step: 0,
-            passes: 0,
+            passes: 0.0,
         })
     }
 
@@ -74,7 +74,8 @@ impl Trainer {
             .iter()
             .map(|(k, v)| (format!("momentum.{k}"), v.clone()))
             .collect();
-        let counters = [self.step as i64, self.passes as i64];
+        // f64: passes may be fractional; steps stay exact below 2^53.
+        let counters = [self.step as f64, self.passes];
         tensors.insert(
             "trainer.counters".into(),
             Tensor::new(&counters, &Device::Cpu)?,
@@ -106,9 +107,13 @@ impl Trainer {
         let counters = loaded
             .get("trainer.counters")
             .ok_or_else(|| fail("no trainer.counters".into()))?
-            .to_dtype(DType::I64)?
-            .to_vec1::<i64>()?;
-        if counters.len() != 2 || counters.iter().any(|&c| c < 0) {
+            .to_dtype(DType::F64)?
+            .to_vec1::<f64>()?;
+        // Files of earlier versions hold i64 counters; both read as f64.
+        if counters.len() != 2
+            || counters.iter().any(|&c| !(c >= 0.0 && c.is_finite()))
+            || counters[0].fract() != 0.0
+        {
             return Err(fail(format!("bad counters {counters:?}")));
         }
         let mut momentum = BTreeMap::new();
@@ -123,7 +128,7 @@ impl Trainer {
             .set_state(&model.params, momentum)
             .map_err(|e| fail(e.to_string()))?;
         self.step = counters[0] as u64;
-        self.passes = counters[1] as u64;
+        self.passes = counters[1];
         Ok(())
     }
 }

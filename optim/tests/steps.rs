@@ -176,7 +176,7 @@ fn sam_with_rho_zero_is_sgd_bit_for_bit() {
         let sa = sgd_step(&a, &mut oa, &x, &y, 0.1).unwrap();
         let sb = sam_step(&b, &mut ob, &SamConfig::new(0.0), &x, &y, 0.1).unwrap();
         assert_eq!(sa.loss.to_bits(), sb.loss.to_bits());
-        assert_eq!((sa.passes, sb.passes), (1, 2));
+        assert_eq!((sa.passes, sb.passes), (1.0, 2.0));
     }
     assert_eq!(state_bits(&a, &oa), state_bits(&b, &ob));
 }
@@ -292,13 +292,13 @@ fn resuming_from_a_checkpoint_is_bit_identical() {
         .unwrap();
     let mut tc = trainer(total);
     tc.load(&c, &dir.path().join("optim.safetensors")).unwrap();
-    assert_eq!((tc.step, tc.passes), (3, 1 + 1 + 2));
+    assert_eq!((tc.step, tc.passes), (3, 1.0 + 1.0 + 2.0));
     for k in 3..total as usize {
         let (x, y) = batch(k);
         tc.train_step(&c, &x, &y).unwrap();
     }
     assert_eq!((ta.step, ta.passes), (tc.step, tc.passes));
-    assert_eq!(ta.passes, 2 + 2 * 3);
+    assert_eq!(ta.passes, 2.0 + 2.0 * 3.0);
     assert_eq!(state_bits(&a, &ta.sgd), state_bits(&c, &tc.sgd));
 }
 

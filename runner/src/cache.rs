@@ -15,7 +15,7 @@
 //! A directory counts only with a `manifest.json` whose digests match its
 //! files; a damaged one is reported, removed and recomputed, never used.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Result, cache_err, io};
-use crate::key::hex;
+use crate::key::{PrefixPlan, hex};
 
 pub const MANIFEST: &str = "manifest.json";
 
@@ -50,6 +50,40 @@ pub enum Lookup {
     Valid(PathBuf, Manifest),
     /// Present but not usable; the reason names the file.
     Damaged(PathBuf, String),
+}
+
+/// Where a training run starts from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResumeFrom {
+    /// Its own rolling checkpoint.
+    Partial,
+    /// A shared prefix (of its own or another run of the same settings).
+    Prefix,
+}
+
+impl ResumeFrom {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResumeFrom::Partial => "partial",
+            ResumeFrom::Prefix => "prefix",
+        }
+    }
+}
+
+/// A checkpoint a training run can start from: after `epoch` epochs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResumePoint {
+    pub epoch: u64,
+    pub dir: PathBuf,
+    pub from: ResumeFrom,
+}
+
+/// What [`Cache::resume_point`] found.
+#[derive(Debug, Default)]
+pub struct ResumeSearch {
+    pub point: Option<ResumePoint>,
+    /// Directories that failed their manifest check, with the reason.
+    pub damaged: Vec<(PathBuf, String)>,
 }
 
 #[derive(Clone, Debug)]
@@ -259,6 +293,216 @@ impl Cache {
     }
 }
 
+/// The areas of the cache that hold stage results and checkpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Area {
+    /// `entries/`: finished stages.
+    Entries,
+    /// `prefixes/`: shared-prefix checkpoints.
+    Prefixes,
+    /// `partial/`: rolling checkpoints of runs in progress.
+    Partial,
+}
+
+impl Area {
+    pub const ALL: [Area; 3] = [Area::Entries, Area::Prefixes, Area::Partial];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Area::Entries => "entries",
+            Area::Prefixes => "prefixes",
+            Area::Partial => "partial",
+        }
+    }
+}
+
+/// The summary file of an entry.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SummaryFile {
+    pub kind: String,
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// Reads an entry's summary.
+pub fn read_summary(dir: &Path) -> Result<BTreeMap<String, f64>> {
+    let p = dir.join("summary.json");
+    let text = fs::read_to_string(&p).map_err(io(&p))?;
+    let s: SummaryFile =
+        serde_json::from_str(&text).map_err(|e| cache_err(&p, format!("not a summary: {e}")))?;
+    Ok(s.metrics)
+}
+
+/// A valid entry, as `runner status` lists it.
+#[derive(Clone, Debug)]
+pub struct EntryInfo {
+    pub key: String,
+    pub kind: String,
+    /// The stage that computed it (its display name then).
+    pub stage: String,
+    pub bytes: u64,
+}
+
+/// What the cache holds.
+#[derive(Clone, Debug, Default)]
+pub struct CacheStatus {
+    pub entries: Vec<EntryInfo>,
+    /// Entries that fail their manifest check, with the reason.
+    pub damaged: Vec<(PathBuf, String)>,
+    /// (directories, bytes) of shared prefixes and of rolling checkpoints.
+    pub prefixes: (usize, u64),
+    pub partial: (usize, u64),
+}
+
+/// A directory that no study of a `gc` reaches.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Unreachable {
+    pub area: Area,
+    pub name: String,
+    pub path: PathBuf,
+    pub bytes: u64,
+}
+
+impl Cache {
+    /// The directories of `area`, sorted by name.
+    pub fn dirs(&self, area: Area) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = fs::read_dir(self.root.join(area.as_str()))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Every entry checked against its manifest, and the sizes of the
+    /// checkpoint areas.
+    pub fn status(&self) -> CacheStatus {
+        let mut st = CacheStatus::default();
+        for dir in self.dirs(Area::Entries) {
+            match self.check(&dir) {
+                Lookup::Valid(_, m) => {
+                    let kind = m.info.get("kind").cloned().unwrap_or_else(|| {
+                        fs::read_to_string(dir.join("summary.json"))
+                            .ok()
+                            .and_then(|t| serde_json::from_str::<SummaryFile>(&t).ok())
+                            .map(|s| s.kind)
+                            .unwrap_or_default()
+                    });
+                    st.entries.push(EntryInfo {
+                        key: m.key,
+                        kind,
+                        stage: m.stage,
+                        bytes: Cache::size_of(&dir),
+                    });
+                }
+                Lookup::Damaged(p, why) => st.damaged.push((p, why)),
+                Lookup::Missing => {}
+            }
+        }
+        let sizes = |area| {
+            let dirs = self.dirs(area);
+            (dirs.len(), dirs.iter().map(|d| Cache::size_of(d)).sum())
+        };
+        st.prefixes = sizes(Area::Prefixes);
+        st.partial = sizes(Area::Partial);
+        st
+    }
+
+    /// The key documents (`spec.json`) of the entries that have one, by
+    /// key. Not checked against the manifests: for explaining, not for use.
+    pub fn documents(&self) -> Vec<(String, serde_json::Value)> {
+        self.dirs(Area::Entries)
+            .into_iter()
+            .filter(|d| d.join(MANIFEST).is_file())
+            .filter_map(|d| {
+                let key = d.file_name()?.to_string_lossy().into_owned();
+                let text = fs::read_to_string(d.join("spec.json")).ok()?;
+                Some((key, serde_json::from_str(&text).ok()?))
+            })
+            .collect()
+    }
+
+    /// The directories of every area whose name (a stage or prefix key) is
+    /// not in `keep`, in area and name order.
+    pub fn unreachable(&self, keep: &HashSet<String>) -> Vec<Unreachable> {
+        let mut out = Vec::new();
+        for area in Area::ALL {
+            for path in self.dirs(area) {
+                let name = path
+                    .file_name()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                if !keep.contains(&name) {
+                    let bytes = Cache::size_of(&path);
+                    out.push(Unreachable {
+                        area,
+                        name,
+                        path,
+                        bytes,
+                    });
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Where a training run of stage `key` can start: the latest epoch
+/// (below `epochs`) of its newest valid rolling checkpoint or, later
+/// still, of a shared prefix in `prefix` that is valid in `cache` or that
+/// `coming` says an earlier stage of the same run will have written.
+/// The one rule that `runner plan` and the Train stage share; damaged
+/// directories are returned for the caller to report (the plan only
+/// reads, the run removes them).
+pub fn resume_point(
+    cache: Option<&Cache>,
+    key: &str,
+    prefix: Option<&PrefixPlan>,
+    epochs: u64,
+    coming: &dyn Fn(&str) -> bool,
+) -> ResumeSearch {
+    let mut found = ResumeSearch::default();
+    // Valid here; a damaged directory is noted.
+    let mut valid = |dir: &Path| match cache.map(|c| c.check(dir)) {
+        Some(Lookup::Valid(..)) => true,
+        Some(Lookup::Damaged(p, why)) => {
+            found.damaged.push((p, why));
+            false
+        }
+        _ => false,
+    };
+    let partials = cache.map(|c| c.partials(key)).unwrap_or_default();
+    let mut point = partials
+        .into_iter()
+        .rev()
+        .filter(|(epoch, _)| *epoch < epochs)
+        .find(|(_, dir)| valid(dir))
+        .map(|(epoch, dir)| ResumePoint {
+            epoch,
+            dir,
+            from: ResumeFrom::Partial,
+        });
+    if let Some(plan) = prefix {
+        let after = point.as_ref().map_or(0, |p| p.epoch);
+        for k in (after + 1..epochs).rev() {
+            let pk = &plan.keys[k as usize];
+            let dir =
+                cache.map_or_else(|| PathBuf::from("prefixes").join(pk), |c| c.prefix_dir(pk));
+            if coming(pk) || valid(&dir) {
+                point = Some(ResumePoint {
+                    epoch: k,
+                    dir,
+                    from: ResumeFrom::Prefix,
+                });
+                break;
+            }
+        }
+    }
+    found.point = point;
+    found
+}
+
 fn nanos() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -306,6 +550,72 @@ mod tests {
             let back: f64 = serde_json::from_str(&serde_json::to_string(&v).unwrap()).unwrap();
             assert_eq!(back.to_bits(), v.to_bits(), "{v}");
         }
+    }
+
+    #[test]
+    fn status_documents_and_unreachable_walk_every_area() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let put = |dest: PathBuf, what: &str, key: &str, spec: Option<&str>| {
+            let s = cache.staging().unwrap();
+            write_file(&s.join("a.txt"), key.as_bytes()).unwrap();
+            if let Some(spec) = spec {
+                write_file(&s.join("spec.json"), spec.as_bytes()).unwrap();
+                let sf = r#"{"kind": "train", "metrics": {"x": 1.0}}"#;
+                write_file(&s.join("summary.json"), sf.as_bytes()).unwrap();
+            }
+            cache
+                .commit(&s, &dest, what, key, "st", BTreeMap::new())
+                .unwrap();
+        };
+        put(
+            cache.entry_dir("k1"),
+            "entry",
+            "k1",
+            Some(r#"{"kind":"train"}"#),
+        );
+        put(
+            cache.entry_dir("k2"),
+            "entry",
+            "k2",
+            Some(r#"{"kind":"escape"}"#),
+        );
+        put(cache.prefix_dir("p1"), "prefix", "p1", None);
+        put(
+            cache.partial_dir("k3").join("epoch-000001"),
+            "partial",
+            "k3",
+            None,
+        );
+        fs::write(cache.entry_dir("k2").join("a.txt"), b"changed").unwrap();
+
+        let st = cache.status();
+        assert_eq!(st.entries.len(), 1);
+        assert_eq!(
+            (st.entries[0].key.as_str(), st.entries[0].kind.as_str()),
+            ("k1", "train")
+        );
+        assert_eq!(st.damaged.len(), 1);
+        assert!(st.damaged[0].1.contains("a.txt"), "{:?}", st.damaged);
+        assert_eq!(st.prefixes.0, 1);
+        assert_eq!(st.partial.0, 1);
+        assert!(st.prefixes.1 > 0 && st.partial.1 > 0);
+
+        let docs = cache.documents();
+        assert_eq!(docs.len(), 2);
+        assert_eq!(docs[0].0, "k1");
+        assert_eq!(docs[1].1["kind"], "escape");
+
+        let keep: HashSet<String> = ["k1".to_string(), "p1".to_string()].into();
+        let gone: Vec<(Area, String)> = cache
+            .unreachable(&keep)
+            .into_iter()
+            .map(|u| (u.area, u.name))
+            .collect();
+        assert_eq!(
+            gone,
+            vec![(Area::Entries, "k2".into()), (Area::Partial, "k3".into())]
+        );
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub fn open(spec: &str) -> Result<Device> {
     };
     if !candle_core::utils::cuda_is_available() {
         return Err(ErrorKind::Device(
-            "this runner was built without CUDA: build it with scripts/build-cuda.sh (cargo feature `cuda`)".into(),
+            "this runner was built without CUDA: run on the CPU instead with `--device cpu`, or build the CUDA runner with scripts/build-cuda.sh (cargo feature `cuda`)".into(),
         )
         .into());
     }

@@ -39,8 +39,24 @@ pub enum ErrorKind {
     /// A stage failed while running.
     #[error("stage {stage}: {message}")]
     Stage { stage: String, message: String },
+    /// A training or escape step failed (a non-finite loss: the run
+    /// diverged); the optimiser's error stays typed.
+    #[error("stage {stage}: {source}")]
+    Step {
+        stage: String,
+        #[source]
+        source: Box<samlab_optim::Error>,
+    },
     #[error("device: {0}")]
     Device(String),
+    /// A stage that failed in a run (what `runner STUDY --only STAGE`, a
+    /// Slurm job, reports), kept typed.
+    #[error("{0}")]
+    Failed(std::sync::Arc<Error>),
+    /// A command-line value that does not fit the study (an unknown stage
+    /// in `--force`, say).
+    #[error("{0}")]
+    Usage(String),
     #[error(transparent)]
     Data(#[from] samlab_data::Error),
     #[error(transparent)]
@@ -49,6 +65,50 @@ pub enum ErrorKind {
     Optim(#[from] samlab_optim::Error),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+}
+
+/// What is wrong with a stage as written: found while resolving its
+/// fields and linking it to the stages it names. The study adds the file,
+/// the line and the stage's name.
+#[derive(Debug, thiserror::Error)]
+pub enum Invalid {
+    /// A field without a default is unset; `hint` says what to write.
+    #[error("`{field}` is missing{hint}")]
+    Missing {
+        field: &'static str,
+        hint: &'static str,
+    },
+    #[error("`{0}` must be at least 1")]
+    NotPositive(&'static str),
+    #[error("unknown grid field `{0}`")]
+    UnknownGridField(String),
+    /// A reference names a stage of the wrong kind.
+    #[error("`{role}` must name a Train stage, not {found}")]
+    NotTrain {
+        role: &'static str,
+        found: &'static str,
+    },
+    /// A value outside what the field accepts; the message names both.
+    #[error("{0}")]
+    Value(String),
+    #[error(transparent)]
+    Optim(#[from] samlab_optim::Error),
+    #[error(transparent)]
+    Model(#[from] samlab_models::Error),
+}
+
+impl Error {
+    /// Whether a run failed because its loss became non-finite.
+    pub fn is_divergence(&self) -> bool {
+        if let ErrorKind::Failed(inner) = &self.kind {
+            return inner.is_divergence();
+        }
+        matches!(
+            &self.kind,
+            ErrorKind::Step { source, .. }
+                if matches!(source.kind, samlab_optim::ErrorKind::NonFinite { .. })
+        ) || matches!(&self.kind, ErrorKind::Optim(e) if matches!(e.kind, samlab_optim::ErrorKind::NonFinite { .. }))
+    }
 }
 
 impl<E: Into<ErrorKind>> From<E> for Error {
@@ -76,6 +136,17 @@ pub(crate) fn cache_err(path: &Path, message: impl Into<String>) -> Error {
         message: message.into(),
     }
     .into()
+}
+
+/// A step of `stage` failed.
+pub(crate) fn step_err(stage: &str) -> impl FnOnce(samlab_optim::Error) -> Error + '_ {
+    move |source| {
+        ErrorKind::Step {
+            stage: stage.to_string(),
+            source: Box::new(source),
+        }
+        .into()
+    }
 }
 
 pub(crate) fn stage_err(stage: &str, message: impl Into<String>) -> Error {

@@ -2,17 +2,17 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use candle_core::Device;
 use samlab_data::Dataset;
-use serde::{Deserialize, Serialize};
 
-use crate::cache::{Cache, Lookup, unix_time, write_file};
-use crate::error::{Result, io};
-use crate::key::{KeyDoc, canonical};
-use crate::plan::{DataInfo, Planned, Status};
+use crate::cache::{Cache, Lookup, SummaryFile, read_summary, unix_time, write_file};
+use crate::error::{Error, Result};
+use crate::key::canonical;
+use crate::plan::Planned;
 use crate::progress::Progress;
-use crate::stages::{Outcome, RunCtx, StageSpec, Summary};
+use crate::stages::{Outcome, RunCtx, Summary};
 use crate::study::Study;
 
 /// How to run.
@@ -35,13 +35,14 @@ pub struct RunOptions {
 }
 
 /// What happened to one stage.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub enum State {
     /// Taken from the cache.
     Cached,
     /// Computed now (possibly resuming).
     Ran,
-    Failed(String),
+    /// The error, kept typed (`Error::is_divergence` tells a diverged run).
+    Failed(Arc<Error>),
     /// Not run because a stage it needs failed or the run stopped.
     NotRun(String),
 }
@@ -56,30 +57,6 @@ pub struct StageReport {
     pub summary: Option<Summary>,
 }
 
-/// The summary file of an entry.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct SummaryFile {
-    pub kind: String,
-    pub metrics: BTreeMap<String, f64>,
-}
-
-pub fn data_info(ds: &Dataset) -> DataInfo {
-    DataInfo {
-        fingerprint: ds.fingerprint.to_hex(),
-        train_len: ds.train.len(),
-        test_len: ds.test.len(),
-    }
-}
-
-/// Reads an entry's summary.
-pub fn read_summary(dir: &std::path::Path) -> Result<Summary> {
-    let p = dir.join("summary.json");
-    let text = std::fs::read_to_string(&p).map_err(io(&p))?;
-    let s: SummaryFile = serde_json::from_str(&text)
-        .map_err(|e| crate::error::cache_err(&p, format!("not a summary: {e}")))?;
-    Ok(s.metrics)
-}
-
 /// Runs every stage of `study` that the cache does not hold.
 pub fn run_study(
     study: &Study,
@@ -89,8 +66,8 @@ pub fn run_study(
     cache: &Cache,
     opts: &RunOptions,
 ) -> Result<Vec<StageReport>> {
-    let total_cost: u64 = plan.iter().map(|p| p.cost).sum();
-    let progress = Progress::new(total_cost, opts.quiet);
+    let total_cost: f64 = plan.iter().map(|p| p.cost).sum();
+    let progress = Progress::new(total_cost.round() as u64, opts.quiet);
     let mut reports: Vec<StageReport> = Vec::new();
     let mut stopped: Option<String> = None;
     for (i, stage) in study.stages.iter().enumerate() {
@@ -200,8 +177,11 @@ pub fn run_study(
                     format!("metric {name} is {v}; not cached"),
                 ));
             }
-            let doc = key_doc(study, plan, i, &reports, &ds.fingerprint.to_hex());
-            write_file(&staging.join("spec.json"), canonical(&doc).as_bytes())?;
+            let doc = plan[i]
+                .doc
+                .as_ref()
+                .expect("documents are known with the dataset");
+            write_file(&staging.join("spec.json"), canonical(doc).as_bytes())?;
             let sf = SummaryFile {
                 kind: stage.spec.kind().into(),
                 metrics: summary.clone(),
@@ -232,14 +212,14 @@ pub fn run_study(
                     ),
                 };
                 progress.note(&format!("{display}: {what}"));
-                progress.advance(plan[i].cost);
+                progress.advance(plan[i].cost.round() as u64);
                 report.state = state;
                 report.outcome = outcome;
                 report.summary = Some(summary);
             }
             Err(e) => {
                 progress.note(&format!("{display}: FAILED: {e}"));
-                report.state = State::Failed(e.to_string());
+                report.state = State::Failed(Arc::new(e));
                 if !opts.keep_going {
                     stopped = Some(format!(
                         "the run stopped after {display} failed (--keep-going carries on)"
@@ -251,33 +231,6 @@ pub fn run_study(
     }
     progress.finish();
     Ok(reports)
-}
-
-/// The key document of stage `i` (what `spec.json` records).
-fn key_doc(
-    study: &Study,
-    plan: &[Planned],
-    i: usize,
-    reports: &[StageReport],
-    fp: &str,
-) -> serde_json::Value {
-    let stage = &study.stages[i];
-    let spec = match &stage.spec {
-        StageSpec::Train(t) => t.key_spec(plan[i].spe).expect("resolved in planning"),
-        other => other.plain_key_spec(),
-    };
-    KeyDoc {
-        kind: stage.spec.kind(),
-        spec,
-        deps: stage
-            .deps
-            .iter()
-            .map(|(r, d)| (*r, reports[*d].key.clone()))
-            .collect(),
-        dataset: study.dataset.as_str(),
-        fingerprint: fp,
-    }
-    .document()
 }
 
 /// A valid entry's summary; a damaged entry is reported and removed.
@@ -301,17 +254,63 @@ fn cached(
     }
 }
 
-impl Status {
-    pub fn describe(&self) -> String {
-        match self {
-            Status::Cached => "cached".into(),
-            Status::Duplicate(_) => "same as an earlier stage".into(),
-            Status::Damaged(why) => format!("damaged, to rerun ({why})"),
-            Status::Resume { epoch, from } => {
-                format!("partially cached: from epoch {epoch} ({from})")
+/// How a run went: stages by what happened to them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub ran: usize,
+    pub cached: usize,
+    pub failed: usize,
+    pub not_run: usize,
+    /// Failed stages whose loss became non-finite.
+    pub diverged: usize,
+}
+
+impl Tally {
+    pub fn of(reports: &[StageReport]) -> Tally {
+        let mut t = Tally::default();
+        for r in reports {
+            match &r.state {
+                State::Cached => t.cached += 1,
+                State::Ran => t.ran += 1,
+                State::Failed(e) => {
+                    t.failed += 1;
+                    t.diverged += e.is_divergence() as usize;
+                }
+                State::NotRun(_) => t.not_run += 1,
             }
-            Status::ToRun => "to run".into(),
-            Status::Unknown => "to run (dataset not available here: cache state unknown)".into(),
         }
+        t
+    }
+
+    /// Whether every stage is done.
+    pub fn complete(&self) -> bool {
+        self.failed + self.not_run == 0
+    }
+
+    /// One line per stage that failed or did not run, then the counts.
+    pub fn report(&self, reports: &[StageReport]) -> String {
+        let mut o = String::new();
+        for r in reports {
+            match &r.state {
+                State::Failed(e) => o += &format!("FAILED   {}: {e}\n", r.display),
+                State::NotRun(why) => o += &format!("NOT RUN  {}: {why}\n", r.display),
+                _ => {}
+            }
+        }
+        if self.diverged > 0 {
+            o += &format!(
+                "{} of the failed stages diverged (a non-finite loss): a lower `lr` or `rho` may help\n",
+                self.diverged
+            );
+        }
+        o += &format!(
+            "{} stages: {} ran, {} cached, {} failed, {} not run",
+            reports.len(),
+            self.ran,
+            self.cached,
+            self.failed,
+            self.not_run
+        );
+        o
     }
 }

@@ -12,6 +12,10 @@
 //! | the dataset's name and content fingerprint (decoded pixels and labels, not the file it came from) | where the dataset was read from (official archive, folder, JPEG tree: only content counts) |
 //! | [`SEMANTICS`], bumped by hand whenever training or evaluation semantics change | the device (a checkpoint trained on CUDA is reused on the CPU; the entry records where it was computed), thread counts, progress settings |
 //!
+//! The key document is built once, here, when the study is planned; the
+//! plan keeps it, and the cache entry records it as `spec.json`, so
+//! `runner plan --why` can say which fields made a key miss ([`diff`]).
+//!
 //! A shared prefix (the first `k` epochs of a Train stage) has its own key:
 //! the stage's spec without `epochs` (kept when the learning rate depends on
 //! the run's length, as the cosine schedule does), without the SGD/SAM
@@ -19,11 +23,16 @@
 //! method of every step before epoch `k`. Two runs share a prefix key exactly
 //! when they would compute the same first `k` epochs.
 
+use samlab_optim::{LrSchedule, Method, Resolved};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::stages::train::TrainSpec;
+
 /// The version of the training and evaluation semantics. Bump it when a
 /// change to the code changes what a stage computes; every key changes.
+/// The test `pinned::known_keys_do_not_change` fails until the pin is
+/// renewed, so no key changes by accident.
 pub const SEMANTICS: u32 = 1;
 
 /// Canonical JSON: object keys sorted at every level.
@@ -80,6 +89,7 @@ pub struct KeyDoc<'a> {
 }
 
 impl KeyDoc<'_> {
+    /// The key document: what `spec.json` records.
     pub fn document(&self) -> Value {
         let deps: serde_json::Map<String, Value> = self
             .deps
@@ -96,8 +106,210 @@ impl KeyDoc<'_> {
     }
 
     pub fn key(&self) -> String {
-        sha256_hex(canonical(&self.document()).as_bytes())
+        key_of(&self.document())
     }
+}
+
+/// The key of a key document.
+pub fn key_of(document: &Value) -> String {
+    sha256_hex(canonical(document).as_bytes())
+}
+
+/// A Train stage's spec as it goes into its key: the SGD/SAM schedule
+/// resolved to steps (so equivalent ways of writing it agree), and the SAM
+/// settings dropped when no step uses SAM.
+pub fn train_spec(t: &TrainSpec, resolved: &Resolved, spe: u64) -> Value {
+    let total = t.epochs * spe;
+    let mut v = serde_json::to_value(t).expect("specs serialise");
+    v["method"] = resolved_json(resolved, total);
+    if resolved.count(Method::Sam, 0, total) == 0 {
+        v["sam"] = Value::Null;
+    }
+    v
+}
+
+fn resolved_json(r: &Resolved, total: u64) -> Value {
+    use serde_json::json;
+    let name = |m: Method| match m {
+        Method::Sgd => "Sgd",
+        Method::Sam => "Sam",
+    };
+    match *r {
+        Resolved::Always(m) => json!({"Always": name(m)}),
+        Resolved::Switch { from, to, at } if at == 0 || from == to => json!({"Always": name(to)}),
+        Resolved::Switch { from, at, .. } if at >= total => json!({"Always": name(from)}),
+        Resolved::Switch { from, to, at } => {
+            json!({"Switch": {"from": name(from), "to": name(to), "at": at}})
+        }
+        Resolved::Psam { period: 1, .. } => json!({"Always": "Sam"}),
+        Resolved::Psam { until: 0, .. } => json!({"Always": "Sam"}),
+        Resolved::Psam { period, until } => {
+            json!({"Psam": {"period": period, "until": until.min(total)}})
+        }
+    }
+}
+
+/// What a shared prefix of a Train stage is made of, before `k` and the
+/// methods: (everything but the SAM settings, the SAM settings). Left out:
+/// the schedule (the methods of the steps go in instead), the final
+/// evaluation, the SAM settings until the first SAM step (so SGD->SAM runs
+/// with any rho share the SGD run's epochs), and `epochs` when the learning
+/// rate does not depend on the run's length.
+fn prefix_identity(
+    t: &TrainSpec,
+    spe: u64,
+    deps: &[(&str, String)],
+    dataset_fp: &str,
+) -> (String, String) {
+    let mut v = serde_json::to_value(t).expect("specs serialise");
+    let m = v.as_object_mut().expect("an object");
+    m.remove("method");
+    m.remove("test_subset");
+    m.remove("eval_batch");
+    let sam = m.remove("sam").expect("specs have SAM settings");
+    if matches!(t.lr, LrSchedule::Constant { .. }) {
+        m.remove("epochs");
+    }
+    let deps: serde_json::Map<String, Value> = deps
+        .iter()
+        .map(|(r, k)| (r.to_string(), k.clone().into()))
+        .collect();
+    (
+        canonical(&serde_json::json!({
+            "semantics": SEMANTICS,
+            "spec": v,
+            "deps": deps,
+            "spe": spe,
+            "dataset": dataset_fp,
+        })),
+        canonical(&sam),
+    )
+}
+
+/// Prefix keys of one training run, and where it keeps prefix checkpoints.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PrefixPlan {
+    /// `keys[k]`: the key of the first `k` epochs (index 0 unused).
+    pub keys: Vec<String>,
+    /// Epochs after which to keep a shared-prefix checkpoint (set by the plan).
+    pub keep: Vec<u64>,
+    pub identity: String,
+    /// The SAM settings, which count from the first SAM step on.
+    pub sam: String,
+    /// The method of every step of the run.
+    pub methods: Vec<Method>,
+    /// Steps per epoch.
+    pub spe: u64,
+}
+
+impl PrefixPlan {
+    /// The prefix keys of Train stage `t` with `spe` steps per epoch.
+    pub fn new(
+        t: &TrainSpec,
+        resolved: &Resolved,
+        spe: u64,
+        deps: &[(&str, String)],
+        dataset_fp: &str,
+    ) -> PrefixPlan {
+        let (identity, sam) = prefix_identity(t, spe, deps, dataset_fp);
+        let methods: Vec<Method> = (0..t.epochs * spe).map(|s| resolved.method(s)).collect();
+        let mut h = Sha256::new();
+        h.update(identity.as_bytes());
+        let mut keys = vec![String::new()];
+        let mut sam_seen = false;
+        for k in 1..=t.epochs {
+            for s in (k - 1) * spe..k * spe {
+                let is_sam = methods[s as usize] == Method::Sam;
+                if is_sam && !sam_seen {
+                    sam_seen = true;
+                    h.update(b":sam=");
+                    h.update(sam.as_bytes());
+                }
+                h.update([is_sam as u8]);
+            }
+            let mut hk = h.clone();
+            hk.update(format!(":epochs={k}").as_bytes());
+            keys.push(hex(&hk.finalize()));
+        }
+        PrefixPlan {
+            keys,
+            keep: Vec::new(),
+            identity,
+            sam,
+            methods,
+            spe,
+        }
+    }
+
+    /// Epochs of the run.
+    pub fn epochs(&self) -> u64 {
+        (self.keys.len() as u64).saturating_sub(1)
+    }
+
+    /// The cost of the run from the start of epoch `from` to its end, in
+    /// SGD-step equivalents.
+    pub fn cost_from(&self, from: u64) -> f64 {
+        let start = ((from * self.spe) as usize).min(self.methods.len());
+        self.methods[start..].iter().map(|m| m.cost()).sum()
+    }
+
+    /// The epoch up to which two runs compute the same thing (0: none).
+    pub fn shared_epochs(&self, other: &PrefixPlan) -> u64 {
+        if self.identity != other.identity || self.spe != other.spe || self.spe == 0 {
+            return 0;
+        }
+        let n = self.methods.len().min(other.methods.len());
+        let mut d = (0..n)
+            .find(|&i| self.methods[i] != other.methods[i])
+            .unwrap_or(n);
+        if self.sam != other.sam {
+            // Same methods up to d: the first SAM step there ends the sharing.
+            d = (0..d)
+                .find(|&i| self.methods[i] == Method::Sam)
+                .unwrap_or(d);
+        }
+        d as u64 / self.spe
+    }
+}
+
+/// One field in which two key documents differ: its path (`spec.sam.rho`)
+/// and the two values (`None`: absent).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Change {
+    pub path: String,
+    pub old: Option<Value>,
+    pub new: Option<Value>,
+}
+
+/// The fields in which key document `new` differs from `old`, leaf by leaf,
+/// in path order.
+pub fn diff(old: &Value, new: &Value) -> Vec<Change> {
+    fn walk(path: &str, a: Option<&Value>, b: Option<&Value>, out: &mut Vec<Change>) {
+        match (a, b) {
+            (Some(Value::Object(x)), Some(Value::Object(y))) => {
+                let mut names: Vec<&String> = x.keys().chain(y.keys()).collect();
+                names.sort();
+                names.dedup();
+                for n in names {
+                    let p = if path.is_empty() {
+                        n.clone()
+                    } else {
+                        format!("{path}.{n}")
+                    };
+                    walk(&p, x.get(n), y.get(n), out);
+                }
+            }
+            (a, b) if a == b => {}
+            (a, b) => out.push(Change {
+                path: path.to_string(),
+                old: a.cloned(),
+                new: b.cloned(),
+            }),
+        }
+    }
+    let mut out = Vec::new();
+    walk("", Some(old), Some(new), &mut out);
+    out
 }
 
 #[cfg(test)]
@@ -134,5 +346,146 @@ mod tests {
             doc("aa", vec![("from", "k3".into()), ("of", "k2".into())]).key()
         );
         assert_eq!(a.len(), 64);
+    }
+
+    #[test]
+    fn diff_names_every_changed_leaf_by_path() {
+        let old = serde_json::json!({"kind": "train", "spec": {"sam": {"rho": 0.05, "chunk": null}, "seed": 0}, "deps": {}});
+        let new = serde_json::json!({"kind": "train", "spec": {"sam": {"rho": 0.1, "chunk": null}, "seed": 0, "x": 1}, "deps": {"from": "k"}});
+        let d = diff(&old, &new);
+        let paths: Vec<&str> = d.iter().map(|c| c.path.as_str()).collect();
+        assert_eq!(paths, ["deps.from", "spec.sam.rho", "spec.x"]);
+        assert_eq!(d[1].old, Some(serde_json::json!(0.05)));
+        assert_eq!(d[1].new, Some(serde_json::json!(0.1)));
+        assert_eq!((d[0].old.clone(), d[2].old.clone()), (None, None));
+        assert!(diff(&old, &old).is_empty());
+    }
+}
+
+/// Keys of fixed studies, pinned: a change here invalidates every cache, so
+/// it must come with a [`SEMANTICS`] bump (and a new pin) on purpose.
+#[cfg(test)]
+mod pinned {
+    use super::SEMANTICS;
+    use crate::plan::{DataInfo, plan};
+
+    const STUDY: &str = r#"Study(
+        version: 1,
+        dataset: "cifar10",
+        blocks: {
+            "recipe": Train(model: "resnet8", train_subset: PerClass(30), batch: 50,
+                epochs: 4, lr: Cosine(lr: 0.1), sam: (rho: 0.05)),
+        },
+        stages: {
+            "sgd": Train(extends: "recipe"),
+            "sgd-sam": Train(extends: "recipe", method: Switch(from: Sgd, to: Sam, at: Fraction(0.5)),
+                sam: (rho: 0.1, chunk: 25)),
+            "psam": Train(extends: "recipe", method: Psam(period: 3, until: Epoch(3)),
+                optimizer: (weight_decay: 0.001)),
+            "const": Train(extends: "recipe", lr: Constant(lr: 0.05), test_subset: Off, augment: false),
+            "eval": Evaluate(of: "sgd", splits: [Test], test_subset: PerClass(10)),
+            "escape": Escape(of: "sgd", method: Sam, lr: 0.03, batch: 50, probe: 100, max_steps: 20,
+                grid: {"rho": [0.2]}),
+            "escape-sgd": Escape(of: "sgd", method: Sgd, lr: 0.03, batch: 50, probe: 100, max_steps: 20),
+            "line": Interpolate(w1: "sgd", w2: "sgd-sam", bn: Recomputed(batches: 2),
+                alpha: (start: 0.0, end: 1.0, points: 3)),
+            "dist": Distance(w1: "sgd", w2: "psam"),
+        },
+    )"#;
+
+    fn keys() -> Vec<(String, String, Vec<String>)> {
+        let study = crate::study::parse(STUDY, std::path::Path::new("pinned.ron")).unwrap();
+        let info = DataInfo {
+            fingerprint: "f".repeat(64),
+            train_len: 50_000,
+            test_len: 10_000,
+        };
+        let planned = plan(&study, Some(&info), None).unwrap();
+        study
+            .stages
+            .iter()
+            .zip(planned)
+            .map(|(s, p)| {
+                let prefixes = p
+                    .prefix
+                    .map(|pp| {
+                        pp.keys
+                            .into_iter()
+                            .skip(1)
+                            .map(|k| k[..16].to_string())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                (s.display(), p.key.unwrap()[..16].to_string(), prefixes)
+            })
+            .collect()
+    }
+
+    /// The first 16 hex digits of each stage key and of each prefix key
+    /// (epochs 1..=4), computed by the code before the key documents moved
+    /// into this module: the move changed no key.
+    const PINNED: &[(&str, &str, &[&str])] = &[
+        (
+            "sgd",
+            "0d32b179bc8490a5",
+            &[
+                "26643bf8274d2373",
+                "cc8a4a66f67ad34a",
+                "7083e9881f8ba638",
+                "4c622a24cb5ac566",
+            ],
+        ),
+        (
+            "sgd-sam",
+            "1ee25107833f1021",
+            &[
+                "26643bf8274d2373",
+                "cc8a4a66f67ad34a",
+                "99cc746e81643138",
+                "026c5955252471f7",
+            ],
+        ),
+        (
+            "psam",
+            "5b50c1fb66ad0ccc",
+            &[
+                "bde679e9612b74fc",
+                "2853600fcbd47fb9",
+                "4909f1317189259c",
+                "00252a1d936fac96",
+            ],
+        ),
+        (
+            "const",
+            "6fff2f89c477132a",
+            &[
+                "9f4c2e3a4814e211",
+                "e2875ce66b010bf7",
+                "b6c61aecb3a4bb8d",
+                "713aabe4f8773878",
+            ],
+        ),
+        ("eval", "768782ed92299e26", &[]),
+        ("escape[rho=0.2]", "8084aa269959c89e", &[]),
+        ("escape-sgd", "7788c49d3111c1da", &[]),
+        ("line", "570c5ba7d3ecc2b8", &[]),
+        ("dist", "c54588749b508f62", &[]),
+    ];
+
+    #[test]
+    fn known_keys_do_not_change() {
+        assert_eq!(SEMANTICS, 1, "a new SEMANTICS needs new pins");
+        let got = keys();
+        assert_eq!(got.len(), PINNED.len());
+        for ((stage, key, prefixes), (want_stage, want_key, want_prefixes)) in
+            got.iter().zip(PINNED)
+        {
+            assert_eq!(stage, want_stage);
+            assert_eq!(key, want_key, "the key of {stage} changed");
+            assert_eq!(
+                prefixes, want_prefixes,
+                "the prefix keys of {stage} changed"
+            );
+        }
     }
 }

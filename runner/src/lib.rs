@@ -3,21 +3,27 @@
 //! shared training prefixes, exact resume, and the results folder.
 //!
 //! - [`study`]: the file format, composition and grids.
-//! - [`stages`]: the stage kinds (Train, Evaluate), one module each.
-//! - [`key`]: what goes into a stage's key (one table).
-//! - [`plan`]: keys, cache states and costs before anything runs.
-//! - [`cache`]: entries, prefixes, rolling checkpoints, locks.
+//! - [`stages`]: the stage kinds behind one trait, one module each.
+//! - [`key`]: every key document, stage and prefix (one table).
+//! - [`plan`]: keys, cache states and costs before anything runs, and why
+//!   a stage is not cached.
+//! - [`cache`]: entries, prefixes, rolling checkpoints, locks, resume
+//!   points, status and gc.
 //! - [`exec`]: runs a plan; [`results`]: writes what it found.
+//! - [`options`]: the run's command-line options, and a Slurm job's;
+//!   [`commands`]: what each command does.
 //!
 //! This crate reads study files and the cache; the binary adds only the
 //! command line.
 
 pub mod cache;
 pub mod check;
+pub mod commands;
 pub mod device;
 mod error;
 pub mod exec;
 pub mod key;
+pub mod options;
 pub mod plan;
 pub mod plots;
 pub mod progress;
@@ -26,4 +32,4 @@ pub mod slurm;
 pub mod stages;
 pub mod study;
 
-pub use error::{Error, ErrorKind, Result};
+pub use error::{Error, ErrorKind, Invalid, Result};

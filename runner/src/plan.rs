@@ -1,16 +1,17 @@
-//! The plan: every stage's key, what the cache already holds of it, where
-//! a training run can start (its rolling checkpoint, or a prefix another
-//! run of the study will have computed by then), and what is left to do.
+//! The plan: every stage's key document and key (built by [`crate::key`]),
+//! what the cache already holds of it, where a training run can start (its
+//! rolling checkpoint, or a prefix another run of the study will have
+//! computed by then), and what is left to do. `runner plan --why` adds, for
+//! every stage to run, the nearest cached entry of its kind and what differs.
 
 use std::collections::HashSet;
 
-use samlab_optim::Method;
+use serde_json::Value;
 
-use crate::cache::{Cache, Lookup};
+use crate::cache::{Cache, Lookup, ResumeFrom, resume_point};
 use crate::error::Result;
-use crate::key::KeyDoc;
-use crate::stages::train::PrefixPlan;
-use crate::stages::{StageSpec, Subset};
+use crate::key::{Change, KeyDoc, PrefixPlan};
+use crate::stages::{DataShape, PlanInput};
 use crate::study::Study;
 
 /// What the plan needs to know of the dataset.
@@ -19,6 +20,16 @@ pub struct DataInfo {
     pub fingerprint: String,
     pub train_len: usize,
     pub test_len: usize,
+}
+
+impl DataInfo {
+    pub fn of(ds: &samlab_data::Dataset) -> DataInfo {
+        DataInfo {
+            fingerprint: ds.fingerprint.to_hex(),
+            train_len: ds.train.len(),
+            test_len: ds.test.len(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -30,85 +41,93 @@ pub enum Status {
     /// An entry exists but does not match its manifest: recomputed.
     Damaged(String),
     /// Training can start after `epoch` epochs, from a rolling checkpoint
-    /// (`partial`) or a shared prefix (`prefix`).
+    /// or a shared prefix.
     Resume {
         epoch: u64,
-        from: &'static str,
+        from: ResumeFrom,
     },
     ToRun,
     /// The dataset is not available here, so keys cannot be computed.
     Unknown,
 }
 
+impl Status {
+    pub fn describe(&self) -> String {
+        match self {
+            Status::Cached => "cached".into(),
+            Status::Duplicate(_) => "same as an earlier stage".into(),
+            Status::Damaged(why) => format!("damaged, to rerun ({why})"),
+            Status::Resume { epoch, from } => {
+                format!("partially cached: from epoch {epoch} ({})", from.as_str())
+            }
+            Status::ToRun => "to run".into(),
+            Status::Unknown => "to run (dataset not available here: cache state unknown)".into(),
+        }
+    }
+
+    /// Whether the stage has work left.
+    pub fn to_compute(&self) -> bool {
+        !matches!(self, Status::Cached | Status::Duplicate(_))
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Planned {
+    /// The key document (`None` when the dataset is unavailable): what the
+    /// key hashes, and what the entry's `spec.json` records.
+    pub doc: Option<Value>,
     /// The stage's key (`None` when the dataset is unavailable).
     pub key: Option<String>,
     pub status: Status,
-    /// SGD-step equivalents left to run (an Evaluate stage counts one per
-    /// three batches of its size: a forward pass is about a third of a step).
-    pub cost: u64,
+    /// SGD-step equivalents left to run (evaluation counts a forward pass
+    /// as a third of a step).
+    pub cost: f64,
+    /// A training run's prefix keys and steps.
     pub prefix: Option<PrefixPlan>,
-    /// Steps per epoch (training).
-    pub spe: u64,
 }
 
 /// Plans `study`; without `data` (dataset not available) keys and cache
 /// states are unknown and costs assume the official split sizes.
 pub fn plan(study: &Study, data: Option<&DataInfo>, cache: Option<&Cache>) -> Result<Vec<Planned>> {
-    let (train_len, test_len) = data.map_or((50_000, 10_000), |d| (d.train_len, d.test_len));
+    let shape = DataShape {
+        train_len: data.map_or(50_000, |d| d.train_len),
+        test_len: data.map_or(10_000, |d| d.test_len),
+    };
     let mut out: Vec<Planned> = Vec::new();
-    // Keys and prefix plans.
+    let mut full_costs = Vec::new();
+    // Key documents, keys and prefix plans.
     for stage in &study.stages {
-        let deps: Vec<(&str, String)> = stage
+        let deps: Vec<(&'static str, String)> = stage
             .deps
             .iter()
             .filter_map(|(role, i)| Some((*role, out[*i].key.clone()?)))
             .collect();
-        let err = |m: String| -> crate::Error {
-            crate::error::ErrorKind::Study {
-                file: study.file.display().to_string(),
-                line: stage.line,
-                message: format!("stage {}: {m}", stage.display()),
-            }
-            .into()
+        let input = PlanInput {
+            data: shape,
+            deps: &deps,
+            fingerprint: data.map_or("", |d| &d.fingerprint),
         };
-        let (spec_json, prefix, spe) = match &stage.spec {
-            StageSpec::Train(t) => {
-                let spe = t.steps_per_epoch(train_len);
-                if spe == 0 {
-                    return Err(err(format!(
-                        "{} training images make no full batch of {}",
-                        t.train_subset.count(train_len, t.classes),
-                        t.batch
-                    )));
-                }
-                let resolved = t.resolved(spe).map_err(err)?;
-                let identity = t.prefix_identity(spe, &deps, data.map_or("", |d| &d.fingerprint));
-                (
-                    t.key_spec(spe).map_err(err)?,
-                    Some(PrefixPlan::new(identity, &resolved, t.epochs, spe)),
-                    spe,
-                )
-            }
-            other => (other.plain_key_spec(), None, 0),
-        };
-        let key = data.filter(|_| deps.len() == stage.deps.len()).map(|d| {
+        let kp = stage
+            .spec
+            .plan(&input)
+            .map_err(|m| study.stage_error(stage, m))?;
+        let doc = data.filter(|_| deps.len() == stage.deps.len()).map(|d| {
             KeyDoc {
                 kind: stage.spec.kind(),
-                spec: spec_json,
+                spec: kp.key_spec.clone(),
                 deps: deps.clone(),
                 dataset: study.dataset.as_str(),
                 fingerprint: &d.fingerprint,
             }
-            .key()
+            .document()
         });
+        full_costs.push(kp.cost);
         out.push(Planned {
-            key,
+            key: doc.as_ref().map(crate::key::key_of),
+            doc,
             status: Status::ToRun,
-            cost: 0,
-            prefix,
-            spe,
+            cost: 0.0,
+            prefix: kp.prefix,
         });
     }
     // Branch points: keep a checkpoint where two runs part.
@@ -121,8 +140,7 @@ pub fn plan(study: &Study, data: Option<&DataInfo>, cache: Option<&Cache>) -> Re
                 }
                 if let Some(pj) = &other.prefix {
                     let k = pi.shared_epochs(pj);
-                    let own = (pi.methods.len() as u64) / pi.spe;
-                    if k > 0 && k <= own && !keep.contains(&k) {
+                    if k > 0 && k <= pi.epochs() && !keep.contains(&k) {
                         keep.push(k);
                     }
                 }
@@ -136,19 +154,7 @@ pub fn plan(study: &Study, data: Option<&DataInfo>, cache: Option<&Cache>) -> Re
     // Cache states, simulating the run in order.
     let mut will_exist: HashSet<String> = HashSet::new();
     for i in 0..out.len() {
-        let stage = &study.stages[i];
-        let full_cost = match &stage.spec {
-            StageSpec::Train(t) => {
-                let spe = out[i].spe;
-                t.resolved(spe)
-                    .expect("checked above")
-                    .cost(0, t.epochs * spe)
-            }
-            StageSpec::Evaluate(e) => e.cost(train_len, test_len),
-            StageSpec::Escape(e) => e.cost(),
-            StageSpec::Interpolate(e) => e.cost(train_len, test_len),
-            StageSpec::Distance(_) => 1,
-        };
+        let full_cost = full_costs[i];
         let Some(key) = out[i].key.clone() else {
             out[i].status = Status::Unknown;
             out[i].cost = full_cost;
@@ -160,7 +166,7 @@ pub fn plan(study: &Study, data: Option<&DataInfo>, cache: Option<&Cache>) -> Re
         }
         let found = cache.map_or(Lookup::Missing, |c| c.check(&c.entry_dir(&key)));
         let (status, cost) = match found {
-            Lookup::Valid(..) => (Status::Cached, 0),
+            Lookup::Valid(..) => (Status::Cached, 0.0),
             found => {
                 let damaged = match found {
                     Lookup::Damaged(_, why) => Some(why),
@@ -168,36 +174,17 @@ pub fn plan(study: &Study, data: Option<&DataInfo>, cache: Option<&Cache>) -> Re
                 };
                 let mut status = damaged.clone().map_or(Status::ToRun, Status::Damaged);
                 let mut cost = full_cost;
-                if let (StageSpec::Train(t), Some(p)) = (&stage.spec, &out[i].prefix) {
-                    let resolved = t.resolved(p.spe).expect("checked above");
-                    let total = t.epochs * p.spe;
-                    let mut best: Option<(u64, &'static str)> = None;
-                    if let Some(cache) = cache
-                        && let Some((e, dir)) = cache
-                            .partials(&key)
-                            .into_iter()
-                            .rev()
-                            .find(|(e, _)| *e < t.epochs)
-                        && matches!(cache.check(&dir), Lookup::Valid(..))
-                    {
-                        best = Some((e, "partial"));
-                    }
-                    let from = best.map_or(0, |b| b.0);
-                    for k in (from + 1..t.epochs).rev() {
-                        let pk = &p.keys[k as usize];
-                        let in_cache = cache.is_some_and(|c| {
-                            c.prefix_dir(pk).join(crate::cache::MANIFEST).exists()
-                        });
-                        if will_exist.contains(pk) || in_cache {
-                            best = Some((k, "prefix"));
-                            break;
-                        }
-                    }
-                    if let Some((epoch, from)) = best {
+                if let Some(p) = &out[i].prefix {
+                    let coming = |pk: &str| will_exist.contains(pk);
+                    let start = resume_point(cache, &key, Some(p), p.epochs(), &coming).point;
+                    if let Some(start) = start {
                         if damaged.is_none() {
-                            status = Status::Resume { epoch, from };
+                            status = Status::Resume {
+                                epoch: start.epoch,
+                                from: start.from,
+                            };
                         }
-                        cost = resolved.cost(epoch * p.spe, total);
+                        cost = p.cost_from(start.epoch);
                     }
                 }
                 (status, cost)
@@ -214,18 +201,34 @@ pub fn plan(study: &Study, data: Option<&DataInfo>, cache: Option<&Cache>) -> Re
     Ok(out)
 }
 
-/// SAM steps of a training stage over the whole run (for display).
-pub fn sam_steps(spec: &crate::stages::train::TrainSpec, spe: u64) -> u64 {
-    spec.resolved(spe)
-        .map(|r| r.count(Method::Sam, 0, spec.epochs * spe))
-        .unwrap_or(0)
+/// Why a stage is not cached: the nearest cached entry of its kind and
+/// the fields of the key document that differ (none cached: `nearest` is
+/// `None`).
+#[derive(Clone, Debug)]
+pub struct Why {
+    pub index: usize,
+    /// The nearest entry's key and the changes from it to this stage.
+    pub nearest: Option<(String, Vec<Change>)>,
 }
 
-/// Human-readable subset.
-pub fn show_subset(s: Subset) -> String {
-    match s {
-        Subset::All => "all".into(),
-        Subset::PerClass(n) => format!("{n}/class"),
-        Subset::Off => "off".into(),
-    }
+/// For every stage of `planned` with work left, [`Why`] it is not cached:
+/// compared with every cached entry of the same kind (their `spec.json`),
+/// the one with the fewest differing fields. Like cargo's "dirty because".
+pub fn why(planned: &[Planned], cache: &Cache) -> Vec<Why> {
+    let docs = cache.documents();
+    planned
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.status.to_compute())
+        .filter_map(|(index, p)| {
+            let doc = p.doc.as_ref()?;
+            let nearest = docs
+                .iter()
+                .filter(|(_, d)| d.get("kind") == doc.get("kind"))
+                .map(|(k, d)| (k.clone(), crate::key::diff(d, doc)))
+                .filter(|(_, c)| !c.is_empty())
+                .min_by_key(|(k, c)| (c.len(), k.clone()));
+            Some(Why { index, nearest })
+        })
+        .collect()
 }

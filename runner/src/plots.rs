@@ -1,13 +1,11 @@
 //! Plots of a study's results (SVG, with plotters), written beside its
 //! tables under `plots/`:
 //!
-//! - each Interpolate stage: train (red) and test (blue) error along `a`,
-//!   and the same for the loss, as the thesis draws Figures 5.1 and 5.2;
-//! - the Escape stages together: steps to escape against rho, mean +- std
-//!   over the seeds that escaped (SGD drawn at rho = 0);
-//! - every other stage gridded over one field besides `seed` (a sweep):
-//!   each of its headline metrics (`test_acc`, `distance`, `passes_per_step`)
-//!   against that field, mean +- std over seeds.
+//! - each kind's own plots (`Kind::plots`: Interpolate's curves along `a`,
+//!   Escape's steps against rho);
+//! - every stage gridded over one field besides `seed` (a sweep): each of
+//!   its kind's headline measures (`Kind::HEADLINE`) against that field,
+//!   mean +- std over seeds.
 //!
 //! Plots only read the summaries and the entries' `metrics.csv`; a plot that
 //! has fewer than two points, or only one value, is left out.
@@ -21,8 +19,8 @@ use crate::cache::Cache;
 use crate::error::{Error, ErrorKind, Result};
 use crate::exec::StageReport;
 use crate::results::mean_std;
-use crate::stages::StageSpec;
-use crate::study::Study;
+use crate::stages::PlotOut;
+use crate::study::{Stage, Study};
 
 /// One line of a chart: its points, with an optional +- half-width each.
 pub struct Series {
@@ -115,7 +113,7 @@ pub fn line_chart(
     Ok(())
 }
 
-const PALETTE: [RGBColor; 6] = [
+pub const PALETTE: [RGBColor; 6] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
@@ -125,7 +123,7 @@ const PALETTE: [RGBColor; 6] = [
 ];
 
 /// Reads an entry's `metrics.csv` as rows of fields (header dropped).
-fn rows(cache: &Cache, key: &str) -> Vec<Vec<String>> {
+pub fn rows(cache: &Cache, key: &str) -> Vec<Vec<String>> {
     std::fs::read_to_string(cache.entry_dir(key).join("metrics.csv"))
         .map(|t| {
             t.lines()
@@ -147,91 +145,10 @@ pub fn write_all(
     std::fs::create_dir_all(dir).map_err(crate::error::io(dir))?;
     let done: Vec<&StageReport> = reports.iter().filter(|r| r.summary.is_some()).collect();
 
-    // Interpolation curves.
-    for r in &done {
-        let stage = &study.stages[r.index];
-        if !matches!(stage.spec, StageSpec::Interpolate(_)) {
-            continue;
-        }
-        let data = rows(cache, &r.key);
-        let stem = crate::results::file_stem(stage);
-        for (col, what) in [(4, "error"), (3, "loss")] {
-            let mut series = Vec::new();
-            for (split, color) in [("train", RED), ("test", BLUE)] {
-                let points: Vec<(f64, f64, f64)> = data
-                    .iter()
-                    .filter(|row| row.len() > col && row[1] == split)
-                    .filter_map(|row| Some((row[0].parse().ok()?, row[col].parse().ok()?, 0.0)))
-                    .collect();
-                if points.len() >= 2 {
-                    series.push(Series {
-                        name: split.into(),
-                        color,
-                        points,
-                    });
-                }
-            }
-            if !series.is_empty() {
-                let name = format!("{stem}-{what}.svg");
-                line_chart(
-                    &dir.join(&name),
-                    &format!("{}: {what} along (1-a) w1 + a w2", r.display),
-                    "a",
-                    what,
-                    &series,
-                )?;
-                written.push(name);
-            }
-        }
-    }
-
-    // Escape steps against rho.
-    let mut escape: BTreeMap<String, BTreeMap<u64, Vec<f64>>> = BTreeMap::new();
-    for r in &done {
-        let stage = &study.stages[r.index];
-        let StageSpec::Escape(e) = &stage.spec else {
-            continue;
-        };
-        let rho = e.sam.as_ref().map_or(0.0, |s| s.rho);
-        if let Some(steps) = r.summary.as_ref().and_then(|s| s.get("escape_steps")) {
-            escape
-                .entry(stage.name.clone())
-                .or_default()
-                .entry(rho.to_bits())
-                .or_default()
-                .push(*steps);
-        }
-    }
-    let series: Vec<Series> = escape
-        .iter()
-        .enumerate()
-        .map(|(i, (name, by_rho))| {
-            let mut points: Vec<(f64, f64, f64)> = by_rho
-                .iter()
-                .map(|(rho, xs)| {
-                    let (m, s) = mean_std(xs);
-                    (f64::from_bits(*rho), m, s)
-                })
-                .collect();
-            points.sort_by(|a, b| a.0.total_cmp(&b.0));
-            Series {
-                name: name.clone(),
-                color: PALETTE[i % PALETTE.len()],
-                points,
-            }
-        })
-        .collect();
-    if series.iter().map(|s| s.points.len()).sum::<usize>() >= 2 {
-        let name = "escape-steps.svg".to_string();
-        line_chart(
-            &dir.join(&name),
-            "Steps to escape (mean ± std over seeds that escaped; censored runs in summary.md)",
-            "rho (SGD at 0)",
-            "steps until train accuracy < threshold",
-            &series,
-        )?;
-        written.push(name);
-    }
+    // Each kind's own plots.
+    let pairs: Vec<(&Stage, &StageReport)> =
+        done.iter().map(|r| (&study.stages[r.index], *r)).collect();
+    written.extend(crate::stages::plots(&pairs, &PlotOut { dir, cache })?);
 
     // Sweeps: a stage gridded over one field besides the seed.
     let mut names: Vec<&str> = Vec::new();
@@ -248,7 +165,8 @@ pub fn write_all(
         let Some(first) = members.first() else {
             continue;
         };
-        if matches!(study.stages[first.index].spec, StageSpec::Escape(_)) {
+
+        if !study.stages[first.index].spec.sweeps() {
             continue;
         }
         let fields: Vec<&String> = study.stages[first.index]
@@ -259,11 +177,11 @@ pub fn write_all(
         let [field] = fields.as_slice() else {
             continue;
         };
-        for metric in ["test_acc", "distance", "passes_per_step"] {
+        for metric in study.stages[first.index].spec.headline() {
             let mut by_x: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
             for r in &members {
                 let x = study.stages[r.index].coords.get(*field).copied();
-                let y = r.summary.as_ref().and_then(|s| s.get(metric)).copied();
+                let y = r.summary.as_ref().and_then(|s| s.get(*metric)).copied();
                 if let (Some(x), Some(y)) = (x, y) {
                     by_x.entry(x.to_bits()).or_default().push(y);
                 }

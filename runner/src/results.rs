@@ -162,7 +162,7 @@ pub fn write(
         let (state, detail) = match &r.state {
             State::Cached => ("cached", String::new()),
             State::Ran => ("ran", String::new()),
-            State::Failed(e) => ("failed", e.clone()),
+            State::Failed(e) => ("failed", e.to_string()),
             State::NotRun(why) => ("not run", why.clone()),
         };
         let o = &r.outcome;

@@ -77,6 +77,19 @@ pub struct Study {
     pub stages: Vec<Stage>,
 }
 
+impl Study {
+    /// An error of stage `stage` found after resolution (planning), with
+    /// the file and line.
+    pub fn stage_error(&self, stage: &Stage, problem: impl std::fmt::Display) -> crate::Error {
+        ErrorKind::Study {
+            file: self.file.display().to_string(),
+            line: stage.line,
+            message: format!("stage {}: {problem}", stage.display()),
+        }
+        .into()
+    }
+}
+
 /// Where a study-level problem is, for messages.
 pub(crate) struct Ctx<'a> {
     pub file: &'a str,
@@ -325,7 +338,7 @@ fn flatten(name: &str, raw: &RawStudy, ctx: &Ctx) -> Result<RawStage> {
         };
         current = current
             .merge_parent(p)
-            .map_err(|m| ctx.err(Some(chain.last().expect("non-empty")), m))?;
+            .map_err(|m| ctx.err(Some(chain.last().expect("non-empty")), m.to_string()))?;
         chain.push(parent);
     }
     Ok(current)

@@ -2,18 +2,15 @@
 //! the trainable parameters (BatchNorm's running statistics left out), for
 //! the ablations of the thesis' Figure 5.3. Writes only `summary.json`.
 
-use indexmap::IndexMap;
 use samlab_data::DatasetName;
 use serde::{Deserialize, Serialize};
 
-use super::interpolate::distance;
-use super::{
-    Outcome, RunCtx, StageSpec, Summary, dep_model, dep_tensors, model_tensors, pair_model,
+use super::common::{
+    Grid, dep_model, dep_tensors, distance, inherit, merged_grid, model_tensors, pair_model,
     pair_refs,
 };
-use crate::error::Result;
-
-pub const GRID_FIELDS: &[&str] = &[];
+use super::{Kind, KindPlan, Outcome, Partial, PlanInput, RunCtx, StageSpec, Summary};
+use crate::error::{Invalid, Result};
 
 /// A Distance stage as written.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -22,7 +19,7 @@ pub struct DistancePartial {
     pub extends: Option<String>,
     pub w1: Option<String>,
     pub w2: Option<String>,
-    pub grid: Option<IndexMap<String, Vec<f64>>>,
+    pub grid: Option<Grid>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -32,30 +29,38 @@ pub struct DistanceSpec {
     pub classes: usize,
 }
 
-impl DistancePartial {
-    pub fn merge(mut self, p: &DistancePartial) -> DistancePartial {
-        if self.w1.is_none() {
-            self.w1 = p.w1.clone();
-        }
-        if self.w2.is_none() {
-            self.w2 = p.w2.clone();
-        }
+impl Partial for DistancePartial {
+    type Spec = DistanceSpec;
+    const GRID_FIELDS: &'static [&'static str] = &[];
+
+    fn extends(&self) -> Option<&str> {
+        self.extends.as_deref()
+    }
+
+    fn merge(mut self, p: &DistancePartial) -> DistancePartial {
+        inherit!(self, p; w1, w2);
         self.extends = p.extends.clone();
-        self.grid = super::train::merged_grid(self.grid.take(), &p.grid);
+        self.grid = merged_grid(self.grid.take(), &p.grid);
         self
     }
 
-    pub fn set_grid(&mut self, field: &str, _v: f64) -> std::result::Result<(), String> {
-        Err(format!("unknown grid field `{field}`"))
-    }
-
-    pub fn refs(&self) -> Vec<(&'static str, &str)> {
+    fn refs(&self) -> Vec<(&'static str, &str)> {
         pair_refs(&self.w1, &self.w2)
     }
 
-    pub fn finish(&self, dataset: DatasetName) -> std::result::Result<DistanceSpec, String> {
+    fn grid(&self) -> Option<&Grid> {
+        self.grid.as_ref()
+    }
+
+    fn set_grid(&mut self, field: &str, _v: f64) -> Result<(), Invalid> {
+        Err(Invalid::UnknownGridField(field.to_string()))
+    }
+
+    fn finish(&self, dataset: DatasetName) -> Result<DistanceSpec, Invalid> {
         if self.w1.is_none() || self.w2.is_none() {
-            return Err("`w1` and `w2` must name the two Train stages to compare".into());
+            return Err(Invalid::Value(
+                "`w1` and `w2` must name the two Train stages to compare".into(),
+            ));
         }
         Ok(DistanceSpec {
             model: String::new(),
@@ -64,18 +69,29 @@ impl DistancePartial {
     }
 }
 
-impl DistanceSpec {
-    pub fn link(&mut self, deps: &[(&'static str, &StageSpec)]) -> std::result::Result<(), String> {
+impl Kind for DistanceSpec {
+    const NAME: &'static str = "distance";
+    const HEADLINE: &'static [&'static str] = &["distance"];
+
+    fn link(&mut self, deps: &[(&'static str, &StageSpec)]) -> Result<(), Invalid> {
         self.model = pair_model(deps)?;
         Ok(())
     }
-}
 
-pub fn run(spec: &DistanceSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
-    let model = dep_model(ctx, &spec.model, "w1")?;
-    let a = model_tensors(&model)?;
-    let b = dep_tensors(ctx, &model, "w2")?;
-    let mut summary = Summary::new();
-    summary.insert("distance".into(), distance(&model, &a, &b)?);
-    Ok((summary, Outcome::default()))
+    fn model(&self) -> &str {
+        &self.model
+    }
+
+    fn plan(&self, _input: &PlanInput) -> Result<KindPlan, Invalid> {
+        Ok(KindPlan::plain(self, 1.0))
+    }
+
+    fn run(&self, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
+        let model = dep_model(ctx, &self.model, "w1")?;
+        let a = model_tensors(&model)?;
+        let b = dep_tensors(ctx, &model, "w2")?;
+        let mut summary = Summary::new();
+        summary.insert("distance".into(), distance(&model, &a, &b)?);
+        Ok((summary, Outcome::default()))
+    }
 }

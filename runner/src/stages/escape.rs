@@ -17,24 +17,26 @@
 //! Writes `metrics.csv` (one row per probed step: the step's batch loss and
 //! accuracy, the probe's loss and accuracy) and `summary.json`.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use indexmap::IndexMap;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use samlab_data::{DatasetName, Loader, PipelineConfig};
 use samlab_optim::{LrSchedule, Method, SamConfig, SgdConfig, StepSchedule, Trainer};
 use serde::{Deserialize, Serialize};
 
-use super::train::{SamPartial, SgdPartial, merged_grid, resolve_sam, resolve_sgd};
+use super::common::{
+    Grid, SamPartial, SgdPartial, Subset, TrainingData, dep_model, evaluate_loader, forward_cost,
+    inherit, merged_grid, positive, train_dep, training_loader, whole,
+};
 use super::{
-    Outcome, RunCtx, StageSpec, Subset, Summary, dep_model, evaluate_loader, positive,
-    training_loader, whole,
+    Done, Kind, KindPlan, Outcome, Partial, PlanInput, PlotOut, RunCtx, StageSpec, Summary,
 };
 use crate::cache::write_file;
-use crate::error::{Result, stage_err};
-
-pub const GRID_FIELDS: &[&str] = &["seed", "rho", "lr", "batch", "probe", "threshold"];
+use crate::error::{Invalid, Result, stage_err, step_err};
+use crate::plots::{PALETTE, Series, line_chart};
+use crate::results::mean_std;
 
 /// An Escape stage as written.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -57,7 +59,7 @@ pub struct EscapePartial {
     pub threshold: Option<f64>,
     pub max_steps: Option<u64>,
     pub eval_batch: Option<usize>,
-    pub grid: Option<IndexMap<String, Vec<f64>>>,
+    pub grid: Option<Grid>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -81,12 +83,17 @@ pub struct EscapeSpec {
     pub augment: bool,
 }
 
-impl EscapePartial {
-    pub fn merge(mut self, p: &EscapePartial) -> EscapePartial {
-        macro_rules! inherit { ($($f:ident),*) => { $( if self.$f.is_none() { self.$f = p.$f.clone(); } )* }; }
-        inherit!(
-            of, method, lr, batch, seed, probe, threshold, max_steps, eval_batch
-        );
+impl Partial for EscapePartial {
+    type Spec = EscapeSpec;
+    const GRID_FIELDS: &'static [&'static str] =
+        &["seed", "rho", "lr", "batch", "probe", "threshold"];
+
+    fn extends(&self) -> Option<&str> {
+        self.extends.as_deref()
+    }
+
+    fn merge(mut self, p: &EscapePartial) -> EscapePartial {
+        inherit!(self, p; of, method, lr, batch, seed, probe, threshold, max_steps, eval_batch);
         self.extends = p.extends.clone();
         self.sam = SamPartial::merged(self.sam.take(), &p.sam);
         self.optimizer = SgdPartial::merged(self.optimizer.take(), &p.optimizer);
@@ -94,7 +101,15 @@ impl EscapePartial {
         self
     }
 
-    pub fn set_grid(&mut self, field: &str, v: f64) -> std::result::Result<(), String> {
+    fn refs(&self) -> Vec<(&'static str, &str)> {
+        self.of.iter().map(|f| ("of", f.as_str())).collect()
+    }
+
+    fn grid(&self) -> Option<&Grid> {
+        self.grid.as_ref()
+    }
+
+    fn set_grid(&mut self, field: &str, v: f64) -> Result<(), Invalid> {
         match field {
             "seed" => self.seed = Some(whole(v)?),
             "rho" => self.sam.get_or_insert_with(Default::default).rho = Some(v),
@@ -102,21 +117,30 @@ impl EscapePartial {
             "batch" => self.batch = Some(whole(v)? as usize),
             "probe" => self.probe = Some(whole(v)? as usize),
             "threshold" => self.threshold = Some(v),
-            _ => return Err(format!("unknown grid field `{field}`")),
+            _ => return Err(Invalid::UnknownGridField(field.to_string())),
         }
         Ok(())
     }
 
-    pub fn finish(&self, dataset: DatasetName) -> std::result::Result<EscapeSpec, String> {
+    fn finish(&self, dataset: DatasetName) -> Result<EscapeSpec, Invalid> {
         if self.of.is_none() {
-            return Err("`of` is missing: name the Train stage whose minimum to escape".into());
+            return Err(Invalid::Missing {
+                field: "of",
+                hint: ": name the Train stage whose minimum to escape",
+            });
         }
-        let method = self.method.ok_or("`method` is missing: `Sgd` or `Sam`")?;
-        let lr = self
-            .lr
-            .ok_or("`lr` is missing (the thesis: 0.03 for ResNet-18)")?;
+        let method = self.method.ok_or(Invalid::Missing {
+            field: "method",
+            hint: ": `Sgd` or `Sam`",
+        })?;
+        let lr = self.lr.ok_or(Invalid::Missing {
+            field: "lr",
+            hint: " (the thesis: 0.03 for ResNet-18)",
+        })?;
         if !(lr.is_finite() && lr > 0.0) {
-            return Err(format!("learning rate {lr} must be finite and > 0"));
+            return Err(Invalid::Value(format!(
+                "learning rate {lr} must be finite and > 0"
+            )));
         }
         let batch = self.batch.unwrap_or(256);
         positive("batch", batch as u64)?;
@@ -128,18 +152,20 @@ impl EscapePartial {
         positive("max_steps", max_steps)?;
         let threshold = self.threshold.unwrap_or(0.9);
         if !(threshold > 0.0 && threshold <= 1.0) {
-            return Err(format!("`threshold` {threshold} must lie in (0, 1]"));
+            return Err(Invalid::Value(format!(
+                "`threshold` {threshold} must lie in (0, 1]"
+            )));
         }
         let sam = match method {
             Method::Sgd => None,
-            Method::Sam => Some(resolve_sam(self.sam.as_ref(), batch)?),
+            Method::Sam => Some(SamPartial::resolve(self.sam.as_ref(), batch)?),
         };
         Ok(EscapeSpec {
             method,
             sam,
             lr,
             batch,
-            optimizer: resolve_sgd(self.optimizer.as_ref())?,
+            optimizer: SgdPartial::resolve(self.optimizer.as_ref())?,
             seed: self.seed.unwrap_or(0),
             probe,
             threshold,
@@ -154,30 +180,90 @@ impl EscapePartial {
     }
 }
 
-impl EscapeSpec {
-    pub fn link(&mut self, deps: &[(&'static str, &StageSpec)]) -> std::result::Result<(), String> {
-        match deps {
-            [(_, StageSpec::Train(t))] => {
-                self.model = t.model.clone();
-                self.train_subset = t.train_subset;
-                self.subset_seed = t.subset_seed;
-                self.augment = t.augment;
-                Ok(())
-            }
-            [(role, other)] => Err(format!(
-                "`{role}` must name a Train stage, not {}",
-                other.kind()
-            )),
-            _ => Err("`of` is missing".into()),
-        }
+impl Kind for EscapeSpec {
+    const NAME: &'static str = "escape";
+    const HEADLINE: &'static [&'static str] = &["escape_steps", "escaped"];
+    const SWEEPS: bool = false;
+
+    fn link(&mut self, deps: &[(&'static str, &StageSpec)]) -> Result<(), Invalid> {
+        let t = train_dep(deps)?;
+        self.model = t.model.clone();
+        self.train_subset = t.train_subset;
+        self.subset_seed = t.subset_seed;
+        self.augment = t.augment;
+        Ok(())
     }
 
-    /// Upper bound of the work in SGD-step equivalents: every step, plus
-    /// the probe evaluations (a forward pass is about a third of a step).
-    pub fn cost(&self) -> u64 {
-        let per_step = if self.method == Method::Sam { 2 } else { 1 };
-        let probe = (self.probe.div_ceil(self.batch) as u64).div_ceil(3).max(1);
-        self.max_steps * (per_step + probe)
+    fn model(&self) -> &str {
+        &self.model
+    }
+
+    fn length(&self) -> String {
+        format!("<={}st", self.max_steps)
+    }
+
+    /// Upper bound of the work: every step, plus the probe evaluations.
+    fn plan(&self, _input: &PlanInput) -> Result<KindPlan, Invalid> {
+        let probe = forward_cost(self.probe.div_ceil(self.batch)).max(1.0);
+        let cost = self.max_steps as f64 * (self.method.cost() + probe);
+        Ok(KindPlan::plain(self, cost))
+    }
+
+    fn run(&self, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
+        run(self, ctx)
+    }
+
+    /// Steps to escape against rho, one line per Escape stage, mean +- std
+    /// over the seeds that escaped (SGD drawn at rho = 0).
+    fn plots(done: &[Done<'_, Self>], out: &PlotOut) -> Result<Vec<String>> {
+        let mut escape: BTreeMap<String, BTreeMap<u64, Vec<f64>>> = BTreeMap::new();
+        for d in done {
+            let rho = d.spec.sam.as_ref().map_or(0.0, |s| s.rho);
+            if let Some(steps) = d
+                .report
+                .summary
+                .as_ref()
+                .and_then(|s| s.get("escape_steps"))
+            {
+                escape
+                    .entry(d.stage.name.clone())
+                    .or_default()
+                    .entry(rho.to_bits())
+                    .or_default()
+                    .push(*steps);
+            }
+        }
+        let series: Vec<Series> = escape
+            .iter()
+            .enumerate()
+            .map(|(i, (name, by_rho))| {
+                let mut points: Vec<(f64, f64, f64)> = by_rho
+                    .iter()
+                    .map(|(rho, xs)| {
+                        let (m, s) = mean_std(xs);
+                        (f64::from_bits(*rho), m, s)
+                    })
+                    .collect();
+                points.sort_by(|a, b| a.0.total_cmp(&b.0));
+                Series {
+                    name: name.clone(),
+                    color: PALETTE[i % PALETTE.len()],
+                    points,
+                }
+            })
+            .collect();
+        if series.iter().map(|s| s.points.len()).sum::<usize>() < 2 {
+            return Ok(Vec::new());
+        }
+        let name = "escape-steps.svg".to_string();
+        line_chart(
+            &out.dir.join(&name),
+            "Steps to escape (mean ± std over seeds that escaped; censored runs in summary.md)",
+            "rho (SGD at 0)",
+            "steps until train accuracy < threshold",
+            &series,
+        )?;
+        Ok(vec![name])
     }
 }
 
@@ -194,7 +280,7 @@ fn probe_indices(train: Option<Vec<u32>>, len: usize, n: usize, seed: u64) -> Ve
     idx
 }
 
-pub fn run(spec: &EscapeSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
+fn run(spec: &EscapeSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
     let ds = ctx.dataset;
     let model = dep_model(ctx, &spec.model, "of")?;
     let train_idx = spec
@@ -211,14 +297,12 @@ pub fn run(spec: &EscapeSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
         Some(probe_idx),
         PipelineConfig::eval(spec.eval_batch, ds.name.normalization()),
     )?;
-    let loader = training_loader(
-        ds,
-        train_idx,
-        spec.batch,
-        spec.seed,
-        spec.augment,
-        ctx.stage,
-    )?;
+    let how = TrainingData {
+        batch: spec.batch,
+        seed: spec.seed,
+        augment: spec.augment,
+    };
+    let loader = training_loader(ds, train_idx, how, ctx.stage)?;
     let spe = loader.batches_per_epoch() as u64;
     let mut trainer = Trainer::new(
         spec.optimizer.clone(),
@@ -228,7 +312,7 @@ pub fn run(spec: &EscapeSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
         spec.max_steps,
         spe,
     )
-    .map_err(|e| stage_err(ctx.stage, e.to_string()))?;
+    .map_err(step_err(ctx.stage))?;
 
     let (loss0, correct0, n0) = evaluate_loader(&model, &probe, ctx.device)?;
     let start_acc = correct0 as f64 / n0.max(1) as f64;
@@ -252,7 +336,7 @@ pub fn run(spec: &EscapeSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
             let (x, y) = batch.to_tensors(ctx.device)?;
             let out = trainer
                 .train_step(&model, &x, &y)
-                .map_err(|e| stage_err(ctx.stage, e.to_string()))?;
+                .map_err(step_err(ctx.stage))?;
             outcome.steps_run += 1;
             let (loss, correct, n) = evaluate_loader(&model, &probe, ctx.device)?;
             let acc = correct as f64 / n.max(1) as f64;
@@ -283,7 +367,7 @@ pub fn run(spec: &EscapeSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
         summary.insert("escape_steps".into(), s as f64);
     }
     summary.insert("steps".into(), trainer.step as f64);
-    summary.insert("passes".into(), trainer.passes as f64);
+    summary.insert("passes".into(), trainer.passes);
     Ok((summary, outcome))
 }
 

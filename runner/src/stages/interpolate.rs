@@ -18,22 +18,23 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
-use candle_core::{DType, Device, Tensor};
-use indexmap::IndexMap;
+use candle_core::{Device, Tensor};
+use plotters::style::{BLUE, RED};
 use samlab_data::{DatasetName, Loader, PipelineConfig};
-
 use samlab_models::Model;
 use serde::{Deserialize, Serialize};
 
-use super::evaluate::{EvalFields, SplitName, split_batches, split_loaders};
+use super::common::{
+    EvalFields, Grid, SplitName, Subset, dep_model, dep_tensors, distance, evaluate_loader,
+    forward_cost, inherit, merged_grid, model_tensors, pair_model, pair_refs, positive,
+    set_eval_grid,
+};
 use super::{
-    Outcome, RunCtx, StageSpec, Subset, Summary, dep_model, dep_tensors, evaluate_loader,
-    model_tensors, pair_model, pair_refs, positive,
+    Done, Kind, KindPlan, Outcome, Partial, PlanInput, PlotOut, RunCtx, StageSpec, Summary,
 };
 use crate::cache::write_file;
-use crate::error::Result;
-
-pub const GRID_FIELDS: &[&str] = &["train_per_class", "test_per_class", "subset_seed"];
+use crate::error::{Invalid, Result};
+use crate::plots::{Series, line_chart};
 
 /// The values of `a`: `points` evenly spaced from `start` to `end`.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -85,7 +86,7 @@ pub struct InterpPartial {
     pub test_subset: Option<Subset>,
     pub subset_seed: Option<u64>,
     pub batch: Option<usize>,
-    pub grid: Option<IndexMap<String, Vec<f64>>>,
+    pub grid: Option<Grid>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -105,27 +106,32 @@ pub struct InterpSpec {
     pub w1_subset_seed: u64,
 }
 
-impl InterpPartial {
-    pub fn merge(mut self, p: &InterpPartial) -> InterpPartial {
-        macro_rules! inherit { ($($f:ident),*) => { $( if self.$f.is_none() { self.$f = p.$f.clone(); } )* }; }
-        inherit!(
-            w1,
-            w2,
-            alpha,
-            bn,
-            splits,
-            train_subset,
-            test_subset,
-            subset_seed,
-            batch
-        );
+impl Partial for InterpPartial {
+    type Spec = InterpSpec;
+    const GRID_FIELDS: &'static [&'static str] =
+        &["train_per_class", "test_per_class", "subset_seed"];
+
+    fn extends(&self) -> Option<&str> {
+        self.extends.as_deref()
+    }
+
+    fn merge(mut self, p: &InterpPartial) -> InterpPartial {
+        inherit!(self, p; w1, w2, alpha, bn, splits, train_subset, test_subset, subset_seed, batch);
         self.extends = p.extends.clone();
-        self.grid = super::train::merged_grid(self.grid.take(), &p.grid);
+        self.grid = merged_grid(self.grid.take(), &p.grid);
         self
     }
 
-    pub fn set_grid(&mut self, field: &str, v: f64) -> std::result::Result<(), String> {
-        super::evaluate::set_eval_grid(
+    fn refs(&self) -> Vec<(&'static str, &str)> {
+        pair_refs(&self.w1, &self.w2)
+    }
+
+    fn grid(&self) -> Option<&Grid> {
+        self.grid.as_ref()
+    }
+
+    fn set_grid(&mut self, field: &str, v: f64) -> Result<(), Invalid> {
+        set_eval_grid(
             field,
             v,
             &mut self.train_subset,
@@ -134,13 +140,11 @@ impl InterpPartial {
         )
     }
 
-    pub fn refs(&self) -> Vec<(&'static str, &str)> {
-        pair_refs(&self.w1, &self.w2)
-    }
-
-    pub fn finish(&self, dataset: DatasetName) -> std::result::Result<InterpSpec, String> {
+    fn finish(&self, dataset: DatasetName) -> Result<InterpSpec, Invalid> {
         if self.w1.is_none() || self.w2.is_none() {
-            return Err("`w1` and `w2` must name the two Train stages to interpolate".into());
+            return Err(Invalid::Value(
+                "`w1` and `w2` must name the two Train stages to interpolate".into(),
+            ));
         }
         let alpha = self.alpha.unwrap_or(AlphaGrid {
             start: -0.5,
@@ -148,9 +152,9 @@ impl InterpPartial {
             points: 21,
         });
         if alpha.points == 0 || !alpha.start.is_finite() || !alpha.end.is_finite() {
-            return Err(format!(
+            return Err(Invalid::Value(format!(
                 "`alpha` needs finite `start` and `end` and `points` >= 1, not {alpha:?}"
-            ));
+            )));
         }
         let bn = self.bn.unwrap_or(BnStats::Interpolated);
         if let BnStats::Recomputed { batches } = bn {
@@ -184,26 +188,6 @@ impl InterpPartial {
 }
 
 impl InterpSpec {
-    pub fn link(&mut self, deps: &[(&'static str, &StageSpec)]) -> std::result::Result<(), String> {
-        self.model = pair_model(deps)?;
-        if let Some((_, StageSpec::Train(t))) = deps.iter().find(|(r, _)| *r == "w1") {
-            self.w1_train_subset = t.train_subset;
-            self.w1_subset_seed = t.subset_seed;
-        }
-        Ok(())
-    }
-
-    /// Evaluations, in SGD-step equivalents (a forward pass is about a third of a step).
-    pub fn cost(&self, train_len: usize, test_len: usize) -> u64 {
-        let recompute = match self.bn {
-            BnStats::Recomputed { batches } => batches,
-            BnStats::Interpolated => 0,
-        };
-        let per_point =
-            split_batches(&self.fields(), self.classes, train_len, test_len) + recompute;
-        (per_point as u64 * self.alpha.points as u64).div_ceil(3)
-    }
-
     fn fields(&self) -> EvalFields {
         EvalFields {
             splits: self.splits.clone(),
@@ -214,21 +198,86 @@ impl InterpSpec {
     }
 }
 
-/// L2 distance between two checkpoints over the model's trainable parameters.
-pub(crate) fn distance(
-    model: &Model,
-    a: &HashMap<String, Tensor>,
-    b: &HashMap<String, Tensor>,
-) -> Result<f64> {
-    let mut sq = 0.0f64;
-    for (name, _) in model.params.trainable() {
-        let (x, y) = (&a[name], &b[name]);
-        sq += (x.to_dtype(DType::F64)? - y.to_dtype(DType::F64)?)?
-            .sqr()?
-            .sum_all()?
-            .to_scalar::<f64>()?;
+impl Kind for InterpSpec {
+    const NAME: &'static str = "interpolate";
+    const HEADLINE: &'static [&'static str] = &[
+        "train_error_max_between",
+        "test_error_max_between",
+        "distance",
+    ];
+
+    fn link(&mut self, deps: &[(&'static str, &StageSpec)]) -> Result<(), Invalid> {
+        self.model = pair_model(deps)?;
+        if let Some((_, StageSpec::Train(t))) = deps.iter().find(|(r, _)| *r == "w1") {
+            self.w1_train_subset = t.train_subset;
+            self.w1_subset_seed = t.subset_seed;
+        }
+        Ok(())
     }
-    Ok(sq.sqrt())
+
+    fn model(&self) -> &str {
+        &self.model
+    }
+
+    fn length(&self) -> String {
+        format!("{}pt", self.alpha.points)
+    }
+
+    /// Evaluations at every point, and the BatchNorm re-estimation batches.
+    fn plan(&self, input: &PlanInput) -> Result<KindPlan, Invalid> {
+        let recompute = match self.bn {
+            BnStats::Recomputed { batches } => batches,
+            BnStats::Interpolated => 0,
+        };
+        let per_point = self.fields().batches(self.classes, &input.data) + recompute;
+        Ok(KindPlan::plain(
+            self,
+            forward_cost(per_point * self.alpha.points),
+        ))
+    }
+
+    fn run(&self, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
+        run(self, ctx)
+    }
+
+    /// Per stage: train (red) and test (blue) error along `a`, and the same
+    /// for the loss, as the thesis draws Figures 5.1 and 5.2.
+    fn plots(done: &[Done<'_, Self>], out: &PlotOut) -> Result<Vec<String>> {
+        let mut written = Vec::new();
+        for d in done {
+            let data = crate::plots::rows(out.cache, &d.report.key);
+            let stem = crate::results::file_stem(d.stage);
+            for (col, what) in [(4, "error"), (3, "loss")] {
+                let mut series = Vec::new();
+                for (split, color) in [("train", RED), ("test", BLUE)] {
+                    let points: Vec<(f64, f64, f64)> = data
+                        .iter()
+                        .filter(|row| row.len() > col && row[1] == split)
+                        .filter_map(|row| Some((row[0].parse().ok()?, row[col].parse().ok()?, 0.0)))
+                        .collect();
+                    if points.len() >= 2 {
+                        series.push(Series {
+                            name: split.into(),
+                            color,
+                            points,
+                        });
+                    }
+                }
+                if !series.is_empty() {
+                    let name = format!("{stem}-{what}.svg");
+                    line_chart(
+                        &out.dir.join(&name),
+                        &format!("{}: {what} along (1-a) w1 + a w2", d.report.display),
+                        "a",
+                        what,
+                        &series,
+                    )?;
+                    written.push(name);
+                }
+            }
+        }
+        Ok(written)
+    }
 }
 
 /// Sets the model to `(1 - a) w1 + a w2`, running variances clamped at 0.
@@ -302,12 +351,12 @@ fn recompute_bn(
     Ok(())
 }
 
-pub fn run(spec: &InterpSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
+fn run(spec: &InterpSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
     let ds = ctx.dataset;
     let model = dep_model(ctx, &spec.model, "w2")?;
     let w2 = model_tensors(&model)?;
     let w1 = dep_tensors(ctx, &model, "w1")?;
-    let loaders = split_loaders(ds, &spec.fields(), spec.subset_seed)?;
+    let loaders = spec.fields().loaders(ds, spec.subset_seed)?;
     let bn_loader = match spec.bn {
         BnStats::Recomputed { .. } => {
             let idx =

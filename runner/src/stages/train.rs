@@ -11,101 +11,21 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
-use indexmap::IndexMap;
 use samlab_data::DatasetName;
 use samlab_models::{Arch, Model};
 use samlab_optim::{
     LrSchedule, Method, Point, Resolved, SamConfig, SgdConfig, StepSchedule, Trainer,
 };
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
-use super::{
-    Outcome, RunCtx, StageSpec, Subset, Summary, eval_loader, evaluate_loader, positive,
-    training_loader, whole,
+use super::common::{
+    Grid, SamPartial, SgdPartial, SplitName, Subset, TrainingData, eval_loader, evaluate_loader,
+    inherit, merged_grid, positive, training_loader, whole,
 };
-use crate::cache::{Lookup, unix_time, write_file};
-use crate::error::{Result, stage_err};
-use crate::key::{canonical, hex};
-
-pub const GRID_FIELDS: &[&str] = &[
-    "seed",
-    "rho",
-    "lr",
-    "epochs",
-    "batch",
-    "train_per_class",
-    "chunk",
-    "period",
-    "switch_epoch",
-];
-
-/// SGD settings as written (unset fields: the thesis' recipe).
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename = "Sgd")]
-pub struct SgdPartial {
-    pub momentum: Option<f64>,
-    pub nesterov: Option<bool>,
-    pub weight_decay: Option<f64>,
-}
-
-/// SAM settings as written.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename = "Sam")]
-pub struct SamPartial {
-    pub rho: Option<f64>,
-    /// m-sharpness chunk size; unset: the whole batch.
-    pub chunk: Option<usize>,
-    pub adaptive: Option<bool>,
-    pub eta: Option<f64>,
-}
-
-macro_rules! inherit {
-    ($c:ident, $p:ident; $($f:ident),*) => { $( if $c.$f.is_none() { $c.$f = $p.$f.clone(); } )* };
-}
-
-impl SgdPartial {
-    /// `own` with its unset fields taken from `parent`.
-    pub fn merged(own: Option<SgdPartial>, parent: &Option<SgdPartial>) -> Option<SgdPartial> {
-        match (own, parent) {
-            (Some(mut a), Some(b)) => {
-                inherit!(a, b; momentum, nesterov, weight_decay);
-                Some(a)
-            }
-            (a, b) => a.or_else(|| b.clone()),
-        }
-    }
-}
-
-impl SamPartial {
-    /// `own` with its unset fields taken from `parent`.
-    pub fn merged(own: Option<SamPartial>, parent: &Option<SamPartial>) -> Option<SamPartial> {
-        match (own, parent) {
-            (Some(mut a), Some(b)) => {
-                inherit!(a, b; rho, chunk, adaptive, eta);
-                Some(a)
-            }
-            (a, b) => a.or_else(|| b.clone()),
-        }
-    }
-}
-
-/// A grid whose fields come from `parent` unless `own` sets them.
-pub fn merged_grid(
-    own: Option<IndexMap<String, Vec<f64>>>,
-    parent: &Option<IndexMap<String, Vec<f64>>>,
-) -> Option<IndexMap<String, Vec<f64>>> {
-    match parent {
-        None => own,
-        Some(pg) => {
-            let mut g = pg.clone();
-            for (k, v) in own.unwrap_or_default() {
-                g.insert(k, v);
-            }
-            Some(g)
-        }
-    }
-}
+use super::{Kind, KindPlan, Outcome, Partial, PlanInput, RunCtx, StageSpec, Summary};
+use crate::cache::{resume_point, unix_time, write_file};
+use crate::error::{Invalid, Result, stage_err, step_err};
+use crate::key::PrefixPlan;
 
 /// A Train stage as written; every field may come from what it extends.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -127,7 +47,7 @@ pub struct TrainPartial {
     pub sam: Option<SamPartial>,
     pub test_subset: Option<Subset>,
     pub eval_batch: Option<usize>,
-    pub grid: Option<IndexMap<String, Vec<f64>>>,
+    pub grid: Option<Grid>,
 }
 
 /// A fully resolved Train stage: what its key is made of.
@@ -153,18 +73,42 @@ pub struct TrainSpec {
     pub classes: usize,
 }
 
-impl TrainPartial {
-    pub fn merge(mut self, p: &TrainPartial) -> TrainPartial {
-        let c = &mut self;
-        inherit!(c, p; from, model, train_subset, subset_seed, batch, epochs, seed, augment, lr, method, test_subset, eval_batch);
-        c.extends = p.extends.clone();
-        c.optimizer = SgdPartial::merged(c.optimizer.take(), &p.optimizer);
-        c.sam = SamPartial::merged(c.sam.take(), &p.sam);
-        c.grid = merged_grid(c.grid.take(), &p.grid);
+impl Partial for TrainPartial {
+    type Spec = TrainSpec;
+    const GRID_FIELDS: &'static [&'static str] = &[
+        "seed",
+        "rho",
+        "lr",
+        "epochs",
+        "batch",
+        "train_per_class",
+        "chunk",
+        "period",
+        "switch_epoch",
+    ];
+
+    fn extends(&self) -> Option<&str> {
+        self.extends.as_deref()
+    }
+
+    fn merge(mut self, p: &TrainPartial) -> TrainPartial {
+        inherit!(self, p; from, model, train_subset, subset_seed, batch, epochs, seed, augment, lr, method, test_subset, eval_batch);
+        self.extends = p.extends.clone();
+        self.optimizer = SgdPartial::merged(self.optimizer.take(), &p.optimizer);
+        self.sam = SamPartial::merged(self.sam.take(), &p.sam);
+        self.grid = merged_grid(self.grid.take(), &p.grid);
         self
     }
 
-    pub fn set_grid(&mut self, field: &str, v: f64) -> std::result::Result<(), String> {
+    fn refs(&self) -> Vec<(&'static str, &str)> {
+        self.from.iter().map(|f| ("from", f.as_str())).collect()
+    }
+
+    fn grid(&self) -> Option<&Grid> {
+        self.grid.as_ref()
+    }
+
+    fn set_grid(&mut self, field: &str, v: f64) -> Result<(), Invalid> {
         match field {
             "seed" => self.seed = Some(whole(v)?),
             "rho" => self.sam.get_or_insert_default().rho = Some(v),
@@ -180,43 +124,52 @@ impl TrainPartial {
             "chunk" => self.sam.get_or_insert_default().chunk = Some(whole(v)? as usize),
             "period" => match &mut self.method {
                 Some(StepSchedule::Psam { period, .. }) => *period = whole(v)?,
-                _ => return Err("`period` needs `method: Psam(...)`".into()),
+                _ => return Err(Invalid::Value("`period` needs `method: Psam(...)`".into())),
             },
             "switch_epoch" => match &mut self.method {
                 Some(StepSchedule::Switch { at, .. }) => *at = Point::Epoch(v),
-                _ => return Err("`switch_epoch` needs `method: Switch(...)`".into()),
+                _ => {
+                    return Err(Invalid::Value(
+                        "`switch_epoch` needs `method: Switch(...)`".into(),
+                    ));
+                }
             },
-            _ => return Err(format!("unknown grid field `{field}`")),
+            _ => return Err(Invalid::UnknownGridField(field.to_string())),
         }
         Ok(())
     }
 
-    pub fn finish(&self, dataset: DatasetName) -> std::result::Result<TrainSpec, String> {
-        let model_name = self
-            .model
-            .as_deref()
-            .ok_or("`model` is missing (e.g. model: \"resnet18\")")?;
-        let arch: Arch = model_name
-            .parse()
-            .map_err(|e: samlab_models::Error| e.to_string())?;
-        let epochs = self.epochs.ok_or("`epochs` is missing")?;
+    fn finish(&self, dataset: DatasetName) -> Result<TrainSpec, Invalid> {
+        let model_name = self.model.as_deref().ok_or(Invalid::Missing {
+            field: "model",
+            hint: " (e.g. model: \"resnet18\")",
+        })?;
+        let arch: Arch = model_name.parse()?;
+        let epochs = self.epochs.ok_or(Invalid::Missing {
+            field: "epochs",
+            hint: "",
+        })?;
         positive("epochs", epochs)?;
         let batch = self.batch.unwrap_or(256);
         positive("batch", batch as u64)?;
         let eval_batch = self.eval_batch.unwrap_or(500);
         positive("eval_batch", eval_batch as u64)?;
-        let optimizer = resolve_sgd(self.optimizer.as_ref())?;
-        let sam = resolve_sam(self.sam.as_ref(), batch)?;
+        let optimizer = SgdPartial::resolve(self.optimizer.as_ref())?;
+        let sam = SamPartial::resolve(self.sam.as_ref(), batch)?;
         let lr = self.lr.clone().unwrap_or(LrSchedule::Cosine { lr: 0.1 });
         let lr_value = match lr {
             LrSchedule::Constant { lr } | LrSchedule::Cosine { lr } => lr,
         };
         if !(lr_value.is_finite() && lr_value >= 0.0) {
-            return Err(format!("learning rate {lr_value} must be finite and >= 0"));
+            return Err(Invalid::Value(format!(
+                "learning rate {lr_value} must be finite and >= 0"
+            )));
         }
         let train_subset = self.train_subset.unwrap_or(Subset::All);
         if train_subset == Subset::Off || train_subset == Subset::PerClass(0) {
-            return Err("`train_subset` must be All or PerClass(n) with n >= 1".into());
+            return Err(Invalid::Value(
+                "`train_subset` must be All or PerClass(n) with n >= 1".into(),
+            ));
         }
         let test_subset = self.test_subset.unwrap_or(Subset::All);
         Ok(TrainSpec {
@@ -241,65 +194,7 @@ impl TrainPartial {
     }
 }
 
-/// SGD settings with the recipe's defaults filled in, checked.
-pub(crate) fn resolve_sgd(o: Option<&SgdPartial>) -> std::result::Result<SgdConfig, String> {
-    let d = SgdConfig::default();
-    let o = o.cloned().unwrap_or_default();
-    let optimizer = SgdConfig {
-        momentum: o.momentum.unwrap_or(d.momentum),
-        nesterov: o.nesterov.unwrap_or(d.nesterov),
-        weight_decay: o.weight_decay.unwrap_or(d.weight_decay),
-    };
-    samlab_optim::Sgd::new(optimizer.clone()).map_err(|e| e.to_string())?;
-    Ok(optimizer)
-}
-
-/// SAM settings with defaults filled in, checked against the batch size.
-pub(crate) fn resolve_sam(
-    s: Option<&SamPartial>,
-    batch: usize,
-) -> std::result::Result<SamConfig, String> {
-    let s = s.cloned().unwrap_or_default();
-    let ds = SamConfig::new(0.05);
-    let sam = SamConfig {
-        rho: s.rho.unwrap_or(ds.rho),
-        chunk: s.chunk,
-        adaptive: s.adaptive.unwrap_or(ds.adaptive),
-        eta: s.eta.unwrap_or(ds.eta),
-    };
-    sam.check().map_err(|e| e.to_string())?;
-    if let Some(m) = sam.chunk
-        && !batch.is_multiple_of(m)
-    {
-        return Err(format!(
-            "the m-sharpness chunk {m} does not divide the batch {batch}"
-        ));
-    }
-    Ok(sam)
-}
-
 impl TrainSpec {
-    pub fn link(&mut self, deps: &[(&'static str, &StageSpec)]) -> std::result::Result<(), String> {
-        for (role, d) in deps {
-            match d {
-                StageSpec::Train(t) if t.model == self.model => {}
-                StageSpec::Train(t) => {
-                    return Err(format!(
-                        "`{role}` names a {} run, but this stage trains {}",
-                        t.model, self.model
-                    ));
-                }
-                other => {
-                    return Err(format!(
-                        "`{role}` must name a Train stage, not {}",
-                        other.kind()
-                    ));
-                }
-            }
-        }
-        Ok(())
-    }
-
     pub fn arch(&self) -> Arch {
         self.model
             .parse()
@@ -312,152 +207,73 @@ impl TrainSpec {
     }
 
     /// The SGD/SAM schedule resolved to steps.
-    pub fn resolved(&self, spe: u64) -> std::result::Result<Resolved, String> {
-        self.method
-            .resolve(self.epochs * spe, spe)
-            .map_err(|e| e.to_string())
+    pub fn resolved(&self, spe: u64) -> Result<Resolved, Invalid> {
+        Ok(self.method.resolve(self.epochs * spe, spe)?)
     }
 
-    /// The spec as it goes into the key (schedule resolved to steps, SAM
-    /// settings dropped when no step uses SAM).
-    pub fn key_spec(&self, spe: u64) -> std::result::Result<serde_json::Value, String> {
-        let total = self.epochs * spe;
-        let resolved = self.resolved(spe)?;
-        let mut v = serde_json::to_value(self).expect("specs serialise");
-        let sam_steps = resolved.count(Method::Sam, 0, total);
-        v["method"] = resolved_json(&resolved, total);
-        if sam_steps == 0 {
-            v["sam"] = serde_json::Value::Null;
-        }
-        Ok(v)
-    }
-
-    /// What a shared prefix of this run is made of, before `k` and the methods.
-    /// What a shared prefix of this run is made of, before `k` and the
-    /// methods: (everything but the SAM settings, the SAM settings). The
-    /// SAM settings count only for prefixes that contain a SAM step, so
-    /// SGD->SAM runs with any rho share the SGD run's epochs.
-    pub fn prefix_identity(
-        &self,
-        spe: u64,
-        deps: &[(&str, String)],
-        dataset_fp: &str,
-    ) -> (String, String) {
-        let mut v = serde_json::to_value(self).expect("specs serialise");
-        let m = v.as_object_mut().expect("an object");
-        m.remove("method");
-        m.remove("test_subset");
-        m.remove("eval_batch");
-        let sam = m.remove("sam").expect("specs have SAM settings");
-        if matches!(self.lr, LrSchedule::Constant { .. }) {
-            m.remove("epochs");
-        }
-        let deps: serde_json::Map<String, serde_json::Value> = deps
-            .iter()
-            .map(|(r, k)| (r.to_string(), k.clone().into()))
-            .collect();
-        (
-            canonical(&serde_json::json!({
-                "semantics": crate::key::SEMANTICS,
-                "spec": v,
-                "deps": deps,
-                "spe": spe,
-                "dataset": dataset_fp,
-            })),
-            canonical(&sam),
-        )
-    }
-}
-
-fn resolved_json(r: &Resolved, total: u64) -> serde_json::Value {
-    use serde_json::json;
-    let name = |m: Method| match m {
-        Method::Sgd => "Sgd",
-        Method::Sam => "Sam",
-    };
-    match *r {
-        Resolved::Always(m) => json!({"Always": name(m)}),
-        Resolved::Switch { from, to, at } if at == 0 || from == to => json!({"Always": name(to)}),
-        Resolved::Switch { from, at, .. } if at >= total => json!({"Always": name(from)}),
-        Resolved::Switch { from, to, at } => {
-            json!({"Switch": {"from": name(from), "to": name(to), "at": at}})
-        }
-        Resolved::Psam { period: 1, .. } => json!({"Always": "Sam"}),
-        Resolved::Psam { until: 0, .. } => json!({"Always": "Sam"}),
-        Resolved::Psam { period, until } => {
-            json!({"Psam": {"period": period, "until": until.min(total)}})
+    /// How the training loader draws batches.
+    pub fn data(&self) -> TrainingData {
+        TrainingData {
+            batch: self.batch,
+            seed: self.seed,
+            augment: self.augment,
         }
     }
 }
 
-/// Prefix keys of one training run, and where it keeps prefix checkpoints.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct PrefixPlan {
-    /// `keys[k]`: the key of the first `k` epochs (index 0 unused).
-    pub keys: Vec<String>,
-    /// Epochs after which to keep a shared-prefix checkpoint.
-    pub keep: Vec<u64>,
-    pub identity: String,
-    /// The SAM settings, which count from the first SAM step on.
-    pub sam: String,
-    /// The method of every step of the run.
-    pub methods: Vec<bool>,
-    pub spe: u64,
-}
+impl Kind for TrainSpec {
+    const NAME: &'static str = "train";
+    const HEADLINE: &'static [&'static str] = &["test_acc", "passes_per_step"];
 
-impl PrefixPlan {
-    pub fn new(
-        (identity, sam): (String, String),
-        resolved: &Resolved,
-        epochs: u64,
-        spe: u64,
-    ) -> PrefixPlan {
-        let total = epochs * spe;
-        let methods: Vec<bool> = (0..total)
-            .map(|t| resolved.method(t) == Method::Sam)
-            .collect();
-        let mut h = Sha256::new();
-        h.update(identity.as_bytes());
-        let mut keys = vec![String::new()];
-        let mut sam_seen = false;
-        for k in 1..=epochs {
-            for t in (k - 1) * spe..k * spe {
-                let is_sam = methods[t as usize];
-                if is_sam && !sam_seen {
-                    sam_seen = true;
-                    h.update(b":sam=");
-                    h.update(sam.as_bytes());
+    fn link(&mut self, deps: &[(&'static str, &StageSpec)]) -> Result<(), Invalid> {
+        for (role, d) in deps {
+            match d {
+                StageSpec::Train(t) if t.model == self.model => {}
+                StageSpec::Train(t) => {
+                    return Err(Invalid::Value(format!(
+                        "`{role}` names a {} run, but this stage trains {}",
+                        t.model, self.model
+                    )));
                 }
-                h.update([is_sam as u8]);
+                other => {
+                    return Err(Invalid::NotTrain {
+                        role,
+                        found: other.kind(),
+                    });
+                }
             }
-            let mut hk = h.clone();
-            hk.update(format!(":epochs={k}").as_bytes());
-            keys.push(hex(&hk.finalize()));
         }
-        PrefixPlan {
-            keys,
-            keep: Vec::new(),
-            identity,
-            sam,
-            methods,
-            spe,
-        }
+        Ok(())
     }
 
-    /// The epoch up to which two runs compute the same thing (0: none).
-    pub fn shared_epochs(&self, other: &PrefixPlan) -> u64 {
-        if self.identity != other.identity || self.spe != other.spe || self.spe == 0 {
-            return 0;
+    fn model(&self) -> &str {
+        &self.model
+    }
+
+    fn length(&self) -> String {
+        self.epochs.to_string()
+    }
+
+    fn plan(&self, input: &PlanInput) -> Result<KindPlan, Invalid> {
+        let spe = self.steps_per_epoch(input.data.train_len);
+        if spe == 0 {
+            return Err(Invalid::Value(format!(
+                "{} training images make no full batch of {}",
+                self.train_subset.count(input.data.train_len, self.classes),
+                self.batch
+            )));
         }
-        let n = self.methods.len().min(other.methods.len());
-        let mut d = (0..n)
-            .find(|&i| self.methods[i] != other.methods[i])
-            .unwrap_or(n);
-        if self.sam != other.sam {
-            // Same methods up to d: the first SAM step there ends the sharing.
-            d = (0..d).find(|&i| self.methods[i]).unwrap_or(d);
-        }
-        d as u64 / self.spe
+        let resolved = self.resolved(spe)?;
+        let prefix = PrefixPlan::new(self, &resolved, spe, input.deps, input.fingerprint);
+        Ok(KindPlan {
+            key_spec: crate::key::train_spec(self, &resolved, spe),
+            cost: prefix.cost_from(0),
+            prefix: Some(prefix),
+        })
+    }
+
+    fn run(&self, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
+        run(self, ctx)
     }
 }
 
@@ -517,7 +333,7 @@ pub fn run(spec: &TrainSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
     let indices = spec
         .train_subset
         .indices(&ds.train, ds.num_classes(), spec.subset_seed)?;
-    let loader = training_loader(ds, indices, spec.batch, spec.seed, spec.augment, ctx.stage)?;
+    let loader = training_loader(ds, indices, spec.data(), ctx.stage)?;
     let spe = loader.batches_per_epoch() as u64;
     let total = spec.epochs * spe;
     let model = Model::new(&spec.arch(), ds.num_classes(), spec.seed, ctx.device)?;
@@ -536,53 +352,23 @@ pub fn run(spec: &TrainSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
     // Where to start: the latest rolling checkpoint or shared prefix.
     let mut outcome = Outcome::default();
     let mut rows: Vec<String> = Vec::new();
-    let mut start: Option<(u64, std::path::PathBuf, &str)> = None;
-    for (epoch, dir) in ctx.cache.partials(ctx.key).into_iter().rev() {
-        if epoch >= spec.epochs {
-            continue;
-        }
-        match ctx.cache.check(&dir) {
-            Lookup::Valid(..) => {
-                start = Some((epoch, dir, "partial"));
-                break;
-            }
-            Lookup::Damaged(p, why) => {
-                ctx.progress.note(&format!(
-                    "{}: rolling checkpoint {} is damaged ({why}); not used",
-                    ctx.stage,
-                    p.display()
-                ));
-                ctx.cache.discard(&p)?;
-            }
-            Lookup::Missing => {}
-        }
+    let found = resume_point(Some(ctx.cache), ctx.key, ctx.prefix, spec.epochs, &|_| {
+        false
+    });
+    for (dir, why) in &found.damaged {
+        ctx.progress.note(&format!(
+            "{}: checkpoint {} is damaged ({why}); not used",
+            ctx.stage,
+            dir.display()
+        ));
+        ctx.cache.discard(dir)?;
     }
-    if let Some(plan) = ctx.prefix {
-        let from = start.as_ref().map(|s| s.0).unwrap_or(0);
-        for k in (from + 1..spec.epochs).rev() {
-            let dir = ctx.cache.prefix_dir(&plan.keys[k as usize]);
-            match ctx.cache.check(&dir) {
-                Lookup::Valid(..) => {
-                    start = Some((k, dir, "prefix"));
-                    break;
-                }
-                Lookup::Damaged(p, why) => {
-                    ctx.progress.note(&format!(
-                        "{}: prefix checkpoint {} is damaged ({why}); not used",
-                        ctx.stage,
-                        p.display()
-                    ));
-                    ctx.cache.discard(&p)?;
-                }
-                Lookup::Missing => {}
-            }
-        }
-    }
-    if let Some((epoch, dir, what)) = &start {
+    if let Some(start) = &found.point {
+        let (epoch, dir) = (start.epoch, &start.dir);
         model.params.load(&dir.join("model.safetensors"))?;
         trainer.load(&model, &dir.join("optim.safetensors"))?;
         rows = read_rows(dir)?;
-        if trainer.step != epoch * spe || rows.len() as u64 != *epoch {
+        if trainer.step != epoch * spe || rows.len() as u64 != epoch {
             return Err(stage_err(
                 ctx.stage,
                 format!(
@@ -593,8 +379,8 @@ pub fn run(spec: &TrainSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
                 ),
             ));
         }
-        outcome.start_epoch = *epoch;
-        outcome.resumed_from = what.to_string();
+        outcome.start_epoch = epoch;
+        outcome.resumed_from = start.from.as_str().to_string();
     }
 
     let bar = ctx
@@ -610,7 +396,7 @@ pub fn run(spec: &TrainSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
             lr = spec.lr.at(trainer.step, total);
             let out = trainer
                 .train_step(&model, &x, &y)
-                .map_err(|e| stage_err(ctx.stage, e.to_string()))?;
+                .map_err(step_err(ctx.stage))?;
             loss += out.loss * out.samples as f64;
             correct += out.correct;
             seen += out.samples;
@@ -634,7 +420,7 @@ pub fn run(spec: &TrainSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
         {
             let pk = &plan.keys[done as usize];
             let dest = ctx.cache.prefix_dir(pk);
-            if !matches!(ctx.cache.check(&dest), Lookup::Valid(..)) {
+            if !matches!(ctx.cache.check(&dest), crate::cache::Lookup::Valid(..)) {
                 let to = Target {
                     dir: &dest,
                     what: "prefix",
@@ -678,10 +464,10 @@ pub fn run(spec: &TrainSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
         summary.insert("train_acc".into(), last[4]);
     }
     summary.insert("steps".into(), trainer.step as f64);
-    summary.insert("passes".into(), trainer.passes as f64);
+    summary.insert("passes".into(), trainer.passes);
     summary.insert(
         "passes_per_step".into(),
-        trainer.passes as f64 / trainer.step.max(1) as f64,
+        trainer.passes / trainer.step.max(1) as f64,
     );
     let resolved = trainer.schedule.clone();
     summary.insert(
@@ -696,7 +482,7 @@ pub fn run(spec: &TrainSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
     if spec.test_subset != Subset::Off {
         let l = eval_loader(
             ds,
-            false,
+            SplitName::Test,
             spec.test_subset,
             spec.subset_seed,
             spec.eval_batch,

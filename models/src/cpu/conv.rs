@@ -4,7 +4,7 @@
 //! Why: candle 0.11's CPU convolution computes small gemms over tiles of
 //! 512 output pixels, its weight gradient as another convolution with a
 //! batch-sized kernel, and its input gradient with a naive transposed
-//! convolution; together they were about 70% of a training step (see
+//! convolution; together they were most of a training step (see
 //! docs/cpu-profile.md). Here a chunk of images is one gemm per pass:
 //!
 //! - forward: `out (Cout, P) = W (Cout, K) @ col(x) (K, P)`
@@ -640,13 +640,14 @@ impl CustomOp2 for GradWeight {
                     let cols = n * p;
                     let gather_len = if n > 1 { g.cout * cols } else { 0 };
                     // Measured with the layer_speed example, this rule forced
-                    // each way (docs/cpu-profile.md): with 1024 columns the
-                    // weight gradient runs 2-3x faster from a transposed copy
-                    // of the columns (gemm then reads both operands along
-                    // the reduction); with 256 columns the two are within
-                    // the run-to-run noise. Layers with up to 64 output
-                    // channels transpose too: no faster, but results/quick
-                    // was computed so, and the choice changes rounding.
+                    // each way (docs/cpu-profile.md has the figures): with
+                    // many columns the weight gradient is faster from a
+                    // transposed copy of the columns (gemm then reads both
+                    // operands along the reduction); with 256 columns the
+                    // two are within the run-to-run noise. Layers with up
+                    // to 64 output channels transpose too: no faster, but
+                    // results/quick was computed so, and the choice changes
+                    // rounding.
                     let transposed = cols > 2 * MIN_COLS || g.cout <= 64;
                     let colt_len = if transposed { kk * cols } else { 0 };
                     with_scratch(kk * cols + colt_len + gather_len, |buf| {

@@ -46,7 +46,7 @@ pub struct BnOp {
 }
 
 fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    crate::conv_cpu::f32_slice(s, l, "batch-norm", what)
+    crate::cpu::conv::f32_slice(s, l, "batch-norm", what)
 }
 
 /// `f(ch)` for every channel, in parallel, in channel order.
@@ -61,7 +61,8 @@ fn planes(x: &[f32], c: usize, hw: usize, ch: usize) -> impl Iterator<Item = &[f
 }
 
 /// Accumulators per f64 sum: independent chains the compiler can keep in
-/// one vector register (one chain of dependent adds runs 4x slower).
+/// one vector register (one chain of dependent adds waits on each add's
+/// latency).
 const LANES: usize = 8;
 
 /// `sum f(v)` over `xs` in f64, as [`lanes_sum2`].
@@ -319,8 +320,8 @@ impl CustomOp2 for AddRelu {
         if l1.shape() != l2.shape() {
             candle_core::bail!("add-relu: shapes {:?} and {:?}", l1.shape(), l2.shape());
         }
-        let a = crate::conv_cpu::f32_slice(s1, l1, "add-relu", "a")?;
-        let b = crate::conv_cpu::f32_slice(s2, l2, "add-relu", "b")?;
+        let a = crate::cpu::conv::f32_slice(s1, l1, "add-relu", "a")?;
+        let b = crate::cpu::conv::f32_slice(s2, l2, "add-relu", "b")?;
         let y = zip_map(a, b, |p, q| (p + q).max(0.0));
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
@@ -368,8 +369,8 @@ impl CustomOp2 for ReluGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let dy = crate::conv_cpu::f32_slice(s1, l1, "relu-grad", "gradient")?;
-        let y = crate::conv_cpu::f32_slice(s2, l2, "relu-grad", "output")?;
+        let dy = crate::cpu::conv::f32_slice(s1, l1, "relu-grad", "gradient")?;
+        let y = crate::cpu::conv::f32_slice(s2, l2, "relu-grad", "output")?;
         if dy.len() != y.len() {
             candle_core::bail!("relu-grad: shapes {:?} and {:?}", l1.shape(), l2.shape());
         }

@@ -1,0 +1,371 @@
+//! The layers the models are built from: `Conv2d`, `BatchNorm2d` (with an
+//! optional fused ReLU), `Linear`, `relu(a + b)` for residual blocks and
+//! global average pooling. On the CPU in f32 they run the kernels of
+//! [`crate::cpu`]; elsewhere the composite of candle ops.
+
+use candle_core::{DType, Tensor, Var};
+
+use crate::error::Result;
+use crate::params::{Builder, Init};
+
+/// Two-dimensional batch normalisation with PyTorch's semantics: batch
+/// statistics (biased variance) in training, running statistics updated with
+/// momentum 0.1 and the unbiased variance; running statistics in evaluation.
+#[derive(Clone, Debug)]
+pub struct BatchNorm2d {
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Var,
+    running_var: Var,
+    eps: f64,
+    momentum: f64,
+}
+
+impl BatchNorm2d {
+    pub fn new(channels: usize, b: &Builder) -> Result<Self> {
+        let weight = b.param("weight", channels, Init::Const(1.0))?;
+        let bias = b.param("bias", channels, Init::Const(0.0))?;
+        Ok(BatchNorm2d {
+            weight,
+            bias,
+            running_mean: b.buffer("running_mean", channels, Init::Const(0.0))?,
+            running_var: b.buffer("running_var", channels, Init::Const(1.0))?,
+            eps: 1e-5,
+            momentum: 0.1,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_maybe_relu(x, train, false)
+    }
+
+    /// `relu(self.forward(x, train))`, in one pass on the CPU.
+    pub fn forward_relu(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_maybe_relu(x, train, true)
+    }
+
+    fn forward_maybe_relu(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
+        // The fused op serves f32 on the CPU; other dtypes and devices use
+        // the composite of candle ops.
+        if x.device().is_cpu() && x.dtype() == DType::F32 {
+            self.forward_cpu(x, train, relu)
+        } else if relu {
+            Ok(self.forward_composite(x, train)?.relu()?)
+        } else {
+            self.forward_composite(x, train)
+        }
+    }
+
+    /// One fused custom op with f64 per-channel sums (see `cpu::batchnorm`).
+    fn forward_cpu(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
+        use crate::cpu::batchnorm::{BnOp, Stats};
+        let stats = std::sync::Arc::new(std::sync::Mutex::new(Stats::default()));
+        let running = if train {
+            None
+        } else {
+            Some((
+                self.running_mean.as_tensor().to_vec1::<f32>()?,
+                self.running_var.as_tensor().to_vec1::<f32>()?,
+            ))
+        };
+        let op = BnOp {
+            running,
+            eps: self.eps,
+            relu,
+            stats: stats.clone(),
+        };
+        let y = x.contiguous()?.apply_op3(&self.weight, &self.bias, op)?;
+        if train {
+            let (n, _, h, w) = x.dims4()?;
+            let count = (n * h * w) as f64;
+            let unbiased = if count > 1.0 {
+                count / (count - 1.0)
+            } else {
+                1.0
+            };
+            let m = self.momentum;
+            let s = stats.lock().expect("batch-norm stats lock");
+            let rm = self.running_mean.as_tensor().to_vec1::<f32>()?;
+            let rv = self.running_var.as_tensor().to_vec1::<f32>()?;
+            let new_mean: Vec<f32> = rm
+                .iter()
+                .zip(&s.mean)
+                .map(|(&r, &b)| ((1.0 - m) * r as f64 + m * b) as f32)
+                .collect();
+            let new_var: Vec<f32> = rv
+                .iter()
+                .zip(&s.var)
+                .map(|(&r, &b)| ((1.0 - m) * r as f64 + m * b * unbiased) as f32)
+                .collect();
+            let dev = x.device();
+            self.running_mean
+                .set(&Tensor::from_vec(new_mean, rm.len(), dev)?)?;
+            self.running_var
+                .set(&Tensor::from_vec(new_var, rv.len(), dev)?)?;
+        }
+        Ok(y)
+    }
+
+    /// Composed from candle ops (devices without the fused op).
+    fn forward_composite(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let (n, c, h, w) = x.dims4()?;
+        let shape = (1, c, 1, 1);
+        let (mean, var) = if train {
+            let mean = x.mean_keepdim(3)?.mean_keepdim(2)?.mean_keepdim(0)?;
+            let centered = x.broadcast_sub(&mean)?;
+            let var = centered
+                .sqr()?
+                .mean_keepdim(3)?
+                .mean_keepdim(2)?
+                .mean_keepdim(0)?;
+            let count = (n * h * w) as f64;
+            let m = self.momentum;
+            let new_mean = ((self.running_mean.as_tensor() * (1.0 - m))?
+                + (mean.detach().flatten_all()? * m)?)?;
+            let unbiased = if count > 1.0 {
+                count / (count - 1.0)
+            } else {
+                1.0
+            };
+            let new_var = ((self.running_var.as_tensor() * (1.0 - m))?
+                + (var.detach().flatten_all()? * (m * unbiased))?)?;
+            self.running_mean.set(&new_mean)?;
+            self.running_var.set(&new_var)?;
+            (mean, var)
+        } else {
+            (
+                self.running_mean.as_tensor().reshape(shape)?,
+                self.running_var.as_tensor().reshape(shape)?,
+            )
+        };
+        let scale = (var + self.eps)?
+            .sqrt()?
+            .recip()?
+            .broadcast_mul(&self.weight.reshape(shape)?)?;
+        let shift = self.bias.reshape(shape)?;
+        Ok(x.broadcast_sub(&mean)?
+            .broadcast_mul(&scale)?
+            .broadcast_add(&shift)?)
+    }
+}
+
+/// A 2-D convolution (weights (out, in, k, k), Kaiming-normal fan-out), optional bias (zero).
+#[derive(Clone, Debug)]
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    stride: usize,
+    padding: usize,
+}
+
+/// How a [`Conv2d`] is shaped.
+#[derive(Clone, Copy, Debug)]
+pub struct ConvSpec {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+    pub bias: bool,
+}
+
+impl ConvSpec {
+    /// k x k, "same" padding, no bias.
+    pub fn new(in_channels: usize, out_channels: usize, kernel: usize, stride: usize) -> Self {
+        ConvSpec {
+            in_channels,
+            out_channels,
+            kernel,
+            stride,
+            padding: kernel / 2,
+            bias: false,
+        }
+    }
+}
+
+impl Conv2d {
+    pub fn new(spec: ConvSpec, b: &Builder) -> Result<Self> {
+        let weight = b.param(
+            "weight",
+            (
+                spec.out_channels,
+                spec.in_channels,
+                spec.kernel,
+                spec.kernel,
+            ),
+            Init::KaimingNormalFanOut,
+        )?;
+        let bias = if spec.bias {
+            Some(b.param("bias", spec.out_channels, Init::Const(0.0))?)
+        } else {
+            None
+        };
+        Ok(Conv2d {
+            weight,
+            bias,
+            stride: spec.stride,
+            padding: spec.padding,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // candle's own CPU convolution is several times slower here
+        // (docs/cpu-profile.md has the measurement and the command).
+        let y = if x.device().is_cpu() && x.dtype() == DType::F32 {
+            x.contiguous()?.apply_op2(
+                &self.weight,
+                crate::cpu::conv::ConvOp {
+                    stride: self.stride,
+                    padding: self.padding,
+                },
+            )?
+        } else {
+            x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?
+        };
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?)?,
+            None => y,
+        })
+    }
+}
+
+/// A fully connected layer with PyTorch's default initialisation.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Linear {
+    pub fn new(in_features: usize, out_features: usize, b: &Builder) -> Result<Self> {
+        let bound = 1.0 / (in_features as f64).sqrt();
+        Ok(Linear {
+            weight: b.param("weight", (out_features, in_features), Init::Uniform(bound))?,
+            bias: b.param("bias", out_features, Init::Uniform(bound))?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)?)
+    }
+}
+
+/// Every block of a CIFAR-style residual network with `blocks[s]` blocks in
+/// stage `s`: `(builder for "layer{s+1}.{i}", stage, stride)`, where the first
+/// block of every stage after the first has stride 2.
+pub fn stage_blocks(b: &Builder, blocks: &[usize]) -> Vec<(Builder, usize, usize)> {
+    let mut out = Vec::new();
+    for (s, &n) in blocks.iter().enumerate() {
+        for i in 0..n {
+            let stride = if s > 0 && i == 0 { 2 } else { 1 };
+            out.push((b.pp(format!("layer{}", s + 1)).pp(i), s, stride));
+        }
+    }
+    out
+}
+
+/// `relu(a + b)`: the end of a residual block, one pass on the CPU (f32).
+pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if a.device().is_cpu() && a.dtype() == DType::F32 && b.dtype() == DType::F32 {
+        Ok(a.contiguous()?
+            .apply_op2(&b.contiguous()?, crate::cpu::batchnorm::AddRelu)?)
+    } else {
+        Ok((a + b)?.relu()?)
+    }
+}
+
+/// Global average pooling (N, C, H, W) -> (N, C).
+pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
+    Ok(x.mean(3)?.mean(2)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// The fused CPU op and the composite path (used on other devices) agree.
+    #[test]
+    fn fused_and_composite_batch_norm_agree() {
+        for (train, relu) in [(true, false), (false, false), (true, true), (false, true)] {
+            let b = Builder::new(3, &Device::Cpu);
+            let bn = BatchNorm2d::new(5, &b).unwrap();
+            let store = b.finish();
+            for (_, v) in store.all() {
+                let n = v.elem_count();
+                let vals: Vec<f32> = (0..n).map(|i| 0.8 + 0.1 * (i as f32).sin()).collect();
+                v.set(&Tensor::from_vec(vals, n, &Device::Cpu).unwrap())
+                    .unwrap();
+            }
+            let xs: Vec<f32> = (0..4 * 5 * 6 * 6)
+                .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+                .collect();
+            let x = Var::from_tensor(&Tensor::from_vec(xs, (4, 5, 6, 6), &Device::Cpu).unwrap())
+                .unwrap();
+            let snap = store.snapshot_buffers().unwrap();
+            let run = |fused: bool| {
+                store.restore_buffers(&snap).unwrap();
+                let y = if fused {
+                    bn.forward_cpu(x.as_tensor(), train, relu).unwrap()
+                } else {
+                    let y = bn.forward_composite(x.as_tensor(), train).unwrap();
+                    if relu { y.relu().unwrap() } else { y }
+                };
+                let loss = (y.sqr().unwrap().sum_all().unwrap() + y.sum_all().unwrap()).unwrap();
+                let g = loss.backward().unwrap();
+                let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                let mut out = vec![
+                    flat(&y),
+                    flat(g.get(x.as_tensor()).unwrap()),
+                    flat(g.get(&bn.weight).unwrap()),
+                ];
+                out.push(flat(g.get(&bn.bias).unwrap()));
+                out.push(flat(bn.running_mean.as_tensor()));
+                out.push(flat(bn.running_var.as_tensor()));
+                out
+            };
+            for (i, (a, b)) in run(true).iter().zip(run(false)).enumerate() {
+                for (p, q) in a.iter().zip(&b) {
+                    assert!(
+                        (p - q).abs() <= 1e-4 * (1.0 + q.abs()),
+                        "train {train} relu {relu} output {i}: {p} vs {q}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The fused `relu(a + b)` matches the composite in value and in both
+    /// gradients (inputs keep away from 0, where conventions differ).
+    #[test]
+    fn fused_add_relu_matches_composite() {
+        let dev = Device::Cpu;
+        let n = 3 * 4 * 5 * 7;
+        let a: Vec<f32> = (0..n)
+            .map(|i| ((i * 37 % 101) as f32 - 50.3) / 25.0)
+            .collect();
+        let b: Vec<f32> = (0..n)
+            .map(|i| ((i * 53 % 89) as f32 - 44.1) / 30.0)
+            .collect();
+        let va = Var::from_tensor(&Tensor::from_vec(a, (3, 4, 5, 7), &dev).unwrap()).unwrap();
+        let vb = Var::from_tensor(&Tensor::from_vec(b, (3, 4, 5, 7), &dev).unwrap()).unwrap();
+        let r = Tensor::randn(0f32, 1.0, (3, 4, 5, 7), &dev).unwrap();
+        let run = |fused: bool| {
+            let y = if fused {
+                add_relu(va.as_tensor(), vb.as_tensor()).unwrap()
+            } else {
+                (va.as_tensor() + vb.as_tensor()).unwrap().relu().unwrap()
+            };
+            let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            [
+                flat(&y),
+                flat(g.get(va.as_tensor()).unwrap()),
+                flat(g.get(vb.as_tensor()).unwrap()),
+            ]
+        };
+        let (f, c) = (run(true), run(false));
+        assert!(f[0].contains(&0.0) && f[0].iter().any(|&v| v > 0.0));
+        assert_eq!(f, c);
+    }
+}

@@ -1,0 +1,493 @@
+//! What stage kinds share: inheritance of fields and grids, the SGD/SAM
+//! partials and their resolution, evaluation splits and subsets, the
+//! `w1`/`w2` pair check, loading a dependency's weights, and the training
+//! and evaluation loaders. A kind's own module holds only what is its own.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+use indexmap::IndexMap;
+use samlab_data::{Dataset, Loader, PipelineConfig, Split, subset_per_class};
+use samlab_models::Model;
+use samlab_optim::{SamConfig, SgdConfig};
+use serde::{Deserialize, Serialize};
+
+use super::{RunCtx, StageSpec};
+use crate::error::{Invalid, Result};
+
+/// A stage's grid as written: field name to the values it takes.
+pub type Grid = IndexMap<String, Vec<f64>>;
+
+/// `$child.f = $parent.f` for every listed field the child leaves unset.
+macro_rules! inherit {
+    ($c:expr, $p:expr; $($f:ident),* $(,)?) => {
+        $( if $c.$f.is_none() { $c.$f = $p.$f.clone(); } )*
+    };
+}
+pub(crate) use inherit;
+
+/// A grid whose fields come from `parent` unless `own` sets them.
+pub fn merged_grid(own: Option<Grid>, parent: &Option<Grid>) -> Option<Grid> {
+    match parent {
+        None => own,
+        Some(pg) => {
+            let mut g = pg.clone();
+            for (k, v) in own.unwrap_or_default() {
+                g.insert(k, v);
+            }
+            Some(g)
+        }
+    }
+}
+
+/// Which images of a split a stage uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Subset {
+    /// Every image.
+    All,
+    /// This many images of every class, chosen by the stage's `subset_seed`.
+    PerClass(usize),
+    /// None (only where a stage allows it: a Train stage's final test evaluation).
+    Off,
+}
+
+impl Subset {
+    /// Indices into `split`, or `None` for all of it.
+    pub fn indices(
+        self,
+        split: &Split,
+        classes: usize,
+        seed: u64,
+    ) -> samlab_data::Result<Option<Vec<u32>>> {
+        match self {
+            Subset::All | Subset::Off => Ok(None),
+            Subset::PerClass(n) => subset_per_class(split, classes, n, seed).map(Some),
+        }
+    }
+
+    /// How many images it selects of a split of `len` images.
+    pub fn count(self, len: usize, classes: usize) -> usize {
+        match self {
+            Subset::All => len,
+            Subset::PerClass(n) => n * classes,
+            Subset::Off => 0,
+        }
+    }
+}
+
+/// SGD settings as written (unset fields: the thesis' recipe).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename = "Sgd")]
+pub struct SgdPartial {
+    pub momentum: Option<f64>,
+    pub nesterov: Option<bool>,
+    pub weight_decay: Option<f64>,
+}
+
+/// SAM settings as written.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename = "Sam")]
+pub struct SamPartial {
+    pub rho: Option<f64>,
+    /// m-sharpness chunk size; unset: the whole batch.
+    pub chunk: Option<usize>,
+    pub adaptive: Option<bool>,
+    pub eta: Option<f64>,
+}
+
+impl SgdPartial {
+    /// `own` with its unset fields taken from `parent`.
+    pub fn merged(own: Option<SgdPartial>, parent: &Option<SgdPartial>) -> Option<SgdPartial> {
+        match (own, parent) {
+            (Some(mut a), Some(b)) => {
+                inherit!(a, b; momentum, nesterov, weight_decay);
+                Some(a)
+            }
+            (a, b) => a.or_else(|| b.clone()),
+        }
+    }
+
+    /// The settings with the recipe's defaults filled in, checked.
+    pub fn resolve(o: Option<&SgdPartial>) -> Result<SgdConfig, Invalid> {
+        let d = SgdConfig::default();
+        let o = o.cloned().unwrap_or_default();
+        let optimizer = SgdConfig {
+            momentum: o.momentum.unwrap_or(d.momentum),
+            nesterov: o.nesterov.unwrap_or(d.nesterov),
+            weight_decay: o.weight_decay.unwrap_or(d.weight_decay),
+        };
+        samlab_optim::Sgd::new(optimizer.clone())?;
+        Ok(optimizer)
+    }
+}
+
+impl SamPartial {
+    /// `own` with its unset fields taken from `parent`.
+    pub fn merged(own: Option<SamPartial>, parent: &Option<SamPartial>) -> Option<SamPartial> {
+        match (own, parent) {
+            (Some(mut a), Some(b)) => {
+                inherit!(a, b; rho, chunk, adaptive, eta);
+                Some(a)
+            }
+            (a, b) => a.or_else(|| b.clone()),
+        }
+    }
+
+    /// The settings with defaults filled in, checked against the batch size.
+    pub fn resolve(s: Option<&SamPartial>, batch: usize) -> Result<SamConfig, Invalid> {
+        let s = s.cloned().unwrap_or_default();
+        let ds = SamConfig::new(0.05);
+        let sam = SamConfig {
+            rho: s.rho.unwrap_or(ds.rho),
+            chunk: s.chunk,
+            adaptive: s.adaptive.unwrap_or(ds.adaptive),
+            eta: s.eta.unwrap_or(ds.eta),
+        };
+        sam.check()?;
+        if let Some(m) = sam.chunk
+            && !batch.is_multiple_of(m)
+        {
+            return Err(Invalid::Value(format!(
+                "the m-sharpness chunk {m} does not divide the batch {batch}"
+            )));
+        }
+        Ok(sam)
+    }
+}
+
+/// Converts a grid value to a whole number.
+pub fn whole(v: f64) -> Result<u64, Invalid> {
+    if v >= 0.0 && v.fract() == 0.0 && v < 9.0e15 {
+        Ok(v as u64)
+    } else {
+        Err(Invalid::Value(format!("{v} is not a whole number >= 0")))
+    }
+}
+
+/// Checks that an integer field which must be positive is.
+pub fn positive(name: &'static str, v: u64) -> Result<(), Invalid> {
+    if v == 0 {
+        Err(Invalid::NotPositive(name))
+    } else {
+        Ok(())
+    }
+}
+
+/// The Train stage a single-dependency stage (`of`) reads.
+pub fn train_dep<'a>(
+    deps: &[(&'static str, &'a StageSpec)],
+) -> Result<&'a super::train::TrainSpec, Invalid> {
+    match deps {
+        [(_, StageSpec::Train(t))] => Ok(t),
+        [(role, other)] => Err(Invalid::NotTrain {
+            role,
+            found: other.kind(),
+        }),
+        _ => Err(Invalid::Missing {
+            field: "of",
+            hint: "",
+        }),
+    }
+}
+
+/// The model that both Train stages of a `w1`/`w2` pair train.
+pub fn pair_model(deps: &[(&'static str, &StageSpec)]) -> Result<String, Invalid> {
+    let mut models = Vec::new();
+    for (role, d) in deps {
+        match d {
+            StageSpec::Train(t) => models.push(t.model.clone()),
+            other => {
+                return Err(Invalid::NotTrain {
+                    role,
+                    found: other.kind(),
+                });
+            }
+        }
+    }
+    match models.as_slice() {
+        [a, b] if a == b => Ok(a.clone()),
+        [a, b] => Err(Invalid::Value(format!(
+            "`w1` trains {a} and `w2` {b}: both must be one model"
+        ))),
+        _ => Err(Invalid::Value(
+            "`w1` and `w2` must name two Train stages".into(),
+        )),
+    }
+}
+
+/// `(w1, w2)` as stage references.
+pub fn pair_refs<'a>(
+    w1: &'a Option<String>,
+    w2: &'a Option<String>,
+) -> Vec<(&'static str, &'a str)> {
+    let mut r = Vec::new();
+    if let Some(a) = w1 {
+        r.push(("w1", a.as_str()));
+    }
+    if let Some(b) = w2 {
+        r.push(("w2", b.as_str()));
+    }
+    r
+}
+
+/// A model of `name` for the dataset, holding the final weights (and
+/// BatchNorm buffers) of the dependency `role`.
+pub fn dep_model(ctx: &RunCtx, name: &str, role: &str) -> Result<Model> {
+    let arch = name.parse()?;
+    let model = Model::new(&arch, ctx.dataset.num_classes(), 0, ctx.device)?;
+    model
+        .params
+        .load(&dep_file(ctx, role, "model.safetensors")?)?;
+    Ok(model)
+}
+
+/// Loads the dependency `role`'s weights into `model` (checked against
+/// its names and shapes) and returns a copy of every tensor by name.
+pub fn dep_tensors(ctx: &RunCtx, model: &Model, role: &str) -> Result<HashMap<String, Tensor>> {
+    model
+        .params
+        .load(&dep_file(ctx, role, "model.safetensors")?)?;
+    model_tensors(model)
+}
+
+/// A copy of every tensor of `model` by name.
+pub fn model_tensors(model: &Model) -> Result<HashMap<String, Tensor>> {
+    Ok(model
+        .params
+        .all()
+        .into_iter()
+        .map(|(k, v)| Ok((k.to_string(), v.as_tensor().copy()?)))
+        .collect::<candle_core::Result<_>>()?)
+}
+
+/// L2 distance between two checkpoints over the model's trainable
+/// parameters (BatchNorm's running statistics left out).
+pub fn distance(
+    model: &Model,
+    a: &HashMap<String, Tensor>,
+    b: &HashMap<String, Tensor>,
+) -> Result<f64> {
+    let mut sq = 0.0f64;
+    for (name, _) in model.params.trainable() {
+        let (x, y) = (&a[name], &b[name]);
+        sq += (x.to_dtype(DType::F64)? - y.to_dtype(DType::F64)?)?
+            .sqr()?
+            .sum_all()?
+            .to_scalar::<f64>()?;
+    }
+    Ok(sq.sqrt())
+}
+
+/// The file `name` in the cache entry of the dependency `role`.
+pub fn dep_file(ctx: &RunCtx, role: &str, name: &str) -> Result<PathBuf> {
+    ctx.deps
+        .iter()
+        .find(|(r, _)| *r == role)
+        .map(|(_, d)| d.join(name))
+        .ok_or_else(|| crate::error::stage_err(ctx.stage, format!("no `{role}` stage")))
+}
+
+/// How a training loader draws its batches.
+#[derive(Clone, Copy, Debug)]
+pub struct TrainingData {
+    pub batch: usize,
+    /// Order and augmentation of every epoch.
+    pub seed: u64,
+    /// CIFAR augmentation (random crop of the padded image, flip).
+    pub augment: bool,
+}
+
+/// A shuffled training loader over `indices` (None: the whole split), with
+/// at least one full batch.
+pub fn training_loader(
+    ds: &Dataset,
+    indices: Option<Vec<u32>>,
+    how: TrainingData,
+    stage: &str,
+) -> Result<Loader> {
+    let mut cfg = PipelineConfig::train(how.batch, ds.name.normalization(), how.seed);
+    if !how.augment {
+        cfg.augment = samlab_data::Augment::NONE;
+    }
+    let loader = Loader::new(ds.train.clone(), indices, cfg)?;
+    if loader.batches_per_epoch() == 0 {
+        return Err(crate::error::stage_err(
+            stage,
+            format!(
+                "{} training images make no full batch of {}",
+                loader.len(),
+                how.batch
+            ),
+        ));
+    }
+    Ok(loader)
+}
+
+/// Mean loss and number of correct predictions of `model` (evaluation
+/// mode) over the images `loader` yields: (loss, correct, images).
+pub fn evaluate_loader(
+    model: &Model,
+    loader: &Loader,
+    device: &Device,
+) -> Result<(f64, usize, usize)> {
+    let mut loss_sum = 0.0f64;
+    let mut correct = 0usize;
+    let mut n = 0usize;
+    for batch in loader.epoch(0) {
+        let (x, y) = batch.to_tensors(device)?;
+        let logits = model.forward(&x, false)?;
+        let b = y.dims1()?;
+        let loss = samlab_models::cross_entropy(&logits, &y)?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?;
+        let pred = logits.argmax(1)?;
+        let hits = pred
+            .eq(&y)?
+            .to_dtype(DType::F32)?
+            .sum_all()?
+            .to_scalar::<f32>()?;
+        loss_sum += loss * b as f64;
+        correct += hits as usize;
+        n += b;
+    }
+    Ok((
+        if n > 0 { loss_sum / n as f64 } else { f64::NAN },
+        correct,
+        n,
+    ))
+}
+
+/// Which split a loader reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SplitName {
+    Train,
+    Test,
+}
+
+impl SplitName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SplitName::Train => "train",
+            SplitName::Test => "test",
+        }
+    }
+}
+
+/// A loader over (a subset of) a split for evaluation.
+pub fn eval_loader(
+    ds: &Dataset,
+    split: SplitName,
+    subset: Subset,
+    subset_seed: u64,
+    batch: usize,
+) -> Result<Loader> {
+    let data = match split {
+        SplitName::Train => &ds.train,
+        SplitName::Test => &ds.test,
+    };
+    let indices = subset.indices(data, ds.num_classes(), subset_seed)?;
+    Ok(Loader::new(
+        data.clone(),
+        indices,
+        PipelineConfig::eval(batch, ds.name.normalization()),
+    )?)
+}
+
+/// Sets one of the grid fields every evaluating stage (Evaluate,
+/// Interpolate) has: `train_per_class`, `test_per_class`, `subset_seed`.
+pub fn set_eval_grid(
+    field: &str,
+    v: f64,
+    train_subset: &mut Option<Subset>,
+    test_subset: &mut Option<Subset>,
+    subset_seed: &mut Option<u64>,
+) -> Result<(), Invalid> {
+    match field {
+        "train_per_class" => *train_subset = Some(Subset::PerClass(whole(v)? as usize)),
+        "test_per_class" => *test_subset = Some(Subset::PerClass(whole(v)? as usize)),
+        "subset_seed" => *subset_seed = Some(whole(v)?),
+        _ => return Err(Invalid::UnknownGridField(field.to_string())),
+    }
+    Ok(())
+}
+
+/// What every evaluating stage resolves the same way: which splits, which
+/// images of each, and the batch size.
+#[derive(Clone, Debug)]
+pub struct EvalFields {
+    pub splits: Vec<SplitName>,
+    pub train_subset: Subset,
+    pub test_subset: Subset,
+    pub batch: usize,
+}
+
+impl EvalFields {
+    pub fn resolve(
+        splits: &Option<Vec<SplitName>>,
+        train_subset: Option<Subset>,
+        test_subset: Option<Subset>,
+        batch: Option<usize>,
+    ) -> Result<EvalFields, Invalid> {
+        let splits = splits
+            .clone()
+            .unwrap_or(vec![SplitName::Train, SplitName::Test]);
+        if splits.is_empty() {
+            return Err(Invalid::Value("`splits` is empty".into()));
+        }
+        let batch = batch.unwrap_or(500);
+        positive("batch", batch as u64)?;
+        let train_subset = train_subset.unwrap_or(Subset::All);
+        let test_subset = test_subset.unwrap_or(Subset::All);
+        for s in [train_subset, test_subset] {
+            if s == Subset::Off || s == Subset::PerClass(0) {
+                return Err(Invalid::Value("subsets must be All or PerClass(n) with n >= 1; leave a split out of `splits` instead".into()));
+            }
+        }
+        Ok(EvalFields {
+            splits,
+            train_subset,
+            test_subset,
+            batch,
+        })
+    }
+
+    /// `(split, subset)` of each split read.
+    fn parts(&self) -> impl Iterator<Item = (SplitName, Subset)> + '_ {
+        self.splits.iter().map(move |s| match s {
+            SplitName::Train => (*s, self.train_subset),
+            SplitName::Test => (*s, self.test_subset),
+        })
+    }
+
+    /// Batches in one evaluation of the splits.
+    pub fn batches(&self, classes: usize, data: &super::DataShape) -> usize {
+        self.parts()
+            .map(|(split, sub)| {
+                let len = match split {
+                    SplitName::Train => data.train_len,
+                    SplitName::Test => data.test_len,
+                };
+                sub.count(len, classes).div_ceil(self.batch)
+            })
+            .sum()
+    }
+
+    /// One evaluation loader per split, by split name.
+    pub fn loaders(&self, ds: &Dataset, subset_seed: u64) -> Result<Vec<(&'static str, Loader)>> {
+        self.parts()
+            .map(|(split, sub)| {
+                Ok((
+                    split.as_str(),
+                    eval_loader(ds, split, sub, subset_seed, self.batch)?,
+                ))
+            })
+            .collect()
+    }
+}
+
+/// Forward passes of evaluation, in SGD-step equivalents: a forward pass is
+/// about a third of a training step.
+pub fn forward_cost(batches: usize) -> f64 {
+    (batches as u64).div_ceil(3) as f64
+}
