@@ -135,6 +135,18 @@ pub fn sgd_step(
     })
 }
 
+/// [`sgd_step`] with the signature of every step kind (SAM's settings unused).
+pub(crate) fn sgd_kind_step(
+    model: &Model,
+    opt: &mut Sgd,
+    _sam: &SamConfig,
+    x: &Tensor,
+    y: &Tensor,
+    lr: f64,
+) -> Result<StepOutput> {
+    sgd_step(model, opt, x, y, lr)
+}
+
 /// The perturbation for gradient `g` at the current weights.
 fn perturbation(params: &ParamStore, g: &Grads, cfg: &SamConfig) -> Result<Grads> {
     let mut scaled = Grads::new();

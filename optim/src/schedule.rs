@@ -2,7 +2,12 @@
 
 use serde::{Deserialize, Serialize};
 
+use candle_core::Tensor;
+use samlab_models::Model;
+
 use crate::error::{Result, bad};
+use crate::sam::{SamConfig, StepOutput};
+use crate::sgd::Sgd;
 
 /// A point in training: an absolute step, an epoch, or a fraction of the run.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -35,22 +40,58 @@ impl Point {
     }
 }
 
-/// The two kinds of step.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Method {
-    Sgd,
-    Sam,
+/// Defines [`Method`] from the list of step kinds: `Variant => cost c, step
+/// function`. The cost is what one step costs as a fraction of an SGD step
+/// (forward+backward passes over the batch): the one place that says so, a
+/// fraction so that cheaper SAM variants can say what they cost. A step
+/// function has the signature of [`crate::sam::sam_step`]. Adding a step
+/// kind is a new file with its step function plus one line here.
+macro_rules! steps {
+    ($($variant:ident => cost $cost:expr, $step:path;)*) => {
+        /// The kinds of step.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum Method {
+            $($variant,)*
+        }
+
+        impl Method {
+            /// Every kind, in the order of the list (a kind's index is part
+            /// of shared-prefix keys: append, never reorder).
+            pub const ALL: &'static [Method] = &[$(Method::$variant),*];
+
+            /// What one step costs, as a fraction of an SGD step.
+            pub fn cost(self) -> f64 {
+                match self { $(Method::$variant => $cost,)* }
+            }
+
+            /// Takes one step of this kind on batch (x, y) at rate `lr`.
+            pub fn step(
+                self,
+                model: &Model,
+                opt: &mut Sgd,
+                sam: &SamConfig,
+                x: &Tensor,
+                y: &Tensor,
+                lr: f64,
+            ) -> Result<StepOutput> {
+                match self { $(Method::$variant => $step(model, opt, sam, x, y, lr),)* }
+            }
+        }
+    };
+}
+
+steps! {
+    Sgd => cost 1.0, crate::sam::sgd_kind_step;
+    Sam => cost 2.0, crate::sam::sam_step;
 }
 
 impl Method {
-    /// What one step costs, as a fraction of an SGD step (forward+backward
-    /// passes over the batch): the one place that says so. A fraction, so
-    /// that cheaper SAM variants can say what they cost.
-    pub fn cost(self) -> f64 {
-        match self {
-            Method::Sgd => 1.0,
-            Method::Sam => 2.0,
-        }
+    /// The kind's position in [`Method::ALL`].
+    pub fn index(self) -> usize {
+        Method::ALL
+            .iter()
+            .position(|m| *m == self)
+            .expect("every kind is listed")
     }
 }
 
@@ -120,37 +161,34 @@ impl Resolved {
 
     /// Steps in `[start, end)` that use `method`, counted in closed form.
     pub fn count(&self, method: Method, start: u64, end: u64) -> u64 {
-        let sam = match *self {
-            Resolved::Always(m) => {
-                if m == Method::Sam {
-                    end - start
-                } else {
-                    0
-                }
-            }
+        let n = end - start;
+        match *self {
+            Resolved::Always(m) => (m == method) as u64 * n,
             Resolved::Switch { from, to, at } => {
                 let before = at.clamp(start, end) - start;
-                let after = (end - start) - before;
-                (from == Method::Sam) as u64 * before + (to == Method::Sam) as u64 * after
+                (from == method) as u64 * before + (to == method) as u64 * (n - before)
             }
             Resolved::Psam { period, until } => {
                 let cut = until.clamp(start, end);
                 // multiples of `period` in [start, cut)
-                let multiples = |n: u64| n.div_ceil(period);
-                (multiples(cut) - multiples(start)) + (end - cut)
+                let multiples = |k: u64| k.div_ceil(period);
+                let sam = (multiples(cut) - multiples(start)) + (end - cut);
+                if method == Method::Sam {
+                    sam
+                } else if method == Method::Sgd {
+                    n - sam
+                } else {
+                    0
+                }
             }
-        };
-        match method {
-            Method::Sam => sam,
-            Method::Sgd => (end - start) - sam,
         }
     }
 
     /// Forward+backward passes of steps `[start, end)`, in SGD-step units.
     pub fn cost(&self, start: u64, end: u64) -> f64 {
-        [Method::Sgd, Method::Sam]
-            .into_iter()
-            .map(|m| self.count(m, start, end) as f64 * m.cost())
+        Method::ALL
+            .iter()
+            .map(|m| self.count(*m, start, end) as f64 * m.cost())
             .sum()
     }
 }

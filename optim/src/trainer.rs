@@ -9,8 +9,8 @@ use samlab_models::Model;
 
 use crate::error::{ErrorKind, Result};
 use crate::lr::LrSchedule;
-use crate::sam::{SamConfig, StepOutput, sam_step, sgd_step};
-use crate::schedule::{Method, Resolved, StepSchedule};
+use crate::sam::{SamConfig, StepOutput};
+use crate::schedule::{Resolved, StepSchedule};
 use crate::sgd::{Sgd, SgdConfig};
 
 pub struct Trainer {
@@ -53,14 +53,14 @@ impl Trainer {
     pub fn train_step(&mut self, model: &Model, x: &Tensor, y: &Tensor) -> Result<StepOutput> {
         let t = self.step;
         let lr = self.lr.at(t, self.total_steps);
-        let out = match self.schedule.method(t) {
-            Method::Sgd => sgd_step(model, &mut self.sgd, x, y, lr),
-            Method::Sam => sam_step(model, &mut self.sgd, &self.sam, x, y, lr),
-        }
-        .map_err(|e| match e.kind {
-            ErrorKind::NonFinite { loss, .. } => ErrorKind::NonFinite { step: t, loss }.into(),
-            _ => e,
-        })?;
+        let out = self
+            .schedule
+            .method(t)
+            .step(model, &mut self.sgd, &self.sam, x, y, lr)
+            .map_err(|e| match e.kind {
+                ErrorKind::NonFinite { loss, .. } => ErrorKind::NonFinite { step: t, loss }.into(),
+                _ => e,
+            })?;
         self.step += 1;
         self.passes += out.passes;
         Ok(out)

@@ -122,7 +122,7 @@ pub fn train_spec(t: &TrainSpec, resolved: &Resolved, spe: u64) -> Value {
     let total = t.epochs * spe;
     let mut v = serde_json::to_value(t).expect("specs serialise");
     v["method"] = resolved_json(resolved, total);
-    if resolved.count(Method::Sam, 0, total) == 0 {
+    if resolved.count(Method::Sgd, 0, total) == total {
         v["sam"] = Value::Null;
     }
     v
@@ -130,10 +130,8 @@ pub fn train_spec(t: &TrainSpec, resolved: &Resolved, spe: u64) -> Value {
 
 fn resolved_json(r: &Resolved, total: u64) -> Value {
     use serde_json::json;
-    let name = |m: Method| match m {
-        Method::Sgd => "Sgd",
-        Method::Sam => "Sam",
-    };
+    // A step kind by the name a study writes (`Sgd`, `Sam`).
+    let name = |m: Method| serde_json::to_value(m).expect("methods serialise");
     match *r {
         Resolved::Always(m) => json!({"Always": name(m)}),
         Resolved::Switch { from, to, at } if at == 0 || from == to => json!({"Always": name(to)}),
@@ -216,16 +214,18 @@ impl PrefixPlan {
         let mut h = Sha256::new();
         h.update(identity.as_bytes());
         let mut keys = vec![String::new()];
+        // The SAM settings count from the first step that is not SGD on;
+        // each step adds its kind's index (SGD 0, SAM 1).
         let mut sam_seen = false;
         for k in 1..=t.epochs {
             for s in (k - 1) * spe..k * spe {
-                let is_sam = methods[s as usize] == Method::Sam;
-                if is_sam && !sam_seen {
+                let m = methods[s as usize];
+                if m != Method::Sgd && !sam_seen {
                     sam_seen = true;
                     h.update(b":sam=");
                     h.update(sam.as_bytes());
                 }
-                h.update([is_sam as u8]);
+                h.update([m.index() as u8]);
             }
             let mut hk = h.clone();
             hk.update(format!(":epochs={k}").as_bytes());
@@ -263,9 +263,10 @@ impl PrefixPlan {
             .find(|&i| self.methods[i] != other.methods[i])
             .unwrap_or(n);
         if self.sam != other.sam {
-            // Same methods up to d: the first SAM step there ends the sharing.
+            // Same methods up to d: the first step that is not SGD (where
+            // the SAM settings start to count) ends the sharing.
             d = (0..d)
-                .find(|&i| self.methods[i] == Method::Sam)
+                .find(|&i| self.methods[i] != Method::Sgd)
                 .unwrap_or(d);
         }
         d as u64 / self.spe

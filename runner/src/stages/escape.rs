@@ -158,7 +158,7 @@ impl Partial for EscapePartial {
         }
         let sam = match method {
             Method::Sgd => None,
-            Method::Sam => Some(SamPartial::resolve(self.sam.as_ref(), batch)?),
+            _ => Some(SamPartial::resolve(self.sam.as_ref(), batch)?),
         };
         Ok(EscapeSpec {
             method,
