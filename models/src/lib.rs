@@ -15,10 +15,6 @@ mod error;
 pub mod fixtures;
 pub mod layers;
 pub mod params;
-pub mod preact_resnet;
-pub mod pyramidnet;
-pub mod resnet;
-pub mod wide_resnet;
 
 use std::fmt;
 use std::str::FromStr;
@@ -70,10 +66,13 @@ pub trait Family: Sized {
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor>;
 }
 
-/// Defines [`Arch`] (a family with its config) and the network it builds
-/// from the list of families: `Variant => module::Net`.
+/// Declares each family's module and defines [`Arch`] (a family with its
+/// config) and the network it builds from the list of families:
+/// `Variant => module::Net`.
 macro_rules! models {
     ($($variant:ident => $module:ident :: $net:ident),* $(,)?) => {
+        $(pub mod $module;)*
+
         /// An architecture and its configuration.
         #[derive(Clone, Debug, PartialEq)]
         pub enum Arch {

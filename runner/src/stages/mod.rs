@@ -13,11 +13,6 @@
 //! through it). What several kinds use lives in [`common`].
 
 pub mod common;
-pub mod distance;
-pub mod escape;
-pub mod evaluate;
-pub mod interpolate;
-pub mod train;
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -141,10 +136,12 @@ pub struct PlotOut<'a> {
     pub cache: &'a Cache,
 }
 
-/// Defines [`RawStage`], [`StageSpec`] and their forwarding from the list of
-/// kinds: `Variant => module::Partial`.
+/// Declares each kind's module and defines [`RawStage`], [`StageSpec`] and
+/// their forwarding from the list of kinds: `Variant => module::Partial`.
 macro_rules! registry {
     ($($variant:ident => $module:ident :: $partial:ident),* $(,)?) => {
+        $(pub mod $module;)*
+
         /// A stage as written in a study.
         #[derive(Clone, Debug, serde::Deserialize)]
         #[serde(rename = "Stage")]
