@@ -115,6 +115,8 @@ fn device_command_checks_the_cpu_and_explains_missing_cuda() {
         !o.status.success() && err.contains("built without CUDA"),
         "{err}"
     );
+    // ... and says how to run on the CPU instead.
+    assert!(err.contains("--device cpu"), "{err}");
 }
 
 #[test]

@@ -122,6 +122,19 @@ pub const PALETTE: [RGBColor; 6] = [
     RGBColor(227, 119, 194),
 ];
 
+/// Points `(x, mean, std)` in x order from values grouped by x (as f64 bits).
+pub fn mean_std_points(by_x: &BTreeMap<u64, Vec<f64>>) -> Vec<(f64, f64, f64)> {
+    let mut points: Vec<(f64, f64, f64)> = by_x
+        .iter()
+        .map(|(x, ys)| {
+            let (m, s) = mean_std(ys);
+            (f64::from_bits(*x), m, s)
+        })
+        .collect();
+    points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    points
+}
+
 /// Reads an entry's `metrics.csv` as rows of fields (header dropped).
 pub fn rows(cache: &Cache, key: &str) -> Vec<Vec<String>> {
     std::fs::read_to_string(cache.entry_dir(key).join("metrics.csv"))
@@ -190,14 +203,7 @@ pub fn write_all(
             if by_x.len() < 2 || all.iter().all(|v| *v == all[0]) {
                 continue; // one point, or a flat line that says nothing
             }
-            let mut points: Vec<(f64, f64, f64)> = by_x
-                .iter()
-                .map(|(x, ys)| {
-                    let (m, s) = mean_std(ys);
-                    (f64::from_bits(*x), m, s)
-                })
-                .collect();
-            points.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let points = mean_std_points(&by_x);
             let file = format!("{name}-{metric}-vs-{field}.svg");
             line_chart(
                 &dir.join(&file),

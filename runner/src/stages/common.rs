@@ -413,8 +413,9 @@ pub fn set_eval_grid(
 }
 
 /// What every evaluating stage resolves the same way: which splits, which
-/// images of each, and the batch size.
-#[derive(Clone, Debug)]
+/// images of each, and the batch size. Specs flatten it, so its fields sit
+/// in their key spec as their own.
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct EvalFields {
     pub splits: Vec<SplitName>,
     pub train_subset: Subset,

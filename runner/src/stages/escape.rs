@@ -35,8 +35,7 @@ use super::{
 };
 use crate::cache::write_file;
 use crate::error::{Invalid, Result, stage_err, step_err};
-use crate::plots::{PALETTE, Series, line_chart};
-use crate::results::mean_std;
+use crate::plots::{PALETTE, Series, line_chart, mean_std_points};
 
 /// An Escape stage as written.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -236,20 +235,10 @@ impl Kind for EscapeSpec {
         let series: Vec<Series> = escape
             .iter()
             .enumerate()
-            .map(|(i, (name, by_rho))| {
-                let mut points: Vec<(f64, f64, f64)> = by_rho
-                    .iter()
-                    .map(|(rho, xs)| {
-                        let (m, s) = mean_std(xs);
-                        (f64::from_bits(*rho), m, s)
-                    })
-                    .collect();
-                points.sort_by(|a, b| a.0.total_cmp(&b.0));
-                Series {
-                    name: name.clone(),
-                    color: PALETTE[i % PALETTE.len()],
-                    points,
-                }
+            .map(|(i, (name, by_rho))| Series {
+                name: name.clone(),
+                color: PALETTE[i % PALETTE.len()],
+                points: mean_std_points(by_rho),
             })
             .collect();
         if series.iter().map(|s| s.points.len()).sum::<usize>() < 2 {

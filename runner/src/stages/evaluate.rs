@@ -31,11 +31,10 @@ pub struct EvalPartial {
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct EvalSpec {
-    pub splits: Vec<SplitName>,
-    pub train_subset: Subset,
-    pub test_subset: Subset,
+    /// Splits, subsets and batch size.
+    #[serde(flatten)]
+    pub eval: EvalFields,
     pub subset_seed: u64,
-    pub batch: usize,
     /// Filled from the evaluated stage.
     pub model: String,
     pub classes: usize,
@@ -82,37 +81,18 @@ impl Partial for EvalPartial {
                 hint: ": name the Train stage to evaluate",
             });
         }
-        let EvalFields {
-            splits,
-            train_subset,
-            test_subset,
-            batch,
-        } = EvalFields::resolve(
+        let eval = EvalFields::resolve(
             &self.splits,
             self.train_subset,
             self.test_subset,
             self.batch,
         )?;
         Ok(EvalSpec {
-            splits,
-            train_subset,
-            test_subset,
+            eval,
             subset_seed: self.subset_seed.unwrap_or(0),
-            batch,
             model: String::new(),
             classes: dataset.num_classes(),
         })
-    }
-}
-
-impl EvalSpec {
-    fn fields(&self) -> EvalFields {
-        EvalFields {
-            splits: self.splits.clone(),
-            train_subset: self.train_subset,
-            test_subset: self.test_subset,
-            batch: self.batch,
-        }
     }
 }
 
@@ -130,7 +110,7 @@ impl Kind for EvalSpec {
     }
 
     fn plan(&self, input: &PlanInput) -> Result<KindPlan, Invalid> {
-        let batches = self.fields().batches(self.classes, &input.data);
+        let batches = self.eval.batches(self.classes, &input.data);
         Ok(KindPlan::plain(self, forward_cost(batches)))
     }
 
@@ -138,7 +118,7 @@ impl Kind for EvalSpec {
         let model = dep_model(ctx, &self.model, "of")?;
         let mut summary = Summary::new();
         let mut csv = String::from("split,images,loss,accuracy,error\n");
-        for (name, l) in self.fields().loaders(ctx.dataset, self.subset_seed)? {
+        for (name, l) in self.eval.loaders(ctx.dataset, self.subset_seed)? {
             let (loss, correct, n) = evaluate_loader(&model, &l, ctx.device)?;
             let acc = correct as f64 / n.max(1) as f64;
             csv.push_str(&format!("{name},{n},{loss},{acc},{}\n", 1.0 - acc));

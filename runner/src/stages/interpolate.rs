@@ -93,11 +93,10 @@ pub struct InterpPartial {
 pub struct InterpSpec {
     pub alpha: AlphaGrid,
     pub bn: BnStats,
-    pub splits: Vec<SplitName>,
-    pub train_subset: Subset,
-    pub test_subset: Subset,
+    /// Splits, subsets and batch size.
+    #[serde(flatten)]
+    pub eval: EvalFields,
     pub subset_seed: u64,
-    pub batch: usize,
     /// Filled from the Train stages.
     pub model: String,
     pub classes: usize,
@@ -160,12 +159,7 @@ impl Partial for InterpPartial {
         if let BnStats::Recomputed { batches } = bn {
             positive("batches", batches as u64)?;
         }
-        let EvalFields {
-            splits,
-            train_subset,
-            test_subset,
-            batch,
-        } = EvalFields::resolve(
+        let eval = EvalFields::resolve(
             &self.splits,
             self.train_subset,
             self.test_subset,
@@ -174,27 +168,13 @@ impl Partial for InterpPartial {
         Ok(InterpSpec {
             alpha,
             bn,
-            splits,
-            train_subset,
-            test_subset,
+            eval,
             subset_seed: self.subset_seed.unwrap_or(0),
-            batch,
             model: String::new(),
             classes: dataset.num_classes(),
             w1_train_subset: Subset::All,
             w1_subset_seed: 0,
         })
-    }
-}
-
-impl InterpSpec {
-    fn fields(&self) -> EvalFields {
-        EvalFields {
-            splits: self.splits.clone(),
-            train_subset: self.train_subset,
-            test_subset: self.test_subset,
-            batch: self.batch,
-        }
     }
 }
 
@@ -229,7 +209,7 @@ impl Kind for InterpSpec {
             BnStats::Recomputed { batches } => batches,
             BnStats::Interpolated => 0,
         };
-        let per_point = self.fields().batches(self.classes, &input.data) + recompute;
+        let per_point = self.eval.batches(self.classes, &input.data) + recompute;
         Ok(KindPlan::plain(
             self,
             forward_cost(per_point * self.alpha.points),
@@ -356,7 +336,7 @@ fn run(spec: &InterpSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
     let model = dep_model(ctx, &spec.model, "w2")?;
     let w2 = model_tensors(&model)?;
     let w1 = dep_tensors(ctx, &model, "w1")?;
-    let loaders = spec.fields().loaders(ds, spec.subset_seed)?;
+    let loaders = spec.eval.loaders(ds, spec.subset_seed)?;
     let bn_loader = match spec.bn {
         BnStats::Recomputed { .. } => {
             let idx =
@@ -365,7 +345,7 @@ fn run(spec: &InterpSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
             Some(Loader::new(
                 ds.train.clone(),
                 idx,
-                PipelineConfig::eval(spec.batch, ds.name.normalization()),
+                PipelineConfig::eval(spec.eval.batch, ds.name.normalization()),
             )?)
         }
         BnStats::Interpolated => None,
