@@ -16,7 +16,9 @@ mod trainer;
 
 pub use error::{Error, ErrorKind, Result};
 pub use lr::LrSchedule;
-pub use sam::{SamConfig, StepOutput, sam_step, sgd_step};
+pub use sam::{
+    SamConfig, StepOutput, StepSettings, sam_step, sam_step_ghost, sgd_step, sgd_step_ghost,
+};
 pub use schedule::{Method, Point, Resolved, StepSchedule};
 pub use sgd::{Grads, Sgd, SgdConfig, collect_grads};
 pub use trainer::Trainer;

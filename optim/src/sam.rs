@@ -16,8 +16,19 @@
 //!
 //! With m-sharpness (`chunk = Some(m)`, m dividing the batch) steps 1-3 run
 //! per chunk of m samples, each with its own `eps`, and `g'` is the mean of
-//! the chunks' second-pass gradients. Each chunk's first pass updates the
-//! running statistics in turn (as if each chunk were a device's batch).
+//! the chunks' second-pass gradients. Without ghost batches each chunk's
+//! first pass updates the running statistics in turn.
+//!
+//! **Ghost batches** (`bn_batch = Some(b)`, [`StepSettings`]): every pass,
+//! of SGD and SAM steps alike, runs as devices that each hold `b` images
+//! would run it (the thesis' 8 GPUs of 32 images, Section 5.1): BatchNorm
+//! normalises over each slice of `b` images, each slice's gradient is
+//! taken of its own mean loss and the step's gradient is their mean (an
+//! all-reduce), and the running statistics are updated once per step: each
+//! slice updates them from the step's starting values and the step keeps
+//! the mean of those updates, i.e. one update with the slices' mean
+//! statistics (cross-device averaged BatchNorm state). With SAM, `b` must
+//! divide the chunk m (a device's perturbation covers its own images).
 
 use candle_core::Tensor;
 use samlab_models::{Model, ParamStore, cross_entropy};
@@ -63,6 +74,15 @@ impl SamConfig {
     }
 }
 
+/// What a step reads besides the model, the optimiser and the batch.
+#[derive(Clone, Copy, Debug)]
+pub struct StepSettings<'a> {
+    pub sam: &'a SamConfig,
+    /// Ghost batches: BatchNorm over slices of this many images (`None`:
+    /// the whole batch, or the whole chunk).
+    pub bn_batch: Option<usize>,
+}
+
 /// What one step did.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StepOutput {
@@ -98,6 +118,98 @@ fn pass(model: &Model, x: &Tensor, y: &Tensor) -> Result<(f64, usize, Grads)> {
     Ok((value, correct, grads))
 }
 
+/// `acc + g` by name (`acc` empty: `g`).
+fn add_grads(acc: Option<Grads>, g: Grads) -> Result<Grads> {
+    Ok(match acc {
+        None => g,
+        Some(mut acc) => {
+            for (k, v) in acc.iter_mut() {
+                *v = (&*v + &g[k])?;
+            }
+            acc
+        }
+    })
+}
+
+/// `g / n` by name.
+fn mean_grads(mut g: Grads, n: usize) -> Result<Grads> {
+    if n > 1 {
+        for v in g.values_mut() {
+            *v = (&*v / n as f64)?;
+        }
+    }
+    Ok(g)
+}
+
+/// Rows `[i * len, (i + 1) * len)` of the batch (the batch itself when it
+/// is one part).
+fn part(x: &Tensor, y: &Tensor, i: usize, len: usize) -> Result<(Tensor, Tensor)> {
+    if i == 0 && len == y.dim(0)? {
+        return Ok((x.clone(), y.clone()));
+    }
+    Ok((x.narrow(0, i * len, len)?, y.narrow(0, i * len, len)?))
+}
+
+/// How many parts of `len` make `n`, or why they do not.
+fn parts(n: usize, len: usize, what: &str) -> Result<usize> {
+    if len == 0 || !n.is_multiple_of(len) {
+        return Err(bad(format!(
+            "{what} {len} does not divide the batch of {n}"
+        )));
+    }
+    Ok(n / len)
+}
+
+/// A training-mode pass over (x, y) in ghost batches of `b` images (see
+/// the module docs): the mean loss, the correct predictions, the mean
+/// gradient; the running statistics are left at the mean of the slices'
+/// updates from their values on entry. `None`: one [`pass`].
+fn ghost_pass(
+    model: &Model,
+    x: &Tensor,
+    y: &Tensor,
+    b: Option<usize>,
+) -> Result<(f64, usize, Grads)> {
+    let n = y.dim(0)?;
+    let Some(b) = b.filter(|&b| b < n) else {
+        return pass(model, x, y);
+    };
+    let slices = parts(n, b, "the BatchNorm batch (bn_batch)")?;
+    let params = &model.params;
+    let start = params.snapshot_buffers()?;
+    let (mut loss, mut correct) = (0f64, 0usize);
+    let mut grads: Option<Grads> = None;
+    let mut running: Option<Vec<Tensor>> = None;
+    for s in 0..slices {
+        params.restore_buffers(&start)?;
+        let (xs, ys) = part(x, y, s, b)?;
+        let (l, k, g) = pass(model, &xs, &ys)?;
+        loss += l / slices as f64;
+        correct += k;
+        grads = Some(add_grads(grads, g)?);
+        let r = params.snapshot_buffers()?;
+        running = Some(match running {
+            None => r,
+            Some(acc) => acc
+                .iter()
+                .zip(&r)
+                .map(|(a, b)| a + b)
+                .collect::<candle_core::Result<_>>()?,
+        });
+    }
+    let mean: Vec<Tensor> = running
+        .expect("at least one slice")
+        .iter()
+        .map(|t| t / slices as f64)
+        .collect::<candle_core::Result<_>>()?;
+    params.restore_buffers(&mean)?;
+    Ok((
+        loss,
+        correct,
+        mean_grads(grads.expect("at least one slice"), slices)?,
+    ))
+}
+
 /// Runs one step; if it fails, puts back the running statistics its passes
 /// changed. Weights and momentum change only in the step's final update, so
 /// a failed step leaves the model and the optimiser as they were.
@@ -122,8 +234,20 @@ pub fn sgd_step(
     y: &Tensor,
     lr: f64,
 ) -> Result<StepOutput> {
+    sgd_step_ghost(model, opt, None, x, y, lr)
+}
+
+/// [`sgd_step`] in ghost batches of `bn_batch` images (module docs).
+pub fn sgd_step_ghost(
+    model: &Model,
+    opt: &mut Sgd,
+    bn_batch: Option<usize>,
+    x: &Tensor,
+    y: &Tensor,
+    lr: f64,
+) -> Result<StepOutput> {
     rollback_on_error(model, || {
-        let (loss, correct, grads) = pass(model, x, y)?;
+        let (loss, correct, grads) = ghost_pass(model, x, y, bn_batch)?;
         opt.step(&model.params, &grads, lr)?;
         Ok(StepOutput {
             method: Method::Sgd,
@@ -135,16 +259,28 @@ pub fn sgd_step(
     })
 }
 
-/// [`sgd_step`] with the signature of every step kind (SAM's settings unused).
+/// The SGD step kind (SAM's settings unused).
 pub(crate) fn sgd_kind_step(
     model: &Model,
     opt: &mut Sgd,
-    _sam: &SamConfig,
+    settings: &StepSettings,
     x: &Tensor,
     y: &Tensor,
     lr: f64,
 ) -> Result<StepOutput> {
-    sgd_step(model, opt, x, y, lr)
+    sgd_step_ghost(model, opt, settings.bn_batch, x, y, lr)
+}
+
+/// The SAM step kind.
+pub(crate) fn sam_kind_step(
+    model: &Model,
+    opt: &mut Sgd,
+    settings: &StepSettings,
+    x: &Tensor,
+    y: &Tensor,
+    lr: f64,
+) -> Result<StepOutput> {
+    sam_step_ghost(model, opt, settings.sam, settings.bn_batch, x, y, lr)
 }
 
 /// The perturbation for gradient `g` at the current weights.
@@ -182,7 +318,13 @@ fn perturbation(params: &ParamStore, g: &Grads, cfg: &SamConfig) -> Result<Grads
 }
 
 /// Runs a pass at `w + eps` and puts `w` and the running statistics back exactly.
-fn perturbed_grads(model: &Model, eps: &Grads, x: &Tensor, y: &Tensor) -> Result<Grads> {
+fn perturbed_grads(
+    model: &Model,
+    eps: &Grads,
+    x: &Tensor,
+    y: &Tensor,
+    bn_batch: Option<usize>,
+) -> Result<Grads> {
     let params = &model.params;
     let originals: Vec<Tensor> = params
         .trainable()
@@ -192,7 +334,7 @@ fn perturbed_grads(model: &Model, eps: &Grads, x: &Tensor, y: &Tensor) -> Result
     for (name, var) in params.trainable() {
         var.set(&(var.as_tensor().detach() + &eps[name])?)?;
     }
-    let result = pass(model, x, y);
+    let result = ghost_pass(model, x, y, bn_batch);
     for ((_, var), w) in params.trainable().zip(&originals) {
         var.set(w)?;
     }
@@ -209,55 +351,73 @@ pub fn sam_step(
     y: &Tensor,
     lr: f64,
 ) -> Result<StepOutput> {
+    sam_step_ghost(model, opt, cfg, None, x, y, lr)
+}
+
+/// [`sam_step`] in ghost batches of `bn_batch` images (module docs).
+pub fn sam_step_ghost(
+    model: &Model,
+    opt: &mut Sgd,
+    cfg: &SamConfig,
+    bn_batch: Option<usize>,
+    x: &Tensor,
+    y: &Tensor,
+    lr: f64,
+) -> Result<StepOutput> {
     cfg.check()?;
-    rollback_on_error(model, || sam_update(model, opt, cfg, x, y, lr))
+    rollback_on_error(model, || sam_update(model, opt, cfg, bn_batch, x, y, lr))
 }
 
 fn sam_update(
     model: &Model,
     opt: &mut Sgd,
     cfg: &SamConfig,
+    bn_batch: Option<usize>,
     x: &Tensor,
     y: &Tensor,
     lr: f64,
 ) -> Result<StepOutput> {
     let n = y.dim(0)?;
     let m = cfg.chunk.unwrap_or(n).min(n);
-    if n % m != 0 {
-        return Err(bad(format!(
-            "the m-sharpness chunk {m} does not divide the batch of {n}"
-        )));
+    let chunks = parts(n, m, "the m-sharpness chunk")?;
+    if let Some(b) = bn_batch.filter(|&b| b < m) {
+        parts(m, b, "the BatchNorm batch (bn_batch)")?;
     }
-    let chunks = n / m;
+    // With ghost batches every chunk starts from the step's running
+    // statistics, and the step keeps the mean of the chunks' updates.
+    let start = bn_batch
+        .map(|_| model.params.snapshot_buffers())
+        .transpose()?;
+    let mut running: Vec<Vec<Tensor>> = Vec::new();
     let (mut loss, mut correct) = (0f64, 0usize);
     let mut total: Option<Grads> = None;
     for c in 0..chunks {
-        let (xc, yc) = if chunks == 1 {
-            (x.clone(), y.clone())
-        } else {
-            (x.narrow(0, c * m, m)?, y.narrow(0, c * m, m)?)
-        };
-        let (l, k, g) = pass(model, &xc, &yc)?;
+        let (xc, yc) = part(x, y, c, m)?;
+        if let Some(start) = &start {
+            model.params.restore_buffers(start)?;
+        }
+        let (l, k, g) = ghost_pass(model, &xc, &yc, bn_batch)?;
+        if start.is_some() {
+            running.push(model.params.snapshot_buffers()?);
+        }
         loss += l / chunks as f64;
         correct += k;
         let eps = perturbation(&model.params, &g, cfg)?;
-        let g2 = perturbed_grads(model, &eps, &xc, &yc)?;
-        total = Some(match total {
-            None => g2,
-            Some(mut acc) => {
-                for (k, v) in acc.iter_mut() {
-                    *v = (&*v + &g2[k])?;
-                }
-                acc
-            }
-        });
+        let g2 = perturbed_grads(model, &eps, &xc, &yc, bn_batch)?;
+        total = Some(add_grads(total, g2)?);
     }
-    let mut grads = total.expect("at least one chunk");
-    if chunks > 1 {
-        for v in grads.values_mut() {
-            *v = (&*v / chunks as f64)?;
-        }
+    if let Some(first) = running.first() {
+        let mean: Vec<Tensor> = (0..first.len())
+            .map(|i| {
+                let sum = running[1..]
+                    .iter()
+                    .try_fold(running[0][i].clone(), |acc, r| &acc + &r[i])?;
+                sum / running.len() as f64
+            })
+            .collect::<candle_core::Result<_>>()?;
+        model.params.restore_buffers(&mean)?;
     }
+    let grads = mean_grads(total.expect("at least one chunk"), chunks)?;
     opt.step(&model.params, &grads, lr)?;
     Ok(StepOutput {
         method: Method::Sam,

@@ -6,7 +6,7 @@ use candle_core::Tensor;
 use samlab_models::Model;
 
 use crate::error::{Result, bad};
-use crate::sam::{SamConfig, StepOutput};
+use crate::sam::{StepOutput, StepSettings};
 use crate::sgd::Sgd;
 
 /// A point in training: an absolute step, an epoch, or a fraction of the run.
@@ -44,7 +44,7 @@ impl Point {
 /// function`. The cost is what one step costs as a fraction of an SGD step
 /// (forward+backward passes over the batch): the one place that says so, a
 /// fraction so that cheaper SAM variants can say what they cost. A step
-/// function has the signature of [`crate::sam::sam_step`]. Adding a step
+/// function takes `(model, &mut Sgd, &StepSettings, x, y, lr)`. Adding a step
 /// kind is a new file with its step function plus one line here.
 macro_rules! steps {
     ($($variant:ident => cost $cost:expr, $step:path;)*) => {
@@ -69,12 +69,12 @@ macro_rules! steps {
                 self,
                 model: &Model,
                 opt: &mut Sgd,
-                sam: &SamConfig,
+                settings: &StepSettings,
                 x: &Tensor,
                 y: &Tensor,
                 lr: f64,
             ) -> Result<StepOutput> {
-                match self { $(Method::$variant => $step(model, opt, sam, x, y, lr),)* }
+                match self { $(Method::$variant => $step(model, opt, settings, x, y, lr),)* }
             }
         }
     };
@@ -82,7 +82,7 @@ macro_rules! steps {
 
 steps! {
     Sgd => cost 1.0, crate::sam::sgd_kind_step;
-    Sam => cost 2.0, crate::sam::sam_step;
+    Sam => cost 2.0, crate::sam::sam_kind_step;
 }
 
 impl Method {

@@ -9,7 +9,7 @@ use samlab_models::Model;
 
 use crate::error::{ErrorKind, Result};
 use crate::lr::LrSchedule;
-use crate::sam::{SamConfig, StepOutput};
+use crate::sam::{SamConfig, StepOutput, StepSettings};
 use crate::schedule::{Resolved, StepSchedule};
 use crate::sgd::{Sgd, SgdConfig};
 
@@ -24,6 +24,9 @@ pub struct Trainer {
     pub step: u64,
     /// Forward+backward passes so far, in SGD-step units.
     pub passes: f64,
+    /// Ghost batches: BatchNorm over slices of this many images, for SGD
+    /// and SAM steps alike (see `sam`'s module docs).
+    pub bn_batch: Option<usize>,
 }
 
 impl Trainer {
@@ -46,17 +49,31 @@ impl Trainer {
             total_steps,
             step: 0,
             passes: 0.0,
+            bn_batch: None,
         })
+    }
+
+    /// The same run with ghost batches of `bn_batch` images.
+    pub fn with_bn_batch(mut self, bn_batch: Option<usize>) -> Result<Trainer> {
+        if bn_batch == Some(0) {
+            return Err(crate::error::bad("the BatchNorm batch must be at least 1"));
+        }
+        self.bn_batch = bn_batch;
+        Ok(self)
     }
 
     /// One step on batch (x, y): the method and rate of the current global step.
     pub fn train_step(&mut self, model: &Model, x: &Tensor, y: &Tensor) -> Result<StepOutput> {
         let t = self.step;
         let lr = self.lr.at(t, self.total_steps);
+        let settings = StepSettings {
+            sam: &self.sam,
+            bn_batch: self.bn_batch,
+        };
         let out = self
             .schedule
             .method(t)
-            .step(model, &mut self.sgd, &self.sam, x, y, lr)
+            .step(model, &mut self.sgd, &settings, x, y, lr)
             .map_err(|e| match e.kind {
                 ErrorKind::NonFinite { loss, .. } => ErrorKind::NonFinite { step: t, loss }.into(),
                 _ => e,

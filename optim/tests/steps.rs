@@ -37,8 +37,9 @@ fn floats(v: &Value) -> Vec<f64> {
 /// own f32 run is 2e-2 away in sam_m4); which ReLU inputs near zero flip
 /// depends on the order the convolutions sum in. The f64 run checks every
 /// case to 1e-9.
-fn f32_tolerance(chunk: Option<usize>, adaptive: bool) -> f64 {
-    if chunk.is_some() || adaptive {
+fn f32_tolerance(chunk: Option<usize>, adaptive: bool, bn_batch: Option<usize>) -> f64 {
+    // Ghost batches of 4 normalise over 4 images, as the m = 4 chunks do.
+    if chunk.is_some() || adaptive || bn_batch.is_some() {
         5e-2
     } else {
         1e-5
@@ -59,6 +60,14 @@ fn two_steps_match_the_jax_reference() {
     let fixture: Value =
         serde_json::from_str(include_str!("reference/step_reference.json")).unwrap();
     assert_eq!(fixture["dtype"], "f64");
+    // The ghost-batch cases are there (the thesis' per-device protocol).
+    let ghost = fixture["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["bn_batch"].as_u64() == Some(4))
+        .count();
+    assert_eq!(ghost, 3);
     for dtype in [DType::F64, DType::F32] {
         for case in fixture["cases"].as_array().unwrap() {
             check_steps(case, dtype);
@@ -71,12 +80,13 @@ fn check_steps(case: &Value, dtype: DType) {
     let mut cfg = SamConfig::new(case["rho"].as_f64().unwrap());
     cfg.chunk = case["chunk"].as_u64().map(|c| c as usize);
     cfg.adaptive = case["adaptive"].as_bool().unwrap();
+    let bn_batch = case["bn_batch"].as_u64().map(|b| b as usize);
     let tol = match dtype {
         DType::F64 => 1e-9,
-        _ => f32_tolerance(cfg.chunk, cfg.adaptive),
+        _ => f32_tolerance(cfg.chunk, cfg.adaptive, bn_batch),
     };
     let label = format!(
-        "{dtype:?} {method} rho {} chunk {:?} adaptive {}",
+        "{dtype:?} {method} rho {} chunk {:?} adaptive {} bn_batch {bn_batch:?}",
         cfg.rho, cfg.chunk, cfg.adaptive
     );
     let model = Model::with_dtype(
@@ -93,9 +103,9 @@ fn check_steps(case: &Value, dtype: DType) {
         let (x, y) = batch(k);
         let x = x.to_dtype(dtype).unwrap();
         let out = if method == "sgd" {
-            sgd_step(&model, &mut opt, &x, &y, 0.1).unwrap()
+            sgd_step_ghost(&model, &mut opt, bn_batch, &x, &y, 0.1).unwrap()
         } else {
-            sam_step(&model, &mut opt, &cfg, &x, &y, 0.1).unwrap()
+            sam_step_ghost(&model, &mut opt, &cfg, bn_batch, &x, &y, 0.1).unwrap()
         };
         // The loss is computed before any step's chaos sets in.
         let loss_tol = if dtype == DType::F64 { 1e-9 } else { 1e-5 };
@@ -235,6 +245,16 @@ fn bad_settings_are_errors() {
         err.contains("chunk 3 does not divide the batch of 8"),
         "{err}"
     );
+    let err = sgd_step_ghost(&m, &mut opt, Some(3), &x, &y, 0.1)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("bn_batch) 3 does not divide"), "{err}");
+    let mut cfg = SamConfig::new(0.05);
+    cfg.chunk = Some(4);
+    let err = sam_step_ghost(&m, &mut opt, &cfg, Some(3), &x, &y, 0.1)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("bn_batch) 3 does not divide"), "{err}");
     let err = sam_step(&m, &mut opt, &SamConfig::new(-1.0), &x, &y, 0.1)
         .unwrap_err()
         .to_string();

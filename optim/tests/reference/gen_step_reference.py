@@ -9,6 +9,13 @@ decay 5e-4, lr 0.1) as the base optimiser:
   sam            SAM, rho 0.05, one perturbation for the whole batch
   sam_m4         SAM, rho 0.05, m-sharpness with chunks of 4
   asam           adaptive SAM, rho 0.5, eta 0.01
+  sgd_bn4        SGD in ghost batches of 4 (BatchNorm per 4 images, as on
+                 2 devices of 4: gradients averaged, running statistics
+                 updated once with the mean of the slices' updates)
+  sam_m4_bn4     SAM with m = 4 on ghost batches of 4 (the thesis' protocol,
+                 Section 5.1: each device perturbs and normalises its own 32)
+  sam_bn4        SAM with one perturbation for the batch of 8, each pass in
+                 ghost batches of 4
 and records the losses, the momentum buffers (norm and first elements), the
 final weights' first elements and the running statistics. The momentum buffer
 carries the update without the cancellation of w_new - w_old in f32.
@@ -53,27 +60,48 @@ def grads(params, buffers, x, y):
     return float(loss), g, {**buffers, **new}
 
 
-def step_grads(method, params, buffers, x, y, rho, chunk, adaptive):
-    if method == "sgd":
+def mean_trees(trees):
+    return {k: sum(t[k] for t in trees) / len(trees) for k in trees[0]}
+
+
+def ghost_grads(params, buffers, x, y, bn):
+    """One pass in slices of bn images, each from the same running statistics:
+    mean loss, mean gradient, mean of the slices' running-statistic updates."""
+    n = x.shape[0]
+    if bn is None or bn >= n:
         return grads(params, buffers, x, y)
+    out = [grads(params, buffers, x[s * bn:(s + 1) * bn], y[s * bn:(s + 1) * bn]) for s in range(n // bn)]
+    return (float(np.mean([o[0] for o in out])), mean_trees([o[1] for o in out]), mean_trees([o[2] for o in out]))
+
+
+def step_grads(method, params, buffers, x, y, rho, chunk, adaptive, bn=None):
+    if method == "sgd":
+        return ghost_grads(params, buffers, x, y, bn)
     n = x.shape[0]
     m = chunk or n
     chunks = n // m
     total, losses = None, []
+    start, running = buffers, []
     for c in range(chunks):
         xc, yc = x[c * m:(c + 1) * m], y[c * m:(c + 1) * m]
-        loss, g, buffers = grads(params, buffers, xc, yc)  # the first pass updates running stats
+        if bn is None:
+            loss, g, buffers = grads(params, buffers, xc, yc)  # the first pass updates running stats, in turn
+        else:
+            loss, g, r = ghost_grads(params, start, xc, yc, bn)  # every chunk from the step's statistics
+            running.append(r)
         losses.append(loss)
         t = {k: (jnp.abs(params[k]) + 0.01 if adaptive and k.endswith("weight") else 1.0) for k in params}
         tg = {k: g[k] * t[k] for k in params}
         norm = jnp.sqrt(sum(jnp.sum(v * v) for v in tg.values()))
         pw = {k: params[k] + rho * t[k] * tg[k] / (norm + 1e-12) for k in params}
-        _, g2, _ = grads(pw, buffers, xc, yc)  # the second pass's statistics are dropped
+        _, g2, _ = ghost_grads(pw, buffers, xc, yc, bn)  # the second pass's statistics are dropped
         total = g2 if total is None else {k: total[k] + g2[k] for k in total}
+    if bn is not None:
+        buffers = mean_trees(running)  # one update: the mean over all slices
     return float(np.mean(losses)), {k: v / chunks for k, v in total.items()}, buffers
 
 
-def run(method, rho=0.0, chunk=None, adaptive=False):
+def run(method, rho=0.0, chunk=None, adaptive=False, bn=None):
     sh = ref.shapes(16, STAGES, 10)
     names = sorted(sh)
     t = {k: jnp.asarray(ref.value(k, sh[k], p).astype(np.float64)) for p, k in enumerate(names)}
@@ -83,14 +111,14 @@ def run(method, rho=0.0, chunk=None, adaptive=False):
     losses = []
     for k in range(2):
         x, y = batch(k)
-        loss, g, buffers = step_grads(method, params, buffers, x, y, rho, chunk, adaptive)
+        loss, g, buffers = step_grads(method, params, buffers, x, y, rho, chunk, adaptive, bn)
         losses.append(loss)
         g = {n: g[n] + WD * params[n] for n in params}
         mom = {n: (MU * mom[n] + g[n]) if n in mom else g[n] for n in params}
         params = {n: params[n] - LR * (g[n] + MU * mom[n]) for n in params}
     head = lambda v, k=8: np.asarray(v).reshape(-1)[:k].tolist()  # noqa: E731
     return {
-        "method": method, "rho": rho, "chunk": chunk, "adaptive": adaptive,
+        "method": method, "rho": rho, "chunk": chunk, "adaptive": adaptive, "bn_batch": bn,
         "losses": losses,
         "momentum": {n: {"norm": float(jnp.linalg.norm(v)), "max_abs": float(jnp.max(jnp.abs(v))), "head": head(v)}
                      for n, v in sorted(mom.items())},
@@ -100,7 +128,8 @@ def run(method, rho=0.0, chunk=None, adaptive=False):
 
 
 def main():
-    cases = [run("sgd"), run("sam", 0.05), run("sam", 0.05, chunk=4), run("sam", 0.5, adaptive=True)]
+    cases = [run("sgd"), run("sam", 0.05), run("sam", 0.05, chunk=4), run("sam", 0.5, adaptive=True),
+             run("sgd", bn=4), run("sam", 0.05, chunk=4, bn=4), run("sam", 0.05, bn=4)]
     path = os.path.join(HERE, "step_reference.json")
     with open(path, "w") as f:
         json.dump({"generator": "gen_step_reference.py", "jax": jax.__version__, "dtype": "f64", "cases": cases}, f)

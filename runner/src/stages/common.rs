@@ -134,13 +134,19 @@ impl SamPartial {
         }
     }
 
-    /// The settings with defaults filled in, checked against the batch size.
-    pub fn resolve(s: Option<&SamPartial>, batch: usize) -> Result<SamConfig, Invalid> {
+    /// The settings with defaults filled in, checked against the batch size
+    /// and the ghost batch: the chunk m defaults to the ghost batch, as a
+    /// device perturbs and normalises its own images.
+    pub fn resolve(
+        s: Option<&SamPartial>,
+        batch: usize,
+        bn_batch: Option<usize>,
+    ) -> Result<SamConfig, Invalid> {
         let s = s.cloned().unwrap_or_default();
         let ds = SamConfig::new(0.05);
         let sam = SamConfig {
             rho: s.rho.unwrap_or(ds.rho),
-            chunk: s.chunk,
+            chunk: s.chunk.or(bn_batch),
             adaptive: s.adaptive.unwrap_or(ds.adaptive),
             eta: s.eta.unwrap_or(ds.eta),
         };
@@ -152,8 +158,28 @@ impl SamPartial {
                 "the m-sharpness chunk {m} does not divide the batch {batch}"
             )));
         }
+        if let (Some(m), Some(b)) = (sam.chunk, bn_batch)
+            && !m.is_multiple_of(b)
+        {
+            return Err(Invalid::Value(format!(
+                "`bn_batch` {b} does not divide the m-sharpness chunk {m}: a device's perturbation covers whole ghost batches"
+            )));
+        }
         Ok(sam)
     }
+}
+
+/// Checks a ghost-batch size against the batch.
+pub fn check_bn_batch(bn_batch: Option<usize>, batch: usize) -> Result<(), Invalid> {
+    if let Some(b) = bn_batch {
+        positive("bn_batch", b as u64)?;
+        if !batch.is_multiple_of(b) {
+            return Err(Invalid::Value(format!(
+                "`bn_batch` {b} does not divide the batch {batch}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Converts a grid value to a whole number.

@@ -27,7 +27,7 @@ use samlab_optim::{LrSchedule, Method, SamConfig, SgdConfig, StepSchedule, Train
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    Grid, SamPartial, SgdPartial, Subset, TrainingData, dep_model, evaluate_loader, forward_cost,
+    Grid, SamPartial, check_bn_batch, SgdPartial, Subset, TrainingData, dep_model, evaluate_loader, forward_cost,
     inherit, merged_grid, positive, train_dep, training_loader, whole,
 };
 use super::{
@@ -50,6 +50,8 @@ pub struct EscapePartial {
     /// Constant learning rate.
     pub lr: Option<f64>,
     pub batch: Option<usize>,
+    /// Ghost batches, as for Train (the thesis' escape runs: 32).
+    pub bn_batch: Option<usize>,
     pub optimizer: Option<SgdPartial>,
     /// Data order and augmentation of the escape steps.
     pub seed: Option<u64>,
@@ -68,6 +70,9 @@ pub struct EscapeSpec {
     pub sam: Option<SamConfig>,
     pub lr: f64,
     pub batch: usize,
+    /// Ghost batches (`None`: the whole batch); left out of the key when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bn_batch: Option<usize>,
     pub optimizer: SgdConfig,
     pub seed: u64,
     pub probe: usize,
@@ -85,14 +90,14 @@ pub struct EscapeSpec {
 impl Partial for EscapePartial {
     type Spec = EscapeSpec;
     const GRID_FIELDS: &'static [&'static str] =
-        &["seed", "rho", "lr", "batch", "probe", "threshold"];
+        &["seed", "rho", "lr", "batch", "bn_batch", "probe", "threshold"];
 
     fn extends(&self) -> Option<&str> {
         self.extends.as_deref()
     }
 
     fn merge(mut self, p: &EscapePartial) -> EscapePartial {
-        inherit!(self, p; of, method, lr, batch, seed, probe, threshold, max_steps, eval_batch);
+        inherit!(self, p; of, method, lr, batch, bn_batch, seed, probe, threshold, max_steps, eval_batch);
         self.extends = p.extends.clone();
         self.sam = SamPartial::merged(self.sam.take(), &p.sam);
         self.optimizer = SgdPartial::merged(self.optimizer.take(), &p.optimizer);
@@ -114,6 +119,7 @@ impl Partial for EscapePartial {
             "rho" => self.sam.get_or_insert_with(Default::default).rho = Some(v),
             "lr" => self.lr = Some(v),
             "batch" => self.batch = Some(whole(v)? as usize),
+            "bn_batch" => self.bn_batch = Some(whole(v)? as usize),
             "probe" => self.probe = Some(whole(v)? as usize),
             "threshold" => self.threshold = Some(v),
             _ => return Err(Invalid::UnknownGridField(field.to_string())),
@@ -143,6 +149,7 @@ impl Partial for EscapePartial {
         }
         let batch = self.batch.unwrap_or(256);
         positive("batch", batch as u64)?;
+        check_bn_batch(self.bn_batch, batch)?;
         let eval_batch = self.eval_batch.unwrap_or(500);
         positive("eval_batch", eval_batch as u64)?;
         let probe = self.probe.unwrap_or(1000);
@@ -157,13 +164,14 @@ impl Partial for EscapePartial {
         }
         let sam = match method {
             Method::Sgd => None,
-            _ => Some(SamPartial::resolve(self.sam.as_ref(), batch)?),
+            _ => Some(SamPartial::resolve(self.sam.as_ref(), batch, self.bn_batch)?),
         };
         Ok(EscapeSpec {
             method,
             sam,
             lr,
             batch,
+            bn_batch: self.bn_batch,
             optimizer: SgdPartial::resolve(self.optimizer.as_ref())?,
             seed: self.seed.unwrap_or(0),
             probe,
@@ -301,7 +309,8 @@ fn run(spec: &EscapeSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
         spec.max_steps,
         spe,
     )
-    .map_err(step_err(ctx.stage))?;
+    .map_err(step_err(ctx.stage))?
+    .with_bn_batch(spec.bn_batch)?;
 
     let (loss0, correct0, n0) = evaluate_loader(&model, &probe, ctx.device)?;
     let start_acc = correct0 as f64 / n0.max(1) as f64;

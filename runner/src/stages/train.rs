@@ -19,7 +19,7 @@ use samlab_optim::{
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    Grid, SamPartial, SgdPartial, SplitName, Subset, TrainingData, eval_loader, evaluate_loader,
+    Grid, SamPartial, check_bn_batch, SgdPartial, SplitName, Subset, TrainingData, eval_loader, evaluate_loader,
     inherit, merged_grid, positive, training_loader, whole,
 };
 use super::{Kind, KindPlan, Outcome, Partial, PlanInput, RunCtx, StageSpec, Summary};
@@ -38,6 +38,9 @@ pub struct TrainPartial {
     pub train_subset: Option<Subset>,
     pub subset_seed: Option<u64>,
     pub batch: Option<usize>,
+    /// Ghost batches: BatchNorm over slices of this many images, SGD and
+    /// SAM steps alike (the thesis: 32, one GPU's share of 256).
+    pub bn_batch: Option<usize>,
     pub epochs: Option<u64>,
     pub seed: Option<u64>,
     pub augment: Option<bool>,
@@ -58,6 +61,9 @@ pub struct TrainSpec {
     pub train_subset: Subset,
     pub subset_seed: u64,
     pub batch: usize,
+    /// Ghost batches (`None`: the whole batch); left out of the key when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bn_batch: Option<usize>,
     pub epochs: u64,
     /// Initialisation and data order.
     pub seed: u64,
@@ -81,6 +87,7 @@ impl Partial for TrainPartial {
         "lr",
         "epochs",
         "batch",
+        "bn_batch",
         "train_per_class",
         "chunk",
         "period",
@@ -92,7 +99,7 @@ impl Partial for TrainPartial {
     }
 
     fn merge(mut self, p: &TrainPartial) -> TrainPartial {
-        inherit!(self, p; from, model, train_subset, subset_seed, batch, epochs, seed, augment, lr, method, test_subset, eval_batch);
+        inherit!(self, p; from, model, train_subset, subset_seed, batch, bn_batch, epochs, seed, augment, lr, method, test_subset, eval_batch);
         self.extends = p.extends.clone();
         self.optimizer = SgdPartial::merged(self.optimizer.take(), &p.optimizer);
         self.sam = SamPartial::merged(self.sam.take(), &p.sam);
@@ -120,6 +127,7 @@ impl Partial for TrainPartial {
             }
             "epochs" => self.epochs = Some(whole(v)?),
             "batch" => self.batch = Some(whole(v)? as usize),
+            "bn_batch" => self.bn_batch = Some(whole(v)? as usize),
             "train_per_class" => self.train_subset = Some(Subset::PerClass(whole(v)? as usize)),
             "chunk" => self.sam.get_or_insert_default().chunk = Some(whole(v)? as usize),
             "period" => match &mut self.method {
@@ -155,7 +163,8 @@ impl Partial for TrainPartial {
         let eval_batch = self.eval_batch.unwrap_or(500);
         positive("eval_batch", eval_batch as u64)?;
         let optimizer = SgdPartial::resolve(self.optimizer.as_ref())?;
-        let sam = SamPartial::resolve(self.sam.as_ref(), batch)?;
+        check_bn_batch(self.bn_batch, batch)?;
+        let sam = SamPartial::resolve(self.sam.as_ref(), batch, self.bn_batch)?;
         let lr = self.lr.clone().unwrap_or(LrSchedule::Cosine { lr: 0.1 });
         let lr_value = match lr {
             LrSchedule::Constant { lr } | LrSchedule::Cosine { lr } => lr,
@@ -177,6 +186,7 @@ impl Partial for TrainPartial {
             train_subset,
             subset_seed: self.subset_seed.unwrap_or(0),
             batch,
+            bn_batch: self.bn_batch,
             epochs,
             seed: self.seed.unwrap_or(0),
             augment: self.augment.unwrap_or(true),
@@ -347,7 +357,8 @@ pub fn run(spec: &TrainSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
         &spec.method,
         total,
         spe,
-    )?;
+    )?
+    .with_bn_batch(spec.bn_batch)?;
 
     // Where to start: the latest rolling checkpoint or shared prefix.
     let mut outcome = Outcome::default();
@@ -494,4 +505,46 @@ pub fn run(spec: &TrainSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
     }
     write_state(&model, &trainer, &rows, ctx.out)?;
     Ok((summary, outcome))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::stages::StageSpec;
+
+    fn train(fields: &str) -> Result<StageSpec, String> {
+        let text = format!(
+            r#"Study(version: 1, dataset: "cifar10", stages: {{
+                "t": Train(model: "resnet8", epochs: 1, batch: 64, method: Always(Sam), {fields}),
+            }})"#
+        );
+        crate::study::parse(&text, std::path::Path::new("t.ron"))
+            .map(|s| s.stages[0].spec.clone())
+            .map_err(|e| e.to_string())
+    }
+
+    /// The thesis' protocol: BatchNorm per device of 32, and SAM's m equal
+    /// to it unless a study says otherwise; only a set `bn_batch` enters
+    /// the key.
+    #[test]
+    fn bn_batch_sets_the_chunk_and_must_divide_batch_and_chunk() {
+        let StageSpec::Train(t) = train("bn_batch: 32").unwrap() else {
+            panic!()
+        };
+        assert_eq!((t.bn_batch, t.sam.chunk), (Some(32), Some(32)));
+        let v = serde_json::to_value(&t).unwrap();
+        assert_eq!(v["bn_batch"], 32);
+        let StageSpec::Train(t) = train("bn_batch: 16, sam: (chunk: 64)").unwrap() else {
+            panic!()
+        };
+        assert_eq!((t.bn_batch, t.sam.chunk), (Some(16), Some(64)));
+        let StageSpec::Train(t) = train("").unwrap() else {
+            panic!()
+        };
+        assert_eq!((t.bn_batch, t.sam.chunk), (None, None));
+        assert!(serde_json::to_value(&t).unwrap().get("bn_batch").is_none());
+        let e = train("bn_batch: 48").unwrap_err();
+        assert!(e.contains("`bn_batch` 48 does not divide the batch 64"), "{e}");
+        let e = train("bn_batch: 32, sam: (chunk: 16)").unwrap_err();
+        assert!(e.contains("`bn_batch` 32 does not divide the m-sharpness chunk 16"), "{e}");
+    }
 }
