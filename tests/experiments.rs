@@ -69,6 +69,7 @@ fn escape_counts_steps_until_the_threshold_and_censors_runs_that_stay() {
         "stay": Escape(of: "pre", method: Sgd, lr: 1e-7, batch: 50, probe: 100, threshold: {t}, max_steps: 3),
         "jump": Escape(of: "pre", method: Sam, sam: (rho: 0.05), lr: 20.0, batch: 50, probe: 100, threshold: {t}, max_steps: 50),
         "too-high": Escape(of: "pre", method: Sgd, lr: 0.01, batch: 50, probe: 100, threshold: 1.0, max_steps: 3),
+        "jump-batch": Escape(extends: "jump", measure: Batch),
     }})"#
         ),
     );
@@ -105,6 +106,14 @@ fn escape_counts_steps_until_the_threshold_and_censors_runs_that_stay() {
     assert_eq!(num(&s, "jump", "escaped"), 1.0);
     assert_eq!(num(&s, "jump", "escape_steps"), 1.0);
     assert_eq!(num(&s, "jump", "passes"), 2.0, "one SAM step is two passes");
+    // Every reading is recorded; the threshold applies to `measure`. The
+    // batch reading of step 1 is taken at the minimum, before the update
+    // that wrecks it, so by that reading the same run escapes at step 2.
+    assert_eq!(num(&s, "jump", "escape_steps_probe"), 1.0);
+    assert_eq!(num(&s, "jump-batch", "escape_steps_probe"), 1.0);
+    assert_eq!(num(&s, "jump-batch", "escape_steps_batch"), 2.0);
+    assert_eq!(num(&s, "jump-batch", "escape_steps"), 2.0);
+    assert_eq!(num(&s, "jump-batch", "steps"), 2.0);
     // The per-step table: a row per step after the starting row, and the
     // escape step is the first below the threshold.
     let rows = std::fs::read_to_string(env.path("r2/stages/stay.csv")).unwrap();

@@ -89,8 +89,13 @@ pub struct StepOutput {
     pub method: Method,
     /// Mean training loss of the batch (first pass).
     pub loss: f64,
-    /// Correctly classified samples of the batch (first pass).
+    /// Correctly classified samples of the batch (first pass: at the
+    /// weights before the step, training mode).
     pub correct: usize,
+    /// SAM: correctly classified samples of the perturbed passes at
+    /// `w + eps` (what SAM's reference code logs as training accuracy);
+    /// `None` for a step without a perturbed pass.
+    pub perturbed_correct: Option<usize>,
     pub samples: usize,
     /// Forward+backward passes over the whole batch, in SGD-step units.
     pub passes: f64,
@@ -253,6 +258,7 @@ pub fn sgd_step_ghost(
             method: Method::Sgd,
             loss,
             correct,
+            perturbed_correct: None,
             samples: y.dim(0)?,
             passes: Method::Sgd.cost(),
         })
@@ -324,7 +330,7 @@ fn perturbed_grads(
     x: &Tensor,
     y: &Tensor,
     bn_batch: Option<usize>,
-) -> Result<Grads> {
+) -> Result<(usize, Grads)> {
     let params = &model.params;
     let originals: Vec<Tensor> = params
         .trainable()
@@ -339,7 +345,8 @@ fn perturbed_grads(
         var.set(w)?;
     }
     params.restore_buffers(&buffers)?;
-    Ok(result?.2)
+    let (_, correct, grads) = result?;
+    Ok((correct, grads))
 }
 
 /// One SAM step (see the module docs).
@@ -389,7 +396,7 @@ fn sam_update(
         .map(|_| model.params.snapshot_buffers())
         .transpose()?;
     let mut running: Vec<Vec<Tensor>> = Vec::new();
-    let (mut loss, mut correct) = (0f64, 0usize);
+    let (mut loss, mut correct, mut perturbed_correct) = (0f64, 0usize, 0usize);
     let mut total: Option<Grads> = None;
     for c in 0..chunks {
         let (xc, yc) = part(x, y, c, m)?;
@@ -403,7 +410,8 @@ fn sam_update(
         loss += l / chunks as f64;
         correct += k;
         let eps = perturbation(&model.params, &g, cfg)?;
-        let g2 = perturbed_grads(model, &eps, &xc, &yc, bn_batch)?;
+        let (k2, g2) = perturbed_grads(model, &eps, &xc, &yc, bn_batch)?;
+        perturbed_correct += k2;
         total = Some(add_grads(total, g2)?);
     }
     if let Some(first) = running.first() {
@@ -423,6 +431,7 @@ fn sam_update(
         method: Method::Sam,
         loss,
         correct,
+        perturbed_correct: Some(perturbed_correct),
         samples: n,
         passes: Method::Sam.cost(),
     })

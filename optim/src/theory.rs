@@ -79,3 +79,37 @@ pub struct EscapeParams {
     pub exit: f64,
     pub max_steps: u64,
 }
+
+/// The thesis' symmetric example (Section 3.1, Figure 3.1a-b): the sextic
+/// `w^2 (w - 1)^2 (w - 2)^2`, with minima at 0, 1 and 2.
+pub fn sextic(w: f64) -> f64 {
+    (w * (w - 1.0) * (w - 2.0)).powi(2)
+}
+
+/// The thesis' asymmetric example (Section 3.1, Figure 3.1c-d): the LINEX
+/// loss `e^(alpha w) - alpha w - 1` (the thesis uses alpha = -0.3: steep
+/// for w < 0, slope below |alpha| for w > 0).
+pub fn linex(w: f64, alpha: f64) -> f64 {
+    (alpha * w).exp() - alpha * w - 1.0
+}
+
+/// The second derivative of `f` at its minimum `w` as Lemma 7.1.1 and the
+/// proof of Lemma 7.1.3 take it: `2 / delta^2 * (f(w + delta) - f(w))`
+/// (exact for a quadratic; for SAM's loss, which is not differentiable at
+/// its minimum, the thesis' "function value sensitivity").
+pub fn curvature_fd(f: impl Fn(f64) -> f64, w: f64, delta: f64) -> f64 {
+    2.0 / (delta * delta) * (f(w + delta) - f(w))
+}
+
+/// The shift of SAM's minimiser along an asymmetric direction in two
+/// dimensions, in closed form: for `L(x, y) = A(x) + a |y|` with `A(x) = p x`
+/// for x >= 0 and `-c p x` for x < 0, and one L2 ball of radius `rho` for
+/// both coordinates, SAM's loss on the x axis near 0 is
+/// `max(p x + rho sqrt(p^2 + a^2), -c p x + rho sqrt(c^2 p^2 + a^2))`, whose
+/// minimiser is `(sqrt(c^2 p^2 + a^2) - sqrt(p^2 + a^2)) / ((c + 1) p) rho`:
+/// the 1-D bound `(c - 1)/(c + 1) rho` of Theorem 3.3.2 for a = 0, less for
+/// a > 0 (results/theory/README.md).
+pub fn asymmetric_shift_2d(p: f64, c: f64, a: f64, rho: f64) -> f64 {
+    let h = |g: f64| (g * g + a * a).sqrt();
+    (h(c * p) - h(p)) / ((c + 1.0) * p) * rho
+}

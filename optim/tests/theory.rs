@@ -1,13 +1,17 @@
 //! The thesis' statements about SAM's loss `L~(w) = max_{|e| <= rho} L(w + e)`,
 //! checked numerically, and an escape simulation.
 //!
-//! Definitions used here (the thesis' exact wording is not at hand):
-//! - a quadratic valley of depth h: `L(w) = min(w^T H w / 2, h)`; its radius
-//!   r along the sharpest direction is `sqrt(2h / lambda_max)`;
-//! - the valley's sharpness is its curvature as seen from its depth and
-//!   radius, `S = 2 * depth / r^2` (= lambda_max for L);
-//! - an asymmetric valley along a direction: slope at most p on the flat
-//!   side and at least c*p (c > 1) on the sharp side.
+//! The thesis' own statements and functions (../shared/thesis, Sections
+//! 3.1-3.3 and 7.1):
+//! - Theorem 3.2.1: for L locally quadratic on a ball of radius r around
+//!   w*, (i) the depth drops by `lambda_max rho^2 / 2` and (ii) the largest
+//!   curvature grows at least by `1 + rho / (r - rho)`, where the curvature
+//!   of SAM's loss at its (non-differentiable) minimum is Lemma 7.1.3's
+//!   finite-difference form `2 / delta^2 (L~(w* + delta) - L~(w*))`;
+//! - Figure 3.1's functions: the sextic `w^2 (w-1)^2 (w-2)^2` and the LINEX
+//!   loss `e^(alpha w) - alpha w - 1`, alpha = -0.3;
+//! - an (r, p, c, 0)-asymmetric direction: slope in (0, p) on the flat side,
+//!   below -c p on the sharp side (Theorem 3.3.2).
 
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
@@ -45,18 +49,29 @@ fn theorem_3_2_1_one_dimensional_quadratic_valley() {
             "depth drops by lambda rho^2/2: {drop} vs {want}"
         );
         assert!((radius - r).abs() < 1e-3 * r && (sradius - (r - rho)).abs() < 1e-3 * r);
-        let (s, ss) = (2.0 * depth / radius.powi(2), 2.0 * sdepth / sradius.powi(2));
-        let bound = 1.0 + rho / (r - rho);
-        assert!(
-            ss / s >= bound * (1.0 - 1e-3),
-            "sharpness ratio {} below {bound}",
-            ss / s
-        );
-        assert!(
-            ((ss / s) - (r + rho) / (r - rho)).abs() < 1e-2,
-            "ratio {} vs (r+rho)/(r-rho)",
-            ss / s
-        );
+        // (ii) with Lemma 7.1.3's own curvature: for every |delta| < r - rho,
+        // 2/delta^2 (L~(delta) - L~(0)) = 2/delta^2 (alpha delta^2 + 2 alpha
+        // |delta| rho) with alpha = lambda/2, i.e. lambda (1 + 2 rho/|delta|).
+        // (The thesis' proof writes 2 alpha (1 + rho/|delta|): a factor 2
+        // is lost in its last step; the stated bound holds with room, see
+        // results/theory/README.md.) L''(w*) = lambda here.
+        let bound = (1.0 + rho / (r - rho)) * lambda;
+        let tight = (1.0 + 2.0 * rho / (r - rho)) * lambda;
+        for frac in [0.1, 0.5, 0.9, 0.999] {
+            for delta in [frac * (r - rho), -frac * (r - rho)] {
+                let fd = curvature_fd(sam, 0.0, delta);
+                let exact = lambda * (1.0 + 2.0 * rho / delta.abs());
+                assert!(
+                    (fd - exact).abs() < 2e-3 * exact,
+                    "lambda {lambda} rho {rho} delta {delta}: {fd} vs {exact}"
+                );
+                assert!(fd >= tight * (1.0 - 1e-3), "{fd} below {tight}");
+                assert!(fd > bound, "{fd} not above the thesis' {bound}");
+            }
+        }
+        // ... and L's own finite-difference curvature is lambda (Lemma 7.1.1).
+        let fd = curvature_fd(l, 0.0, 0.5 * r);
+        assert!((fd - lambda).abs() < 1e-9 * lambda, "{fd}");
     }
 }
 
@@ -85,11 +100,14 @@ fn theorem_3_2_1_two_dimensional_quadratic_valley() {
         "edge at {sradius}, want {}",
         r - rho
     );
-    let ratio = (2.0 * sdepth / sradius.powi(2)) / l1;
-    assert!(
-        ratio >= (1.0 + rho / (r - rho)) * (1.0 - 1e-3),
-        "sharpness ratio {ratio}"
-    );
+    assert!(sdepth < h, "shallower: {sdepth}");
+    // (ii) along v1 = (1, 0), the eigenvector of lambda_max, with Lemma
+    // 7.1.3's finite difference (the proof's equation 7.1).
+    let bound = (1.0 + rho / (r - rho)) * l1;
+    for frac in [0.2, 0.6, 0.95] {
+        let fd = curvature_fd(along, 0.0, frac * (r - rho));
+        assert!(fd >= bound * (1.0 - 2e-3), "v1: {fd} below {bound}");
+    }
 }
 
 #[test]
@@ -200,7 +218,7 @@ fn argmin_2d(f: &impl Fn([f64; 2]) -> f64, mut lo: [f64; 2], mut hi: [f64; 2]) -
 /// `(sqrt(c^2 p^2 + a^2) - sqrt(p^2 + a^2)) / ((c + 1) p) * rho`, below the
 /// 1-D bound and tending to it as a / p -> 0.
 #[test]
-fn theorem_3_3_2_asymmetric_valley_in_two_dimensions() {
+fn theorem_3_3_2_lower_bound_fails_in_2d_when_a_symmetric_slope_is_comparable_to_p() {
     for (p, c, a, b, rho) in [
         (1.0, 3.0, 1.0, 1.0, 0.1),
         (1.0, 3.0, 0.01, 0.01, 0.1),
@@ -227,9 +245,82 @@ fn theorem_3_3_2_asymmetric_valley_in_two_dimensions() {
             at[1].abs()
         );
         if a == b {
-            let h = |g: f64| (g * g + a * a).sqrt();
-            let want = (h(c * p) - h(p)) / ((c + 1.0) * p) * rho;
+            let want = asymmetric_shift_2d(p, c, a, rho);
             assert!((at[0] - want).abs() < tol, "{label}: x {} vs {want}", at[0]);
         }
+    }
+}
+
+/// Figure 3.1's symmetric example: the sextic's minimum at w = 1, where it
+/// is perfectly symmetric (L(1 + t) = L(1 - t)), stays put under SAM
+/// (Lemma 7.1.5) and rises; the minima at 0 and 2 are not symmetric (the
+/// outer side is steeper) and move inward, toward their flatter side.
+#[test]
+fn figure_3_1_sextic_keeps_its_symmetric_minimum_and_rises() {
+    assert_eq!((sextic(0.0), sextic(1.0), sextic(2.0)), (0.0, 0.0, 0.0));
+    for rho in [0.05, 0.1, 0.2] {
+        let sam = |w: f64| sam_loss_1d(sextic, w, rho, N);
+        let (at, value) = argmin_1d(sam, 0.75, 1.25, 20_000);
+        assert!((at - 1.0).abs() < 1e-4, "rho {rho}: argmin {at}");
+        assert!(value > 0.0 && value >= sextic(1.0 + rho) * (1.0 - 1e-6));
+        let (left, _) = argmin_1d(sam, -0.3, 0.4, 20_000);
+        let (right, _) = argmin_1d(sam, 1.6, 2.3, 20_000);
+        assert!(
+            left > 0.0 && left < rho,
+            "rho {rho}: minimum near 0 at {left}"
+        );
+        assert!((right - (2.0 - left)).abs() < 1e-3, "mirror image: {right}");
+    }
+}
+
+/// Figure 3.1's asymmetric example: LINEX with alpha = -0.3 is steep for
+/// w < 0 and flat (slope below 0.3) for w > 0; SAM's minimiser moves to
+/// the flat side, by less than rho, and further for larger rho.
+#[test]
+fn figure_3_1_linex_minimum_moves_to_the_flat_side_more_with_rho() {
+    let alpha = -0.3;
+    let l = |w: f64| linex(w, alpha);
+    assert_eq!(l(0.0), 0.0);
+    let mut last = 0.0;
+    for rho in [0.5, 1.0, 2.0, 3.0] {
+        let (at, _) = argmin_1d(|w| sam_loss_1d(l, w, rho, N), -rho, 2.0 * rho, 20_000);
+        assert!(
+            at > last && at < rho,
+            "rho {rho}: argmin {at} (previous {last})"
+        );
+        // The balance point L(w + rho) = L(w - rho), solved by bisection.
+        let (mut lo, mut hi) = (0.0, rho);
+        for _ in 0..100 {
+            let mid = 0.5 * (lo + hi);
+            if l(mid + rho) < l(mid - rho) {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        assert!(
+            (at - lo).abs() < 1e-3 * rho,
+            "rho {rho}: {at} vs balance {lo}"
+        );
+        last = at;
+    }
+}
+
+/// Figure 3.2: two asymmetric directions (LINEX along both coordinates,
+/// one L2 ball): SAM's minimiser moves toward the flat side of each, i.e.
+/// along the diagonal.
+#[test]
+fn figure_3_2_two_asymmetric_directions_shift_along_the_diagonal() {
+    let alpha = -0.3;
+    let l = move |w: [f64; 2]| linex(w[0], alpha) + linex(w[1], alpha);
+    for rho in [1.0, 2.0] {
+        let sam = |w: [f64; 2]| sam_loss_2d(l, w, rho, 16, 720);
+        let at = argmin_2d(&sam, [-rho, -rho], [2.0 * rho, 2.0 * rho]);
+        assert!(at[0] > 0.0 && at[1] > 0.0, "rho {rho}: {at:?}");
+        assert!(
+            (at[0] - at[1]).abs() < 0.02 * rho,
+            "on the diagonal: {at:?}"
+        );
+        assert!(at[0].hypot(at[1]) < rho, "{at:?}");
     }
 }

@@ -14,8 +14,26 @@
 //! `escape_steps`, so the mean over seeds of `escape_steps` covers the runs
 //! that escaped and `escaped` says how many did.
 //!
-//! Writes `metrics.csv` (one row per probed step: the step's batch loss and
-//! accuracy, the probe's loss and accuracy) and `summary.json`.
+//! **Which training accuracy.** The thesis counts steps "until the training
+//! accuracy falls below 90%" without saying how it is measured. Every step
+//! records three readings, and `measure` says which one the threshold
+//! applies to (the run stops when it crosses):
+//!
+//! - `Probe` (default): the clean weights after the step, evaluation mode,
+//!   on the fixed probe (described above);
+//! - `Batch`: the step's own batch in training mode at the weights before
+//!   its update (what a training loop logs);
+//! - `Perturbed`: SAM's perturbed pass at `w + e` on the step's batch (what
+//!   the SAM reference implementations log as training accuracy); an SGD
+//!   step has no perturbed pass, so for SGD it is the `Batch` reading.
+//!
+//! A reading taken during step t counts t steps. The summary has, for each
+//! reading, `escape_steps_<reading>` (the first step it fell below the
+//! threshold, when it did before the run stopped) and `escaped_<reading>`;
+//! `escape_steps` and `escaped` are those of `measure`.
+//!
+//! Writes `metrics.csv` (one row per step: the step's batch loss, the three
+//! readings and the probe's loss) and `summary.json`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -36,6 +54,31 @@ use super::{
 use crate::cache::write_file;
 use crate::error::{Invalid, Result, stage_err, step_err};
 use crate::plots::{PALETTE, Series, line_chart, mean_std_points};
+
+/// Which training accuracy the escape threshold applies to (module docs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Measure {
+    #[default]
+    Probe,
+    Batch,
+    Perturbed,
+}
+
+impl Measure {
+    const ALL: [Measure; 3] = [Measure::Probe, Measure::Batch, Measure::Perturbed];
+
+    fn name(self) -> &'static str {
+        match self {
+            Measure::Probe => "probe",
+            Measure::Batch => "batch",
+            Measure::Perturbed => "perturbed",
+        }
+    }
+
+    fn is_probe(&self) -> bool {
+        *self == Measure::Probe
+    }
+}
 
 /// An Escape stage as written.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -58,6 +101,8 @@ pub struct EscapePartial {
     /// Images in the probe.
     pub probe: Option<usize>,
     pub threshold: Option<f64>,
+    /// Which reading the threshold applies to.
+    pub measure: Option<Measure>,
     pub max_steps: Option<u64>,
     pub eval_batch: Option<usize>,
     pub grid: Option<Grid>,
@@ -77,6 +122,10 @@ pub struct EscapeSpec {
     pub seed: u64,
     pub probe: usize,
     pub threshold: f64,
+    /// Left out of the key when `Probe` (the reading before there was a
+    /// choice), so earlier caches stay valid.
+    #[serde(skip_serializing_if = "Measure::is_probe")]
+    pub measure: Measure,
     pub max_steps: u64,
     pub eval_batch: usize,
     /// Filled from the Train stage.
@@ -97,7 +146,7 @@ impl Partial for EscapePartial {
     }
 
     fn merge(mut self, p: &EscapePartial) -> EscapePartial {
-        inherit!(self, p; of, method, lr, batch, bn_batch, seed, probe, threshold, max_steps, eval_batch);
+        inherit!(self, p; of, method, lr, batch, bn_batch, seed, probe, threshold, measure, max_steps, eval_batch);
         self.extends = p.extends.clone();
         self.sam = SamPartial::merged(self.sam.take(), &p.sam);
         self.optimizer = SgdPartial::merged(self.optimizer.take(), &p.optimizer);
@@ -176,6 +225,7 @@ impl Partial for EscapePartial {
             seed: self.seed.unwrap_or(0),
             probe,
             threshold,
+            measure: self.measure.unwrap_or_default(),
             max_steps,
             eval_batch,
             model: String::new(),
@@ -324,10 +374,11 @@ fn run(spec: &EscapeSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
             ),
         ));
     }
-    let mut csv = String::from("step,batch_loss,batch_acc,probe_loss,probe_acc\n");
-    let _ = writeln!(csv, "0,,,{loss0},{start_acc}");
+    let mut csv = String::from("step,batch_loss,batch_acc,perturbed_acc,probe_loss,probe_acc\n");
+    let _ = writeln!(csv, "0,,,,{loss0},{start_acc}");
     let bar = ctx.progress.stage_bar(ctx.stage, spec.max_steps, 0);
-    let mut escaped_at = None;
+    // The first step each reading fell below the threshold.
+    let mut crossed: [Option<u64>; 3] = [None; 3];
     let mut outcome = Outcome::default();
     'outer: for epoch in 0.. {
         for batch in loader.epoch(epoch) {
@@ -337,20 +388,23 @@ fn run(spec: &EscapeSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
                 .map_err(step_err(ctx.stage))?;
             outcome.steps_run += 1;
             let (loss, correct, n) = evaluate_loader(&model, &probe, ctx.device)?;
-            let acc = correct as f64 / n.max(1) as f64;
+            let samples = out.samples.max(1) as f64;
+            let batch_acc = out.correct as f64 / samples;
+            let perturbed_acc = out.perturbed_correct.map_or(batch_acc, |k| k as f64 / samples);
+            let probe_acc = correct as f64 / n.max(1) as f64;
             let _ = writeln!(
                 csv,
-                "{},{},{},{loss},{acc}",
-                trainer.step,
-                out.loss,
-                out.correct as f64 / out.samples.max(1) as f64
+                "{},{},{batch_acc},{perturbed_acc},{loss},{probe_acc}",
+                trainer.step, out.loss
             );
             bar.inc(1);
-            if acc < spec.threshold {
-                escaped_at = Some(trainer.step);
-                break 'outer;
+            for (c, acc) in crossed.iter_mut().zip([probe_acc, batch_acc, perturbed_acc]) {
+                if c.is_none() && acc < spec.threshold {
+                    *c = Some(trainer.step);
+                }
             }
-            if trainer.step >= spec.max_steps {
+            let chosen = Measure::ALL.iter().position(|m| *m == spec.measure).expect("listed");
+            if crossed[chosen].is_some() || trainer.step >= spec.max_steps {
                 break 'outer;
             }
         }
@@ -360,9 +414,17 @@ fn run(spec: &EscapeSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
     write_file(&ctx.out.join("metrics.csv"), csv.as_bytes())?;
     let mut summary = Summary::new();
     summary.insert("start_probe_acc".into(), start_acc);
-    summary.insert("escaped".into(), escaped_at.is_some() as u64 as f64);
-    if let Some(s) = escaped_at {
-        summary.insert("escape_steps".into(), s as f64);
+    for (m, c) in Measure::ALL.iter().zip(crossed) {
+        summary.insert(format!("escaped_{}", m.name()), c.is_some() as u64 as f64);
+        if let Some(s) = c {
+            summary.insert(format!("escape_steps_{}", m.name()), s as f64);
+        }
+        if *m == spec.measure {
+            summary.insert("escaped".into(), c.is_some() as u64 as f64);
+            if let Some(s) = c {
+                summary.insert("escape_steps".into(), s as f64);
+            }
+        }
     }
     summary.insert("steps".into(), trainer.step as f64);
     summary.insert("passes".into(), trainer.passes);
