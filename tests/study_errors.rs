@@ -260,3 +260,126 @@ proptest! {
         }
     }
 }
+
+/// Every committed study plans (without the dataset: keys unknown, costs
+/// on the official split sizes); each paper-scale study names the thesis'
+/// table or figure in its header and trains with the thesis' protocol
+/// (batch 256 as 8 x 32: `bn_batch` 32, SAM's m 32).
+#[test]
+fn committed_studies_plan_and_paper_studies_follow_the_protocol() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../studies");
+    let mut paper = 0;
+    let mut files: Vec<std::path::PathBuf> = Vec::new();
+    for dir in [root.clone(), root.join("quick")] {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "ron") {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    assert!(files.len() >= 15, "{files:?}");
+    for path in files {
+        let s = study::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        let planned = samlab_runner::plan::plan(&s, None, None).unwrap();
+        assert_eq!(planned.len(), s.stages.len());
+        assert!(planned.iter().all(|p| p.cost > 0.0), "{}", path.display());
+        if path.parent().unwrap().ends_with("quick") {
+            continue;
+        }
+        paper += 1;
+        let text = std::fs::read_to_string(&path).unwrap();
+        let header: String = text.lines().take_while(|l| l.starts_with("//")).collect();
+        assert!(
+            header.contains("Table 5.") || header.contains("Figure"),
+            "{}: the header names no table or figure",
+            path.display()
+        );
+        for stage in &s.stages {
+            if let samlab_runner::stages::StageSpec::Train(t) = &stage.spec {
+                assert_eq!(t.batch, 256, "{} {}", path.display(), stage.display());
+                assert_eq!(
+                    t.bn_batch,
+                    Some(32),
+                    "{} {}",
+                    path.display(),
+                    stage.display()
+                );
+                assert_eq!(
+                    t.sam.chunk,
+                    Some(32),
+                    "{} {}",
+                    path.display(),
+                    stage.display()
+                );
+            }
+        }
+    }
+    assert_eq!(paper, 8, "one study per table or figure pair");
+}
+
+/// `imports` brings in blocks from files beside the study; a name defined
+/// twice, a missing file and an import cycle are errors naming the files.
+#[test]
+fn imports_share_blocks_across_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let dirname = dir
+        .path()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let w = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+    w(
+        "base.ron",
+        r#"Blocks(blocks: { "r": Train(model: "resnet8", epochs: 2) })"#,
+    );
+    w(
+        "more.ron",
+        r#"Blocks(imports: ["base.ron"], blocks: { "r2": Train(extends: "r", batch: 64) })"#,
+    );
+    w(
+        "s.ron",
+        r#"Study(version: 1, dataset: "cifar10", imports: ["more.ron", "base.ron"],
+            stages: { "a": Train(extends: "r2") })"#,
+    );
+    let s = study::load(&dir.path().join("s.ron")).unwrap();
+    let samlab_runner::stages::StageSpec::Train(t) = &s.stages[0].spec else {
+        panic!()
+    };
+    assert_eq!((t.model.as_str(), t.epochs, t.batch), ("resnet8", 2, 64));
+    w(
+        "dup.ron",
+        r#"Study(version: 1, dataset: "cifar10", imports: ["base.ron"],
+            blocks: { "r": Train(model: "resnet20", epochs: 1) }, stages: { "a": Train(extends: "r") })"#,
+    );
+    let e = study::load(&dir.path().join("dup.ron"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`r` is defined here and in") && e.contains("base.ron"),
+        "{e}"
+    );
+    w(
+        "missing.ron",
+        r#"Study(version: 1, dataset: "cifar10", imports: ["nope.ron"], stages: { "a": Train(model: "resnet8", epochs: 1) })"#,
+    );
+    let e = study::load(&dir.path().join("missing.ron"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("nope.ron"), "{e}");
+    w("c1.ron", r#"Blocks(imports: ["./c2.ron"], blocks: {})"#);
+    w(
+        "c2.ron",
+        &r#"Blocks(imports: ["../{D}/c1.ron"], blocks: {})"#.replace("{D}", &dirname),
+    );
+    w(
+        "cycle.ron",
+        r#"Study(version: 1, dataset: "cifar10", imports: ["c1.ron"], stages: { "a": Train(model: "resnet8", epochs: 1) })"#,
+    );
+    let e = study::load(&dir.path().join("cycle.ron"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("cycle") && e.contains("c1.ron"), "{e}");
+}

@@ -27,11 +27,25 @@ pub struct RawStudy {
     /// `"cpu"`, `"cuda"` or `"cuda:N"` (default cpu; `--device` overrides).
     #[serde(default)]
     pub device: Option<String>,
+    /// Files of shared blocks (`Blocks(...)`), relative to this file: their
+    /// blocks are this study's too.
+    #[serde(default)]
+    pub imports: Vec<String>,
     /// Partial stages that stages (and other blocks) extend; never run.
     #[serde(default)]
     pub blocks: IndexMap<String, RawStage>,
     /// The stages, by name.
     pub stages: IndexMap<String, RawStage>,
+}
+
+/// A file of shared blocks that studies import.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename = "Blocks")]
+pub struct RawBlocks {
+    /// Further files of blocks, relative to this one.
+    #[serde(default)]
+    pub imports: Vec<String>,
+    pub blocks: IndexMap<String, RawStage>,
 }
 
 /// A grid coordinate: the value of one grid field, e.g. `seed = 3`.
@@ -134,16 +148,80 @@ fn ron_options() -> ron::Options {
 /// in the result (it never reaches a cache key).
 pub fn parse(text: &str, path: &Path) -> Result<Study> {
     let file = path.display().to_string();
-    let raw: RawStudy = ron_options()
-        .from_str(text)
-        .map_err(|e| ErrorKind::Syntax {
-            file: file.clone(),
+    let mut raw: RawStudy = from_ron(text, &file)?;
+    let ctx = Ctx { file: &file, text };
+    let mut seen = vec![path.canonicalize().unwrap_or_else(|_| path.to_path_buf())];
+    let imported = import_blocks(&raw.imports, path, &ctx, &mut seen)?;
+    for (name, (block, from)) in imported {
+        if raw.blocks.contains_key(&name) || raw.stages.contains_key(&name) {
+            return Err(ctx.err(
+                Some(&name),
+                format!("`{name}` is defined here and in {}", from.display()),
+            ));
+        }
+        raw.blocks.insert(name, block);
+    }
+    resolve(raw, &ctx, path)
+}
+
+fn from_ron<T: serde::de::DeserializeOwned>(text: &str, file: &str) -> Result<T> {
+    ron_options().from_str(text).map_err(|e| {
+        ErrorKind::Syntax {
+            file: file.to_string(),
             line: e.span.start.line,
             col: e.span.start.col,
             message: e.code.to_string(),
-        })?;
-    let ctx = Ctx { file: &file, text };
-    resolve(raw, &ctx, path)
+        }
+        .into()
+    })
+}
+
+/// The blocks of the files `imports` names (relative to `from`), with
+/// the file each came from; nested imports are followed, a cycle or a name
+/// defined twice is an error.
+fn import_blocks(
+    imports: &[String],
+    from: &Path,
+    ctx: &Ctx,
+    seen: &mut Vec<PathBuf>,
+) -> Result<IndexMap<String, (RawStage, PathBuf)>> {
+    let dir = from.parent().unwrap_or(Path::new("."));
+    let mut out: IndexMap<String, (RawStage, PathBuf)> = IndexMap::new();
+    for name in imports {
+        let path = dir.join(name);
+        // One name per file, however the import spells it.
+        let canonical = path.canonicalize().map_err(io(&path))?;
+        if seen.contains(&canonical) {
+            return Err(ctx.err(
+                None,
+                format!("imports go round in a cycle at {}", path.display()),
+            ));
+        }
+        let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+        let raw: RawBlocks = from_ron(&text, &path.display().to_string())?;
+        seen.push(canonical);
+        let nested = import_blocks(&raw.imports, &path, ctx, seen)?;
+        seen.pop();
+        for (n, (block, file)) in nested
+            .into_iter()
+            .chain(raw.blocks.into_iter().map(|(n, b)| (n, (b, path.clone()))))
+        {
+            if let Some((_, other)) = out.get(&n)
+                && *other != file
+            {
+                return Err(ctx.err(
+                    None,
+                    format!(
+                        "block `{n}` is defined in both {} and {}",
+                        other.display(),
+                        file.display()
+                    ),
+                ));
+            }
+            out.insert(n, (block, file));
+        }
+    }
+    Ok(out)
 }
 
 fn resolve(raw: RawStudy, ctx: &Ctx, path: &Path) -> Result<Study> {
