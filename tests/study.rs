@@ -458,3 +458,65 @@ fn plan_why_names_the_changed_field_with_old_and_new_values() {
         "{out}"
     );
 }
+
+/// `runner report` rebuilds the results folder from the cache alone (the
+/// page with the comparison table against the baseline, the curves), and
+/// fails, naming the stage and writing nothing, when one is not cached.
+#[test]
+fn report_rebuilds_results_from_the_cache_and_names_missing_stages() {
+    let env = Env::new();
+    let text = |extra: &str| {
+        format!(
+            r#"Study(version: 1, dataset: "cifar10",
+    blocks: {{
+        "base": Train(model: "resnet8", train_subset: PerClass(10), batch: 50, epochs: 2,
+                      lr: Cosine(lr: 0.05), test_subset: PerClass(5), grid: {{"seed": [0, 1]}}),
+    }},
+    stages: {{
+        "sgd": Train(extends: "base"),
+        "sam": Train(extends: "base", method: Always(Sam)),
+        {extra}
+    }},
+    report: (baseline: ["sgd"]),
+)"#
+        )
+    };
+    let study = env.write("r.ron", &text(""));
+    let s = study.to_str().unwrap();
+    env.ok(&[s, "--results-dir", "r1"], "cache");
+    let o = env.run(&["report", s, "--results-dir", "r2"], "cache");
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("4 stages from the cache"), "{out}");
+    let page = std::fs::read_to_string(env.path("r2/README.md")).unwrap();
+    assert!(
+        page.contains("## Comparison") && page.contains("| sam | 2/2 |"),
+        "{page}"
+    );
+    assert!(page.contains("vs sgd, paired"), "{page}");
+    assert!(page.contains("curves-train_loss.svg"), "{page}");
+    assert!(env.path("r2/plots/curves-train_loss.svg").is_file());
+    // The same tables as the run wrote.
+    for f in ["summary.csv", "comparison.csv"] {
+        assert_eq!(
+            std::fs::read_to_string(env.path(&format!("r1/{f}"))).unwrap(),
+            std::fs::read_to_string(env.path(&format!("r2/{f}"))).unwrap(),
+            "{f}"
+        );
+    }
+    let more = env.write(
+        "more.ron",
+        &text(r#""sgd-long": Train(extends: "base", epochs: 3),"#),
+    );
+    let o = env.run(
+        &["report", more.to_str().unwrap(), "--results-dir", "r3"],
+        "cache",
+    );
+    let (_, err) = text(&o);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("2 of 6 stages are not in the cache") && err.contains("sgd-long[seed=0]"),
+        "{err}"
+    );
+    assert!(!env.path("r3").exists(), "nothing written");
+}

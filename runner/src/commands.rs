@@ -494,3 +494,87 @@ pub fn run_study(
         complete: tally.complete(),
     })
 }
+
+/// `runner report STUDY`: rebuilds the study's results folder from the
+/// cache alone, training nothing; fails, naming them, when stages are not
+/// in the cache.
+pub fn report(
+    data: &DataArgs,
+    path: &Path,
+    results_dir: Option<PathBuf>,
+    argv: &[String],
+) -> Result<String> {
+    let start = Instant::now();
+    let study = study::load(path)?;
+    let root = data.cache_dir();
+    let cache = Cache::existing(&root).ok_or_else(|| {
+        ErrorKind::Usage(format!(
+            "no cache at {}: run `runner {}` first",
+            root.display(),
+            path.display()
+        ))
+    })?;
+    let ds = data.dataset(study.dataset, false)?;
+    let info = DataInfo::of(&ds);
+    let planned = plan::plan(&study, Some(&info), Some(&cache))?;
+    let missing: Vec<String> = study
+        .stages
+        .iter()
+        .zip(&planned)
+        .filter(|(_, p)| p.status.to_compute())
+        .map(|(s, _)| s.display())
+        .collect();
+    if !missing.is_empty() {
+        let shown: Vec<&str> = missing.iter().take(5).map(String::as_str).collect();
+        return Err(ErrorKind::Usage(format!(
+            "{} of {} stages are not in the cache {} ({}{}): run `runner {}` to compute them",
+            missing.len(),
+            study.stages.len(),
+            root.display(),
+            shown.join(", "),
+            if missing.len() > 5 { ", ..." } else { "" },
+            path.display()
+        ))
+        .into());
+    }
+    let mut devices: Vec<String> = Vec::new();
+    let mut reports = Vec::new();
+    for (i, (stage, p)) in study.stages.iter().zip(&planned).enumerate() {
+        let key = p.key.clone().expect("keys are known with the dataset");
+        let dir = cache.entry_dir(&key);
+        if let crate::cache::Lookup::Valid(_, m) = cache.check(&dir)
+            && let Some(d) = m.info.get("device")
+            && !devices.contains(d)
+        {
+            devices.push(d.clone());
+        }
+        reports.push(exec::StageReport {
+            index: i,
+            display: stage.display(),
+            key,
+            state: State::Cached,
+            outcome: Default::default(),
+            summary: Some(crate::cache::read_summary(&dir)?),
+        });
+    }
+    let dir = results_dir.unwrap_or_else(|| results::default_dir(path));
+    let prov = results::Provenance {
+        command: argv.join(" "),
+        commit: results::git_commit(),
+        dataset: study.dataset.to_string(),
+        fingerprint: info.fingerprint,
+        device: if devices.is_empty() {
+            "unknown".into()
+        } else {
+            devices.join("+")
+        },
+        runner_version: env!("CARGO_PKG_VERSION").into(),
+    };
+    results::write(&dir, &study, &reports, &cache, &prov)?;
+    Ok(format!(
+        "{} stages from the cache, in {:.2} s; results in {}\n",
+        reports.len(),
+        start.elapsed().as_secs_f64(),
+        dir.display()
+    ))
+}

@@ -19,6 +19,7 @@
 pub mod cache;
 pub mod check;
 pub mod commands;
+pub mod compare;
 pub mod device;
 mod error;
 pub mod exec;

@@ -98,6 +98,14 @@ enum Command {
         #[arg(long)]
         why: bool,
     },
+    /// Rebuild a study's results folder (tables, plots, page) from the cache
+    /// alone; fails when a stage is not cached.
+    Report {
+        study: PathBuf,
+        /// Where the results go [default: results/<path of the study below studies/>].
+        #[arg(long)]
+        results_dir: Option<PathBuf>,
+    },
     /// Summarise the cache: entries, shared prefixes, rolling checkpoints;
     /// with a study, each stage's cache state and Slurm job.
     Status { study: Option<PathBuf> },
@@ -193,6 +201,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         (Some(Command::Plan { study, why }), _) => {
             commands::show_plan(data, &study, PlanView { why })?
         }
+        (Some(Command::Report { study, results_dir }), _) => {
+            commands::report(data, &study, results_dir, &argv())?
+        }
         (Some(Command::Status { study: None }), _) => commands::cache_status(data)?,
         (Some(Command::Status { study: Some(study) }), _) => commands::study_status(data, &study)?,
         (Some(Command::Gc { studies, delete }), _) => {
@@ -204,10 +215,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             commands::gc(data, &studies, mode)?
         }
         (None, Some(study)) => {
-            // argv[0] varies with how the binary was started; the name does not.
-            let argv: Vec<String> = std::iter::once("runner".to_string())
-                .chain(std::env::args().skip(1))
-                .collect();
+            let argv = argv();
             let mut early = |t: &str| {
                 let _ = emit(t);
             };
@@ -226,6 +234,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
     };
     emit(&text)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The command line as run; argv[0] varies with how the binary was
+/// started, the name does not.
+fn argv() -> Vec<String> {
+    std::iter::once("runner".to_string())
+        .chain(std::env::args().skip(1))
+        .collect()
 }
 
 /// Writes to stdout; a reader that went away (`runner models | head`) ends

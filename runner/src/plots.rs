@@ -91,6 +91,18 @@ pub fn line_chart(
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
             });
+        if s.points.len() > 12 {
+            // A curve: its spread as a band, no markers.
+            let mut band: Vec<(f64, f64)> = s.points.iter().map(|p| (p.0, p.1 + p.2)).collect();
+            band.extend(s.points.iter().rev().map(|p| (p.0, p.1 - p.2)));
+            chart
+                .draw_series(std::iter::once(Polygon::new(
+                    band,
+                    color.mix(0.18).filled(),
+                )))
+                .map_err(|e| plot_err(path, e))?;
+            continue;
+        }
         chart
             .draw_series(pts.iter().map(|p| Circle::new(*p, 3, color.filled())))
             .map_err(|e| plot_err(path, e))?;
@@ -133,6 +145,184 @@ pub fn mean_std_points(by_x: &BTreeMap<u64, Vec<f64>>) -> Vec<(f64, f64, f64)> {
         .collect();
     points.sort_by(|a, b| a.0.total_cmp(&b.0));
     points
+}
+
+/// A `metrics.csv`: its header and rows of numbers (empty fields NaN).
+pub type Table = (Vec<String>, Vec<Vec<f64>>);
+
+/// An entry's `metrics.csv`.
+pub fn table(cache: &Cache, key: &str) -> Table {
+    let text =
+        std::fs::read_to_string(cache.entry_dir(key).join("metrics.csv")).unwrap_or_default();
+    let mut lines = text.lines();
+    let header = lines
+        .next()
+        .map(|h| h.split(',').map(str::to_string).collect())
+        .unwrap_or_default();
+    let rows = lines
+        .map(|l| {
+            l.split(',')
+                .map(|x| x.parse().unwrap_or(f64::NAN))
+                .collect()
+        })
+        .collect();
+    (header, rows)
+}
+
+/// Mean ± std over runs of column `y` against column `x`, at each x that
+/// at least one run reached.
+fn mean_curve(runs: &[Table], x: &str, y: &str) -> Vec<(f64, f64, f64)> {
+    let mut by_x: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
+    for (header, rows) in runs {
+        let (Some(ix), Some(iy)) = (
+            header.iter().position(|h| h == x),
+            header.iter().position(|h| h == y),
+        ) else {
+            continue;
+        };
+        for r in rows {
+            if let (Some(&a), Some(&b)) = (r.get(ix), r.get(iy))
+                && a.is_finite()
+                && b.is_finite()
+            {
+                by_x.entry(a.to_bits()).or_default().push(b);
+            }
+        }
+    }
+    mean_std_points(&by_x)
+}
+
+/// Training curves: train loss and accuracy per epoch for every Train stage
+/// (mean over seeds, std as a band; the legend gives SAM's share of steps),
+/// and for every Escape stage the reading its threshold applies to, per
+/// step (mean over the runs still going), with the threshold. Returns the
+/// files written.
+pub fn curves(
+    dir: &Path,
+    study: &Study,
+    reports: &[StageReport],
+    cache: &Cache,
+) -> Result<Vec<String>> {
+    std::fs::create_dir_all(dir).map_err(crate::error::io(dir))?;
+    let mut written = Vec::new();
+    // Train: one series per stage name (and grid point besides the seed).
+    let rows = crate::compare::rows(study, reports);
+    let mut train: Vec<(String, Vec<Table>, f64)> = Vec::new();
+    for row in rows.iter().filter(|r| r.kind == "train") {
+        let runs: Vec<_> = reports
+            .iter()
+            .filter(|r| r.summary.is_some())
+            .filter(|r| {
+                let st = &study.stages[r.index];
+                let mut p = st.coords.clone();
+                p.remove("seed");
+                st.name == row.name && p == row.point
+            })
+            .map(|r| table(cache, &r.key))
+            .collect();
+        let share = row
+            .runs
+            .values()
+            .filter_map(|m| Some(m.get("sam_steps")? / m.get("steps")?))
+            .next()
+            .unwrap_or(0.0);
+        if !runs.is_empty() {
+            train.push((row.label(), runs, share));
+        }
+    }
+    if train.len() <= PALETTE.len() * 2 && !train.is_empty() {
+        for (col, what) in [
+            ("train_loss", "train loss"),
+            ("train_acc", "train accuracy"),
+        ] {
+            let series: Vec<Series> = train
+                .iter()
+                .enumerate()
+                .map(|(i, (label, runs, share))| Series {
+                    name: format!("{label} (SAM {:.0}% of steps)", 100.0 * share),
+                    color: PALETTE[i % PALETTE.len()],
+                    points: mean_curve(runs, "epoch", col),
+                })
+                .filter(|s| !s.points.is_empty())
+                .collect();
+            if series.is_empty() {
+                continue;
+            }
+            let name = format!("curves-{col}.svg");
+            line_chart(
+                &dir.join(&name),
+                &format!("{what} per epoch (mean over seeds, band ± std; training mode)"),
+                "epoch",
+                what,
+                &series,
+            )?;
+            written.push(name);
+        }
+    }
+    // Escape: the chosen reading per step, one chart per stage name.
+    let mut names: Vec<&str> = Vec::new();
+    for st in &study.stages {
+        if st.spec.kind() == "escape" && !names.contains(&st.name.as_str()) {
+            names.push(&st.name);
+        }
+    }
+    for name in names {
+        let mut series = Vec::new();
+        let mut threshold = None;
+        for row in rows.iter().filter(|r| r.name == name) {
+            let members: Vec<&StageReport> = reports
+                .iter()
+                .filter(|r| r.summary.is_some())
+                .filter(|r| {
+                    let st = &study.stages[r.index];
+                    let mut p = st.coords.clone();
+                    p.remove("seed");
+                    st.name == row.name && p == row.point
+                })
+                .collect();
+            let Some(first) = members.first() else {
+                continue;
+            };
+            let crate::stages::StageSpec::Escape(spec) = &study.stages[first.index].spec else {
+                continue;
+            };
+            threshold = Some(spec.threshold);
+            let column = format!("{}_acc", spec.measure_name());
+            let runs: Vec<_> = members.iter().map(|r| table(cache, &r.key)).collect();
+            let points: Vec<(f64, f64, f64)> = mean_curve(&runs, "step", &column)
+                .into_iter()
+                .map(|(x, m, _)| (x, m, 0.0))
+                .collect();
+            if points.len() >= 2 {
+                series.push(Series {
+                    name: format!("{} ({column})", row.label()),
+                    color: PALETTE[series.len() % PALETTE.len()],
+                    points,
+                });
+            }
+        }
+        if let (Some(t), false) = (threshold, series.is_empty()) {
+            let end = series
+                .iter()
+                .flat_map(|s| s.points.iter().map(|p| p.0))
+                .fold(1.0, f64::max);
+            series.push(Series {
+                name: format!("threshold {t}"),
+                color: RGBColor(120, 120, 120),
+                points: vec![(0.0, t, 0.0), (end, t, 0.0)],
+            });
+            let file = format!("{name}-readings.svg");
+            line_chart(
+                &dir.join(&file),
+                &format!("{name}: training accuracy per step (mean over the runs still going)"),
+                "step",
+                "accuracy",
+                &series,
+            )?;
+            written.push(file);
+        }
+    }
+    Ok(written)
 }
 
 /// Reads an entry's `metrics.csv` as rows of fields (header dropped).

@@ -178,7 +178,20 @@ pub fn write(
         );
     }
     write_file(&dir.join("last-run.csv"), last.as_bytes())?;
-    let plots = crate::plots::write_all(&dir.join("plots"), study, reports, cache)?;
+    let mut plots = crate::plots::write_all(&dir.join("plots"), study, reports, cache)?;
+    plots.extend(crate::plots::curves(
+        &dir.join("plots"),
+        study,
+        reports,
+        cache,
+    )?);
+    let rows = crate::compare::rows(study, reports);
+    let (comparison, comparison_csv) = crate::compare::tables(&rows, &study.report.baseline);
+    write_file(&dir.join("comparison.csv"), comparison_csv.as_bytes())?;
+    write_file(
+        &dir.join("README.md"),
+        page(study, reports, prov, &comparison, &plots).as_bytes(),
+    )?;
     let mut md = markdown(study, reports, prov);
     if !plots.is_empty() {
         md.push_str("## Plots\n\n");
@@ -194,6 +207,63 @@ pub fn write(
             .as_bytes(),
     )?;
     Ok(())
+}
+
+/// The study's page (`README.md`, which GitHub renders): provenance, the
+/// comparison table, every plot, and where the rest is.
+fn page(
+    study: &Study,
+    reports: &[StageReport],
+    prov: &Provenance,
+    comparison: &str,
+    plots: &[String],
+) -> String {
+    let mut md = String::new();
+    let title = study
+        .file
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let _ = writeln!(md, "# {title}\n");
+    let header: Vec<String> = std::fs::read_to_string(&study.file)
+        .unwrap_or_default()
+        .lines()
+        .take_while(|l| l.starts_with("//"))
+        .map(|l| l.trim_start_matches('/').trim().to_string())
+        .collect();
+    if !header.is_empty() {
+        let _ = writeln!(md, "{}\n", header.join(" "));
+    }
+    let done = reports.iter().filter(|r| r.summary.is_some()).count();
+    let _ = writeln!(
+        md,
+        "Study `{}`; {done} of {} stages complete. Made by `{}` at commit `{}` on {} \
+         (dataset fingerprint `{}`), device {}, runner {}. `runner report {}` rebuilds this \
+         folder from the cache.\n",
+        study.file.display(),
+        reports.len(),
+        prov.command,
+        prov.commit,
+        prov.dataset,
+        prov.fingerprint,
+        prov.device,
+        prov.runner_version,
+        study.file.display(),
+    );
+    md.push_str("## Comparison\n\nMean ± sample std over seeds, n = runs completed.\n\n");
+    md.push_str(comparison);
+    if !plots.is_empty() {
+        md.push_str("\n## Plots\n\n");
+        for p in plots {
+            let _ = writeln!(md, "![{p}](plots/{p})\n");
+        }
+    }
+    md.push_str(
+        "\nEvery run's numbers: [summary.md](summary.md) and `summary.csv`; each stage's \
+         rows (per epoch or step): `stages/`; the comparison as CSV: `comparison.csv`; \
+         what this invocation computed: `last-run.csv`.\n",
+    );
+    md
 }
 
 /// Per study stage: one row per grid point, then mean +- std over seeds

@@ -36,6 +36,20 @@ pub struct RawStudy {
     pub blocks: IndexMap<String, RawStage>,
     /// The stages, by name.
     pub stages: IndexMap<String, RawStage>,
+    /// How the results page compares the stages.
+    #[serde(default)]
+    pub report: Option<Report>,
+}
+
+/// How a study's results compare its stages (`report: (baseline: [...])`).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename = "Report")]
+pub struct Report {
+    /// Stages the others are compared with: each row's baseline is the
+    /// listed stage of its kind that trains the same model (say `"sgd"`,
+    /// or one SGD stage per model).
+    #[serde(default)]
+    pub baseline: Vec<String>,
 }
 
 /// A file of shared blocks that studies import.
@@ -89,6 +103,7 @@ pub struct Study {
     pub device: String,
     /// Every expanded stage, each after the stages it depends on.
     pub stages: Vec<Stage>,
+    pub report: Report,
 }
 
 impl Study {
@@ -371,11 +386,25 @@ fn resolve(raw: RawStudy, ctx: &Ctx, path: &Path) -> Result<Study> {
         }
         expansions.insert(name.clone(), mine);
     }
+    let report = raw.report.clone().unwrap_or_default();
+    for b in &report.baseline {
+        if !raw.stages.contains_key(b) {
+            let choices: Vec<&str> = raw.stages.keys().map(String::as_str).collect();
+            return Err(ctx.err(
+                None,
+                format!(
+                    "report: baseline `{b}` is not a stage; valid choices: {}",
+                    choices.join(", ")
+                ),
+            ));
+        }
+    }
     Ok(Study {
         file: path.to_path_buf(),
         dataset,
         device,
         stages,
+        report,
     })
 }
 

@@ -237,6 +237,13 @@ impl Partial for EscapePartial {
     }
 }
 
+impl EscapeSpec {
+    /// The name of the chosen reading (`probe`, `batch`, `perturbed`).
+    pub fn measure_name(&self) -> &'static str {
+        self.measure.name()
+    }
+}
+
 impl Kind for EscapeSpec {
     const NAME: &'static str = "escape";
     const HEADLINE: &'static [&'static str] = &["escape_steps", "escaped"];

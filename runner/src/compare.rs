@@ -1,0 +1,484 @@
+//! The comparison table of a study, as a paper would print it: one row per
+//! stage and grid point (folded over seeds), the kind's headline measures
+//! as mean ± std with n, and, where the study names baselines
+//! (`report: (baseline: [...])`), each row's difference to its baseline
+//! with a 95% interval over seeds: paired by seed where the seeds match,
+//! Welch's otherwise. Escape steps are censored data: a row where a run
+//! did not escape shows how many did, and its difference is not computed.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use statrs::distribution::{ContinuousCDF, StudentsT};
+
+use crate::exec::StageReport;
+use crate::study::{Coords, Study};
+
+/// Mean, sample standard deviation and n.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Stats {
+    pub mean: f64,
+    pub std: f64,
+    pub n: usize,
+}
+
+impl Stats {
+    pub fn of(xs: &[f64]) -> Stats {
+        let (mean, std) = crate::results::mean_std(xs);
+        Stats {
+            mean,
+            std,
+            n: xs.len(),
+        }
+    }
+}
+
+/// A difference with its 95% interval.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Interval {
+    pub diff: f64,
+    pub lo: f64,
+    pub hi: f64,
+    /// Paired by seed (else Welch).
+    pub paired: bool,
+    /// Degrees of freedom of the t quantile.
+    pub df: f64,
+}
+
+impl Interval {
+    /// Whether the interval excludes 0.
+    pub fn resolved(&self) -> bool {
+        self.lo > 0.0 || self.hi < 0.0
+    }
+}
+
+/// The 0.975 quantile of Student's t with `df` degrees of freedom.
+fn t975(df: f64) -> f64 {
+    StudentsT::new(0.0, 1.0, df)
+        .expect("df > 0")
+        .inverse_cdf(0.975)
+}
+
+/// The 95% paired-t interval of the mean of `a_i - b_i` (n >= 2).
+pub fn paired(a: &[f64], b: &[f64]) -> Option<Interval> {
+    if a.len() != b.len() || a.len() < 2 {
+        return None;
+    }
+    let d: Vec<f64> = a.iter().zip(b).map(|(x, y)| x - y).collect();
+    let s = Stats::of(&d);
+    let df = (s.n - 1) as f64;
+    let h = t975(df) * s.std / (s.n as f64).sqrt();
+    Some(Interval {
+        diff: s.mean,
+        lo: s.mean - h,
+        hi: s.mean + h,
+        paired: true,
+        df,
+    })
+}
+
+/// Welch's 95% interval of `mean(a) - mean(b)` (each n >= 2).
+pub fn welch(a: &[f64], b: &[f64]) -> Option<Interval> {
+    if a.len() < 2 || b.len() < 2 {
+        return None;
+    }
+    let (sa, sb) = (Stats::of(a), Stats::of(b));
+    let (va, vb) = (sa.std * sa.std / sa.n as f64, sb.std * sb.std / sb.n as f64);
+    let se = (va + vb).sqrt();
+    let diff = sa.mean - sb.mean;
+    if se == 0.0 {
+        return Some(Interval {
+            diff,
+            lo: diff,
+            hi: diff,
+            paired: false,
+            df: f64::INFINITY,
+        });
+    }
+    let df = (va + vb).powi(2) / (va * va / (sa.n - 1) as f64 + vb * vb / (sb.n - 1) as f64);
+    let h = t975(df) * se;
+    Some(Interval {
+        diff,
+        lo: diff - h,
+        hi: diff + h,
+        paired: false,
+        df,
+    })
+}
+
+/// One row: a stage at one grid point besides the seed, its runs by seed.
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub name: String,
+    /// The grid point without the seed.
+    pub point: Coords,
+    pub kind: &'static str,
+    pub model: String,
+    pub headline: &'static [&'static str],
+    /// Seed (or 0 without a seed grid) to the run's summary, completed runs only.
+    pub runs: BTreeMap<u64, BTreeMap<String, f64>>,
+    /// Runs of the row in the study, complete or not.
+    pub planned: usize,
+}
+
+impl Row {
+    /// `name` or `name[rho=0.1]`.
+    pub fn label(&self) -> String {
+        if self.point.is_empty() {
+            self.name.clone()
+        } else {
+            let p: Vec<String> = self.point.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            format!("{}[{}]", self.name, p.join(","))
+        }
+    }
+
+    /// The values of `measure` by seed (runs that have it).
+    pub fn values(&self, measure: &str) -> BTreeMap<u64, f64> {
+        self.runs
+            .iter()
+            .filter_map(|(s, m)| Some((*s, *m.get(measure)?)))
+            .collect()
+    }
+
+    /// Escape: runs that escaped, of those completed.
+    fn escaped(&self) -> Option<(usize, usize)> {
+        (self.kind == "escape").then(|| {
+            let k = self
+                .runs
+                .values()
+                .filter(|m| m.get("escaped").copied() == Some(1.0))
+                .count();
+            (k, self.runs.len())
+        })
+    }
+}
+
+/// The study's rows, in the order of its stages.
+pub fn rows(study: &Study, reports: &[StageReport]) -> Vec<Row> {
+    let mut out: Vec<Row> = Vec::new();
+    for r in reports {
+        let stage = &study.stages[r.index];
+        let mut point = stage.coords.clone();
+        let seed = point.remove("seed").map_or(0, |s| s as u64);
+        let i = match out
+            .iter()
+            .position(|row| row.name == stage.name && row.point == point)
+        {
+            Some(i) => i,
+            None => {
+                out.push(Row {
+                    name: stage.name.clone(),
+                    point,
+                    kind: stage.spec.kind(),
+                    model: stage.spec.model().to_string(),
+                    headline: stage.spec.headline(),
+                    runs: BTreeMap::new(),
+                    planned: 0,
+                });
+                out.len() - 1
+            }
+        };
+        out[i].planned += 1;
+        if let Some(s) = &r.summary {
+            out[i].runs.insert(seed, s.clone());
+        }
+    }
+    out
+}
+
+/// The baseline row of `row`: a row of a baseline stage of the same kind
+/// and model (not the row itself), agreeing on the grid fields both have.
+pub fn baseline_of<'a>(row: &Row, rows: &'a [Row], baselines: &[String]) -> Option<&'a Row> {
+    rows.iter().find(|b| {
+        baselines.contains(&b.name)
+            && b.name != row.name
+            && b.kind == row.kind
+            && b.model == row.model
+            && b.point
+                .iter()
+                .all(|(k, v)| row.point.get(k).is_none_or(|w| w == v))
+    })
+}
+
+/// The difference of `measure` between a row and its baseline, or why not.
+pub fn difference(row: &Row, base: &Row, measure: &str) -> Result<Interval, String> {
+    if let (Some((k, n)), Some((kb, nb))) = (row.escaped(), base.escaped())
+        && (k < n || kb < nb)
+    {
+        return Err(format!("censored ({k}/{n} and {kb}/{nb} escaped)"));
+    }
+    let (a, b) = (row.values(measure), base.values(measure));
+    let same_seeds = a.len() >= 2 && a.keys().eq(b.keys());
+    let (xa, xb): (Vec<f64>, Vec<f64>) =
+        (a.values().copied().collect(), b.values().copied().collect());
+    let interval = if same_seeds {
+        paired(&xa, &xb)
+    } else {
+        welch(&xa, &xb)
+    };
+    interval.ok_or_else(|| format!("n = {} and {}: too few runs", xa.len(), xb.len()))
+}
+
+/// A number as tables show it: 4 significant decimals, whole numbers as such.
+fn num(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e12 {
+        format!("{v}")
+    } else if v.abs() >= 100.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.4}")
+    }
+}
+
+/// A cell: `mean ± std (n)`; escape steps with the share that escaped.
+fn cell(row: &Row, measure: &str) -> String {
+    let xs: Vec<f64> = row.values(measure).into_values().collect();
+    let escaped = row.escaped();
+    if xs.is_empty() {
+        return match escaped {
+            Some((0, n)) if measure == "escape_steps" && n > 0 => format!("none escaped (0/{n})"),
+            _ => "–".into(),
+        };
+    }
+    let s = Stats::of(&xs);
+    let base = if s.n > 1 {
+        format!("{} ± {} (n={})", num(s.mean), num(s.std), s.n)
+    } else {
+        format!("{} (n=1)", num(s.mean))
+    };
+    match escaped {
+        Some((k, n)) if measure == "escape_steps" && k < n => {
+            format!("{base}; {k}/{n} escaped, the rest censored")
+        }
+        _ => base,
+    }
+}
+
+/// The comparison tables, as markdown and as CSV: one table per kind.
+pub fn tables(rows: &[Row], baselines: &[String]) -> (String, String) {
+    let mut md = String::new();
+    let mut csv =
+        String::from("stage,kind,measure,mean,std,n,baseline,diff,lo,hi,paired,resolved\n");
+    let mut kinds: Vec<&'static str> = Vec::new();
+    for r in rows {
+        if !kinds.contains(&r.kind) {
+            kinds.push(r.kind);
+        }
+    }
+    for kind in kinds {
+        let mine: Vec<&Row> = rows.iter().filter(|r| r.kind == kind).collect();
+        let measures: Vec<&str> = mine[0]
+            .headline
+            .iter()
+            .copied()
+            .filter(|m| mine.iter().any(|r| !r.values(m).is_empty()) || *m == "escape_steps")
+            .collect();
+        if measures.is_empty() {
+            continue;
+        }
+        let compare = !baselines.is_empty()
+            && mine
+                .iter()
+                .any(|r| baseline_of(r, rows, baselines).is_some());
+        let _ = write!(md, "| {kind} stage | runs |");
+        for m in &measures {
+            let _ = write!(md, " {m} |");
+        }
+        if compare {
+            let _ = write!(md, " {} − baseline [95% interval] |", measures[0]);
+        }
+        md.push('\n');
+        let cols = 2 + measures.len() + compare as usize;
+        let _ = writeln!(md, "|{}", "---|".repeat(cols));
+        for r in &mine {
+            let _ = write!(md, "| {} | {}/{} |", r.label(), r.runs.len(), r.planned);
+            for m in &measures {
+                let _ = write!(md, " {} |", cell(r, m));
+                let xs: Vec<f64> = r.values(m).into_values().collect();
+                if !xs.is_empty() {
+                    let s = Stats::of(&xs);
+                    let _ = write!(
+                        csv,
+                        "{},{kind},{m},{},{},{},",
+                        r.label().replace(',', ";"),
+                        s.mean,
+                        s.std,
+                        s.n
+                    );
+                    match (m == &measures[0], baseline_of(r, rows, baselines)) {
+                        (true, Some(b)) => match difference(r, b, m) {
+                            Ok(i) => {
+                                let _ = writeln!(
+                                    csv,
+                                    "{},{},{},{},{},{}",
+                                    b.label().replace(',', ";"),
+                                    i.diff,
+                                    i.lo,
+                                    i.hi,
+                                    i.paired,
+                                    i.resolved()
+                                );
+                            }
+                            Err(_) => {
+                                let _ = writeln!(csv, "{},,,,,", b.label().replace(',', ";"));
+                            }
+                        },
+                        _ => csv.push_str(",,,,,\n"),
+                    }
+                }
+            }
+            if compare {
+                let text = match baseline_of(r, rows, baselines) {
+                    None => "–".to_string(),
+                    Some(b) => match difference(r, b, measures[0]) {
+                        Ok(i) => {
+                            let t = format!(
+                                "{}{} [{}, {}] vs {}{}",
+                                if i.diff >= 0.0 { "+" } else { "" },
+                                num(i.diff),
+                                num(i.lo),
+                                num(i.hi),
+                                b.label(),
+                                if i.paired { ", paired" } else { ", Welch" }
+                            );
+                            if i.resolved() { format!("**{t}**") } else { t }
+                        }
+                        Err(why) => why,
+                    },
+                };
+                let _ = write!(md, " {text} |");
+            }
+            md.push('\n');
+        }
+        md.push('\n');
+    }
+    if !baselines.is_empty() {
+        md.push_str(
+            "Differences in **bold** have a 95% interval that excludes 0 (t intervals over \
+             seeds: paired where both rows ran the same seeds, Welch's otherwise); the others \
+             cannot be told from seed-to-seed noise at this n.\n",
+        );
+    }
+    (md, csv)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A paired t interval computed by hand: differences 1, 2, 3, 4 have
+    /// mean 2.5, sd sqrt(5/3) = 1.2910, se 0.6455, t(3, 0.975) = 3.1824:
+    /// 2.5 ± 2.0543. (The t quantiles here come from
+    /// tests/reference/t_quantiles.py, which integrates the t density
+    /// itself.)
+    #[test]
+    fn paired_interval_matches_the_hand_computation() {
+        let a = [11.0, 22.0, 33.0, 44.0];
+        let b = [10.0, 20.0, 30.0, 40.0];
+        let i = paired(&a, &b).unwrap();
+        assert!((i.diff - 2.5).abs() < 1e-12);
+        assert!((i.hi - i.diff - 2.0543).abs() < 1e-4, "{i:?}");
+        assert!((i.diff - i.lo - 2.0543).abs() < 1e-4);
+        assert!(i.resolved() && i.paired && i.df == 3.0);
+        // Two seeds: t(1, 0.975) = 12.706.
+        let i = paired(&[1.0, 2.0], &[0.0, 0.0]).unwrap();
+        let h = 12.7062 * (0.5f64).sqrt() / 2f64.sqrt();
+        assert!((i.hi - 1.5 - h).abs() < 1e-3, "{i:?}");
+        assert!(paired(&[1.0], &[0.0]).is_none());
+    }
+
+    /// Welch by hand: a = (1, 2, 3), b = (4, 6, 8, 10): means 2 and 7, variances
+    /// 1 and 6.6667, se^2 = 1/3 + 6.6667/4 = 2.0, df = 4 / (1/9/2 + 1.6667^2/3)
+    /// = 4 / 0.98148 = 4.0755, t(4.0755, 0.975) = 2.75628 -> -5 ± 3.89798.
+    #[test]
+    fn welch_interval_matches_the_hand_computation() {
+        let i = welch(&[1.0, 2.0, 3.0], &[4.0, 6.0, 8.0, 10.0]).unwrap();
+        assert!((i.diff + 5.0).abs() < 1e-12);
+        assert!((i.df - 4.0755).abs() < 1e-3, "{i:?}");
+        assert!((i.hi - i.diff - 3.89798).abs() < 1e-4, "{i:?}");
+        assert!(!i.paired && i.resolved());
+    }
+
+    fn row(name: &str, kind: &'static str, runs: &[(u64, &[(&str, f64)])]) -> Row {
+        Row {
+            name: name.into(),
+            point: Coords::new(),
+            kind,
+            model: "resnet8".into(),
+            headline: if kind == "escape" {
+                &["escape_steps", "escaped"]
+            } else {
+                &["test_acc"]
+            },
+            runs: runs
+                .iter()
+                .map(|(s, m)| (*s, m.iter().map(|(k, v)| (k.to_string(), *v)).collect()))
+                .collect(),
+            planned: runs.len(),
+        }
+    }
+
+    /// A censored escape row is never averaged as if it escaped: its cell
+    /// says how many escaped and the difference is not computed.
+    #[test]
+    fn censored_escape_runs_are_not_compared() {
+        let sgd = row(
+            "sgd",
+            "escape",
+            &[
+                (0, &[("escaped", 0.0)]),
+                (1, &[("escaped", 1.0), ("escape_steps", 150.0)]),
+            ],
+        );
+        let sam = row(
+            "sam",
+            "escape",
+            &[
+                (0, &[("escaped", 1.0), ("escape_steps", 3.0)]),
+                (1, &[("escaped", 1.0), ("escape_steps", 5.0)]),
+            ],
+        );
+        assert!(
+            cell(&sgd, "escape_steps").contains("1/2 escaped"),
+            "{}",
+            cell(&sgd, "escape_steps")
+        );
+        let e = difference(&sam, &sgd, "escape_steps").unwrap_err();
+        assert!(e.contains("censored"), "{e}");
+        let rows = vec![sgd, sam];
+        let (md, _) = tables(&rows, &["sgd".to_string()]);
+        assert!(md.contains("censored (2/2 and 1/2 escaped)"), "{md}");
+        // None escaped: said, not averaged.
+        let none = row("x", "escape", &[(0, &[("escaped", 0.0)])]);
+        assert_eq!(cell(&none, "escape_steps"), "none escaped (0/1)");
+    }
+
+    #[test]
+    fn rows_compare_with_the_baseline_of_their_model_and_mark_resolved_differences() {
+        let sgd = row(
+            "sgd",
+            "train",
+            &[(0, &[("test_acc", 0.50)]), (1, &[("test_acc", 0.52)])],
+        );
+        let sam = row(
+            "sam",
+            "train",
+            &[(0, &[("test_acc", 0.60)]), (1, &[("test_acc", 0.62)])],
+        );
+        let mut other = row("wrn-sgd", "train", &[(0, &[("test_acc", 0.7)])]);
+        other.model = "wrn16-2".into();
+        let rows = vec![sgd, sam, other];
+        let (md, csv) = tables(&rows, &["sgd".to_string()]);
+        // Paired differences 0.10 and 0.10: zero spread, resolved.
+        assert!(
+            md.contains("**+0.1000 [0.1000, 0.1000] vs sgd, paired**"),
+            "{md}"
+        );
+        assert!(baseline_of(&rows[2], &rows, &["sgd".to_string()]).is_none());
+        assert!(
+            csv.lines()
+                .any(|l| l.starts_with("sam,train,test_acc,") && l.ends_with(",true,true")),
+            "{csv}"
+        );
+    }
+}
