@@ -465,7 +465,7 @@ fn plan_why_names_the_changed_field_with_old_and_new_values() {
 #[test]
 fn report_rebuilds_results_from_the_cache_and_names_missing_stages() {
     let env = Env::new();
-    let text = |extra: &str| {
+    let study_text = |extra: &str| {
         format!(
             r#"Study(version: 1, dataset: "cifar10",
     blocks: {{
@@ -481,7 +481,7 @@ fn report_rebuilds_results_from_the_cache_and_names_missing_stages() {
 )"#
         )
     };
-    let study = env.write("r.ron", &text(""));
+    let study = env.write("r.ron", &study_text(""));
     let s = study.to_str().unwrap();
     env.ok(&[s, "--results-dir", "r1"], "cache");
     let o = env.run(&["report", s, "--results-dir", "r2"], "cache");
