@@ -506,7 +506,7 @@ fn report_rebuilds_results_from_the_cache_and_names_missing_stages() {
     }
     let more = env.write(
         "more.ron",
-        &text(r#""sgd-long": Train(extends: "base", epochs: 3),"#),
+        &study_text(r#""sgd-long": Train(extends: "base", epochs: 3),"#),
     );
     let o = env.run(
         &["report", more.to_str().unwrap(), "--results-dir", "r3"],
