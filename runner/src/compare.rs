@@ -132,6 +132,20 @@ impl Row {
         }
     }
 
+    /// The completed runs of this row among `reports`.
+    pub fn members<'a>(&self, study: &Study, reports: &'a [StageReport]) -> Vec<&'a StageReport> {
+        reports
+            .iter()
+            .filter(|r| r.summary.is_some())
+            .filter(|r| {
+                let st = &study.stages[r.index];
+                let mut p = st.coords.clone();
+                p.remove("seed");
+                st.name == self.name && p == self.point
+            })
+            .collect()
+    }
+
     /// The values of `measure` by seed (runs that have it).
     pub fn values(&self, measure: &str) -> BTreeMap<u64, f64> {
         self.runs

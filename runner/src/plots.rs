@@ -209,15 +209,9 @@ pub fn curves(
     let rows = crate::compare::rows(study, reports);
     let mut train: Vec<(String, Vec<Table>, f64)> = Vec::new();
     for row in rows.iter().filter(|r| r.kind == "train") {
-        let runs: Vec<_> = reports
+        let runs: Vec<Table> = row
+            .members(study, reports)
             .iter()
-            .filter(|r| r.summary.is_some())
-            .filter(|r| {
-                let st = &study.stages[r.index];
-                let mut p = st.coords.clone();
-                p.remove("seed");
-                st.name == row.name && p == row.point
-            })
             .map(|r| table(cache, &r.key))
             .collect();
         let share = row
@@ -270,16 +264,7 @@ pub fn curves(
         let mut series = Vec::new();
         let mut threshold = None;
         for row in rows.iter().filter(|r| r.name == name) {
-            let members: Vec<&StageReport> = reports
-                .iter()
-                .filter(|r| r.summary.is_some())
-                .filter(|r| {
-                    let st = &study.stages[r.index];
-                    let mut p = st.coords.clone();
-                    p.remove("seed");
-                    st.name == row.name && p == row.point
-                })
-                .collect();
+            let members = row.members(study, reports);
             let Some(first) = members.first() else {
                 continue;
             };
