@@ -20,5 +20,5 @@ pub use sam::{
     SamConfig, StepOutput, StepSettings, sam_step, sam_step_ghost, sgd_step, sgd_step_ghost,
 };
 pub use schedule::{Method, Point, Resolved, StepSchedule};
-pub use sgd::{Grads, Sgd, SgdConfig, collect_grads};
+pub use sgd::{Decay, Grads, Sgd, SgdConfig, collect_grads};
 pub use trainer::Trainer;

@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ErrorKind, Result, bad};
 use crate::schedule::Method;
-use crate::sgd::{Grads, Sgd, collect_grads};
+use crate::sgd::{Decay, Grads, Sgd, collect_grads};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SamConfig {
@@ -121,6 +121,26 @@ fn pass(model: &Model, x: &Tensor, y: &Tensor) -> Result<(f64, usize, Grads)> {
     }
     let grads = collect_grads(&model.params, &loss.backward()?)?;
     Ok((value, correct, grads))
+}
+
+/// The gradient of the loss plus `0.5 wd ||w + eps||^2`: `g + wd (w + eps)`
+/// (`eps` absent: at `w`).
+fn with_decay(params: &ParamStore, mut g: Grads, wd: f64, eps: Option<&Grads>) -> Result<Grads> {
+    if wd == 0.0 {
+        return Ok(g);
+    }
+    for (name, var) in params.trainable() {
+        let w = var.as_tensor().detach();
+        let at = match eps {
+            Some(e) => (&w + &e[name])?,
+            None => w,
+        };
+        let v = g
+            .get_mut(name)
+            .ok_or_else(|| bad(format!("no gradient for `{name}`")))?;
+        *v = (&*v + (at * wd)?)?;
+    }
+    Ok(g)
 }
 
 /// `acc + g` by name (`acc` empty: `g`).
@@ -409,8 +429,19 @@ fn sam_update(
         }
         loss += l / chunks as f64;
         correct += k;
+        let loss_decay = opt.config.decay == Decay::Loss;
+        let g = if loss_decay {
+            with_decay(&model.params, g, opt.config.weight_decay, None)?
+        } else {
+            g
+        };
         let eps = perturbation(&model.params, &g, cfg)?;
         let (k2, g2) = perturbed_grads(model, &eps, &xc, &yc, bn_batch)?;
+        let g2 = if loss_decay {
+            with_decay(&model.params, g2, opt.config.weight_decay, Some(&eps))?
+        } else {
+            g2
+        };
         perturbed_correct += k2;
         total = Some(add_grads(total, g2)?);
     }
@@ -426,7 +457,10 @@ fn sam_update(
         model.params.restore_buffers(&mean)?;
     }
     let grads = mean_grads(total.expect("at least one chunk"), chunks)?;
-    opt.step(&model.params, &grads, lr)?;
+    match opt.config.decay {
+        Decay::Update => opt.step(&model.params, &grads, lr)?,
+        Decay::Loss => opt.step_decayed(&model.params, &grads, lr)?,
+    }
     Ok(StepOutput {
         method: Method::Sam,
         loss,

@@ -39,6 +39,30 @@ pub struct SgdConfig {
     pub momentum: f64,
     pub nesterov: bool,
     pub weight_decay: f64,
+    /// Where weight decay enters (see [`Decay`]); left out of serialised
+    /// settings when `Update`, the convention before there was a choice.
+    #[serde(default, skip_serializing_if = "Decay::is_update")]
+    pub decay: Decay,
+}
+
+/// Where weight decay enters a step. The two agree for SGD steps; for SAM
+/// they differ near a minimum, where `wd w` is comparable to the gradient.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Decay {
+    /// `wd w` is added to the gradient in the update (PyTorch's
+    /// `SGD(weight_decay=)`): SAM perturbs along the loss gradient alone.
+    #[default]
+    Update,
+    /// `0.5 wd ||w||^2` is part of the loss of every pass (the SAM authors'
+    /// JAX code): SAM perturbs along `g + wd w` and takes the second
+    /// gradient of the decayed loss at `w + e`, `g' + wd (w + e)`.
+    Loss,
+}
+
+impl Decay {
+    fn is_update(&self) -> bool {
+        *self == Decay::Update
+    }
 }
 
 impl Default for SgdConfig {
@@ -48,6 +72,7 @@ impl Default for SgdConfig {
             momentum: 0.9,
             nesterov: true,
             weight_decay: 5e-4,
+            decay: Decay::Update,
         }
     }
 }
@@ -81,10 +106,20 @@ impl Sgd {
 
     /// One update of every trainable parameter with `grads` at rate `lr`.
     pub fn step(&mut self, params: &ParamStore, grads: &Grads, lr: f64) -> Result<()> {
+        self.update(params, grads, lr, self.config.weight_decay)
+    }
+
+    /// A step with gradients of a loss that already holds the weight
+    /// decay (`Decay::Loss`): the update adds none.
+    pub fn step_decayed(&mut self, params: &ParamStore, grads: &Grads, lr: f64) -> Result<()> {
+        self.update(params, grads, lr, 0.0)
+    }
+
+    fn update(&mut self, params: &ParamStore, grads: &Grads, lr: f64, wd: f64) -> Result<()> {
         let SgdConfig {
             momentum: mu,
             nesterov,
-            weight_decay: wd,
+            ..
         } = self.config;
         for (name, var) in params.trainable() {
             let g = grads

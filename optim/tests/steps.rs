@@ -67,7 +67,14 @@ fn two_steps_match_the_jax_reference() {
         .iter()
         .filter(|c| c["bn_batch"].as_u64() == Some(4))
         .count();
-    assert_eq!(ghost, 3);
+    assert_eq!(ghost, 4);
+    let in_loss = fixture["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["decay"] == "Loss")
+        .count();
+    assert_eq!(in_loss, 2);
     for dtype in [DType::F64, DType::F32] {
         for case in fixture["cases"].as_array().unwrap() {
             check_steps(case, dtype);
@@ -86,8 +93,8 @@ fn check_steps(case: &Value, dtype: DType) {
         _ => f32_tolerance(cfg.chunk, cfg.adaptive, bn_batch),
     };
     let label = format!(
-        "{dtype:?} {method} rho {} chunk {:?} adaptive {} bn_batch {bn_batch:?}",
-        cfg.rho, cfg.chunk, cfg.adaptive
+        "{dtype:?} {method} rho {} chunk {:?} adaptive {} bn_batch {bn_batch:?} decay {}",
+        cfg.rho, cfg.chunk, cfg.adaptive, case["decay"]
     );
     let model = Model::with_dtype(
         &"resnet8".parse::<Arch>().unwrap(),
@@ -98,7 +105,15 @@ fn check_steps(case: &Value, dtype: DType) {
     )
     .unwrap();
     fixtures::set_fixed(&model).unwrap();
-    let mut opt = Sgd::new(SgdConfig::default()).unwrap();
+    let decay = match case["decay"].as_str().unwrap() {
+        "Loss" => Decay::Loss,
+        _ => Decay::Update,
+    };
+    let mut opt = Sgd::new(SgdConfig {
+        decay,
+        ..SgdConfig::default()
+    })
+    .unwrap();
     for (k, want_loss) in floats(&case["losses"]).into_iter().enumerate() {
         let (x, y) = batch(k);
         let x = x.to_dtype(dtype).unwrap();

@@ -16,6 +16,10 @@ decay 5e-4, lr 0.1) as the base optimiser:
                  Section 5.1: each device perturbs and normalises its own 32)
   sam_bn4        SAM with one perturbation for the batch of 8, each pass in
                  ghost batches of 4
+  sam_wdloss     SAM with the weight decay in the loss of both passes (the
+                 SAM authors' JAX code): perturbation along g + wd w, second
+                 gradient g' + wd (w + e), no decay in the update
+  sam_m4_bn4_wdloss  the same with m = 4 on ghost batches of 4
 and records the losses, the momentum buffers (norm and first elements), the
 final weights' first elements and the running statistics. The momentum buffer
 carries the update without the cancellation of w_new - w_old in f32.
@@ -74,7 +78,7 @@ def ghost_grads(params, buffers, x, y, bn):
     return (float(np.mean([o[0] for o in out])), mean_trees([o[1] for o in out]), mean_trees([o[2] for o in out]))
 
 
-def step_grads(method, params, buffers, x, y, rho, chunk, adaptive, bn=None):
+def step_grads(method, params, buffers, x, y, rho, chunk, adaptive, bn=None, wd_loss=False):
     if method == "sgd":
         return ghost_grads(params, buffers, x, y, bn)
     n = x.shape[0]
@@ -90,18 +94,22 @@ def step_grads(method, params, buffers, x, y, rho, chunk, adaptive, bn=None):
             loss, g, r = ghost_grads(params, start, xc, yc, bn)  # every chunk from the step's statistics
             running.append(r)
         losses.append(loss)
+        if wd_loss:
+            g = {k: g[k] + WD * params[k] for k in g}
         t = {k: (jnp.abs(params[k]) + 0.01 if adaptive and k.endswith("weight") else 1.0) for k in params}
         tg = {k: g[k] * t[k] for k in params}
         norm = jnp.sqrt(sum(jnp.sum(v * v) for v in tg.values()))
         pw = {k: params[k] + rho * t[k] * tg[k] / (norm + 1e-12) for k in params}
         _, g2, _ = ghost_grads(pw, buffers, xc, yc, bn)  # the second pass's statistics are dropped
+        if wd_loss:
+            g2 = {k: g2[k] + WD * pw[k] for k in g2}
         total = g2 if total is None else {k: total[k] + g2[k] for k in total}
     if bn is not None:
         buffers = mean_trees(running)  # one update: the mean over all slices
     return float(np.mean(losses)), {k: v / chunks for k, v in total.items()}, buffers
 
 
-def run(method, rho=0.0, chunk=None, adaptive=False, bn=None):
+def run(method, rho=0.0, chunk=None, adaptive=False, bn=None, wd_loss=False):
     sh = ref.shapes(16, STAGES, 10)
     names = sorted(sh)
     t = {k: jnp.asarray(ref.value(k, sh[k], p).astype(np.float64)) for p, k in enumerate(names)}
@@ -111,14 +119,16 @@ def run(method, rho=0.0, chunk=None, adaptive=False, bn=None):
     losses = []
     for k in range(2):
         x, y = batch(k)
-        loss, g, buffers = step_grads(method, params, buffers, x, y, rho, chunk, adaptive, bn)
+        loss, g, buffers = step_grads(method, params, buffers, x, y, rho, chunk, adaptive, bn, wd_loss)
         losses.append(loss)
-        g = {n: g[n] + WD * params[n] for n in params}
+        if not wd_loss:
+            g = {n: g[n] + WD * params[n] for n in params}
         mom = {n: (MU * mom[n] + g[n]) if n in mom else g[n] for n in params}
         params = {n: params[n] - LR * (g[n] + MU * mom[n]) for n in params}
     head = lambda v, k=8: np.asarray(v).reshape(-1)[:k].tolist()  # noqa: E731
     return {
         "method": method, "rho": rho, "chunk": chunk, "adaptive": adaptive, "bn_batch": bn,
+        "decay": "Loss" if wd_loss else "Update",
         "losses": losses,
         "momentum": {n: {"norm": float(jnp.linalg.norm(v)), "max_abs": float(jnp.max(jnp.abs(v))), "head": head(v)}
                      for n, v in sorted(mom.items())},
@@ -129,7 +139,8 @@ def run(method, rho=0.0, chunk=None, adaptive=False, bn=None):
 
 def main():
     cases = [run("sgd"), run("sam", 0.05), run("sam", 0.05, chunk=4), run("sam", 0.5, adaptive=True),
-             run("sgd", bn=4), run("sam", 0.05, chunk=4, bn=4), run("sam", 0.05, bn=4)]
+             run("sgd", bn=4), run("sam", 0.05, chunk=4, bn=4), run("sam", 0.05, bn=4),
+             run("sam", 0.05, wd_loss=True), run("sam", 0.05, chunk=4, bn=4, wd_loss=True)]
     path = os.path.join(HERE, "step_reference.json")
     with open(path, "w") as f:
         json.dump({"generator": "gen_step_reference.py", "jax": jax.__version__, "dtype": "f64", "cases": cases}, f)

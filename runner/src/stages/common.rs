@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use indexmap::IndexMap;
 use samlab_data::{Dataset, Loader, PipelineConfig, Split, subset_per_class};
 use samlab_models::Model;
-use samlab_optim::{SamConfig, SgdConfig};
+use samlab_optim::{Decay, SamConfig, SgdConfig};
 use serde::{Deserialize, Serialize};
 
 use super::{RunCtx, StageSpec};
@@ -83,6 +83,8 @@ pub struct SgdPartial {
     pub momentum: Option<f64>,
     pub nesterov: Option<bool>,
     pub weight_decay: Option<f64>,
+    /// `Update` (default) or `Loss`: docs/thesis-protocol.md.
+    pub decay: Option<Decay>,
 }
 
 /// SAM settings as written.
@@ -101,7 +103,7 @@ impl SgdPartial {
     pub fn merged(own: Option<SgdPartial>, parent: &Option<SgdPartial>) -> Option<SgdPartial> {
         match (own, parent) {
             (Some(mut a), Some(b)) => {
-                inherit!(a, b; momentum, nesterov, weight_decay);
+                inherit!(a, b; momentum, nesterov, weight_decay, decay);
                 Some(a)
             }
             (a, b) => a.or_else(|| b.clone()),
@@ -116,6 +118,7 @@ impl SgdPartial {
             momentum: o.momentum.unwrap_or(d.momentum),
             nesterov: o.nesterov.unwrap_or(d.nesterov),
             weight_decay: o.weight_decay.unwrap_or(d.weight_decay),
+            decay: o.decay.unwrap_or(d.decay),
         };
         samlab_optim::Sgd::new(optimizer.clone())?;
         Ok(optimizer)
