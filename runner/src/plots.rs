@@ -117,12 +117,36 @@ pub fn line_chart(
             .configure_series_labels()
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperRight)
+            .position(legend_corner(series, (y0, y1)))
             .draw()
             .map_err(|e| plot_err(path, e))?;
     }
     root.present().map_err(|e| plot_err(path, e))?;
     Ok(())
+}
+
+/// The right-hand corner the lines leave free: where the last fifth of the
+/// x range sits in the lower half of the y range, the upper corner.
+fn legend_corner(series: &[Series], (y0, y1): (f64, f64)) -> SeriesLabelPosition {
+    let x_max = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.0))
+        .fold(f64::NEG_INFINITY, f64::max);
+    let x_min = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.0))
+        .fold(f64::INFINITY, f64::min);
+    let cut = x_max - 0.2 * (x_max - x_min);
+    let tail: Vec<f64> = series
+        .iter()
+        .flat_map(|s| s.points.iter().filter(|p| p.0 >= cut).map(|p| p.1))
+        .collect();
+    let mid = 0.5 * (y0 + y1);
+    if !tail.is_empty() && tail.iter().sum::<f64>() / tail.len() as f64 > mid {
+        SeriesLabelPosition::LowerRight
+    } else {
+        SeriesLabelPosition::UpperRight
+    }
 }
 
 pub const PALETTE: [RGBColor; 6] = [
