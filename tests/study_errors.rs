@@ -383,3 +383,26 @@ fn imports_share_blocks_across_files() {
         .to_string();
     assert!(e.contains("cycle") && e.contains("c1.ron"), "{e}");
 }
+
+/// A laid-out table must name stages (or grid points) of the study.
+#[test]
+fn report_tables_name_existing_stages() {
+    let study = |stage: &str| {
+        format!(
+            r#"Study(version: 1, dataset: "cifar10",
+    stages: {{
+        "r8-sgd": Train(model: "resnet8", epochs: 1),
+        "r8-sam": Train(model: "resnet8", epochs: 1, method: Always(Sam), grid: {{"rho": [0.1]}}),
+    }},
+    report: (tables: [Table(title: "T", measure: "test_acc", rows: ["sgd", "sam[rho=0.1]"],
+                            columns: ["r8"], stage: "{stage}")]),
+)"#
+        )
+    };
+    assert!(study::parse(&study("{column}-{row}"), Path::new("s.ron")).is_ok());
+    let e = err(&study("{row}-{column}"));
+    assert!(
+        e.contains("table `T` names `sgd-r8` (row `sgd`, column `r8`)"),
+        "{e}"
+    );
+}

@@ -376,6 +376,38 @@ pub fn tables(rows: &[Row], baselines: &[String]) -> (String, String) {
     (md, csv)
 }
 
+/// The study's laid-out tables (`report: (tables: [...])`) as markdown.
+pub fn pivots(rows: &[Row], tables: &[crate::study::PivotTable]) -> String {
+    let mut md = String::new();
+    for t in tables {
+        let _ = writeln!(
+            md,
+            "**{}** ({}, mean ± std over seeds, n)\n",
+            t.title, t.measure
+        );
+        let _ = write!(md, "| |");
+        for c in &t.columns {
+            let _ = write!(md, " {c} |");
+        }
+        md.push('\n');
+        let _ = writeln!(md, "|{}", "---|".repeat(t.columns.len() + 1));
+        for r in &t.rows {
+            let _ = write!(md, "| {r} |");
+            for c in &t.columns {
+                let label = t.cell(r, c);
+                let text = rows
+                    .iter()
+                    .find(|row| row.label() == label)
+                    .map_or("–".to_string(), |row| cell(row, &t.measure));
+                let _ = write!(md, " {text} |");
+            }
+            md.push('\n');
+        }
+        md.push('\n');
+    }
+    md
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -465,6 +497,34 @@ mod tests {
         // None escaped: said, not averaged.
         let none = row("x", "escape", &[(0, &[("escaped", 0.0)])]);
         assert_eq!(cell(&none, "escape_steps"), "none escaped (0/1)");
+    }
+
+    /// A paper-style table: methods by models, from stage names.
+    #[test]
+    fn pivot_tables_lay_out_rows_by_columns() {
+        let rows = vec![
+            row(
+                "r8-sgd",
+                "train",
+                &[(0, &[("test_acc", 0.5)]), (1, &[("test_acc", 0.7)])],
+            ),
+            row("r8-sam", "train", &[(0, &[("test_acc", 0.6)])]),
+            row("w-sgd", "train", &[(0, &[("test_acc", 0.8)])]),
+        ];
+        let t = crate::study::PivotTable {
+            title: "Table 5.2".into(),
+            measure: "test_acc".into(),
+            rows: vec!["sgd".into(), "sam".into()],
+            columns: vec!["r8".into(), "w".into()],
+            stage: "{column}-{row}".into(),
+        };
+        let md = pivots(&rows, &[t]);
+        assert!(md.contains("| | r8 | w |"), "{md}");
+        assert!(
+            md.contains("| sgd | 0.6000 ± 0.1414 (n=2) | 0.8000 (n=1) |"),
+            "{md}"
+        );
+        assert!(md.contains("| sam | 0.6000 (n=1) | – |"), "{md}");
     }
 
     #[test]

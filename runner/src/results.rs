@@ -186,7 +186,13 @@ pub fn write(
         cache,
     )?);
     let rows = crate::compare::rows(study, reports);
-    let (comparison, comparison_csv) = crate::compare::tables(&rows, &study.report.baseline);
+    let (mut comparison, comparison_csv) = crate::compare::tables(&rows, &study.report.baseline);
+    if !study.report.tables.is_empty() {
+        comparison = format!(
+            "{}\n{comparison}",
+            crate::compare::pivots(&rows, &study.report.tables)
+        );
+    }
     write_file(&dir.join("comparison.csv"), comparison_csv.as_bytes())?;
     write_file(
         &dir.join("README.md"),

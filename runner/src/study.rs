@@ -50,6 +50,31 @@ pub struct Report {
     /// or one SGD stage per model).
     #[serde(default)]
     pub baseline: Vec<String>,
+    /// Tables laid out as a paper prints them (say methods by models).
+    #[serde(default)]
+    pub tables: Vec<PivotTable>,
+}
+
+/// A table of one measure with chosen rows and columns: the cell of row
+/// `r` and column `c` is the stage (or grid point, `name[rho=0.1]`) that
+/// `stage` names with `{row}` and `{column}` replaced, mean ± std over its
+/// seeds.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename = "Table")]
+pub struct PivotTable {
+    pub title: String,
+    pub measure: String,
+    pub rows: Vec<String>,
+    pub columns: Vec<String>,
+    /// E.g. `"{column}-{row}"` for stages named `resnet18-sam`.
+    pub stage: String,
+}
+
+impl PivotTable {
+    /// The row label (`name` or `name[k=v,...]`) of the cell (r, c).
+    pub fn cell(&self, row: &str, column: &str) -> String {
+        self.stage.replace("{row}", row).replace("{column}", column)
+    }
 }
 
 /// A file of shared blocks that studies import.
@@ -387,6 +412,32 @@ fn resolve(raw: RawStudy, ctx: &Ctx, path: &Path) -> Result<Study> {
         expansions.insert(name.clone(), mine);
     }
     let report = raw.report.clone().unwrap_or_default();
+    for t in &report.tables {
+        for r in &t.rows {
+            for c in &t.columns {
+                let want = t.cell(r, c);
+                let known = stages.iter().any(|st| {
+                    let mut p = st.coords.clone();
+                    p.remove("seed");
+                    let label = if p.is_empty() {
+                        st.name.clone()
+                    } else {
+                        format!("{}{}", st.name, show_coords(&p))
+                    };
+                    label == want
+                });
+                if !known {
+                    return Err(ctx.err(
+                        None,
+                        format!(
+                            "report: table `{}` names `{want}` (row `{r}`, column `{c}`), which is no stage or grid point of this study",
+                            t.title
+                        ),
+                    ));
+                }
+            }
+        }
+    }
     for b in &report.baseline {
         if !raw.stages.contains_key(b) {
             let choices: Vec<&str> = raw.stages.keys().map(String::as_str).collect();
