@@ -17,7 +17,7 @@ mod trainer;
 pub use error::{Error, ErrorKind, Result};
 pub use lr::LrSchedule;
 pub use sam::{
-    SamConfig, StepOutput, StepSettings, sam_step, sam_step_ghost, sgd_step, sgd_step_ghost,
+    SamConfig, StepOutput, StepSettings, sam_step, sam_step_with, sgd_step, sgd_step_with,
 };
 pub use schedule::{Method, Point, Resolved, StepSchedule};
 pub use sgd::{Decay, Grads, Sgd, SgdConfig, collect_grads};

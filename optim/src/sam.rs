@@ -185,6 +185,20 @@ fn parts(n: usize, len: usize, what: &str) -> Result<usize> {
     Ok(n / len)
 }
 
+/// The mean of snapshots of the running statistics (one update per step:
+/// the mean of the updates each slice or chunk made from the same start).
+fn mean_buffers(snapshots: &[Vec<Tensor>]) -> Result<Vec<Tensor>> {
+    let n = snapshots.len() as f64;
+    (0..snapshots[0].len())
+        .map(|i| {
+            let sum = snapshots[1..]
+                .iter()
+                .try_fold(snapshots[0][i].clone(), |acc, s| &acc + &s[i])?;
+            Ok((sum / n)?)
+        })
+        .collect()
+}
+
 /// A training-mode pass over (x, y) in ghost batches of `b` images (see
 /// the module docs): the mean loss, the correct predictions, the mean
 /// gradient; the running statistics are left at the mean of the slices'
@@ -204,7 +218,7 @@ fn ghost_pass(
     let start = params.snapshot_buffers()?;
     let (mut loss, mut correct) = (0f64, 0usize);
     let mut grads: Option<Grads> = None;
-    let mut running: Option<Vec<Tensor>> = None;
+    let mut running: Vec<Vec<Tensor>> = Vec::with_capacity(slices);
     for s in 0..slices {
         params.restore_buffers(&start)?;
         let (xs, ys) = part(x, y, s, b)?;
@@ -212,22 +226,9 @@ fn ghost_pass(
         loss += l / slices as f64;
         correct += k;
         grads = Some(add_grads(grads, g)?);
-        let r = params.snapshot_buffers()?;
-        running = Some(match running {
-            None => r,
-            Some(acc) => acc
-                .iter()
-                .zip(&r)
-                .map(|(a, b)| a + b)
-                .collect::<candle_core::Result<_>>()?,
-        });
+        running.push(params.snapshot_buffers()?);
     }
-    let mean: Vec<Tensor> = running
-        .expect("at least one slice")
-        .iter()
-        .map(|t| t / slices as f64)
-        .collect::<candle_core::Result<_>>()?;
-    params.restore_buffers(&mean)?;
+    params.restore_buffers(&mean_buffers(&running)?)?;
     Ok((
         loss,
         correct,
@@ -259,20 +260,27 @@ pub fn sgd_step(
     y: &Tensor,
     lr: f64,
 ) -> Result<StepOutput> {
-    sgd_step_ghost(model, opt, None, x, y, lr)
+    let sam = SamConfig::new(0.0);
+    let whole_batch = StepSettings {
+        sam: &sam,
+        bn_batch: None,
+    };
+    sgd_step_with(model, opt, &whole_batch, x, y, lr)
 }
 
-/// [`sgd_step`] in ghost batches of `bn_batch` images (module docs).
-pub fn sgd_step_ghost(
+/// [`sgd_step`] with the settings every step kind takes: in ghost batches
+/// of `settings.bn_batch` images (module docs); SAM's settings are unused.
+/// The SGD step kind.
+pub fn sgd_step_with(
     model: &Model,
     opt: &mut Sgd,
-    bn_batch: Option<usize>,
+    settings: &StepSettings,
     x: &Tensor,
     y: &Tensor,
     lr: f64,
 ) -> Result<StepOutput> {
     rollback_on_error(model, || {
-        let (loss, correct, grads) = ghost_pass(model, x, y, bn_batch)?;
+        let (loss, correct, grads) = ghost_pass(model, x, y, settings.bn_batch)?;
         opt.step(&model.params, &grads, lr)?;
         Ok(StepOutput {
             method: Method::Sgd,
@@ -283,30 +291,6 @@ pub fn sgd_step_ghost(
             passes: Method::Sgd.cost(),
         })
     })
-}
-
-/// The SGD step kind (SAM's settings unused).
-pub(crate) fn sgd_kind_step(
-    model: &Model,
-    opt: &mut Sgd,
-    settings: &StepSettings,
-    x: &Tensor,
-    y: &Tensor,
-    lr: f64,
-) -> Result<StepOutput> {
-    sgd_step_ghost(model, opt, settings.bn_batch, x, y, lr)
-}
-
-/// The SAM step kind.
-pub(crate) fn sam_kind_step(
-    model: &Model,
-    opt: &mut Sgd,
-    settings: &StepSettings,
-    x: &Tensor,
-    y: &Tensor,
-    lr: f64,
-) -> Result<StepOutput> {
-    sam_step_ghost(model, opt, settings.sam, settings.bn_batch, x, y, lr)
 }
 
 /// The perturbation for gradient `g` at the current weights.
@@ -378,21 +362,27 @@ pub fn sam_step(
     y: &Tensor,
     lr: f64,
 ) -> Result<StepOutput> {
-    sam_step_ghost(model, opt, cfg, None, x, y, lr)
+    let whole_batch = StepSettings {
+        sam: cfg,
+        bn_batch: None,
+    };
+    sam_step_with(model, opt, &whole_batch, x, y, lr)
 }
 
-/// [`sam_step`] in ghost batches of `bn_batch` images (module docs).
-pub fn sam_step_ghost(
+/// [`sam_step`] with the settings every step kind takes: SAM's and the
+/// ghost-batch size (module docs). The SAM step kind.
+pub fn sam_step_with(
     model: &Model,
     opt: &mut Sgd,
-    cfg: &SamConfig,
-    bn_batch: Option<usize>,
+    settings: &StepSettings,
     x: &Tensor,
     y: &Tensor,
     lr: f64,
 ) -> Result<StepOutput> {
-    cfg.check()?;
-    rollback_on_error(model, || sam_update(model, opt, cfg, bn_batch, x, y, lr))
+    settings.sam.check()?;
+    rollback_on_error(model, || {
+        sam_update(model, opt, settings.sam, settings.bn_batch, x, y, lr)
+    })
 }
 
 fn sam_update(
@@ -416,6 +406,8 @@ fn sam_update(
         .map(|_| model.params.snapshot_buffers())
         .transpose()?;
     let mut running: Vec<Vec<Tensor>> = Vec::new();
+    // Weight decay in the loss of both passes (`Decay::Loss`): its rate.
+    let loss_decay = (opt.config.decay == Decay::Loss).then_some(opt.config.weight_decay);
     let (mut loss, mut correct, mut perturbed_correct) = (0f64, 0usize, 0usize);
     let mut total: Option<Grads> = None;
     for c in 0..chunks {
@@ -429,37 +421,26 @@ fn sam_update(
         }
         loss += l / chunks as f64;
         correct += k;
-        let loss_decay = opt.config.decay == Decay::Loss;
-        let g = if loss_decay {
-            with_decay(&model.params, g, opt.config.weight_decay, None)?
-        } else {
-            g
+        let g = match loss_decay {
+            Some(wd) => with_decay(&model.params, g, wd, None)?,
+            None => g,
         };
         let eps = perturbation(&model.params, &g, cfg)?;
         let (k2, g2) = perturbed_grads(model, &eps, &xc, &yc, bn_batch)?;
-        let g2 = if loss_decay {
-            with_decay(&model.params, g2, opt.config.weight_decay, Some(&eps))?
-        } else {
-            g2
+        let g2 = match loss_decay {
+            Some(wd) => with_decay(&model.params, g2, wd, Some(&eps))?,
+            None => g2,
         };
         perturbed_correct += k2;
         total = Some(add_grads(total, g2)?);
     }
-    if let Some(first) = running.first() {
-        let mean: Vec<Tensor> = (0..first.len())
-            .map(|i| {
-                let sum = running[1..]
-                    .iter()
-                    .try_fold(running[0][i].clone(), |acc, r| &acc + &r[i])?;
-                sum / running.len() as f64
-            })
-            .collect::<candle_core::Result<_>>()?;
-        model.params.restore_buffers(&mean)?;
+    if !running.is_empty() {
+        model.params.restore_buffers(&mean_buffers(&running)?)?;
     }
     let grads = mean_grads(total.expect("at least one chunk"), chunks)?;
-    match opt.config.decay {
-        Decay::Update => opt.step(&model.params, &grads, lr)?,
-        Decay::Loss => opt.step_decayed(&model.params, &grads, lr)?,
+    match loss_decay {
+        None => opt.step(&model.params, &grads, lr)?,
+        Some(_) => opt.step_decayed(&model.params, &grads, lr)?,
     }
     Ok(StepOutput {
         method: Method::Sam,

@@ -81,8 +81,8 @@ macro_rules! steps {
 }
 
 steps! {
-    Sgd => cost 1.0, crate::sam::sgd_kind_step;
-    Sam => cost 2.0, crate::sam::sam_kind_step;
+    Sgd => cost 1.0, crate::sam::sgd_step_with;
+    Sam => cost 2.0, crate::sam::sam_step_with;
 }
 
 impl Method {

@@ -117,10 +117,14 @@ fn check_steps(case: &Value, dtype: DType) {
     for (k, want_loss) in floats(&case["losses"]).into_iter().enumerate() {
         let (x, y) = batch(k);
         let x = x.to_dtype(dtype).unwrap();
+        let settings = StepSettings {
+            sam: &cfg,
+            bn_batch,
+        };
         let out = if method == "sgd" {
-            sgd_step_ghost(&model, &mut opt, bn_batch, &x, &y, 0.1).unwrap()
+            sgd_step_with(&model, &mut opt, &settings, &x, &y, 0.1).unwrap()
         } else {
-            sam_step_ghost(&model, &mut opt, &cfg, bn_batch, &x, &y, 0.1).unwrap()
+            sam_step_with(&model, &mut opt, &settings, &x, &y, 0.1).unwrap()
         };
         // The loss is computed before any step's chaos sets in.
         let loss_tol = if dtype == DType::F64 { 1e-9 } else { 1e-5 };
@@ -260,13 +264,22 @@ fn bad_settings_are_errors() {
         err.contains("chunk 3 does not divide the batch of 8"),
         "{err}"
     );
-    let err = sgd_step_ghost(&m, &mut opt, Some(3), &x, &y, 0.1)
+    let sgd3 = SamConfig::new(0.0);
+    let settings = StepSettings {
+        sam: &sgd3,
+        bn_batch: Some(3),
+    };
+    let err = sgd_step_with(&m, &mut opt, &settings, &x, &y, 0.1)
         .unwrap_err()
         .to_string();
     assert!(err.contains("bn_batch) 3 does not divide"), "{err}");
     let mut cfg = SamConfig::new(0.05);
     cfg.chunk = Some(4);
-    let err = sam_step_ghost(&m, &mut opt, &cfg, Some(3), &x, &y, 0.1)
+    let settings = StepSettings {
+        sam: &cfg,
+        bn_batch: Some(3),
+    };
+    let err = sam_step_with(&m, &mut opt, &settings, &x, &y, 0.1)
         .unwrap_err()
         .to_string();
     assert!(err.contains("bn_batch) 3 does not divide"), "{err}");

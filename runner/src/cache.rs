@@ -375,6 +375,13 @@ impl Cache {
         v
     }
 
+    /// The manifest of `dir` as written, not checked against the files (for
+    /// facts such as the device, after a check has already been made).
+    pub fn manifest(&self, dir: &Path) -> Option<Manifest> {
+        let text = fs::read_to_string(dir.join(MANIFEST)).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
     /// Every entry checked against its manifest, and the sizes of the
     /// checkpoint areas.
     pub fn status(&self) -> CacheStatus {

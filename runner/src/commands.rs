@@ -542,7 +542,8 @@ pub fn report(
     for (i, (stage, p)) in study.stages.iter().zip(&planned).enumerate() {
         let key = p.key.clone().expect("keys are known with the dataset");
         let dir = cache.entry_dir(&key);
-        if let crate::cache::Lookup::Valid(_, m) = cache.check(&dir)
+        // The plan checked every entry against its manifest.
+        if let Some(m) = cache.manifest(&dir)
             && let Some(d) = m.info.get("device")
             && !devices.contains(d)
         {

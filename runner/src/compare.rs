@@ -124,12 +124,7 @@ pub struct Row {
 impl Row {
     /// `name` or `name[rho=0.1]`.
     pub fn label(&self) -> String {
-        if self.point.is_empty() {
-            self.name.clone()
-        } else {
-            let p: Vec<String> = self.point.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            format!("{}[{}]", self.name, p.join(","))
-        }
+        crate::study::labelled(&self.name, &self.point)
     }
 
     /// The completed runs of this row among `reports`.
@@ -139,9 +134,7 @@ impl Row {
             .filter(|r| r.summary.is_some())
             .filter(|r| {
                 let st = &study.stages[r.index];
-                let mut p = st.coords.clone();
-                p.remove("seed");
-                st.name == self.name && p == self.point
+                st.name == self.name && st.point() == self.point
             })
             .collect()
     }
@@ -172,8 +165,8 @@ pub fn rows(study: &Study, reports: &[StageReport]) -> Vec<Row> {
     let mut out: Vec<Row> = Vec::new();
     for r in reports {
         let stage = &study.stages[r.index];
-        let mut point = stage.coords.clone();
-        let seed = point.remove("seed").map_or(0, |s| s as u64);
+        let point = stage.point();
+        let seed = stage.coords.get("seed").map_or(0, |s| *s as u64);
         let i = match out
             .iter()
             .position(|row| row.name == stage.name && row.point == point)
@@ -305,60 +298,57 @@ pub fn tables(rows: &[Row], baselines: &[String]) -> (String, String) {
         let cols = 2 + measures.len() + compare as usize;
         let _ = writeln!(md, "|{}", "---|".repeat(cols));
         for r in &mine {
+            // The row's baseline and its difference, computed once.
+            let versus =
+                baseline_of(r, rows, baselines).map(|b| (b, difference(r, b, measures[0])));
             let _ = write!(md, "| {} | {}/{} |", r.label(), r.runs.len(), r.planned);
             for m in &measures {
                 let _ = write!(md, " {} |", cell(r, m));
                 let xs: Vec<f64> = r.values(m).into_values().collect();
-                if !xs.is_empty() {
-                    let s = Stats::of(&xs);
-                    let _ = write!(
-                        csv,
-                        "{},{kind},{m},{},{},{},",
-                        r.label().replace(',', ";"),
-                        s.mean,
-                        s.std,
-                        s.n
-                    );
-                    match (m == &measures[0], baseline_of(r, rows, baselines)) {
-                        (true, Some(b)) => match difference(r, b, m) {
-                            Ok(i) => {
-                                let _ = writeln!(
-                                    csv,
-                                    "{},{},{},{},{},{}",
-                                    b.label().replace(',', ";"),
-                                    i.diff,
-                                    i.lo,
-                                    i.hi,
-                                    i.paired,
-                                    i.resolved()
-                                );
-                            }
-                            Err(_) => {
-                                let _ = writeln!(csv, "{},,,,,", b.label().replace(',', ";"));
-                            }
-                        },
-                        _ => csv.push_str(",,,,,\n"),
-                    }
+                if xs.is_empty() {
+                    continue;
                 }
+                let s = Stats::of(&xs);
+                let field = |t: String| t.replace(',', ";");
+                let _ = write!(
+                    csv,
+                    "{},{kind},{m},{},{},{},",
+                    field(r.label()),
+                    s.mean,
+                    s.std,
+                    s.n
+                );
+                let _ = match (m == &measures[0], &versus) {
+                    (true, Some((b, Ok(i)))) => writeln!(
+                        csv,
+                        "{},{},{},{},{},{}",
+                        field(b.label()),
+                        i.diff,
+                        i.lo,
+                        i.hi,
+                        i.paired,
+                        i.resolved()
+                    ),
+                    (true, Some((b, Err(_)))) => writeln!(csv, "{},,,,,", field(b.label())),
+                    _ => writeln!(csv, ",,,,,"),
+                };
             }
             if compare {
-                let text = match baseline_of(r, rows, baselines) {
+                let text = match &versus {
                     None => "–".to_string(),
-                    Some(b) => match difference(r, b, measures[0]) {
-                        Ok(i) => {
-                            let t = format!(
-                                "{}{} [{}, {}] vs {}{}",
-                                if i.diff >= 0.0 { "+" } else { "" },
-                                num(i.diff),
-                                num(i.lo),
-                                num(i.hi),
-                                b.label(),
-                                if i.paired { ", paired" } else { ", Welch" }
-                            );
-                            if i.resolved() { format!("**{t}**") } else { t }
-                        }
-                        Err(why) => why,
-                    },
+                    Some((b, Ok(i))) => {
+                        let t = format!(
+                            "{}{} [{}, {}] vs {}{}",
+                            if i.diff >= 0.0 { "+" } else { "" },
+                            num(i.diff),
+                            num(i.lo),
+                            num(i.hi),
+                            b.label(),
+                            if i.paired { ", paired" } else { ", Welch" }
+                        );
+                        if i.resolved() { format!("**{t}**") } else { t }
+                    }
+                    Some((_, Err(why))) => why.clone(),
                 };
                 let _ = write!(md, " {text} |");
             }

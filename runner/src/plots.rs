@@ -174,21 +174,12 @@ pub fn mean_std_points(by_x: &BTreeMap<u64, Vec<f64>>) -> Vec<(f64, f64, f64)> {
 /// A `metrics.csv`: its header and rows of numbers (empty fields NaN).
 pub type Table = (Vec<String>, Vec<Vec<f64>>);
 
-/// An entry's `metrics.csv`.
+/// An entry's `metrics.csv`, fields as numbers.
 pub fn table(cache: &Cache, key: &str) -> Table {
-    let text =
-        std::fs::read_to_string(cache.entry_dir(key).join("metrics.csv")).unwrap_or_default();
-    let mut lines = text.lines();
-    let header = lines
-        .next()
-        .map(|h| h.split(',').map(str::to_string).collect())
-        .unwrap_or_default();
-    let rows = lines
-        .map(|l| {
-            l.split(',')
-                .map(|x| x.parse().unwrap_or(f64::NAN))
-                .collect()
-        })
+    let (header, rows) = fields(cache, key);
+    let rows = rows
+        .iter()
+        .map(|r| r.iter().map(|x| x.parse().unwrap_or(f64::NAN)).collect())
         .collect();
     (header, rows)
 }
@@ -224,13 +215,13 @@ fn mean_curve(runs: &[Table], x: &str, y: &str) -> Vec<(f64, f64, f64)> {
 pub fn curves(
     dir: &Path,
     study: &Study,
+    rows: &[crate::compare::Row],
     reports: &[StageReport],
     cache: &Cache,
 ) -> Result<Vec<String>> {
     std::fs::create_dir_all(dir).map_err(crate::error::io(dir))?;
     let mut written = Vec::new();
     // Train: one series per stage name (and grid point besides the seed).
-    let rows = crate::compare::rows(study, reports);
     let mut train: Vec<(String, Vec<Table>, f64)> = Vec::new();
     for row in rows.iter().filter(|r| r.kind == "train") {
         let runs: Vec<Table> = row
@@ -334,16 +325,15 @@ pub fn curves(
     Ok(written)
 }
 
-/// Reads an entry's `metrics.csv` as rows of fields (header dropped).
-pub fn rows(cache: &Cache, key: &str) -> Vec<Vec<String>> {
-    std::fs::read_to_string(cache.entry_dir(key).join("metrics.csv"))
-        .map(|t| {
-            t.lines()
-                .skip(1)
-                .map(|l| l.split(',').map(str::to_string).collect())
-                .collect()
-        })
-        .unwrap_or_default()
+/// An entry's `metrics.csv` as its header and rows of fields (empty when
+/// the entry has none).
+pub fn fields(cache: &Cache, key: &str) -> (Vec<String>, Vec<Vec<String>>) {
+    let text =
+        std::fs::read_to_string(cache.entry_dir(key).join("metrics.csv")).unwrap_or_default();
+    let mut lines = text
+        .lines()
+        .map(|l| l.split(',').map(str::to_string).collect());
+    (lines.next().unwrap_or_default(), lines.collect())
 }
 
 /// Writes every plot of a study into `dir`; returns the files written.

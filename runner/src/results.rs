@@ -179,13 +179,14 @@ pub fn write(
     }
     write_file(&dir.join("last-run.csv"), last.as_bytes())?;
     let mut plots = crate::plots::write_all(&dir.join("plots"), study, reports, cache)?;
+    let rows = crate::compare::rows(study, reports);
     plots.extend(crate::plots::curves(
         &dir.join("plots"),
         study,
+        &rows,
         reports,
         cache,
     )?);
-    let rows = crate::compare::rows(study, reports);
     let (mut comparison, comparison_csv) = crate::compare::tables(&rows, &study.report.baseline);
     if !study.report.tables.is_empty() {
         comparison = format!(
@@ -231,14 +232,8 @@ fn page(
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
     let _ = writeln!(md, "# {title}\n");
-    let header: Vec<String> = std::fs::read_to_string(&study.file)
-        .unwrap_or_default()
-        .lines()
-        .take_while(|l| l.starts_with("//"))
-        .map(|l| l.trim_start_matches('/').trim().to_string())
-        .collect();
-    if !header.is_empty() {
-        let _ = writeln!(md, "{}\n", header.join(" "));
+    if !study.header.is_empty() {
+        let _ = writeln!(md, "{}\n", study.header.join(" "));
     }
     let done = reports.iter().filter(|r| r.summary.is_some()).count();
     let _ = writeln!(

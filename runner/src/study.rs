@@ -107,16 +107,28 @@ pub struct Stage {
 impl Stage {
     /// `name` or `name[rho=0.1,seed=2]`.
     pub fn display(&self) -> String {
-        if self.coords.is_empty() {
-            self.name.clone()
-        } else {
-            let parts: Vec<String> = self
-                .coords
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
-            format!("{}[{}]", self.name, parts.join(","))
-        }
+        labelled(&self.name, &self.coords)
+    }
+
+    /// Its grid point without the seed (what tables fold over).
+    pub fn point(&self) -> Coords {
+        let mut p = self.coords.clone();
+        p.remove("seed");
+        p
+    }
+
+    /// `name` or `name[rho=0.1]`: the stage at its point, seeds folded.
+    pub fn label(&self) -> String {
+        labelled(&self.name, &self.point())
+    }
+}
+
+/// `name` or `name[k=v,...]`.
+pub fn labelled(name: &str, coords: &Coords) -> String {
+    if coords.is_empty() {
+        name.to_string()
+    } else {
+        format!("{name}{}", show_coords(coords))
     }
 }
 
@@ -129,6 +141,8 @@ pub struct Study {
     /// Every expanded stage, each after the stages it depends on.
     pub stages: Vec<Stage>,
     pub report: Report,
+    /// The comment lines that open the file (what the study is for), without `//`.
+    pub header: Vec<String>,
 }
 
 impl Study {
@@ -416,16 +430,7 @@ fn resolve(raw: RawStudy, ctx: &Ctx, path: &Path) -> Result<Study> {
         for r in &t.rows {
             for c in &t.columns {
                 let want = t.cell(r, c);
-                let known = stages.iter().any(|st| {
-                    let mut p = st.coords.clone();
-                    p.remove("seed");
-                    let label = if p.is_empty() {
-                        st.name.clone()
-                    } else {
-                        format!("{}{}", st.name, show_coords(&p))
-                    };
-                    label == want
-                });
+                let known = stages.iter().any(|st| st.label() == want);
                 if !known {
                     return Err(ctx.err(
                         None,
@@ -450,12 +455,19 @@ fn resolve(raw: RawStudy, ctx: &Ctx, path: &Path) -> Result<Study> {
             ));
         }
     }
+    let header = ctx
+        .text
+        .lines()
+        .take_while(|l| l.starts_with("//"))
+        .map(|l| l.trim_start_matches('/').trim().to_string())
+        .collect();
     Ok(Study {
         file: path.to_path_buf(),
         dataset,
         device,
         stages,
         report,
+        header,
     })
 }
 

@@ -387,6 +387,10 @@ fn run(spec: &EscapeSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
     // The first step each reading fell below the threshold.
     let mut crossed: [Option<u64>; 3] = [None; 3];
     let mut outcome = Outcome::default();
+    let chosen = Measure::ALL
+        .iter()
+        .position(|m| *m == spec.measure)
+        .expect("listed");
     'outer: for epoch in 0.. {
         for batch in loader.epoch(epoch) {
             let (x, y) = batch.to_tensors(ctx.device)?;
@@ -410,7 +414,6 @@ fn run(spec: &EscapeSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
                     *c = Some(trainer.step);
                 }
             }
-            let chosen = Measure::ALL.iter().position(|m| *m == spec.measure).expect("listed");
             if crossed[chosen].is_some() || trainer.step >= spec.max_steps {
                 break 'outer;
             }

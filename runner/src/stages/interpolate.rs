@@ -225,7 +225,7 @@ impl Kind for InterpSpec {
     fn plots(done: &[Done<'_, Self>], out: &PlotOut) -> Result<Vec<String>> {
         let mut written = Vec::new();
         for d in done {
-            let data = crate::plots::rows(out.cache, &d.report.key);
+            let (_, data) = crate::plots::fields(out.cache, &d.report.key);
             let stem = crate::results::file_stem(d.stage);
             for (col, what) in [(4, "error"), (3, "loss")] {
                 let mut series = Vec::new();

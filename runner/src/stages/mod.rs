@@ -155,9 +155,6 @@ macro_rules! registry {
             $($variant(<$module::$partial as Partial>::Spec),)*
         }
 
-        /// The kinds as a study writes them.
-        pub const KINDS: &[&str] = &[$(stringify!($variant)),*];
-
         impl RawStage {
             pub fn kind(&self) -> &'static str {
                 match self { $(RawStage::$variant(_) => stringify!($variant),)* }
