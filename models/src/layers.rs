@@ -3,9 +3,11 @@
 //! global average pooling. On the CPU in f32 they run the kernels of
 //! [`crate::cpu`]; elsewhere the composite of candle ops.
 
+use std::cell::RefCell;
+
 use candle_core::{DType, Tensor, Var};
 
-use crate::error::Result;
+use crate::error::{ErrorKind, Result};
 use crate::params::{Builder, Init};
 
 /// Two-dimensional batch normalisation with PyTorch's semantics: batch
@@ -45,6 +47,9 @@ impl BatchNorm2d {
     }
 
     fn forward_maybe_relu(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
+        if relu && masking() {
+            return masked_relu(self.forward_maybe_relu(x, train, false)?);
+        }
         // The fused op serves f32 on the CPU; other dtypes and devices use
         // the composite of candle ops.
         if x.device().is_cpu() && x.dtype() == DType::F32 {
@@ -266,12 +271,122 @@ pub fn stage_blocks(b: &Builder, blocks: &[usize]) -> Vec<(Builder, usize, usize
 
 /// `relu(a + b)`: the end of a residual block, one pass on the CPU (f32).
 pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if masking() {
+        return masked_relu((a + b)?);
+    }
     if a.device().is_cpu() && a.dtype() == DType::F32 && b.dtype() == DType::F32 {
         Ok(a.contiguous()?
             .apply_op2(&b.contiguous()?, crate::cpu::batchnorm::AddRelu)?)
     } else {
         Ok((a + b)?.relu()?)
     }
+}
+
+/// The activation patterns of one forward pass: for each ReLU, in call
+/// order, 1 where its input was positive and 0 elsewhere.
+#[derive(Clone, Debug)]
+pub struct ReluMasks(Vec<Tensor>);
+
+impl ReluMasks {
+    /// How many ReLUs the pass ran.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+enum MaskMode {
+    Off,
+    Record(Vec<Tensor>),
+    Replay(Vec<Tensor>, usize),
+}
+
+thread_local! {
+    static MASKS: RefCell<MaskMode> = const { RefCell::new(MaskMode::Off) };
+}
+
+/// Sets the mode back to `Off` when dropped, whatever `f` did.
+struct Reset;
+
+impl Drop for Reset {
+    fn drop(&mut self) {
+        MASKS.with(|m| *m.borrow_mut() = MaskMode::Off);
+    }
+}
+
+fn masking() -> bool {
+    MASKS.with(|m| !matches!(*m.borrow(), MaskMode::Off))
+}
+
+fn masked_relu(pre: Tensor) -> Result<Tensor> {
+    MASKS.with(|m| match &mut *m.borrow_mut() {
+        MaskMode::Off => Ok(pre.relu()?),
+        MaskMode::Record(masks) => {
+            let mask = pre.gt(0.0)?.to_dtype(pre.dtype())?;
+            let out = (&pre * &mask)?;
+            masks.push(mask);
+            Ok(out)
+        }
+        MaskMode::Replay(masks, at) => {
+            let mask = masks.get(*at).ok_or_else(|| {
+                ErrorKind::BadConfig(format!(
+                    "the pass ran more ReLUs than the {} recorded",
+                    masks.len()
+                ))
+            })?;
+            if mask.dims() != pre.dims() {
+                return Err(ErrorKind::BadConfig(format!(
+                    "ReLU {at}: recorded mask {:?}, input {:?}",
+                    mask.dims(),
+                    pre.dims()
+                ))
+                .into());
+            }
+            *at += 1;
+            Ok((&pre * mask)?)
+        }
+    })
+}
+
+/// Runs `f` (one forward pass of a model on this thread) and returns each
+/// ReLU's mask with its result. The pass computes the same values as
+/// without recording, by the composite ops.
+pub fn record_relu_masks<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, ReluMasks)> {
+    MASKS.with(|m| *m.borrow_mut() = MaskMode::Record(Vec::new()));
+    let reset = Reset;
+    let out = f()?;
+    let masks = MASKS.with(|m| match std::mem::replace(&mut *m.borrow_mut(), MaskMode::Off) {
+        MaskMode::Record(v) => v,
+        _ => Vec::new(),
+    });
+    drop(reset);
+    Ok((out, ReluMasks(masks)))
+}
+
+/// Runs `f` (the same forward pass as the one `masks` was recorded from,
+/// at other weights) with every ReLU replaced by multiplication with its
+/// recorded mask: the network with its activation pattern frozen, whose
+/// second derivatives are what double backward computes (ReLU'' = 0).
+/// Fails when the pass runs its ReLUs in other numbers or shapes.
+pub fn with_relu_masks<T>(masks: &ReluMasks, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    MASKS.with(|m| *m.borrow_mut() = MaskMode::Replay(masks.0.clone(), 0));
+    let _reset = Reset;
+    let out = f()?;
+    let used = MASKS.with(|m| match &*m.borrow() {
+        MaskMode::Replay(_, at) => *at,
+        _ => 0,
+    });
+    if used != masks.len() {
+        return Err(ErrorKind::BadConfig(format!(
+            "the pass ran {used} ReLUs, {} were recorded",
+            masks.len()
+        ))
+        .into());
+    }
+    Ok(out)
 }
 
 /// Global average pooling (N, C, H, W) -> (N, C).
@@ -283,6 +398,33 @@ pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    /// Recording masks changes no value; replaying them at other inputs
+    /// freezes the pattern (a negative input passes where the recorded one
+    /// was positive); a pass with other ReLUs is refused.
+    #[test]
+    fn relu_masks_record_and_replay() {
+        let d = Device::Cpu;
+        let a = Tensor::new(&[[1.0f32, -2.0, 3.0, -4.0]], &d).unwrap();
+        let z = a.zeros_like().unwrap();
+        let (y, masks) = record_relu_masks(|| add_relu(&a, &z)).unwrap();
+        assert_eq!(masks.len(), 1);
+        assert_eq!(y.to_vec2::<f32>().unwrap(), vec![vec![1.0, 0.0, 3.0, 0.0]]);
+        let b = Tensor::new(&[[-1.0f32, 2.0, 3.0, -4.0]], &d).unwrap();
+        let y = with_relu_masks(&masks, || add_relu(&b, &z)).unwrap();
+        assert_eq!(y.to_vec2::<f32>().unwrap(), vec![vec![-1.0, 0.0, 3.0, 0.0]]);
+        // live again after the replay
+        let y = add_relu(&b, &z).unwrap();
+        assert_eq!(y.to_vec2::<f32>().unwrap(), vec![vec![0.0, 2.0, 3.0, 0.0]]);
+        assert!(with_relu_masks(&masks, || Ok(b.clone())).is_err());
+        assert!(
+            with_relu_masks(&masks, || {
+                add_relu(&b, &z)?;
+                add_relu(&b, &z)
+            })
+            .is_err()
+        );
+    }
 
     /// The fused CPU op and the composite path (used on other devices) agree.
     #[test]
