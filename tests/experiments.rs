@@ -202,3 +202,75 @@ fn interpolation_ends_are_the_two_solutions_and_distance_agrees() {
     assert!(l0.is_finite());
     assert_ne!(l0.to_string(), s["eval-a"]["test_loss"]);
 }
+
+#[test]
+fn sharpness_and_landscape_measure_the_trained_weights() {
+    let env = Env::new();
+    let study = env.write(
+        "sharp.ron",
+        r#"Study(version: 1, dataset: "cifar10",
+    blocks: {
+        "base": Train(model: "resnet8", train_subset: PerClass(10), batch: 50, epochs: 2,
+                      lr: Cosine(lr: 0.05), test_subset: Off),
+    },
+    stages: {
+        "a": Train(extends: "base", seed: 0),
+        "b": Train(extends: "base", seed: 1),
+        "sharp": Sharpness(of: "a", images: 40, batch: 20, eigen: (k: 2, steps: 8),
+                           trace: (samples: 4), rho: 0.05, ascent: 2),
+        "sharp-b": Sharpness(extends: "sharp", of: "b", eigen: (k: 1, steps: 4), trace: (samples: 0)),
+        "line": Landscape(of: "a", images: 40, batch: 20, range: (start: -1.0, end: 1.0, points: 5),
+                          grid: {"seed": [0, 1]}),
+        "plane": Landscape(of: "a", sharpness: "sharp", x: Eigenvector(1), y: Random,
+                           images: 40, batch: 20, range: (start: -0.5, end: 0.5, points: 3)),
+    },
+)"#,
+    );
+    env.ok(&[study.to_str().unwrap(), "--results-dir", "r"], "cache");
+    let s = summary(&env.path("r"));
+    let (l1, l2) = (num(&s, "sharp", "lambda_1"), num(&s, "sharp", "lambda_2"));
+    assert!(l1 >= l2, "eigenvalues in order: {l1} {l2}");
+    assert_eq!(num(&s, "sharp", "lambda_max"), l1);
+    assert!(num(&s, "sharp", "residual_1").is_finite());
+    assert!(num(&s, "sharp", "trace").is_finite() && num(&s, "sharp", "trace_se") >= 0.0);
+    // the ascent starts from the first-order point and keeps the best
+    assert!(num(&s, "sharp", "sam_sharpness") >= num(&s, "sharp", "sam_sharpness_first_order"));
+    assert_eq!(s["sharp-b"]["trace"], "");
+    // the same probe and weights: the loss at the centre agrees
+    let centre = num(&s, "plane", "loss_centre");
+    assert!((centre - num(&s, "sharp", "loss")).abs() < 1e-5, "{centre}");
+    assert_eq!(num(&s, "line[seed=0]", "loss_centre"), centre);
+    // two random directions differ; the plane has 3 x 3 points
+    assert_ne!(
+        s["line[seed=0]"]["asymmetry_x_signed"],
+        s["line[seed=1]"]["asymmetry_x_signed"]
+    );
+    let asym = num(&s, "line[seed=1]", "asymmetry_x");
+    assert!((0.0..=1.0).contains(&asym), "{asym}");
+    let plane = std::fs::read_to_string(env.path("r/stages/plane.csv")).unwrap();
+    assert_eq!(plane.lines().count(), 1 + 9);
+    assert!(env.path("r/plots/plane-loss.svg").is_file());
+    assert!(env.path("r/plots/line-seed0-loss.svg").is_file());
+
+    // Eigenvectors of other weights are refused at run time.
+    let bad = env.write(
+        "bad.ron",
+        r#"Study(version: 1, dataset: "cifar10",
+    blocks: {
+        "base": Train(model: "resnet8", train_subset: PerClass(10), batch: 50, epochs: 2,
+                      lr: Cosine(lr: 0.05), test_subset: Off),
+    },
+    stages: {
+        "a": Train(extends: "base", seed: 0),
+        "b": Train(extends: "base", seed: 1),
+        "sharp-b": Sharpness(of: "b", images: 40, batch: 20, eigen: (k: 1, steps: 4), trace: (samples: 0), ascent: 0),
+        "mixed": Landscape(of: "a", sharpness: "sharp-b", x: Eigenvector(1), images: 40, batch: 20,
+                           range: (start: -0.5, end: 0.5, points: 3)),
+    },
+)"#,
+    );
+    let o = env.run(&[bad.to_str().unwrap(), "--results-dir", "r2"], "cache");
+    let (out, err) = text(&o);
+    assert!(!o.status.success());
+    assert!(err.contains("measured other weights"), "{out}\n{err}");
+}

@@ -358,10 +358,12 @@ pub fn record_relu_masks<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, ReluMas
     MASKS.with(|m| *m.borrow_mut() = MaskMode::Record(Vec::new()));
     let reset = Reset;
     let out = f()?;
-    let masks = MASKS.with(|m| match std::mem::replace(&mut *m.borrow_mut(), MaskMode::Off) {
-        MaskMode::Record(v) => v,
-        _ => Vec::new(),
-    });
+    let masks = MASKS.with(
+        |m| match std::mem::replace(&mut *m.borrow_mut(), MaskMode::Off) {
+            MaskMode::Record(v) => v,
+            _ => Vec::new(),
+        },
+    );
     drop(reset);
     Ok((out, ReluMasks(masks)))
 }

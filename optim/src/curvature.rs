@@ -69,7 +69,9 @@ impl<'a> LossSurface<'a> {
     /// (images on the model's device, u32 labels).
     pub fn new(model: &'a Model, batches: Vec<(Tensor, Tensor)>, h: f64) -> Result<Self> {
         if !(h > 0.0 && h.is_finite()) {
-            return Err(bad(format!("the finite-difference step must be positive, not {h}")));
+            return Err(bad(format!(
+                "the finite-difference step must be positive, not {h}"
+            )));
         }
         let mut images = 0;
         for (x, y) in &batches {
@@ -151,7 +153,8 @@ impl<'a> LossSurface<'a> {
         for ((var, base), &n) in self.vars.iter().zip(&self.base).zip(&self.sizes) {
             let step: Vec<f64> = d[at..at + n].iter().map(|v| v * t).collect();
             at += n;
-            let step = Tensor::from_vec(step, base.dims(), base.device())?.to_dtype(base.dtype())?;
+            let step =
+                Tensor::from_vec(step, base.dims(), base.device())?.to_dtype(base.dtype())?;
             var.set(&(base + step)?)?;
         }
         Ok(())
@@ -613,7 +616,11 @@ mod tests {
         );
         // a diagonal matrix is estimated exactly by every Rademacher vector
         let diag: Vec<Flat> = (0..40)
-            .map(|i| (0..40).map(|j| if i == j { vals[i] } else { 0.0 }).collect())
+            .map(|i| {
+                (0..40)
+                    .map(|j| if i == j { vals[i] } else { 0.0 })
+                    .collect()
+            })
             .collect();
         let exact = hutchinson(product(&diag), 40, 3, 0).unwrap();
         assert!((exact.mean - trace).abs() < 1e-12 && exact.std_err < 1e-12);

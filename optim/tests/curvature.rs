@@ -55,7 +55,11 @@ fn errors(dtype: DType, h: f64, steps: usize) -> (f64, Vec<f64>) {
             worst = worst.max(rel(norm(&hv), f(&r["hvp_norm"])));
         }
     }
-    let cfg = LanczosConfig { k: 3, steps, seed: 0 };
+    let cfg = LanczosConfig {
+        k: 3,
+        steps,
+        seed: 0,
+    };
     let pairs = lanczos(|v| s.hvp(v), s.dim(), &cfg).unwrap();
     let eig = pairs
         .iter()
@@ -131,4 +135,3 @@ fn the_surface_leaves_the_weights_where_they_were() {
         .unwrap();
     assert_eq!(before, after);
 }
-

@@ -125,6 +125,103 @@ pub fn line_chart(
     Ok(())
 }
 
+/// A heat map of `values[i][j]` at `(xs[i], ys[j])` (a regular grid),
+/// from dark blue (lowest) to yellow (highest), with the lowest and highest
+/// values in the caption; `log` colours by `ln(value)` (losses spanning
+/// decades).
+pub fn heat_map(
+    path: &Path,
+    title: &str,
+    labels: (&str, &str),
+    xs: &[f64],
+    ys: &[f64],
+    values: &[Vec<f64>],
+    log: bool,
+) -> Result<()> {
+    let finite = || values.iter().flatten().copied().filter(|v| v.is_finite());
+    let lo = finite().fold(f64::INFINITY, f64::min);
+    let hi = finite().fold(f64::NEG_INFINITY, f64::max);
+    let t = |v: f64| -> f64 {
+        let (a, b, v) = if log {
+            (lo.max(1e-12).ln(), hi.max(1e-12).ln(), v.max(1e-12).ln())
+        } else {
+            (lo, hi, v)
+        };
+        if b > a { (v - a) / (b - a) } else { 0.0 }
+    };
+    let colour = |v: f64| -> RGBColor {
+        if !v.is_finite() {
+            return RGBColor(200, 200, 200);
+        }
+        // dark blue -> teal -> yellow
+        let s = t(v).clamp(0.0, 1.0);
+        let stops = [
+            (68.0, 1.0, 84.0),
+            (33.0, 145.0, 140.0),
+            (253.0, 231.0, 37.0),
+        ];
+        let (i, f) = if s < 0.5 {
+            (0, s * 2.0)
+        } else {
+            (1, (s - 0.5) * 2.0)
+        };
+        let (a, b) = (stops[i], stops[i + 1]);
+        let mix = |x: f64, y: f64| (x + (y - x) * f).round() as u8;
+        RGBColor(mix(a.0, b.0), mix(a.1, b.1), mix(a.2, b.2))
+    };
+    let half = |v: &[f64]| -> f64 {
+        if v.len() > 1 {
+            (v[1] - v[0]).abs() / 2.0
+        } else {
+            0.5
+        }
+    };
+    let (hx, hy) = (half(xs), half(ys));
+    let (x0, x1) = (xs[0] - hx, xs[xs.len() - 1] + hx);
+    let (y0, y1) = (ys[0] - hy, ys[ys.len() - 1] + hy);
+    let root = SVGBackend::new(path, (620, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
+    let caption = format!(
+        "{title} ({lo:.3} dark to {hi:.3} light{})",
+        if log { ", log" } else { "" }
+    );
+    let mut chart = ChartBuilder::on(&root)
+        .caption(caption, ("sans-serif", 16))
+        .margin(12)
+        .x_label_area_size(45)
+        .y_label_area_size(55)
+        .build_cartesian_2d(x0..x1, y0..y1)
+        .map_err(|e| plot_err(path, e))?;
+    chart
+        .configure_mesh()
+        .x_desc(labels.0)
+        .y_desc(labels.1)
+        .disable_mesh()
+        .draw()
+        .map_err(|e| plot_err(path, e))?;
+    let cells = xs
+        .iter()
+        .enumerate()
+        .flat_map(|(i, &x)| ys.iter().enumerate().map(move |(j, &y)| (i, j, x, y)));
+    chart
+        .draw_series(cells.map(|(i, j, x, y)| {
+            Rectangle::new(
+                [(x - hx, y - hy), (x + hx, y + hy)],
+                colour(values[i][j]).filled(),
+            )
+        }))
+        .map_err(|e| plot_err(path, e))?;
+    chart
+        .draw_series(std::iter::once(Cross::new(
+            (0.0, 0.0),
+            6,
+            WHITE.stroke_width(2),
+        )))
+        .map_err(|e| plot_err(path, e))?;
+    root.present().map_err(|e| plot_err(path, e))?;
+    Ok(())
+}
+
 /// The right-hand corner the lines leave free: where the last fifth of the
 /// x range sits in the lower half of the y range, the upper corner.
 fn legend_corner(series: &[Series], (y0, y1): (f64, f64)) -> SeriesLabelPosition {

@@ -8,6 +8,8 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use indexmap::IndexMap;
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
 use samlab_data::{Dataset, Loader, PipelineConfig, Split, subset_per_class};
 use samlab_models::Model;
 use samlab_optim::{Decay, SamConfig, SgdConfig};
@@ -271,6 +273,27 @@ pub fn dep_model(ctx: &RunCtx, name: &str, role: &str) -> Result<Model> {
     Ok(model)
 }
 
+/// [`dep_model`] with parameters and buffers of `dtype` (the checkpoint's
+/// f32 values converted).
+pub fn dep_model_as(ctx: &RunCtx, name: &str, role: &str, dtype: DType) -> Result<Model> {
+    let f32_model = dep_model(ctx, name, role)?;
+    if dtype == DType::F32 {
+        return Ok(f32_model);
+    }
+    let model = Model::with_dtype(
+        &f32_model.arch,
+        ctx.dataset.num_classes(),
+        0,
+        ctx.device,
+        dtype,
+    )?;
+    let source = f32_model.params.all();
+    for (name, var) in model.params.all() {
+        var.set(&source[name].as_tensor().to_dtype(dtype)?)?;
+    }
+    Ok(model)
+}
+
 /// Loads the dependency `role`'s weights into `model` (checked against
 /// its names and shapes) and returns a copy of every tensor by name.
 pub fn dep_tensors(ctx: &RunCtx, model: &Model, role: &str) -> Result<HashMap<String, Tensor>> {
@@ -315,6 +338,79 @@ pub fn dep_file(ctx: &RunCtx, role: &str, name: &str) -> Result<PathBuf> {
         .find(|(r, _)| *r == role)
         .map(|(_, d)| d.join(name))
         .ok_or_else(|| crate::error::stage_err(ctx.stage, format!("no `{role}` stage")))
+}
+
+/// The probe's indices: `n` of the training images in a fixed order.
+pub fn probe_indices(train: Option<Vec<u32>>, len: usize, n: usize, seed: u64) -> Vec<u32> {
+    let mut idx = train.unwrap_or_else(|| (0..len as u32).collect());
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x0050_524f_4245_u64);
+    for i in (1..idx.len()).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        idx.swap(i, j);
+    }
+    idx.truncate(n);
+    idx.sort_unstable();
+    idx
+}
+
+/// The values of `a`: `points` evenly spaced from `start` to `end`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlphaGrid {
+    pub start: f64,
+    pub end: f64,
+    pub points: usize,
+}
+
+impl AlphaGrid {
+    pub fn values(&self) -> Vec<f64> {
+        if self.points == 1 {
+            return vec![self.start];
+        }
+        (0..self.points)
+            .map(|i| {
+                let t = i as f64 / (self.points - 1) as f64;
+                // exact at both ends
+                if i + 1 == self.points {
+                    self.end
+                } else {
+                    self.start + t * (self.end - self.start)
+                }
+            })
+            .collect()
+    }
+}
+
+/// The probe's batches on the device, images in `dtype`.
+pub fn probe_batches(
+    ctx: &RunCtx,
+    train_subset: Subset,
+    subset_seed: u64,
+    images: usize,
+    batch: usize,
+    dtype: DType,
+) -> Result<Vec<(Tensor, Tensor)>> {
+    let ds = ctx.dataset;
+    let train_idx = train_subset.indices(&ds.train, ds.num_classes(), subset_seed)?;
+    let available = train_idx.as_ref().map_or(ds.train.len(), Vec::len);
+    if images > available {
+        return Err(crate::error::stage_err(
+            ctx.stage,
+            format!("`images: {images}`, but the Train stage has {available} training images"),
+        ));
+    }
+    let idx = probe_indices(train_idx, ds.train.len(), images, subset_seed);
+    let loader = Loader::new(
+        ds.train.clone(),
+        Some(idx),
+        PipelineConfig::eval(batch, ds.name.normalization()),
+    )?;
+    let mut out = Vec::new();
+    for b in loader.epoch(0) {
+        let (x, y) = b.to_tensors(ctx.device)?;
+        out.push((x.to_dtype(dtype)?, y));
+    }
+    Ok(out)
 }
 
 /// How a training loader draws its batches.
@@ -520,4 +616,24 @@ impl EvalFields {
 /// about a third of a training step.
 pub fn forward_cost(batches: usize) -> f64 {
     (batches as u64).div_ceil(3) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alpha_grid_hits_its_ends_exactly() {
+        let g = AlphaGrid {
+            start: -0.5,
+            end: 1.5,
+            points: 21,
+        };
+        let v = g.values();
+        assert_eq!(v.len(), 21);
+        assert_eq!(v[0], -0.5);
+        assert_eq!(v[20], 1.5);
+        assert_eq!(v[5], 0.0);
+        assert_eq!(v[15], 1.0);
+    }
 }

@@ -38,15 +38,13 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use rand_chacha::ChaCha8Rng;
-use rand_core::{RngCore, SeedableRng};
 use samlab_data::{DatasetName, Loader, PipelineConfig};
 use samlab_optim::{LrSchedule, Method, SamConfig, SgdConfig, StepSchedule, Trainer};
 use serde::{Deserialize, Serialize};
 
 use super::common::{
     Grid, SamPartial, check_bn_batch, SgdPartial, Subset, TrainingData, dep_model, evaluate_loader, forward_cost,
-    inherit, merged_grid, positive, train_dep, training_loader, whole,
+    inherit, merged_grid, positive, probe_indices, train_dep, training_loader, whole,
 };
 use super::{
     Done, Kind, KindPlan, Outcome, Partial, PlanInput, PlotOut, RunCtx, StageSpec, Summary,
@@ -319,19 +317,6 @@ impl Kind for EscapeSpec {
         )?;
         Ok(vec![name])
     }
-}
-
-/// The probe's indices: `n` of the training images in a fixed order.
-fn probe_indices(train: Option<Vec<u32>>, len: usize, n: usize, seed: u64) -> Vec<u32> {
-    let mut idx = train.unwrap_or_else(|| (0..len as u32).collect());
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x0050_524f_4245_u64);
-    for i in (1..idx.len()).rev() {
-        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
-        idx.swap(i, j);
-    }
-    idx.truncate(n);
-    idx.sort_unstable();
-    idx
 }
 
 fn run(spec: &EscapeSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {

@@ -25,7 +25,7 @@ use samlab_models::Model;
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    EvalFields, Grid, SplitName, Subset, dep_model, dep_tensors, distance, evaluate_loader,
+    AlphaGrid, EvalFields, Grid, SplitName, Subset, dep_model, dep_tensors, distance, evaluate_loader,
     forward_cost, inherit, merged_grid, model_tensors, pair_model, pair_refs, positive,
     set_eval_grid,
 };
@@ -35,34 +35,6 @@ use super::{
 use crate::cache::write_file;
 use crate::error::{Invalid, Result};
 use crate::plots::{Series, line_chart};
-
-/// The values of `a`: `points` evenly spaced from `start` to `end`.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AlphaGrid {
-    pub start: f64,
-    pub end: f64,
-    pub points: usize,
-}
-
-impl AlphaGrid {
-    pub fn values(&self) -> Vec<f64> {
-        if self.points == 1 {
-            return vec![self.start];
-        }
-        (0..self.points)
-            .map(|i| {
-                let t = i as f64 / (self.points - 1) as f64;
-                // exact at both ends
-                if i + 1 == self.points {
-                    self.end
-                } else {
-                    self.start + t * (self.end - self.start)
-                }
-            })
-            .collect()
-    }
-}
 
 /// How BatchNorm's running statistics are set at each `a`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -385,24 +357,4 @@ fn run(spec: &InterpSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
     summary.insert("distance".into(), distance(&model, &w1, &w2)?);
     write_file(&ctx.out.join("metrics.csv"), csv.as_bytes())?;
     Ok((summary, Outcome::default()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn alpha_grid_hits_its_ends_exactly() {
-        let g = AlphaGrid {
-            start: -0.5,
-            end: 1.5,
-            points: 21,
-        };
-        let v = g.values();
-        assert_eq!(v.len(), 21);
-        assert_eq!(v[0], -0.5);
-        assert_eq!(v[20], 1.5);
-        assert_eq!(v[5], 0.0);
-        assert_eq!(v[15], 1.0);
-    }
 }

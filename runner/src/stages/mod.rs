@@ -248,6 +248,8 @@ registry! {
     Escape => escape::EscapePartial,
     Interpolate => interpolate::InterpPartial,
     Distance => distance::DistancePartial,
+    Sharpness => sharpness::SharpnessPartial,
+    Landscape => landscape::LandscapePartial,
 }
 
 /// What a running stage can use.
