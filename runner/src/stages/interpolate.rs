@@ -232,6 +232,35 @@ impl Kind for InterpSpec {
     }
 }
 
+/// How much the loss rises around `a0` along the line: the mean of the
+/// loss at `a0 - d` and `a0 + d`, minus the loss at `a0`, with `d` the
+/// largest step up to 0.5 the grid reaches on both sides (linear between
+/// grid points). The flatter end of the line has the smaller rise (the
+/// thesis' Figure 5.1: SGD->SAM's end sits in the flatter region).
+pub fn rise(curve: &[(f64, f64)], a0: f64) -> Option<f64> {
+    let lo = curve.iter().map(|p| p.0).fold(f64::INFINITY, f64::min);
+    let hi = curve.iter().map(|p| p.0).fold(f64::NEG_INFINITY, f64::max);
+    let d = (a0 - lo).min(hi - a0).min(0.5);
+    if d.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
+        return None;
+    }
+    let at = |a: f64| -> Option<f64> {
+        let mut pts: Vec<(f64, f64)> = curve.to_vec();
+        pts.sort_by(|p, q| p.0.total_cmp(&q.0));
+        pts.windows(2).find_map(|w| {
+            let ((x0, y0), (x1, y1)) = (w[0], w[1]);
+            (x0 <= a && a <= x1).then(|| {
+                if x1 > x0 {
+                    y0 + (y1 - y0) * (a - x0) / (x1 - x0)
+                } else {
+                    y0
+                }
+            })
+        })
+    };
+    Some((at(a0 - d)? + at(a0 + d)?) / 2.0 - at(a0)?)
+}
+
 /// Sets the model to `(1 - a) w1 + a w2`, running variances clamped at 0.
 fn set_interpolated(
     model: &Model,
@@ -328,6 +357,7 @@ fn run(spec: &InterpSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
     let mut csv = String::from("alpha,split,images,loss,error\n");
     let mut summary = Summary::new();
     let mut worst: HashMap<&str, f64> = HashMap::new();
+    let mut curves: HashMap<&str, Vec<(f64, f64)>> = HashMap::new();
     for &a in &alphas {
         set_interpolated(&model, &w1, &w2, a)?;
         if let (BnStats::Recomputed { batches }, Some(l)) = (spec.bn, &bn_loader) {
@@ -337,6 +367,7 @@ fn run(spec: &InterpSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
             let (loss, correct, n) = evaluate_loader(&model, loader, ctx.device)?;
             let err = 1.0 - correct as f64 / n.max(1) as f64;
             let _ = writeln!(csv, "{a},{name},{n},{loss},{err}");
+            curves.entry(name).or_default().push((a, loss));
             if a == 0.0 {
                 summary.insert(format!("{name}_error_w1"), err);
             }
@@ -354,7 +385,36 @@ fn run(spec: &InterpSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
     for (name, w) in worst {
         summary.insert(format!("{name}_error_max_between"), w);
     }
+    for (name, curve) in &curves {
+        for (end, a0) in [("w1", 0.0), ("w2", 1.0)] {
+            if let Some(r) = rise(curve, a0) {
+                summary.insert(format!("{name}_loss_rise_{end}"), r);
+            }
+        }
+    }
     summary.insert("distance".into(), distance(&model, &w1, &w2)?);
     write_file(&ctx.out.join("metrics.csv"), csv.as_bytes())?;
     Ok((summary, Outcome::default()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rise_reads_the_curve_on_both_sides_of_each_end() {
+        // loss min(a^2, 4 (a - 1)^2): at d = 0.5 around w1 (0.25 + 0.25) / 2,
+        // around w2 (0.25 + 1) / 2
+        let curve: Vec<(f64, f64)> = (0..=20)
+            .map(|i| {
+                let a = -0.5 + 0.1 * i as f64;
+                (a, (a * a).min(4.0 * (a - 1.0) * (a - 1.0)))
+            })
+            .collect();
+        assert!((rise(&curve, 0.0).unwrap() - 0.25).abs() < 1e-9);
+        assert!((rise(&curve, 1.0).unwrap() - 0.625).abs() < 1e-9);
+        // a grid that ends at a = 1 has no right side there
+        let short: Vec<(f64, f64)> = curve.iter().copied().filter(|p| p.0 <= 1.0 + 1e-9).collect();
+        assert_eq!(rise(&short, 1.0), None);
+    }
 }
