@@ -250,6 +250,20 @@ impl Linear {
         })
     }
 
+    /// A linear layer with the given initialisations of weight and bias.
+    pub fn with_init(
+        in_features: usize,
+        out_features: usize,
+        weight: Init,
+        bias: Init,
+        b: &Builder,
+    ) -> Result<Self> {
+        Ok(Linear {
+            weight: b.param("weight", (out_features, in_features), weight)?,
+            bias: b.param("bias", out_features, bias)?,
+        })
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(x.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)?)
     }
