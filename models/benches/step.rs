@@ -1,15 +1,19 @@
 //! Training-step benchmark: `cargo bench -p samlab-models --bench step`.
 //!
-//! For ResNet-8 and ResNet-18 at batch 128 on the CPU: a training step
-//! (forward in training mode + cross-entropy + backward + an SGD update of
-//! every parameter) and an evaluation forward, in images per second; the
-//! process's peak RSS after each net; and the same numbers from JAX
-//! (`bench/jax_step.py`, run in the same command) with the ratio
-//! samlab / JAX. Both sides time the same steps after the same number of
-//! untimed warm-up steps (samlab's first steps grow per-thread buffers and
-//! the allocator's pages; JAX's first compiles). Set `SAMLAB_BENCH_STEPS`
-//! and `SAMLAB_BENCH_WARMUP` to change them (defaults: 5 and 3 for
-//! ResNet-8, 2 and 2 for ResNet-18).
+//! For ResNet-8, ResNet-20, WRN-16-2 and ResNet-18 at batch 128 on the CPU:
+//! a training step (forward in training mode + cross-entropy + backward + an
+//! SGD update of every parameter) and an evaluation forward, in images per
+//! second; the process's peak RSS after each net; and the same numbers from
+//! PyTorch (`bench/torch_cpu_step.py`: the better of NCHW and channels_last,
+//! oneDNN's convolutions) and from JAX (`bench/jax_step.py`, ResNet-8 and
+//! ResNet-18), run in the same command, with the ratios samlab / PyTorch and
+//! samlab / JAX; a baseline that cannot run (no torch, no jax) says `n/a`.
+//! Every side times the same steps after the same number of untimed warm-up
+//! steps (samlab's first steps grow per-thread buffers and the allocator's
+//! pages; JAX's first compiles). Set `SAMLAB_BENCH_STEPS` and
+//! `SAMLAB_BENCH_WARMUP` to change them (defaults: 5 and 3 for the small
+//! nets, 2 and 2 for ResNet-18), and `SAMLAB_BENCH_PYTHON` for the Python
+//! that has torch and jax (default `python3`).
 
 use std::process::Command;
 use std::time::Instant;
@@ -53,11 +57,20 @@ fn train_step(m: &Model, x: &Tensor, y: &Tensor) {
     }
 }
 
-fn jax(model: &str, batch: usize, steps: usize, warmup: usize) -> Option<(f64, f64)> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../bench/jax_step.py");
-    let out = Command::new("python3")
+/// (train img/s, eval img/s) of a baseline script in `bench/`.
+fn baseline(
+    what: &str,
+    script: &str,
+    model: &str,
+    batch: usize,
+    steps: usize,
+    warmup: usize,
+) -> Option<(f64, f64)> {
+    let script = format!("{}/../bench/{script}", env!("CARGO_MANIFEST_DIR"));
+    let python = std::env::var("SAMLAB_BENCH_PYTHON").unwrap_or("python3".into());
+    let out = Command::new(python)
         .args([
-            script,
+            &script,
             model,
             &batch.to_string(),
             &steps.to_string(),
@@ -67,7 +80,7 @@ fn jax(model: &str, batch: usize, steps: usize, warmup: usize) -> Option<(f64, f
         .ok()?;
     if !out.status.success() {
         eprintln!(
-            "JAX baseline failed: {}",
+            "{what} baseline failed: {}",
             String::from_utf8_lossy(&out.stderr)
                 .lines()
                 .last()
@@ -98,17 +111,28 @@ fn main() {
         rayon_threads()
     );
     println!(
-        "{:<9} {:>12} {:>12} {:>10} {:>12} {:>12} {:>8} {:>8}",
+        "{:<9} {:>11} {:>11} {:>9} | {:>11} {:>11} {:>8} {:>8} | {:>11} {:>11} {:>8} {:>8}",
         "model",
         "train img/s",
         "eval img/s",
         "peak MiB",
+        "torch train",
+        "torch eval",
+        "train x",
+        "eval x",
         "JAX train",
         "JAX eval",
         "train x",
         "eval x"
     );
-    for (name, default_steps, default_warmup) in [("resnet8", 5, 3), ("resnet18", 2, 2)] {
+    let cell = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.1}"));
+    let ratio = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.3}"));
+    for (name, default_steps, default_warmup) in [
+        ("resnet8", 5, 3),
+        ("resnet20", 5, 3),
+        ("wrn16-2", 5, 3),
+        ("resnet18", 2, 2),
+    ] {
         let steps = steps_env.unwrap_or(default_steps).max(1);
         let warmup = warmup_env.unwrap_or(default_warmup).max(1);
         let m = Model::new(&name.parse::<Arch>().unwrap(), 10, 0, &Device::Cpu).unwrap();
@@ -130,14 +154,27 @@ fn main() {
         }
         let eval = (bs * steps) as f64 / t.elapsed().as_secs_f64();
         let rss = fixtures::peak_rss_mib();
-        let (jt, je) = jax(name, bs, steps, warmup).unwrap_or((f64::NAN, f64::NAN));
+        let torch = baseline("PyTorch", "torch_cpu_step.py", name, bs, steps, warmup);
+        let jax = match name {
+            "resnet8" | "resnet18" => baseline("JAX", "jax_step.py", name, bs, steps, warmup),
+            _ => None,
+        };
         println!(
-            "{name:<9} {train:>12.1} {eval:>12.1} {rss:>10.0} {jt:>12.1} {je:>12.1} {:>8.3} {:>8.3}",
-            train / jt,
-            eval / je
+            "{name:<9} {train:>11.1} {eval:>11.1} {rss:>9.0} | {:>11} {:>11} {:>8} {:>8} | {:>11} {:>11} {:>8} {:>8}",
+            cell(torch.map(|t| t.0)),
+            cell(torch.map(|t| t.1)),
+            ratio(torch.map(|t| train / t.0)),
+            ratio(torch.map(|t| eval / t.1)),
+            cell(jax.map(|t| t.0)),
+            cell(jax.map(|t| t.1)),
+            ratio(jax.map(|t| train / t.0)),
+            ratio(jax.map(|t| eval / t.1)),
         );
     }
-    println!("(x = samlab / JAX; peak MiB is the process high-water mark after that net)");
+    println!(
+        "(x = samlab / baseline; PyTorch: the better of NCHW and channels_last; \
+         JAX only for ResNet-8 and ResNet-18; peak MiB is the process high-water mark after that net)"
+    );
 }
 
 fn rayon_threads() -> usize {
