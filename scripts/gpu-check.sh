@@ -10,7 +10,9 @@
 # To carry it to a GPU machine within 64 MiB, keep dist/run.sh,
 # dist/runner.xz (unpacked here when dist/runner is missing) and
 # dist/data/cifar10-jpeg.tar.gz, and leave dist/runner (53 MB) behind.
-# Writes its table to $OUT/gpu-check.md when OUT is set (and always prints it).
+# Writes its table to $OUT/gpu-check.md when OUT is set (and always prints it),
+# and the measured rates to $OUT/rates.csv (commit as results/gpu/rates.csv:
+# `runner plan` turns them into GPU-hours).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-$(mktemp -d)}
@@ -107,3 +109,13 @@ row() { # row NAME SAMLAB_JSON TORCH_JSON
     sed -n '/^## /,$p' "$out/study/summary.md"
   fi
 } | tee "$out/gpu-check.md"
+
+# The rates `runner plan` turns into GPU-hours (commit as results/gpu/rates.csv).
+{
+  echo "device,model,batch,sgd_img_s,sam_img_s,card,measured"
+  for pair in "resnet18:$s_r18" "wrn28-10:$s_wrn"; do
+    m=${pair%%:*}; j=${pair#*:}
+    s1=$(field "$j" sgd_img_s); s2=$(field "$j" sam_img_s)
+    [ -n "$s1" ] && echo "cuda,$m,256,$s1,${s2:-},${card%%,*},$(date -u +%Y-%m-%d)"
+  done
+} > "$out/rates.csv"

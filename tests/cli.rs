@@ -158,3 +158,61 @@ fn gpu_check_commands_run_on_the_cpu_and_explain_missing_cuda() {
         );
     }
 }
+
+/// `runner plan` of a CUDA study says GPU-hours at measured rates, which
+/// scale inversely with the rate, and names the models without one; without
+/// a rates file it says there are none yet (the dataset is not needed).
+#[test]
+fn plan_shows_gpu_hours_from_measured_rates() {
+    let dir = tempfile::tempdir().unwrap();
+    let study = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../studies/table-5-2-5-3-cifar10.ron"
+    );
+    let hours = |rate: f64| -> (f64, String) {
+        let rates = dir.path().join(format!("rates-{rate}.csv"));
+        std::fs::write(
+            &rates,
+            format!("device,model,batch,sgd_img_s,sam_img_s,card,measured\ncuda,resnet18,256,{rate},1,test,2026-11-29\n"),
+        )
+        .unwrap();
+        let o = runner(
+            &["plan", study, "--rates", rates.to_str().unwrap()],
+            dir.path(),
+        );
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "{err}");
+        let line = out
+            .lines()
+            .find(|l| l.starts_with("about "))
+            .unwrap_or_else(|| panic!("{out}"))
+            .to_string();
+        let h: f64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        (h, line)
+    };
+    let (h1, line) = hours(1000.0);
+    let (h2, _) = hours(2000.0);
+    assert!(h1 > 0.0 && (h1 / h2 - 2.0).abs() < 0.01, "{h1} {h2}");
+    assert!(
+        line.contains("no rate for preactresnet164, wrn28-10, pyramidnet110"),
+        "{line}"
+    );
+    let o = runner(&["plan", study], dir.path());
+    let (out, _) = text(&o);
+    assert!(
+        out.contains("GPU-hours")
+            && (out.contains("no measured rates yet") || out.contains("about ")),
+        "{out}"
+    );
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(&bad, "device,model,sgd_img_s\ncuda,resnet18,-3\n").unwrap();
+    let o = runner(
+        &["plan", study, "--rates", bad.to_str().unwrap()],
+        dir.path(),
+    );
+    let (_, err) = text(&o);
+    assert!(
+        !o.status.success() && err.contains("bad.csv") && err.contains("line 2"),
+        "{err}"
+    );
+}

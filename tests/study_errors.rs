@@ -302,8 +302,20 @@ fn committed_studies_plan_and_paper_studies_follow_the_protocol() {
             );
             for stage in &s.stages {
                 if let samlab_runner::stages::StageSpec::Train(t) = &stage.spec {
-                    assert_eq!(t.bn_batch, Some(32), "{} {}", path.display(), stage.display());
-                    assert_eq!(t.sam.chunk, Some(32), "{} {}", path.display(), stage.display());
+                    assert_eq!(
+                        t.bn_batch,
+                        Some(32),
+                        "{} {}",
+                        path.display(),
+                        stage.display()
+                    );
+                    assert_eq!(
+                        t.sam.chunk,
+                        Some(32),
+                        "{} {}",
+                        path.display(),
+                        stage.display()
+                    );
                 }
             }
             continue;

@@ -101,14 +101,30 @@ pub fn check_device(spec: &str) -> Result<String> {
 }
 
 /// How `runner plan` reports.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct PlanView {
     /// For every stage to run, the nearest cached entry and what differs.
     pub why: bool,
+    /// The rates file for GPU-hours (default: `results/gpu/rates.csv` of
+    /// the repository the study is in).
+    pub rates: Option<std::path::PathBuf>,
+}
+
+/// `results/gpu/rates.csv` beside the `studies` folder a study is in (the
+/// current directory's otherwise).
+pub fn default_rates(study: &Path) -> std::path::PathBuf {
+    let abs = std::fs::canonicalize(study).unwrap_or_else(|_| study.to_path_buf());
+    let root = abs
+        .ancestors()
+        .find(|a| a.file_name().is_some_and(|n| n == "studies"))
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    root.join("results/gpu/rates.csv")
 }
 
 /// `runner plan`: every stage with its cache state and cost, and the total.
-pub fn show_plan(data: &DataArgs, path: &Path, view: PlanView) -> Result<String> {
+pub fn show_plan(data: &DataArgs, path: &Path, view: &PlanView) -> Result<String> {
     let study = study::load(path)?;
     let mut o = String::new();
     let ds = match data.dataset(study.dataset, false) {
@@ -154,6 +170,39 @@ pub fn show_plan(data: &DataArgs, path: &Path, view: PlanView) -> Result<String>
     }
     let total: f64 = planned.iter().map(|p| p.cost).sum();
     let _ = writeln!(o, "total to run: {} SGD-step equivalents", show_cost(total));
+    if study.device != "cpu" {
+        let file = view.rates.clone().unwrap_or_else(|| default_rates(path));
+        match crate::rates::Rates::load(&file)? {
+            None => {
+                let _ = writeln!(
+                    o,
+                    "GPU-hours: no measured rates yet ({}; scripts/gpu-check.sh on a GPU writes them)",
+                    file.display()
+                );
+            }
+            Some(rates) => {
+                let e = crate::rates::estimate(&study, &planned, &rates, &study.device);
+                let _ = write!(
+                    o,
+                    "about {:.2} GPU-hours on {} at the rates measured in {}",
+                    e.hours,
+                    study.device,
+                    file.display()
+                );
+                if !e.unmeasured.is_empty() {
+                    let _ = write!(o, "; no rate for {}", e.unmeasured.join(", "));
+                }
+                if e.left_out > 0.0 {
+                    let _ = write!(
+                        o,
+                        "; {} SGD-step equivalents of evaluation and measurement not counted",
+                        show_cost(e.left_out)
+                    );
+                }
+                o.push('\n');
+            }
+        }
+    }
     if view.why {
         o.push_str(&explain(&study, &planned, cache.as_ref(), info.is_some()));
     }

@@ -28,6 +28,7 @@ pub mod options;
 pub mod plan;
 pub mod plots;
 pub mod progress;
+pub mod rates;
 pub mod results;
 pub mod slurm;
 pub mod stages;

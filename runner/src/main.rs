@@ -97,6 +97,10 @@ enum Command {
         /// the fields whose values differ.
         #[arg(long)]
         why: bool,
+        /// Measured rates for GPU-hours [default: results/gpu/rates.csv of
+        /// the repository the study is in].
+        #[arg(long)]
+        rates: Option<PathBuf>,
     },
     /// Rebuild a study's results folder (tables, plots, page) from the cache
     /// alone; fails when a stage is not cached.
@@ -198,8 +202,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 s.sgd_img_s / s.sam_img_s
             )
         }
-        (Some(Command::Plan { study, why }), _) => {
-            commands::show_plan(data, &study, PlanView { why })?
+        (Some(Command::Plan { study, why, rates }), _) => {
+            commands::show_plan(data, &study, &PlanView { why, rates })?
         }
         (Some(Command::Report { study, results_dir }), _) => {
             commands::report(data, &study, results_dir, &argv())?

@@ -260,6 +260,10 @@ impl Kind for EscapeSpec {
         &self.model
     }
 
+    fn images_per_step(&self) -> Option<usize> {
+        Some(self.batch)
+    }
+
     fn length(&self) -> String {
         format!("<={}st", self.max_steps)
     }

@@ -70,6 +70,12 @@ pub trait Kind: Clone + Debug + PartialEq + Serialize {
     fn link(&mut self, deps: &[(&'static str, &StageSpec)]) -> Result<(), Invalid>;
     /// The model it trains or reads.
     fn model(&self) -> &str;
+    /// Images in one of its SGD-step equivalents, for GPU-hours from a
+    /// measured images/s: a training or escape step's batch; `None` for
+    /// kinds whose work is not training steps.
+    fn images_per_step(&self) -> Option<usize> {
+        None
+    }
     /// How long it runs, for `runner plan`: epochs, steps or `-`.
     fn length(&self) -> String {
         "-".into()
@@ -209,6 +215,9 @@ macro_rules! registry {
             }
             pub fn length(&self) -> String {
                 match self { $(StageSpec::$variant(s) => s.length(),)* }
+            }
+            pub fn images_per_step(&self) -> Option<usize> {
+                match self { $(StageSpec::$variant(s) => s.images_per_step(),)* }
             }
             pub fn link(&mut self, deps: &[(&'static str, &StageSpec)]) -> Result<(), Invalid> {
                 match self { $(StageSpec::$variant(s) => s.link(deps),)* }

@@ -260,6 +260,10 @@ impl Kind for TrainSpec {
         &self.model
     }
 
+    fn images_per_step(&self) -> Option<usize> {
+        Some(self.batch)
+    }
+
     fn length(&self) -> String {
         self.epochs.to_string()
     }
