@@ -21,6 +21,7 @@
 
 mod cifar_bin;
 mod dataset;
+mod device;
 mod download;
 mod error;
 mod image_tree;
@@ -35,6 +36,7 @@ pub use dataset::{
     CIFAR10_CLASSES, CIFAR100_COARSE_CLASSES, CIFAR100_FINE_CLASSES, Dataset, DatasetName,
     Fingerprint, ImageShape, Split,
 };
+pub use device::DeviceLoader;
 pub use download::{OFFICIAL_BASE_URL, Remote, download, md5_hex, official_remote};
 pub use error::{Error, ErrorKind, Result};
 pub use locate::{DataConfig, default_data_dir, locate};

@@ -275,8 +275,19 @@ impl Loader {
         }
     }
 
-    /// Crop offsets (in the padded image) and flip for one image.
-    fn draw(&self, epoch: u64, id: u32) -> (usize, usize, bool) {
+    /// The split it reads.
+    pub fn split(&self) -> &Split {
+        &self.split
+    }
+
+    /// Per channel, the normalised value of each of the 256 pixel values.
+    pub fn lut(&self) -> &[[f32; 256]] {
+        &self.lut
+    }
+
+    /// Crop offsets (in the padded image) and flip of image `id` (an index
+    /// into the split) in `epoch`.
+    pub fn draw(&self, epoch: u64, id: u32) -> (usize, usize, bool) {
         let aug = self.config.augment;
         let h = mix(
             self.config.seed,

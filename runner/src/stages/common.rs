@@ -449,6 +449,38 @@ pub fn training_loader(
     Ok(loader)
 }
 
+/// A training loader's batches as tensors on the stage's device: built by
+/// the CPU pipeline's thread on the CPU, assembled on the device
+/// elsewhere (`samlab_data::DeviceLoader`: the split copied once, each
+/// batch gathered, cropped, flipped and normalised there from the same
+/// choices, so the batches are the same either way).
+pub enum Feed {
+    Cpu(Loader),
+    Device(samlab_data::DeviceLoader),
+}
+
+impl Feed {
+    pub fn new(loader: Loader, device: &Device) -> Result<Feed> {
+        Ok(if device.is_cpu() {
+            Feed::Cpu(loader)
+        } else {
+            Feed::Device(samlab_data::DeviceLoader::new(loader, device)?)
+        })
+    }
+
+    /// The batches of `epoch`, in order.
+    pub fn epoch<'a>(
+        &'a self,
+        epoch: u64,
+        device: &'a Device,
+    ) -> Box<dyn Iterator<Item = Result<(Tensor, Tensor)>> + 'a> {
+        match self {
+            Feed::Cpu(l) => Box::new(l.epoch(epoch).map(move |b| Ok(b.to_tensors(device)?))),
+            Feed::Device(d) => Box::new(d.epoch(epoch).map(|r| Ok(r?))),
+        }
+    }
+}
+
 /// Mean loss and number of correct predictions of `model` (evaluation
 /// mode) over the images `loader` yields: (loss, correct, images).
 pub fn evaluate_loader(

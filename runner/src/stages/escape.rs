@@ -43,7 +43,7 @@ use samlab_optim::{LrSchedule, Method, SamConfig, SgdConfig, StepSchedule, Train
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    Grid, SamPartial, check_bn_batch, SgdPartial, Subset, TrainingData, dep_model, evaluate_loader, forward_cost,
+    Feed, Grid, SamPartial, check_bn_batch, SgdPartial, Subset, TrainingData, dep_model, evaluate_loader, forward_cost,
     inherit, merged_grid, positive, probe_indices, train_dep, training_loader, whole,
 };
 use super::{
@@ -380,9 +380,10 @@ fn run(spec: &EscapeSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
         .iter()
         .position(|m| *m == spec.measure)
         .expect("listed");
+    let feed = Feed::new(loader.clone(), ctx.device)?;
     'outer: for epoch in 0.. {
-        for batch in loader.epoch(epoch) {
-            let (x, y) = batch.to_tensors(ctx.device)?;
+        for batch in feed.epoch(epoch, ctx.device) {
+            let (x, y) = batch?;
             let out = trainer
                 .train_step(&model, &x, &y)
                 .map_err(step_err(ctx.stage))?;

@@ -19,7 +19,7 @@ use samlab_optim::{
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    Grid, SamPartial, check_bn_batch, SgdPartial, SplitName, Subset, TrainingData, eval_loader, evaluate_loader,
+    Feed, Grid, SamPartial, check_bn_batch, SgdPartial, SplitName, Subset, TrainingData, eval_loader, evaluate_loader,
     inherit, merged_grid, positive, training_loader, whole,
 };
 use super::{Kind, KindPlan, Outcome, Partial, PlanInput, RunCtx, StageSpec, Summary};
@@ -402,12 +402,13 @@ pub fn run(spec: &TrainSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
         .progress
         .stage_bar(ctx.stage, total, outcome.start_epoch * spe);
     let passes_before = trainer.passes;
+    let feed = Feed::new(loader.clone(), ctx.device)?;
     for epoch in outcome.start_epoch..spec.epochs {
         let t0 = Instant::now();
         let (mut loss, mut correct, mut seen, mut sam_steps) = (0.0f64, 0usize, 0usize, 0u64);
         let mut lr = 0.0;
-        for batch in loader.epoch(epoch) {
-            let (x, y) = batch.to_tensors(ctx.device)?;
+        for batch in feed.epoch(epoch, ctx.device) {
+            let (x, y) = batch?;
             lr = spec.lr.at(trainer.step, total);
             let out = trainer
                 .train_step(&model, &x, &y)
