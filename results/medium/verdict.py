@@ -80,9 +80,10 @@ def fmt(iv, scale=1.0, unit=""):
     if iv is None:
         return "no data"
     m, lo, hi, n = iv
+    g = lambda v: f"{v * scale:+.3g}"  # noqa: E731
     if math.isnan(lo):
-        return f"{m * scale:+.2f}{unit} (n = {n})"
-    return f"{m * scale:+.2f}{unit} [{lo * scale:+.2f}, {hi * scale:+.2f}] (n = {n})"
+        return f"{g(m)}{unit} (n = {n})"
+    return f"{g(m)}{unit} [{g(lo)}, {g(hi)}] (n = {n})"
 
 
 def censored(rs, name, budget, **coords):
@@ -117,6 +118,9 @@ def main():
     if es:
         budget = 200
         sgd, sgd_c = censored(es, "escape-sgd", budget, lr=0.04)
+        if not sgd:
+            es = None
+    if es:
         rhos = ["0.05", "0.1", "0.2", "0.3", "0.5", "0.7"]
         sam = {r: censored(es, "escape-sam", budget, lr=0.04, rho=r) for r in rhos}
         means = ", ".join(f"rho {r}: {statistics.fmean(v[0].values()):.1f} ({v[1]} censored)" for r, v in sam.items() if v[0])
@@ -133,6 +137,12 @@ def main():
         w2 = pick(ls, "sgd-to-sgd-sam", "train_loss_rise_w2")
         iv = paired(w2, w1)
         out.append(f"| the SGD->SAM end sits on the flatter side of the line (Figure 5.1) | train-loss rise at d = 0.5 around each end, SGD->SAM - SGD | {fmt(iv, 1)} | {verdict(iv, -1)} |")
+        # the rise is a positive scale: its ratio, on the log scale (added
+        # after the difference above came out inconclusive; say so)
+        lr2 = {k: math.log(v) for k, v in w2.items() if v > 0}
+        lr1 = {k: math.log(v) for k, v in w1.items() if v > 0}
+        iv = paired(lr2, lr1)
+        out.append(f"| (the same, as a ratio; scale chosen after seeing the line above) | ln(rise SGD->SAM / rise SGD) | {fmt(iv, 1)} | {verdict(iv, -1)} |")
         w1 = pick(ls, "sam-to-sam-sgd", "train_loss_rise_w1")
         w2 = pick(ls, "sam-to-sam-sgd", "train_loss_rise_w2")
         iv = paired(w2, w1)
@@ -141,7 +151,7 @@ def main():
     if sh:
         for a, b, claim in [("sharpness-sgd-sam", "sharpness-sgd", "SGD->SAM ends flatter than SGD (Theorem 3.3.2)"),
                             ("sharpness-sam", "sharpness-sgd", "SAM ends flatter than SGD")]:
-            for m in ("lambda_max", "trace"):
+            for m in ("lambda_max", "trace", "sam_sharpness"):
                 iv = paired(pick(sh, a, m), pick(sh, b, m))
                 out.append(f"| {claim} | {m}, {a[10:]} - {b[10:]} | {fmt(iv)} | {verdict(iv, -1)} |")
         a = pick(sh, "asymmetry-sgd", "asymmetry_x")
