@@ -114,6 +114,10 @@ def main():
         else:
             v = "not reproduced" if iv[2] < 0 else "PSAM better"
         out.append(f"| PSAM matches SAM at ~0.64 of its cost (Table 5.3) | test accuracy, psam - sam, points; cost psam/sam {ratio:.3f} | {fmt(iv, 100)} | {v} |")
+    sr = rows("sam-rho")
+    if sr:
+        iv = paired(pick(sr, "sam-rho0.1", "test_acc"), pick(sr, "sgd", "test_acc"))
+        out.append(f"| SAM > SGD at rho 0.1 (follow-up, sam-rho.ron) | test accuracy, sam(rho 0.1) - sgd, points | {fmt(iv, 100)} | {verdict(iv, +1)} |")
     es = rows("escape")
     if es:
         budget = 200
