@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """PyTorch baseline for `scripts/gpu-check.sh`: SGD and SAM training steps of
-the same CIFAR networks as samlab (ResNet-18 with 1x1 projection shortcuts;
-WRN-28-10 with pre-activation wide blocks, no dropout), batch 256, on one
+the same CIFAR networks as samlab (bench/torch_cpu_step.py defines them:
+ResNet-18 with 1x1 projection shortcuts; WRN-28-10 with samlab's
+pre-activation wide blocks, no dropout), batch 256, on one
 device. SGD is torch.optim.SGD(nesterov=True, momentum 0.9, weight decay
 5e-4); a SAM step is the usual two passes (ascent to w + rho g/||g||,
 gradient there, restore, SGD step), BatchNorm statistics from the first pass.
@@ -13,6 +14,8 @@ Prints one JSON line per model, the same fields as `runner bench-step`:
 """
 import argparse
 import json
+import os
+import sys
 import time
 
 import torch
@@ -20,74 +23,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-class Basic(nn.Module):
-    def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x):
-        y = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(y)) + self.shortcut(x))
-
-
-class ResNet18(nn.Module):
-    def __init__(self, classes=10):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        layers, cin = [], 64
-        for cout, stride in [(64, 1), (128, 2), (256, 2), (512, 2)]:
-            layers += [Basic(cin, cout, stride), Basic(cout, cout, 1)]
-            cin = cout
-        self.layers = nn.Sequential(*layers)
-        self.linear = nn.Linear(512, classes)
-
-    def forward(self, x):
-        y = self.layers(F.relu(self.bn1(self.conv1(x))))
-        return self.linear(F.adaptive_avg_pool2d(y, 1).flatten(1))
-
-
-class Wide(nn.Module):
-    def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(cin)
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.shortcut = None
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Conv2d(cin, cout, 1, stride, bias=False)
-
-    def forward(self, x):
-        o = F.relu(self.bn1(x))
-        y = self.conv1(o)
-        y = self.conv2(F.relu(self.bn2(y)))
-        return y + (self.shortcut(o) if self.shortcut is not None else x)
-
-
-class WRN(nn.Module):
-    def __init__(self, depth=28, k=10, classes=10):
-        super().__init__()
-        n = (depth - 4) // 6
-        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
-        layers, cin = [], 16
-        for cout, stride in [(16 * k, 1), (32 * k, 2), (64 * k, 2)]:
-            for b in range(n):
-                layers.append(Wide(cin, cout, stride if b == 0 else 1))
-                cin = cout
-        self.layers = nn.Sequential(*layers)
-        self.bn1 = nn.BatchNorm2d(cin)
-        self.linear = nn.Linear(cin, classes)
-
-    def forward(self, x):
-        y = F.relu(self.bn1(self.layers(self.conv1(x))))
-        return self.linear(F.adaptive_avg_pool2d(y, 1).flatten(1))
+# The same networks as samlab, defined once (torch_cpu_step.py): ResNet-18,
+# and WRN-d-k with samlab's block (strided second convolution, 1x1
+# projection of the raw input).
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from torch_cpu_step import build  # noqa: E402
 
 
 def sgd_step(model, opt, x, y):
@@ -121,7 +61,7 @@ def sam_step(model, opt, x, y, rho=0.05):
 
 
 def bench(name, device, batch, warmup, steps):
-    model = {"resnet18": ResNet18, "wrn28-10": WRN}[name]().to(device).train()
+    model = build(name).to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, 32, 32, generator=g).to(device)

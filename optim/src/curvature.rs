@@ -54,8 +54,10 @@ pub struct Reading {
 pub struct LossSurface<'a> {
     model: &'a Model,
     batches: Vec<(Tensor, Tensor)>,
-    /// Each batch's activation pattern at `w`.
-    masks: Vec<ReluMasks>,
+    /// Each batch's activation pattern at `w`, recorded by the first
+    /// Hessian-vector product (a surface that only reads losses never
+    /// pays for it).
+    masks: std::cell::OnceCell<Vec<ReluMasks>>,
     images: usize,
     vars: Vec<Var>,
     base: Vec<Tensor>,
@@ -92,14 +94,10 @@ impl<'a> LossSurface<'a> {
             base.push(v.as_tensor().copy()?);
             sizes.push(v.elem_count());
         }
-        let mut masks = Vec::with_capacity(batches.len());
-        for (x, _) in &batches {
-            masks.push(record_relu_masks(|| model.forward(x, false))?.1);
-        }
         Ok(LossSurface {
             model,
             batches,
-            masks,
+            masks: std::cell::OnceCell::new(),
             images,
             vars,
             base,
@@ -171,19 +169,33 @@ impl<'a> LossSurface<'a> {
     /// Loss and accuracy (and the gradient, with `grad`) at the model's
     /// current weights.
     pub fn read(&self, grad: bool) -> Result<Reading> {
-        self.read_with(grad, Relu::Live)
+        self.read_with(grad, None)
     }
 
-    fn read_with(&self, grad: bool, relu: Relu) -> Result<Reading> {
+    /// The activation patterns at `w` (recorded once; leaves the model at `w`).
+    fn masks(&self) -> Result<&[ReluMasks]> {
+        if let Some(m) = self.masks.get() {
+            return Ok(m);
+        }
+        self.restore()?;
+        let mut masks = Vec::with_capacity(self.batches.len());
+        for (x, _) in &self.batches {
+            masks.push(record_relu_masks(|| self.model.forward(x, false))?.1);
+        }
+        Ok(self.masks.get_or_init(|| masks))
+    }
+
+    /// A reading with live ReLUs, or with each batch's pattern frozen to `frozen`'s.
+    fn read_with(&self, grad: bool, frozen: Option<&[ReluMasks]>) -> Result<Reading> {
         let mut loss_sum = 0f64;
         let mut correct = 0f64;
         let mut g: Option<Vec<Tensor>> = None;
-        for ((x, y), masks) in self.batches.iter().zip(&self.masks) {
+        for (i, (x, y)) in self.batches.iter().enumerate() {
             let n = y.dims1()?;
             let w = n as f64 / self.images as f64;
-            let logits = match relu {
-                Relu::Live => self.model.forward(x, false)?,
-                Relu::Frozen => with_relu_masks(masks, || self.model.forward(x, false))?,
+            let logits = match frozen {
+                None => self.model.forward(x, false)?,
+                Some(m) => with_relu_masks(&m[i], || self.model.forward(x, false))?,
             };
             let loss = cross_entropy(&logits, y)?;
             loss_sum += w * loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
@@ -240,21 +252,15 @@ impl<'a> LossSurface<'a> {
             return Ok(vec![0.0; v.len()]);
         }
         let u: Flat = v.iter().map(|x| x / norm).collect();
+        let masks = self.masks()?;
         self.set(Some(&u), self.h)?;
-        let plus = self.read_with(true, Relu::Frozen)?.grad.expect("asked");
+        let plus = self.read_with(true, Some(masks))?.grad.expect("asked");
         self.set(Some(&u), -self.h)?;
-        let minus = self.read_with(true, Relu::Frozen)?.grad.expect("asked");
+        let minus = self.read_with(true, Some(masks))?.grad.expect("asked");
         self.restore()?;
         let s = norm / (2.0 * self.h);
         Ok(plus.iter().zip(&minus).map(|(p, m)| (p - m) * s).collect())
     }
-}
-
-/// Whether a reading's ReLUs follow its own inputs or the pattern at `w`.
-#[derive(Clone, Copy)]
-enum Relu {
-    Live,
-    Frozen,
 }
 
 impl Drop for LossSurface<'_> {

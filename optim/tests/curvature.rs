@@ -111,27 +111,16 @@ fn f32_curvature_is_within_its_stated_error() {
 #[test]
 fn the_surface_leaves_the_weights_where_they_were() {
     let model = resnet8(DType::F64);
-    let before: Vec<f64> = model
-        .params
-        .get("linear.weight")
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let weights = || -> Vec<f64> {
+        let w = model.params.get("linear.weight").unwrap();
+        w.flatten_all().unwrap().to_vec1().unwrap()
+    };
+    let before = weights();
     {
         let s = LossSurface::new(&model, batch(DType::F64), 1e-5).unwrap();
         let d = vec![1.0; s.dim()];
         s.set(Some(&d), 0.3).unwrap();
         // dropped while moved
     }
-    let after: Vec<f64> = model
-        .params
-        .get("linear.weight")
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    assert_eq!(before, after);
+    assert_eq!(before, weights());
 }

@@ -244,9 +244,9 @@ pub fn rise(curve: &[(f64, f64)], a0: f64) -> Option<f64> {
     if d.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
         return None;
     }
+    let mut pts: Vec<(f64, f64)> = curve.to_vec();
+    pts.sort_by(|p, q| p.0.total_cmp(&q.0));
     let at = |a: f64| -> Option<f64> {
-        let mut pts: Vec<(f64, f64)> = curve.to_vec();
-        pts.sort_by(|p, q| p.0.total_cmp(&q.0));
         pts.windows(2).find_map(|w| {
             let ((x0, y0), (x1, y1)) = (w[0], w[1]);
             (x0 <= a && a <= x1).then(|| {

@@ -236,7 +236,7 @@ impl Kind for SharpnessSpec {
     }
 
     /// A gradient over the probe costs about one SGD step per batch; a
-    /// product is two gradients. f64 runs slower than this counts.
+    /// product is two gradients (f64's speed is not counted apart).
     fn plan(&self, _input: &PlanInput) -> Result<KindPlan, Invalid> {
         let grad = self.images.div_ceil(self.batch) as f64;
         let gradients = 2 * self.hvps() + self.ascent + 2;
