@@ -2,7 +2,10 @@
 //! `cargo run --release -p samlab-models --example layer_speed`.
 //!
 //! Convolutions: forward, both gradients (bwd) and the weight gradient
-//! alone (dW), in GFLOP/s. BatchNorm + ReLU in training mode: the best of
+//! alone (dW), in GFLOP/s of the fastest of several calls (the minimum is
+//! the figure least moved by other load on a shared machine).
+//! `SAMLAB_CPU_CONV=im2col` times the im2col + gemm path where the direct
+//! kernel would run. BatchNorm + ReLU in training mode: the best of
 //! 30 forward passes and of 30 backward passes (backward of a sum of the
 //! output, so candle's own sum backward is included), in ms.
 
@@ -43,29 +46,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         )?)?;
         let oh = (hw + 2 * (k / 2) - k) / s + 1;
         let flops = 2.0 * (batch * cout * oh * oh * cin * k * k) as f64;
-        let reps = ((2e9 / flops) as usize).clamp(2, 50);
-        conv.forward(&x)?;
-        let t = std::time::Instant::now();
-        for _ in 0..reps {
-            std::hint::black_box(conv.forward(&x)?);
-        }
-        let fwd = t.elapsed().as_secs_f64() / reps as f64;
-        let y = conv.forward(&x)?;
-        let loss = y.sum_all()?;
-        loss.backward()?;
-        let t = std::time::Instant::now();
-        for _ in 0..reps {
-            std::hint::black_box(loss.backward()?);
-        }
-        let bwd = t.elapsed().as_secs_f64() / reps as f64;
+        let reps = ((2e9 / flops) as usize).clamp(5, 50);
+        let best = |f: &dyn Fn() -> Result<(), Box<dyn std::error::Error>>| -> Result<f64, Box<dyn std::error::Error>> {
+            f()?;
+            let mut best = f64::MAX;
+            for _ in 0..reps {
+                let t = std::time::Instant::now();
+                f()?;
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+            Ok(best)
+        };
+        let fwd = best(&|| Ok(drop(std::hint::black_box(conv.forward(&x)?))))?;
+        let loss = conv.forward(&x)?.sum_all()?;
+        let bwd = best(&|| Ok(drop(std::hint::black_box(loss.backward()?))))?;
         // The weight gradient alone: an input that needs no gradient.
         let loss = conv.forward(&x.as_tensor().detach())?.sum_all()?;
-        loss.backward()?;
-        let t = std::time::Instant::now();
-        for _ in 0..reps {
-            std::hint::black_box(loss.backward()?);
-        }
-        let dw = t.elapsed().as_secs_f64() / reps as f64;
+        let dw = best(&|| Ok(drop(std::hint::black_box(loss.backward()?))))?;
         println!(
             "{name:<12} {:>9.1} {:>9.1} {:>9.1} {:>9.2} {:>9.2}",
             flops / fwd / 1e9,

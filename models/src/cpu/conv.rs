@@ -30,12 +30,29 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::direct::{self, Direct};
+
 /// Images per f32 partial sum of the weight gradient (at least).
 const GROUP: usize = 8;
 
 /// Output pixels one gemm should cover at least: smaller images are put
 /// side by side in one chunk.
 const MIN_COLS: usize = 256;
+
+/// Narrower output rows stay on im2col + gemm: the direct kernel computes
+/// `k - 1` dropped columns per row and rounds each plane up to whole tiles
+/// (a third of its work at 8x8 and 4x4), and measured no faster there
+/// (docs/cpu-profile.md, third session).
+const DIRECT_MIN_WIDTH: usize = 16;
+
+/// Whether the direct kernel may be used: the CPU has AVX2 and FMA and
+/// `SAMLAB_CPU_CONV` is not `im2col` (read once per process).
+fn direct_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        direct::available() && std::env::var("SAMLAB_CPU_CONV").as_deref() != Ok("im2col")
+    })
+}
 
 thread_local! {
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -294,8 +311,43 @@ impl Geom {
         &buf[..self.cout * n * p]
     }
 
+    /// The direct kernel for this convolution, where it applies: stride 1,
+    /// a kernel larger than 1x1 (a pointwise one reads the image as its
+    /// columns already), output rows of at least [`DIRECT_MIN_WIDTH`]
+    /// pixels, a CPU with AVX2 and FMA, and not switched off by
+    /// `SAMLAB_CPU_CONV=im2col` (for measuring one against the other).
+    fn direct(&self) -> Option<Direct> {
+        (self.stride == 1
+            && self.k > 1
+            && self.ow >= DIRECT_MIN_WIDTH
+            && self.cin > 0
+            && self.cout > 0
+            && direct_enabled())
+        .then_some(Direct {
+            cin: self.cin,
+            h: self.h,
+            w: self.w,
+            cout: self.cout,
+            k: self.k,
+            pad: self.pad,
+        })
+    }
+
     /// The forward pass `out = conv(x, w)` for the whole batch.
     fn forward(&self, x: &[f32], w: &[f32], out: &mut [f32]) {
+        if let Some(d) = self.direct() {
+            let (img, oimg) = (self.img(), self.out_img());
+            if oimg == 0 {
+                return;
+            }
+            let packed = d.pack(w);
+            out.par_chunks_mut(oimg).enumerate().for_each(|(i, y)| {
+                with_scratch(d.scratch_len(), |buf| {
+                    d.image(&x[i * img..][..img], &packed, y, buf)
+                })
+            });
+            return;
+        }
         let (kk, p, img, oimg, chunk) = (
             self.kk(),
             self.p(),
@@ -628,6 +680,26 @@ impl CustomOp2 for GradWeight {
         let dy = f32s(s2, l2, "output gradient")?;
         g.check_out_grad(l2.shape())?;
         let (kk, p, img, oimg, chunk) = (g.kk(), g.p(), g.img(), g.out_img(), g.chunk());
+        if let Some(d) = g.direct().filter(|d| d.has_weight_grad()) {
+            // GROUP images per f32 partial, the partials summed in f64.
+            let groups: Vec<Vec<f32>> = (0..g.b.div_ceil(GROUP))
+                .into_par_iter()
+                .map(|gi| {
+                    let mut part = vec![0f32; g.cout * kk];
+                    with_scratch(d.weight_grad_scratch_len(), |buf| {
+                        for i in gi * GROUP..((gi + 1) * GROUP).min(g.b) {
+                            let (xi, dyi) = (&x[i * img..][..img], &dy[i * oimg..][..oimg]);
+                            d.weight_grad_image(xi, dyi, &mut part, buf);
+                        }
+                    });
+                    part
+                })
+                .collect();
+            return Ok((
+                CpuStorage::F32(sum_in_f64(&groups, g.cout * kk)),
+                self.kernel.clone(),
+            ));
+        }
         // Images per f32 partial: whole chunks, at least GROUP images.
         let per_part = chunk * GROUP.div_ceil(chunk);
         let groups: Vec<Vec<f32>> = (0..g.b.div_ceil(per_part))
@@ -669,15 +741,22 @@ impl CustomOp2 for GradWeight {
                 part
             })
             .collect();
-        let mut sum = vec![0f64; g.cout * kk];
-        for part in &groups {
-            for (s, v) in sum.iter_mut().zip(part) {
-                *s += *v as f64;
-            }
-        }
-        let dw: Vec<f32> = sum.into_iter().map(|v| v as f32).collect();
-        Ok((CpuStorage::F32(dw), self.kernel.clone()))
+        Ok((
+            CpuStorage::F32(sum_in_f64(&groups, g.cout * kk)),
+            self.kernel.clone(),
+        ))
     }
+}
+
+/// The sum of the f32 partials of `len` floats each, in f64, in order.
+fn sum_in_f64(parts: &[Vec<f32>], len: usize) -> Vec<f32> {
+    let mut sum = vec![0f64; len];
+    for part in parts {
+        for (s, v) in sum.iter_mut().zip(part) {
+            *s += *v as f64;
+        }
+    }
+    sum.into_iter().map(|v| v as f32).collect()
 }
 
 #[cfg(test)]
@@ -732,6 +811,15 @@ mod tests {
             // stride 1 without "same" padding: the transposed convolution
             // pads by 2 and by 0
             (2, 3, 6, 5, 4, 3, 1, 2),
+            // rows of 16 or more: the direct kernel (on AVX2 + FMA) for the
+            // forward pass, the input gradient and (3x3) the weight
+            // gradient; output channels not a multiple of its tile, more
+            // than one block of input channels, padding 0, 1 and 2, 5x5,
+            // and more images than one f32 partial of the weight gradient
+            (3, 4, 16, 16, 5, 3, 1, 1),
+            (GROUP + 2, 3, 17, 20, 6, 3, 1, 0),
+            (2, 37, 16, 19, 9, 3, 1, 1),
+            (2, 6, 18, 16, 4, 5, 1, 2),
         ] {
             let x = Tensor::randn(0f64, 1.0, (b, cin, h, wd), &dev).unwrap();
             let w = Tensor::randn(0f64, 1.0, (cout, cin, k, k), &dev).unwrap();
@@ -763,6 +851,13 @@ mod tests {
                 .backward()
                 .unwrap();
             let case = format!("b{b} cin{cin} h{h} cout{cout} k{k} s{stride} p{pad}");
+            let geom = Geom::new(x.shape(), w.shape(), stride, pad).unwrap();
+            if direct::available() && std::env::var_os("SAMLAB_CPU_CONV").is_none() {
+                assert_eq!(
+                    geom.direct().is_some(),
+                    stride == 1 && k > 1 && geom.ow >= 16
+                );
+            }
             assert!(max_rel(&y32, &y64) < 1e-5, "{case}: forward");
             for (what, a, b) in [
                 ("input gradient", x32.as_tensor(), x64.as_tensor()),

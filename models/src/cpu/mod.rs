@@ -8,3 +8,4 @@
 
 pub(crate) mod batchnorm;
 pub(crate) mod conv;
+pub(crate) mod direct;

@@ -1,0 +1,377 @@
+//! Direct stride-1 convolution on a zero-padded copy of each image, with an
+//! AVX2 + FMA microkernel: no column matrix.
+//!
+//! Why: im2col copies every input element `k * k` times into columns that
+//! gemm then packs again; with the 16-64 channels of the CIFAR ResNets that
+//! copying was about a quarter of a step (docs/cpu-profile.md). Here the
+//! image is padded once (row pitch `wp = w + 2 * pad`), and output pixel
+//! `q = oy * wp + ox` of a plane is
+//!
+//! `out[co][q] = sum_{ci, kh, kw} w[co][ci][kh][kw] * xp[ci][q + kh * wp + kw]`
+//!
+//! so for each kernel tap a run of consecutive outputs reads a run of
+//! consecutive inputs. The `ow..wp` columns of each output row are computed
+//! too (they read across the row's end) and dropped; that waste is
+//! `(k - 1) / wp` of the work, 6% at 32x32 and 20% at 8x8. The microkernel
+//! keeps [`MR`] output channels x [`NR`] outputs in twelve registers and
+//! walks `(ci, kh, kw)` in order, one FMA chain per output, so each output
+//! is summed in a fixed order: results depend on the shapes only, never on
+//! threads.
+
+/// Output channels per microkernel tile.
+pub(crate) const MR: usize = 4;
+/// Output pixels per microkernel tile (three AVX vectors).
+pub(crate) const NR: usize = 24;
+
+/// Whether this CPU runs the microkernel (AVX2 and FMA, checked once).
+pub(crate) fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// One stride-1 convolution's shapes (per image).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Direct {
+    pub cin: usize,
+    pub h: usize,
+    pub w: usize,
+    pub cout: usize,
+    pub k: usize,
+    pub pad: usize,
+}
+
+impl Direct {
+    fn hp(&self) -> usize {
+        self.h + 2 * self.pad
+    }
+    fn wp(&self) -> usize {
+        self.w + 2 * self.pad
+    }
+    pub(crate) fn oh(&self) -> usize {
+        self.hp() + 1 - self.k
+    }
+    pub(crate) fn ow(&self) -> usize {
+        self.wp() + 1 - self.k
+    }
+    fn plane(&self) -> usize {
+        self.hp() * self.wp()
+    }
+    /// Outputs per plane computed, garbage columns included, rounded up to tiles.
+    fn q(&self) -> usize {
+        (self.oh() * self.wp()).div_ceil(NR) * NR
+    }
+    fn cout_tiles(&self) -> usize {
+        self.cout.div_ceil(MR)
+    }
+    /// Floats of the padded image, with the slack the last tiles read past it.
+    fn padded_len(&self) -> usize {
+        let read_end = (self.cin - 1) * self.plane() + self.q() + (self.k - 1) * (self.wp() + 1);
+        read_end.max(self.cin * self.plane())
+    }
+
+    /// Scratch floats one image needs: the padded image and one tile row.
+    pub(crate) fn scratch_len(&self) -> usize {
+        self.padded_len() + MR * self.q()
+    }
+
+    /// The weights `(cout, cin, k, k)` in the microkernel's order:
+    /// `[co / MR][ci][kh][kw][co % MR]`, zero for channels past `cout`.
+    pub(crate) fn pack(&self, w: &[f32]) -> Vec<f32> {
+        let (kk, cin) = (self.k * self.k, self.cin);
+        let mut out = vec![0f32; self.cout_tiles() * MR * cin * kk];
+        for co in 0..self.cout {
+            let (t, r) = (co / MR, co % MR);
+            for ci in 0..cin {
+                for i in 0..kk {
+                    out[((t * cin + ci) * kk + i) * MR + r] = w[(co * cin + ci) * kk + i];
+                }
+            }
+        }
+        out
+    }
+
+    /// `out (cout, oh, ow) = conv(x (cin, h, w), packed)` for one image.
+    pub(crate) fn image(&self, x: &[f32], packed: &[f32], out: &mut [f32], scratch: &mut [f32]) {
+        assert!(available(), "direct convolution needs AVX2 and FMA");
+        let (wp, plane, q) = (self.wp(), self.plane(), self.q());
+        let (oh, ow) = (self.oh(), self.ow());
+        assert!(out.len() >= self.cout * oh * ow);
+        assert!(packed.len() >= self.cout_tiles() * MR * self.cin * self.k * self.k);
+        let (xp, tile) = scratch[..self.scratch_len()].split_at_mut(self.padded_len());
+        self.pad_into(x, xp);
+        let kk = self.k * self.k;
+        let taps = self.cin * kk;
+        for t in 0..self.cout_tiles() {
+            let wt = &packed[t * taps * MR..(t + 1) * taps * MR];
+            for c0 in (0..self.cin).step_by(CB) {
+                let cb = CB.min(self.cin - c0);
+                for q0 in (0..q).step_by(NR) {
+                    // SAFETY: `available()` held above; the tile reads xp
+                    // from c0*plane + q0 up to (cin-1)*plane + q0 + NR-1 +
+                    // (k-1)*(wp+1) < padded_len, cb*kk*MR floats of wt from
+                    // c0*kk*MR, and reads/writes MR rows of NR floats at q0
+                    // of `tile` (pitch q), all inside the slices.
+                    #[cfg(target_arch = "x86_64")]
+                    unsafe {
+                        tile_avx2(
+                            xp.as_ptr().add(c0 * plane + q0),
+                            plane,
+                            wp,
+                            self.k,
+                            cb,
+                            wt.as_ptr().add(c0 * kk * MR),
+                            tile.as_mut_ptr().add(q0),
+                            q,
+                            c0 > 0,
+                        )
+                    };
+                }
+            }
+            for r in 0..MR.min(self.cout - t * MR) {
+                let co = t * MR + r;
+                for oy in 0..oh {
+                    out[(co * oh + oy) * ow..][..ow]
+                        .copy_from_slice(&tile[r * q + oy * wp..][..ow]);
+                }
+            }
+        }
+    }
+}
+
+impl Direct {
+    /// Output pixels per plane of the padded output gradient (garbage
+    /// columns included, rounded up to whole vectors).
+    fn q8(&self) -> usize {
+        (self.oh() * self.wp()).div_ceil(8) * 8
+    }
+
+    /// Scratch floats [`weight_grad_image`](Self::weight_grad_image) needs.
+    pub(crate) fn weight_grad_scratch_len(&self) -> usize {
+        self.padded_len() + self.cout_tiles() * MR * self.q8()
+    }
+
+    /// Whether [`weight_grad_image`](Self::weight_grad_image) handles this
+    /// kernel size (its microkernel holds the three taps of a kernel row).
+    pub(crate) fn has_weight_grad(&self) -> bool {
+        self.k == 3
+    }
+
+    /// Adds one image's weight gradient to `dw (cout, cin, 3, 3)`:
+    /// `dw[co][ci][kh][kw] += sum_q dy[co][q] * xp[ci][q + kh * wp + kw]`,
+    /// with `dy` laid out at the padded pitch and zero in the dropped
+    /// columns. Each sum runs over the image's pixels in eight lanes, then
+    /// across the lanes in a fixed order.
+    pub(crate) fn weight_grad_image(
+        &self,
+        x: &[f32],
+        dy: &[f32],
+        dw: &mut [f32],
+        scratch: &mut [f32],
+    ) {
+        assert!(available() && self.has_weight_grad());
+        let (wp, plane, q8) = (self.wp(), self.plane(), self.q8());
+        let (oh, ow, cin, k) = (self.oh(), self.ow(), self.cin, self.k);
+        assert!(dy.len() >= self.cout * oh * ow && dw.len() >= self.cout * cin * k * k);
+        let (xp, dyp) = scratch[..self.weight_grad_scratch_len()].split_at_mut(self.padded_len());
+        self.pad_into(x, xp);
+        // Zero in the dropped columns, past the last row and in the rows of
+        // the channels that round `cout` up to whole tiles.
+        for (co, plane) in dyp.chunks_exact_mut(q8).enumerate() {
+            if co >= self.cout {
+                plane.fill(0.0);
+                continue;
+            }
+            for oy in 0..oh {
+                let row = &mut plane[oy * wp..(oy + 1) * wp];
+                row[..ow].copy_from_slice(&dy[(co * oh + oy) * ow..][..ow]);
+                row[ow..].fill(0.0);
+            }
+            plane[oh * wp..].fill(0.0);
+        }
+        let mut sums = [0f32; 12];
+        for t in 0..self.cout_tiles() {
+            let rows = MR.min(self.cout - t * MR);
+            for ci in 0..cin {
+                for kh in 0..k {
+                    // SAFETY: `available()` held above; reads q8 floats
+                    // from each of the MR rows of dyp at t*MR*q8 (inside
+                    // cout_tiles*MR*q8) and q8 + 2 floats of xp from
+                    // ci*plane + kh*wp, which ends before
+                    // (cin-1)*plane + q + (k-1)*(wp+1) <= padded_len.
+                    #[cfg(target_arch = "x86_64")]
+                    unsafe {
+                        wgrad_avx2(
+                            xp.as_ptr().add(ci * plane + kh * wp),
+                            dyp.as_ptr().add(t * MR * q8),
+                            q8,
+                            &mut sums,
+                        )
+                    };
+                    for r in 0..rows {
+                        let at = ((t * MR + r) * cin + ci) * 9 + kh * 3;
+                        for kw in 0..3 {
+                            dw[at + kw] += sums[r * 3 + kw];
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The zero-padded copy of one image (and zero slack) in `xp`.
+    fn pad_into(&self, x: &[f32], xp: &mut [f32]) {
+        let (wp, plane, pad) = (self.wp(), self.plane(), self.pad);
+        assert!(x.len() >= self.cin * self.h * self.w && xp.len() >= self.padded_len());
+        let (h, w) = (self.h, self.w);
+        for c in 0..self.cin {
+            let dst = &mut xp[c * plane..(c + 1) * plane];
+            dst[..pad * wp].fill(0.0);
+            dst[(h + pad) * wp..].fill(0.0);
+            for y in 0..h {
+                let row = &mut dst[(y + pad) * wp..(y + pad + 1) * wp];
+                row[..pad].fill(0.0);
+                row[pad..pad + w].copy_from_slice(&x[(c * h + y) * w..][..w]);
+                row[pad + w..].fill(0.0);
+            }
+        }
+        xp[self.cin * plane..self.padded_len()].fill(0.0);
+    }
+}
+
+/// `sums[r * 3 + kw] = sum_{j < n} dy[r * ldq + j] * x[j + kw]` for the
+/// MR rows `r` and the three taps `kw`, `n` a multiple of 8.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn wgrad_avx2(x: *const f32, dy: *const f32, n: usize, sums: &mut [f32; 12]) {
+    use std::arch::x86_64::*;
+    // SAFETY (every pointer operation below): the caller guarantees the
+    // ranges (see `Direct::weight_grad_image`); ldq = n.
+    unsafe {
+        let ldq = n;
+        let z = _mm256_setzero_ps();
+        let mut acc = [z; 12];
+        let mut j = 0;
+        while j < n {
+            let xs = x.add(j);
+            let (x0, x1, x2) = (
+                _mm256_loadu_ps(xs),
+                _mm256_loadu_ps(xs.add(1)),
+                _mm256_loadu_ps(xs.add(2)),
+            );
+            for r in 0..MR {
+                let d = _mm256_loadu_ps(dy.add(r * ldq + j));
+                acc[r * 3] = _mm256_fmadd_ps(d, x0, acc[r * 3]);
+                acc[r * 3 + 1] = _mm256_fmadd_ps(d, x1, acc[r * 3 + 1]);
+                acc[r * 3 + 2] = _mm256_fmadd_ps(d, x2, acc[r * 3 + 2]);
+            }
+            j += 8;
+        }
+        for (s, a) in sums.iter_mut().zip(acc) {
+            // lanes (0+4, 1+5, 2+6, 3+7), then (0+2, 1+3), then 0+1
+            let h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps::<1>(a));
+            let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+            let h = _mm_add_ss(h, _mm_shuffle_ps::<1>(h, h));
+            *s = _mm_cvtss_f32(h);
+        }
+    }
+}
+
+/// Input channels summed in registers before a tile's partial sum is added
+/// to the stored one: shorter f32 chains (as accurate as gemm's blocked
+/// sums, `conv::tests::as_accurate_as_candle`), and a block of planes that
+/// stays in cache across the tiles of a row.
+const CB: usize = 16;
+
+/// One MR x NR tile: `dst[r * ldd + j] (+)= sum_{ci, kh, kw} w[.., r] * x[ci * plane + kh * wp + kw + j]`,
+/// added to `dst` when `accumulate`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_avx2(
+    x: *const f32,
+    plane: usize,
+    wp: usize,
+    k: usize,
+    cin: usize,
+    w: *const f32,
+    dst: *mut f32,
+    ldd: usize,
+    accumulate: bool,
+) {
+    use std::arch::x86_64::*;
+    // SAFETY (every pointer operation below): the caller guarantees the
+    // ranges (see `Direct::image`).
+    unsafe {
+        let z = _mm256_setzero_ps();
+        let (mut a00, mut a01, mut a02) = (z, z, z);
+        let (mut a10, mut a11, mut a12) = (z, z, z);
+        let (mut a20, mut a21, mut a22) = (z, z, z);
+        let (mut a30, mut a31, mut a32) = (z, z, z);
+        let mut wv = w;
+        for ci in 0..cin {
+            let xc = x.add(ci * plane);
+            for kh in 0..k {
+                let xr = xc.add(kh * wp);
+                for kw in 0..k {
+                    let xs = xr.add(kw);
+                    let (x0, x1, x2) = (
+                        _mm256_loadu_ps(xs),
+                        _mm256_loadu_ps(xs.add(8)),
+                        _mm256_loadu_ps(xs.add(16)),
+                    );
+                    let w0 = _mm256_broadcast_ss(&*wv);
+                    a00 = _mm256_fmadd_ps(w0, x0, a00);
+                    a01 = _mm256_fmadd_ps(w0, x1, a01);
+                    a02 = _mm256_fmadd_ps(w0, x2, a02);
+                    let w1 = _mm256_broadcast_ss(&*wv.add(1));
+                    a10 = _mm256_fmadd_ps(w1, x0, a10);
+                    a11 = _mm256_fmadd_ps(w1, x1, a11);
+                    a12 = _mm256_fmadd_ps(w1, x2, a12);
+                    let w2 = _mm256_broadcast_ss(&*wv.add(2));
+                    a20 = _mm256_fmadd_ps(w2, x0, a20);
+                    a21 = _mm256_fmadd_ps(w2, x1, a21);
+                    a22 = _mm256_fmadd_ps(w2, x2, a22);
+                    let w3 = _mm256_broadcast_ss(&*wv.add(3));
+                    a30 = _mm256_fmadd_ps(w3, x0, a30);
+                    a31 = _mm256_fmadd_ps(w3, x1, a31);
+                    a32 = _mm256_fmadd_ps(w3, x2, a32);
+                    wv = wv.add(MR);
+                }
+            }
+        }
+        let row = |r: usize| dst.add(r * ldd);
+        if accumulate {
+            let add = |p: *const f32, a: __m256| _mm256_add_ps(_mm256_loadu_ps(p), a);
+            a00 = add(row(0), a00);
+            a01 = add(row(0).add(8), a01);
+            a02 = add(row(0).add(16), a02);
+            a10 = add(row(1), a10);
+            a11 = add(row(1).add(8), a11);
+            a12 = add(row(1).add(16), a12);
+            a20 = add(row(2), a20);
+            a21 = add(row(2).add(8), a21);
+            a22 = add(row(2).add(16), a22);
+            a30 = add(row(3), a30);
+            a31 = add(row(3).add(8), a31);
+            a32 = add(row(3).add(16), a32);
+        }
+        _mm256_storeu_ps(row(0), a00);
+        _mm256_storeu_ps(row(0).add(8), a01);
+        _mm256_storeu_ps(row(0).add(16), a02);
+        _mm256_storeu_ps(row(1), a10);
+        _mm256_storeu_ps(row(1).add(8), a11);
+        _mm256_storeu_ps(row(1).add(16), a12);
+        _mm256_storeu_ps(row(2), a20);
+        _mm256_storeu_ps(row(2).add(8), a21);
+        _mm256_storeu_ps(row(2).add(16), a22);
+        _mm256_storeu_ps(row(3), a30);
+        _mm256_storeu_ps(row(3).add(8), a31);
+        _mm256_storeu_ps(row(3).add(16), a32);
+    }
+}
