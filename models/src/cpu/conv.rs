@@ -23,6 +23,11 @@
 //! fixed groups of images in f32 and over the groups in f64, in a fixed
 //! order: the chunking depends on the shapes only, so results do not
 //! depend on the number of threads.
+//!
+//! Stride-1 convolutions larger than 1x1 skip the columns on CPUs with AVX2
+//! and FMA: [`super::direct`] computes their forward pass (hence their
+//! input gradient) and, for 3x3 kernels on rows of 16 or more pixels, their
+//! weight gradient from a zero-padded copy of each image.
 
 use std::cell::RefCell;
 
@@ -30,7 +35,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::direct::{self, Direct};
+use super::direct::{self, Direct, Tiling};
 
 /// Images per f32 partial sum of the weight gradient (at least).
 const GROUP: usize = 8;
@@ -39,19 +44,27 @@ const GROUP: usize = 8;
 /// side by side in one chunk.
 const MIN_COLS: usize = 256;
 
-/// Narrower output rows stay on im2col + gemm: the direct kernel computes
-/// `k - 1` dropped columns per row and rounds each plane up to whole tiles
-/// (a third of its work at 8x8 and 4x4), and measured no faster there
-/// (docs/cpu-profile.md, third session).
+/// Output rows at least this wide take the direct kernel's
+/// [`Tiling::Pixels`]; narrower ones its [`Tiling::Channels`]: along the
+/// pixels it computes `k - 1` dropped columns per row and rounds each plane
+/// up to whole tiles (a third of its work at 8x8 and 4x4), and measured no
+/// faster than im2col + gemm there (docs/cpu-profile.md, third session).
 const DIRECT_MIN_WIDTH: usize = 16;
 
-/// Whether the direct kernel may be used: the CPU has AVX2 and FMA and
-/// `SAMLAB_CPU_CONV` is not `im2col` (read once per process).
-fn direct_enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| {
-        direct::available() && std::env::var("SAMLAB_CPU_CONV").as_deref() != Ok("im2col")
-    })
+/// Which convolutions may take the direct kernel (read once per process):
+/// none without AVX2 and FMA; otherwise as `SAMLAB_CPU_CONV` says, for
+/// measuring one path against another: `im2col` none, `pixels` only
+/// those with [`Tiling::Pixels`], anything else (or unset) all.
+fn direct_allowed(tiling: Tiling) -> bool {
+    static MODE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let mode = MODE.get_or_init(|| {
+        direct::available().then(|| std::env::var("SAMLAB_CPU_CONV").unwrap_or_default())
+    });
+    match mode.as_deref() {
+        None | Some("im2col") => false,
+        Some("pixels") => tiling == Tiling::Pixels,
+        Some(_) => true,
+    }
 }
 
 thread_local! {
@@ -313,16 +326,21 @@ impl Geom {
 
     /// The direct kernel for this convolution, where it applies: stride 1,
     /// a kernel larger than 1x1 (a pointwise one reads the image as its
-    /// columns already), output rows of at least [`DIRECT_MIN_WIDTH`]
-    /// pixels, a CPU with AVX2 and FMA, and not switched off by
-    /// `SAMLAB_CPU_CONV=im2col` (for measuring one against the other).
+    /// columns already), a CPU with AVX2 and FMA, and not switched off by
+    /// `SAMLAB_CPU_CONV` ([`direct_allowed`]); its tiling by
+    /// [`DIRECT_MIN_WIDTH`].
     fn direct(&self) -> Option<Direct> {
+        let tiling = if self.ow >= DIRECT_MIN_WIDTH {
+            Tiling::Pixels
+        } else {
+            Tiling::Channels
+        };
         (self.stride == 1
             && self.k > 1
-            && self.ow >= DIRECT_MIN_WIDTH
             && self.cin > 0
             && self.cout > 0
-            && direct_enabled())
+            && self.oh * self.ow > 0
+            && direct_allowed(tiling))
         .then_some(Direct {
             cin: self.cin,
             h: self.h,
@@ -330,6 +348,7 @@ impl Geom {
             cout: self.cout,
             k: self.k,
             pad: self.pad,
+            tiling,
         })
     }
 
@@ -853,10 +872,13 @@ mod tests {
             let case = format!("b{b} cin{cin} h{h} cout{cout} k{k} s{stride} p{pad}");
             let geom = Geom::new(x.shape(), w.shape(), stride, pad).unwrap();
             if direct::available() && std::env::var_os("SAMLAB_CPU_CONV").is_none() {
-                assert_eq!(
-                    geom.direct().is_some(),
-                    stride == 1 && k > 1 && geom.ow >= 16
-                );
+                let tiling = geom.direct().map(|d| d.tiling);
+                let want = (stride == 1 && k > 1).then_some(if geom.ow >= 16 {
+                    Tiling::Pixels
+                } else {
+                    Tiling::Channels
+                });
+                assert_eq!(tiling, want, "{case}");
             }
             assert!(max_rel(&y32, &y64) < 1e-5, "{case}: forward");
             for (what, a, b) in [

@@ -44,7 +44,26 @@ pub(crate) struct Direct {
     pub cout: usize,
     pub k: usize,
     pub pad: usize,
+    pub tiling: Tiling,
 }
+
+/// How the microkernel tiles the outputs of a plane.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Tiling {
+    /// [`MR`] channels x [`NR`] consecutive outputs of the padded plane
+    /// (vectors along the pixels; the `k - 1` dropped columns per row are
+    /// computed too): for wide rows.
+    Pixels,
+    /// [`CR`] channels x [`PR`] valid pixels (vectors along the output
+    /// channels, each pixel's input broadcast): nothing dropped, for the
+    /// small maps where Pixels would waste a third of its work.
+    Channels,
+}
+
+/// Output channels per [`Tiling::Channels`] tile (two AVX vectors).
+pub(crate) const CR: usize = 16;
+/// Pixels per [`Tiling::Channels`] tile.
+pub(crate) const PR: usize = 6;
 
 impl Direct {
     fn hp(&self) -> usize {
@@ -66,8 +85,19 @@ impl Direct {
     fn q(&self) -> usize {
         (self.oh() * self.wp()).div_ceil(NR) * NR
     }
+    /// Output channels per tile.
+    fn mr(&self) -> usize {
+        match self.tiling {
+            Tiling::Pixels => MR,
+            Tiling::Channels => CR,
+        }
+    }
     fn cout_tiles(&self) -> usize {
-        self.cout.div_ceil(MR)
+        self.cout.div_ceil(self.mr())
+    }
+    /// Pixel tiles of a plane ([`Tiling::Channels`]).
+    fn pixel_tiles(&self) -> usize {
+        (self.oh() * self.ow()).div_ceil(PR)
     }
     /// Floats of the padded image, with the slack the last tiles read past it.
     fn padded_len(&self) -> usize {
@@ -77,19 +107,24 @@ impl Direct {
 
     /// Scratch floats one image needs: the padded image and one tile row.
     pub(crate) fn scratch_len(&self) -> usize {
-        self.padded_len() + MR * self.q()
+        self.padded_len()
+            + match self.tiling {
+                Tiling::Pixels => MR * self.q(),
+                Tiling::Channels => self.pixel_tiles() * PR * CR,
+            }
     }
 
     /// The weights `(cout, cin, k, k)` in the microkernel's order:
-    /// `[co / MR][ci][kh][kw][co % MR]`, zero for channels past `cout`.
+    /// `[co / mr][ci][kh][kw][co % mr]` (`mr` the tile's channels), zero
+    /// for channels past `cout`.
     pub(crate) fn pack(&self, w: &[f32]) -> Vec<f32> {
-        let (kk, cin) = (self.k * self.k, self.cin);
-        let mut out = vec![0f32; self.cout_tiles() * MR * cin * kk];
+        let (kk, cin, mr) = (self.k * self.k, self.cin, self.mr());
+        let mut out = vec![0f32; self.cout_tiles() * mr * cin * kk];
         for co in 0..self.cout {
-            let (t, r) = (co / MR, co % MR);
+            let (t, r) = (co / mr, co % mr);
             for ci in 0..cin {
                 for i in 0..kk {
-                    out[((t * cin + ci) * kk + i) * MR + r] = w[(co * cin + ci) * kk + i];
+                    out[((t * cin + ci) * kk + i) * mr + r] = w[(co * cin + ci) * kk + i];
                 }
             }
         }
@@ -99,6 +134,67 @@ impl Direct {
     /// `out (cout, oh, ow) = conv(x (cin, h, w), packed)` for one image.
     pub(crate) fn image(&self, x: &[f32], packed: &[f32], out: &mut [f32], scratch: &mut [f32]) {
         assert!(available(), "direct convolution needs AVX2 and FMA");
+        match self.tiling {
+            Tiling::Pixels => self.image_pixels(x, packed, out, scratch),
+            Tiling::Channels => self.image_channels(x, packed, out, scratch),
+        }
+    }
+
+    fn image_channels(&self, x: &[f32], packed: &[f32], out: &mut [f32], scratch: &mut [f32]) {
+        let (wp, plane, kk) = (self.wp(), self.plane(), self.k * self.k);
+        let (oh, ow, cin) = (self.oh(), self.ow(), self.cin);
+        let (p, tiles) = (oh * ow, self.pixel_tiles());
+        assert!(out.len() >= self.cout * p);
+        assert!(packed.len() >= self.cout_tiles() * CR * cin * kk);
+        let (xp, tile) = scratch[..self.scratch_len()].split_at_mut(self.padded_len());
+        self.pad_into(x, xp);
+        // Where each tile's pixels start in a padded plane; the last tile
+        // repeats the last pixel.
+        let offs: Vec<[usize; PR]> = (0..tiles)
+            .map(|t| {
+                std::array::from_fn(|j| {
+                    let i = (t * PR + j).min(p - 1);
+                    (i / ow) * wp + i % ow
+                })
+            })
+            .collect();
+        let taps = cin * kk;
+        for t in 0..self.cout_tiles() {
+            let wt = &packed[t * taps * CR..(t + 1) * taps * CR];
+            for c0 in (0..cin).step_by(CB) {
+                let cb = CB.min(cin - c0);
+                for (pt, off) in offs.iter().enumerate() {
+                    // SAFETY: `available()` held above; the tile reads xp at
+                    // c0*plane + off[j] + (cb-1)*plane + (k-1)*(wp+1), inside
+                    // the cin planes (off[j] is a valid output pixel), and
+                    // cb*kk*CR floats of wt from c0*kk*CR, and reads/writes
+                    // PR*CR floats of `tile` at pt*PR*CR, all in the slices.
+                    #[cfg(target_arch = "x86_64")]
+                    unsafe {
+                        tile_channels_avx2(
+                            xp.as_ptr().add(c0 * plane),
+                            plane,
+                            wp,
+                            self.k,
+                            cb,
+                            off,
+                            wt.as_ptr().add(c0 * kk * CR),
+                            tile.as_mut_ptr().add(pt * PR * CR),
+                            c0 > 0,
+                        )
+                    };
+                }
+            }
+            for co in t * CR..self.cout.min((t + 1) * CR) {
+                let r = co - t * CR;
+                for (i, o) in out[co * p..(co + 1) * p].iter_mut().enumerate() {
+                    *o = tile[i * CR + r];
+                }
+            }
+        }
+    }
+
+    fn image_pixels(&self, x: &[f32], packed: &[f32], out: &mut [f32], scratch: &mut [f32]) {
         let (wp, plane, q) = (self.wp(), self.plane(), self.q());
         let (oh, ow) = (self.oh(), self.ow());
         assert!(out.len() >= self.cout * oh * ow);
@@ -159,7 +255,7 @@ impl Direct {
     /// Whether [`weight_grad_image`](Self::weight_grad_image) handles this
     /// kernel size (its microkernel holds the three taps of a kernel row).
     pub(crate) fn has_weight_grad(&self) -> bool {
-        self.k == 3
+        self.k == 3 && self.tiling == Tiling::Pixels
     }
 
     /// Adds one image's weight gradient to `dw (cout, cin, 3, 3)`:
@@ -373,5 +469,74 @@ unsafe fn tile_avx2(
         _mm256_storeu_ps(row(3), a30);
         _mm256_storeu_ps(row(3).add(8), a31);
         _mm256_storeu_ps(row(3).add(16), a32);
+    }
+}
+
+/// One CR x PR tile of [`Tiling::Channels`]: for pixel `j` and channel `c`,
+/// `dst[j * CR + c] (+)= sum_{ci, kh, kw} w[.., c] * x[ci * plane + off[j] + kh * wp + kw]`,
+/// added to `dst` when `accumulate`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_channels_avx2(
+    x: *const f32,
+    plane: usize,
+    wp: usize,
+    k: usize,
+    cin: usize,
+    off: &[usize; PR],
+    w: *const f32,
+    dst: *mut f32,
+    accumulate: bool,
+) {
+    use std::arch::x86_64::*;
+    // SAFETY (every pointer operation below): the caller guarantees the
+    // ranges (see `Direct::image_channels`).
+    unsafe {
+        let z = _mm256_setzero_ps();
+        let (mut a00, mut a01, mut a10, mut a11) = (z, z, z, z);
+        let (mut a20, mut a21, mut a30, mut a31) = (z, z, z, z);
+        let (mut a40, mut a41, mut a50, mut a51) = (z, z, z, z);
+        let mut wv = w;
+        for ci in 0..cin {
+            let xc = x.add(ci * plane);
+            let (p0, p1, p2) = (xc.add(off[0]), xc.add(off[1]), xc.add(off[2]));
+            let (p3, p4, p5) = (xc.add(off[3]), xc.add(off[4]), xc.add(off[5]));
+            for kh in 0..k {
+                for kw in 0..k {
+                    let d = kh * wp + kw;
+                    let (w0, w1) = (_mm256_loadu_ps(wv), _mm256_loadu_ps(wv.add(8)));
+                    let x0 = _mm256_broadcast_ss(&*p0.add(d));
+                    a00 = _mm256_fmadd_ps(w0, x0, a00);
+                    a01 = _mm256_fmadd_ps(w1, x0, a01);
+                    let x1 = _mm256_broadcast_ss(&*p1.add(d));
+                    a10 = _mm256_fmadd_ps(w0, x1, a10);
+                    a11 = _mm256_fmadd_ps(w1, x1, a11);
+                    let x2 = _mm256_broadcast_ss(&*p2.add(d));
+                    a20 = _mm256_fmadd_ps(w0, x2, a20);
+                    a21 = _mm256_fmadd_ps(w1, x2, a21);
+                    let x3 = _mm256_broadcast_ss(&*p3.add(d));
+                    a30 = _mm256_fmadd_ps(w0, x3, a30);
+                    a31 = _mm256_fmadd_ps(w1, x3, a31);
+                    let x4 = _mm256_broadcast_ss(&*p4.add(d));
+                    a40 = _mm256_fmadd_ps(w0, x4, a40);
+                    a41 = _mm256_fmadd_ps(w1, x4, a41);
+                    let x5 = _mm256_broadcast_ss(&*p5.add(d));
+                    a50 = _mm256_fmadd_ps(w0, x5, a50);
+                    a51 = _mm256_fmadd_ps(w1, x5, a51);
+                    wv = wv.add(CR);
+                }
+            }
+        }
+        let acc = [a00, a01, a10, a11, a20, a21, a30, a31, a40, a41, a50, a51];
+        for (i, a) in acc.into_iter().enumerate() {
+            let p = dst.add(i * 8);
+            let v = if accumulate {
+                _mm256_add_ps(_mm256_loadu_ps(p), a)
+            } else {
+                a
+            };
+            _mm256_storeu_ps(p, v);
+        }
     }
 }

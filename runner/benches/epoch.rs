@@ -1,0 +1,112 @@
+//! How close a training epoch in the runner comes to the step benchmark:
+//! `cargo bench -p samlab-runner --bench epoch`.
+//!
+//! The runner trains ResNet-8 on 1,280 real CIFAR-10 images (batch 128, no
+//! augmentation, one BatchNorm batch, Nesterov SGD with weight decay) for 1
+//! and for 4 epochs in fresh caches; the difference of the two wall times
+//! over 3 epochs is its epoch time (start-up, dataset loading, the final
+//! evaluation and the checkpoint cancel out). Beside it, in this process,
+//! the step benchmark's step (`models/benches/step.rs`: forward, cross
+//! entropy, backward and a plain SGD update on random images) at the same
+//! batch. The ratio runner / bench is the issue-19 figure (goal >= 0.95):
+//! what the data pipeline, the optimiser's momentum and weight decay and
+//! the per-step metrics cost on top of the network.
+
+#[path = "../../tests/support/shared.rs"]
+mod shared;
+
+use std::process::Command;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use samlab_models::{Arch, Model, cross_entropy, fixtures};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const IMAGES: usize = 1280;
+const BATCH: usize = 128;
+
+fn study(epochs: usize) -> String {
+    format!(
+        r#"Study(version: 1, dataset: "cifar10",
+    stages: {{
+        "run": Train(model: "resnet8", train_subset: PerClass(128), batch: {BATCH},
+                     augment: false, epochs: {epochs}, test_subset: PerClass(1),
+                     optimizer: (momentum: 0.9, nesterov: true, weight_decay: 5e-4)),
+    }})"#
+    )
+}
+
+/// Wall seconds of a fresh runner process training `epochs` epochs.
+fn runner_seconds(epochs: usize, data: &std::path::Path) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("epoch.ron");
+    std::fs::write(&file, study(epochs)).unwrap();
+    let t = Instant::now();
+    let o = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .arg(&file)
+        .args(["--results-dir", "results", "-q"])
+        .current_dir(dir.path())
+        .env("SAMLAB_DATA_DIR", data)
+        .env("SAMLAB_CIFAR10", shared::cifar10_jpeg_archive())
+        .env("SAMLAB_CACHE_DIR", dir.path().join("cache"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    t.elapsed().as_secs_f64()
+}
+
+/// Images per second of the step benchmark's training step.
+fn bench_img_per_s(steps: usize) -> f64 {
+    let dev = Device::Cpu;
+    let m = Model::new(&"resnet8".parse::<Arch>().unwrap(), 10, 0, &dev).unwrap();
+    let x = fixtures::images(BATCH, 7, &dev).unwrap();
+    let y: Vec<u32> = (0..BATCH as u32).map(|i| (7 * i + 1) % 10).collect();
+    let y = Tensor::from_vec(y, BATCH, &dev).unwrap();
+    let step = || {
+        let loss = cross_entropy(&m.forward(&x, true).unwrap(), &y).unwrap();
+        let grads = loss.backward().unwrap();
+        for (_, var) in m.params.trainable() {
+            let g = grads.get(var.as_tensor()).unwrap();
+            var.set(&(var.as_tensor() - (g * 0.01).unwrap()).unwrap())
+                .unwrap();
+        }
+    };
+    for _ in 0..3 {
+        step();
+    }
+    let t = Instant::now();
+    for _ in 0..steps {
+        step();
+    }
+    (steps * BATCH) as f64 / t.elapsed().as_secs_f64()
+}
+
+fn main() {
+    // SAFETY: first thing in main, no other thread yet.
+    unsafe { samlab_models::shorten_candle_spin() };
+    // The decoded dataset is cached by the first run; time later ones.
+    let data = tempfile::tempdir().unwrap();
+    runner_seconds(1, data.path());
+    let (mut one, mut four) = (Vec::new(), Vec::new());
+    let mut bench = Vec::new();
+    for _ in 0..2 {
+        bench.push(bench_img_per_s(30));
+        one.push(runner_seconds(1, data.path()));
+        four.push(runner_seconds(4, data.path()));
+    }
+    let best = |v: &[f64]| v.iter().copied().fold(f64::MAX, f64::min);
+    let epoch = (best(&four) - best(&one)) / 3.0;
+    let runner = IMAGES as f64 / epoch;
+    let bench = bench.iter().copied().fold(0.0, f64::max);
+    println!("ResNet-8, batch {BATCH}, CPU, f32 (best of 2 runs each)");
+    println!(
+        "runner, 1 epoch:  {:.2} s; 4 epochs: {:.2} s",
+        best(&one),
+        best(&four)
+    );
+    println!("runner epoch:     {epoch:.3} s = {runner:.1} img/s");
+    println!("step bench:       {bench:.1} img/s");
+    println!("runner / bench:   {:.3} (goal >= 0.95)", runner / bench);
+}
