@@ -24,10 +24,12 @@
 //! order: the chunking depends on the shapes only, so results do not
 //! depend on the number of threads.
 //!
-//! Stride-1 convolutions larger than 1x1 skip the columns on CPUs with AVX2
-//! and FMA: [`super::direct`] computes their forward pass (hence their
-//! input gradient) and, for 3x3 kernels on rows of 16 or more pixels, their
-//! weight gradient from a zero-padded copy of each image.
+//! On CPUs with AVX2 and FMA every convolution larger than 1x1 skips the
+//! columns in its forward pass:
+//! [`super::direct`] computes it from a zero-padded copy of each image, and
+//! so the stride-1 input gradient too, and, for 3x3 stride-1 kernels on
+//! rows of 16 or more pixels, the weight gradient. The other gradients
+//! (stride 2, small maps) stay on im2col + gemm.
 
 use std::cell::RefCell;
 
@@ -324,19 +326,19 @@ impl Geom {
         &buf[..self.cout * n * p]
     }
 
-    /// The direct kernel for this convolution, where it applies: stride 1,
-    /// a kernel larger than 1x1 (a pointwise one reads the image as its
-    /// columns already), a CPU with AVX2 and FMA, and not switched off by
-    /// `SAMLAB_CPU_CONV` ([`direct_allowed`]); its tiling by
-    /// [`DIRECT_MIN_WIDTH`].
+    /// The direct kernel for this convolution's forward pass, where it
+    /// applies: kernels larger than 1x1 (a stride-1 pointwise convolution
+    /// reads the image as its columns already; a strided one measured
+    /// slower direct, docs/cpu-profile.md), on a CPU with AVX2 and FMA, unless
+    /// `SAMLAB_CPU_CONV` says otherwise ([`direct_allowed`]); its tiling by
+    /// the stride and [`DIRECT_MIN_WIDTH`].
     fn direct(&self) -> Option<Direct> {
-        let tiling = if self.ow >= DIRECT_MIN_WIDTH {
+        let tiling = if self.stride == 1 && self.ow >= DIRECT_MIN_WIDTH {
             Tiling::Pixels
         } else {
             Tiling::Channels
         };
-        (self.stride == 1
-            && self.k > 1
+        (self.k > 1
             && self.cin > 0
             && self.cout > 0
             && self.oh * self.ow > 0
@@ -348,6 +350,7 @@ impl Geom {
             cout: self.cout,
             k: self.k,
             pad: self.pad,
+            stride: self.stride,
             tiling,
         })
     }
@@ -873,7 +876,7 @@ mod tests {
             let geom = Geom::new(x.shape(), w.shape(), stride, pad).unwrap();
             if direct::available() && std::env::var_os("SAMLAB_CPU_CONV").is_none() {
                 let tiling = geom.direct().map(|d| d.tiling);
-                let want = (stride == 1 && k > 1).then_some(if geom.ow >= 16 {
+                let want = (k > 1).then_some(if stride == 1 && geom.ow >= 16 {
                     Tiling::Pixels
                 } else {
                     Tiling::Channels

@@ -44,6 +44,8 @@ pub(crate) struct Direct {
     pub cout: usize,
     pub k: usize,
     pub pad: usize,
+    /// 1 for [`Tiling::Pixels`]; any for [`Tiling::Channels`].
+    pub stride: usize,
     pub tiling: Tiling,
 }
 
@@ -73,10 +75,10 @@ impl Direct {
         self.w + 2 * self.pad
     }
     pub(crate) fn oh(&self) -> usize {
-        self.hp() + 1 - self.k
+        (self.hp() - self.k) / self.stride + 1
     }
     pub(crate) fn ow(&self) -> usize {
-        self.wp() + 1 - self.k
+        (self.wp() - self.k) / self.stride + 1
     }
     fn plane(&self) -> usize {
         self.hp() * self.wp()
@@ -134,6 +136,7 @@ impl Direct {
     /// `out (cout, oh, ow) = conv(x (cin, h, w), packed)` for one image.
     pub(crate) fn image(&self, x: &[f32], packed: &[f32], out: &mut [f32], scratch: &mut [f32]) {
         assert!(available(), "direct convolution needs AVX2 and FMA");
+        assert!(self.stride == 1 || self.tiling == Tiling::Channels);
         match self.tiling {
             Tiling::Pixels => self.image_pixels(x, packed, out, scratch),
             Tiling::Channels => self.image_channels(x, packed, out, scratch),
@@ -154,7 +157,7 @@ impl Direct {
             .map(|t| {
                 std::array::from_fn(|j| {
                     let i = (t * PR + j).min(p - 1);
-                    (i / ow) * wp + i % ow
+                    (i / ow) * self.stride * wp + (i % ow) * self.stride
                 })
             })
             .collect();
