@@ -708,11 +708,10 @@ impl CustomOp2 for GradWeight {
                 .into_par_iter()
                 .map(|gi| {
                     let mut part = vec![0f32; g.cout * kk];
+                    let (i0, n) = (gi * GROUP, GROUP.min(g.b - gi * GROUP));
+                    let (xs, dys) = (&x[i0 * img..][..n * img], &dy[i0 * oimg..][..n * oimg]);
                     with_scratch(d.weight_grad_scratch_len(), |buf| {
-                        for i in gi * GROUP..((gi + 1) * GROUP).min(g.b) {
-                            let (xi, dyi) = (&x[i * img..][..img], &dy[i * oimg..][..oimg]);
-                            d.weight_grad_image(xi, dyi, &mut part, buf);
-                        }
+                        d.weight_grad_group(xs, dys, n, &mut part, buf)
                     });
                     part
                 })

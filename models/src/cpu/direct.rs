@@ -66,6 +66,9 @@ pub(crate) enum Tiling {
 pub(crate) const CR: usize = 16;
 /// Pixels per [`Tiling::Channels`] tile.
 pub(crate) const PR: usize = 6;
+/// The most (tap, channel) sums the channel-tiled weight gradient keeps
+/// (256 KiB of f32, half this CPU's L2).
+const CHANNELS_WGRAD_MAX_SUMS: usize = 1 << 16;
 
 impl Direct {
     fn hp(&self) -> usize {
@@ -250,15 +253,130 @@ impl Direct {
         (self.oh() * self.wp()).div_ceil(8) * 8
     }
 
-    /// Scratch floats [`weight_grad_image`](Self::weight_grad_image) needs.
+    /// Scratch floats [`weight_grad_group`](Self::weight_grad_group) needs.
     pub(crate) fn weight_grad_scratch_len(&self) -> usize {
-        self.padded_len() + self.cout_tiles() * MR * self.q8()
+        match self.tiling {
+            Tiling::Pixels => self.padded_len() + self.cout_tiles() * MR * self.q8(),
+            Tiling::Channels => {
+                let ldc = self.cout_tiles() * CR;
+                self.padded_len() + self.oh() * self.ow() * ldc + self.taps_padded() * ldc
+            }
+        }
     }
 
-    /// Whether [`weight_grad_image`](Self::weight_grad_image) handles this
-    /// kernel size (its microkernel holds the three taps of a kernel row).
+    /// Whether [`weight_grad_group`](Self::weight_grad_group) handles this
+    /// convolution (along the pixels its microkernel holds the three taps
+    /// of a kernel row: 3x3 only; along the channels, few enough sums).
     pub(crate) fn has_weight_grad(&self) -> bool {
-        self.k == 3 && self.tiling == Tiling::Pixels
+        match self.tiling {
+            // With 128 input channels at 16x16 (ResNet-18's layer 2) it
+            // ran at 0.9x of im2col + gemm, with 16-64 at 1.1-1.4x.
+            Tiling::Pixels => self.k == 3 && self.cin <= 64,
+            // Its (tap, channel) sums stay in cache only up to here: with
+            // ResNet-18's 8x8 and 4x4 layers (2,304 x 256 and 4,608 x 512
+            // sums) it ran at 0.7x and 0.4x of im2col + gemm
+            // (docs/cpu-profile.md).
+            Tiling::Channels => {
+                self.taps_padded() * self.cout_tiles() * CR <= CHANNELS_WGRAD_MAX_SUMS
+            }
+        }
+    }
+
+    /// Taps `(ci, kh, kw)` rounded up to whole [`PR`]-tap tiles.
+    fn taps_padded(&self) -> usize {
+        (self.cin * self.k * self.k).div_ceil(PR) * PR
+    }
+
+    /// Adds the weight gradient of `n` images (`xs`, `dys` consecutive) to
+    /// `dw (cout, cin, k, k)`, summing images in order.
+    pub(crate) fn weight_grad_group(
+        &self,
+        xs: &[f32],
+        dys: &[f32],
+        n: usize,
+        dw: &mut [f32],
+        scratch: &mut [f32],
+    ) {
+        let (img, oimg) = (
+            self.cin * self.h * self.w,
+            self.cout * self.oh() * self.ow(),
+        );
+        match self.tiling {
+            Tiling::Pixels => {
+                for i in 0..n {
+                    let (x, dy) = (&xs[i * img..][..img], &dys[i * oimg..][..oimg]);
+                    self.weight_grad_image(x, dy, dw, scratch);
+                }
+            }
+            Tiling::Channels => self.weight_grad_channels(xs, dys, n, dw, scratch),
+        }
+    }
+
+    /// [`weight_grad_group`](Self::weight_grad_group) along the channels:
+    /// for [`CR`] output channels x [`PR`] taps, `sum_p dy[co][p] *
+    /// xp[ci][base(p) + kh * wp + kw]` over the pixels of an image in one
+    /// FMA chain per sum, accumulated over the images in a (tap, channel)
+    /// buffer, then added to `dw`.
+    fn weight_grad_channels(
+        &self,
+        xs: &[f32],
+        dys: &[f32],
+        n: usize,
+        dw: &mut [f32],
+        scratch: &mut [f32],
+    ) {
+        assert!(available() && self.tiling == Tiling::Channels);
+        let (wp, plane, k, s) = (self.wp(), self.plane(), self.k, self.stride);
+        let (oh, ow, cin, cout) = (self.oh(), self.ow(), self.cin, self.cout);
+        let (p, taps, ldc) = (oh * ow, cin * k * k, self.cout_tiles() * CR);
+        let (img, oimg) = (cin * self.h * self.w, cout * p);
+        assert!(xs.len() >= n * img && dys.len() >= n * oimg && dw.len() >= cout * taps);
+        let (xp, rest) = scratch[..self.weight_grad_scratch_len()].split_at_mut(self.padded_len());
+        let (dyt, acc) = rest.split_at_mut(p * ldc);
+        acc.fill(0.0);
+        dyt.fill(0.0);
+        let base: Vec<usize> = (0..p).map(|i| (i / ow) * s * wp + (i % ow) * s).collect();
+        let tap_off = |t: usize| {
+            let t = t.min(taps - 1);
+            let (ci, r) = (t / (k * k), t % (k * k));
+            ci * plane + (r / k) * wp + r % k
+        };
+        for i in 0..n {
+            self.pad_into(&xs[i * img..][..img], xp);
+            let dy = &dys[i * oimg..][..oimg];
+            for co in 0..cout {
+                for (q, v) in dy[co * p..(co + 1) * p].iter().enumerate() {
+                    dyt[q * ldc + co] = *v;
+                }
+            }
+            for t in 0..self.cout_tiles() {
+                for t0 in (0..taps).step_by(PR) {
+                    let offs: [usize; PR] = std::array::from_fn(|j| tap_off(t0 + j));
+                    // SAFETY: `available()` held above; reads xp at
+                    // base[q] + offs[j] (inside the cin planes: a valid
+                    // output pixel's window), 16 floats of each of the p
+                    // rows of dyt at t*CR (pitch ldc), and adds to PR rows
+                    // of 16 floats of acc at t0*ldc + t*CR (pitch ldc),
+                    // t0 + PR <= taps_padded.
+                    #[cfg(target_arch = "x86_64")]
+                    unsafe {
+                        wgrad_channels_avx2(
+                            xp.as_ptr(),
+                            &base,
+                            &offs,
+                            dyt.as_ptr().add(t * CR),
+                            ldc,
+                            acc.as_mut_ptr().add(t0 * ldc + t * CR),
+                        )
+                    };
+                }
+            }
+        }
+        for co in 0..cout {
+            for (t, d) in dw[co * taps..(co + 1) * taps].iter_mut().enumerate() {
+                *d += acc[t * ldc + co];
+            }
+        }
     }
 
     /// Adds one image's weight gradient to `dw (cout, cin, 3, 3)`:
@@ -266,13 +384,7 @@ impl Direct {
     /// with `dy` laid out at the padded pitch and zero in the dropped
     /// columns. Each sum runs over the image's pixels in eight lanes, then
     /// across the lanes in a fixed order.
-    pub(crate) fn weight_grad_image(
-        &self,
-        x: &[f32],
-        dy: &[f32],
-        dw: &mut [f32],
-        scratch: &mut [f32],
-    ) {
+    fn weight_grad_image(&self, x: &[f32], dy: &[f32], dw: &mut [f32], scratch: &mut [f32]) {
         assert!(available() && self.has_weight_grad());
         let (wp, plane, q8) = (self.wp(), self.plane(), self.q8());
         let (oh, ow, cin, k) = (self.oh(), self.ow(), self.cin, self.k);
@@ -540,6 +652,57 @@ unsafe fn tile_channels_avx2(
                 a
             };
             _mm256_storeu_ps(p, v);
+        }
+    }
+}
+
+/// For [`CR`] channels `c` and [`PR`] taps `j`: `acc[j * ld + c] +=
+/// sum_q dyt[q * ld + c] * x[base[q] + off[j]]`, one FMA chain per sum.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn wgrad_channels_avx2(
+    x: *const f32,
+    base: &[usize],
+    off: &[usize; PR],
+    dyt: *const f32,
+    ld: usize,
+    acc: *mut f32,
+) {
+    use std::arch::x86_64::*;
+    // SAFETY (every pointer operation below): the caller guarantees the
+    // ranges (see `Direct::weight_grad_channels`).
+    unsafe {
+        let z = _mm256_setzero_ps();
+        let (mut a00, mut a01, mut a10, mut a11) = (z, z, z, z);
+        let (mut a20, mut a21, mut a30, mut a31) = (z, z, z, z);
+        let (mut a40, mut a41, mut a50, mut a51) = (z, z, z, z);
+        for (q, &b) in base.iter().enumerate() {
+            let d = dyt.add(q * ld);
+            let (d0, d1) = (_mm256_loadu_ps(d), _mm256_loadu_ps(d.add(8)));
+            let xb = x.add(b);
+            let x0 = _mm256_broadcast_ss(&*xb.add(off[0]));
+            a00 = _mm256_fmadd_ps(d0, x0, a00);
+            a01 = _mm256_fmadd_ps(d1, x0, a01);
+            let x1 = _mm256_broadcast_ss(&*xb.add(off[1]));
+            a10 = _mm256_fmadd_ps(d0, x1, a10);
+            a11 = _mm256_fmadd_ps(d1, x1, a11);
+            let x2 = _mm256_broadcast_ss(&*xb.add(off[2]));
+            a20 = _mm256_fmadd_ps(d0, x2, a20);
+            a21 = _mm256_fmadd_ps(d1, x2, a21);
+            let x3 = _mm256_broadcast_ss(&*xb.add(off[3]));
+            a30 = _mm256_fmadd_ps(d0, x3, a30);
+            a31 = _mm256_fmadd_ps(d1, x3, a31);
+            let x4 = _mm256_broadcast_ss(&*xb.add(off[4]));
+            a40 = _mm256_fmadd_ps(d0, x4, a40);
+            a41 = _mm256_fmadd_ps(d1, x4, a41);
+            let x5 = _mm256_broadcast_ss(&*xb.add(off[5]));
+            a50 = _mm256_fmadd_ps(d0, x5, a50);
+            a51 = _mm256_fmadd_ps(d1, x5, a51);
+        }
+        let sums = [a00, a01, a10, a11, a20, a21, a30, a31, a40, a41, a50, a51];
+        for (i, a) in sums.into_iter().enumerate() {
+            let p = acc.add((i / 2) * ld + (i % 2) * 8);
+            _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), a));
         }
     }
 }
