@@ -57,12 +57,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             Ok(best)
         };
-        let fwd = best(&|| Ok(drop(std::hint::black_box(conv.forward(&x)?))))?;
+        let fwd = best(&|| {
+            std::hint::black_box(conv.forward(&x)?);
+            Ok(())
+        })?;
         let loss = conv.forward(&x)?.sum_all()?;
-        let bwd = best(&|| Ok(drop(std::hint::black_box(loss.backward()?))))?;
+        let bwd = best(&|| {
+            std::hint::black_box(loss.backward()?);
+            Ok(())
+        })?;
         // The weight gradient alone: an input that needs no gradient.
         let loss = conv.forward(&x.as_tensor().detach())?.sum_all()?;
-        let dw = best(&|| Ok(drop(std::hint::black_box(loss.backward()?))))?;
+        let dw = best(&|| {
+            std::hint::black_box(loss.backward()?);
+            Ok(())
+        })?;
         println!(
             "{name:<12} {:>9.1} {:>9.1} {:>9.1} {:>9.2} {:>9.2}",
             flops / fwd / 1e9,
