@@ -152,27 +152,27 @@ impl CustomOp3 for BnOp {
         let scale: Vec<f32> = (0..c)
             .map(|ch| (stats.invstd[ch] * stats.weight[ch]) as f32)
             .collect();
-        let mut y = vec![0f32; x.len()];
-        if hw > 0 && c > 0 {
-            y.par_chunks_mut(c * hw)
-                .zip(x.par_chunks(c * hw))
-                .for_each(|(yi, xi)| {
-                    for ch in 0..c {
-                        let (mu, sc, sh) = (mean[ch], scale[ch], bias[ch]);
-                        let out = yi[ch * hw..(ch + 1) * hw].iter_mut();
-                        let inp = &xi[ch * hw..(ch + 1) * hw];
-                        if self.relu {
-                            for (o, &v) in out.zip(inp) {
-                                *o = ((v - mu) * sc + sh).max(0.0);
-                            }
-                        } else {
-                            for (o, &v) in out.zip(inp) {
-                                *o = (v - mu) * sc + sh;
-                            }
+        // SAFETY: each chunk is one image (c * hw floats, as x's are), and
+        // the loops write every channel's hw floats of it.
+        let y = unsafe {
+            super::par_filled(x.len(), c * hw, |i, yi| {
+                let xi = &x[i * c * hw..][..c * hw];
+                for ch in 0..c {
+                    let (mu, sc, sh) = (mean[ch], scale[ch], bias[ch]);
+                    let out = yi[ch * hw..(ch + 1) * hw].iter_mut();
+                    let inp = &xi[ch * hw..(ch + 1) * hw];
+                    if self.relu {
+                        for (o, &v) in out.zip(inp) {
+                            o.write(((v - mu) * sc + sh).max(0.0));
+                        }
+                    } else {
+                        for (o, &v) in out.zip(inp) {
+                            o.write((v - mu) * sc + sh);
                         }
                     }
-                });
-        }
+                }
+            })
+        };
         *self.stats.lock().expect("batch-norm stats lock") = stats;
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
@@ -275,25 +275,25 @@ impl CustomOp3 for BnGrad {
                 )
             })
             .collect();
-        let mut dx = vec![0f32; x.len()];
-        if hw > 0 && c > 0 {
-            dx.par_chunks_mut(c * hw)
-                .zip(x.par_chunks(c * hw))
-                .zip(dy.par_chunks(c * hw).zip(y.par_chunks(c * hw)))
-                .for_each(|((dxi, xi), (dyi, yi))| {
-                    for (ch, &(k, ka, kb, mu)) in coef.iter().enumerate() {
-                        let r = ch * hw..(ch + 1) * hw;
-                        for (((o, &v), &d), &out) in dxi[r.clone()]
-                            .iter_mut()
-                            .zip(&xi[r.clone()])
-                            .zip(&dyi[r.clone()])
-                            .zip(&yi[r])
-                        {
-                            *o = k * g(d, out) - ka - kb * (v - mu);
-                        }
+        // SAFETY: each chunk is one image (c * hw floats, as x's are), and
+        // the loops write every channel's hw floats of it.
+        let dx = unsafe {
+            super::par_filled(x.len(), c * hw, |i, dxi| {
+                let n = c * hw;
+                let (xi, dyi, yi) = (&x[i * n..][..n], &dy[i * n..][..n], &y[i * n..][..n]);
+                for (ch, &(k, ka, kb, mu)) in coef.iter().enumerate() {
+                    let r = ch * hw..(ch + 1) * hw;
+                    for (((o, &v), &d), &out) in dxi[r.clone()]
+                        .iter_mut()
+                        .zip(&xi[r.clone()])
+                        .zip(&dyi[r.clone()])
+                        .zip(&yi[r])
+                    {
+                        o.write(k * g(d, out) - ka - kb * (v - mu));
                     }
-                });
-        }
+                }
+            })
+        };
         *self.sums.lock().expect("batch-norm sums lock") = (
             sums.iter().map(|s| s.1 as f32).collect(),
             sums.iter().map(|s| s.0 as f32).collect(),
@@ -343,15 +343,17 @@ const CHUNK: usize = 1 << 14;
 
 /// `f(a[i], b[i])` for every `i`, in parallel chunks (same-length slices).
 fn zip_map(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
-    let mut out = vec![0f32; a.len().min(b.len())];
-    out.par_chunks_mut(CHUNK)
-        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
-        .for_each(|(o, (ac, bc))| {
+    let len = a.len().min(b.len());
+    // SAFETY: chunk i covers elements i*CHUNK.. of the output, and a and b
+    // have at least `len` elements, so the zip writes each of them.
+    unsafe {
+        super::par_filled(len, CHUNK, |i, o| {
+            let (ac, bc) = (&a[i * CHUNK..len], &b[i * CHUNK..len]);
             for ((o, &p), &q) in o.iter_mut().zip(ac).zip(bc) {
-                *o = f(p, q);
+                o.write(f(p, q));
             }
-        });
-    out
+        })
+    }
 }
 
 /// `(dy, y) -> dy where y > 0, else 0`.

@@ -355,21 +355,31 @@ impl Geom {
         })
     }
 
-    /// The forward pass `out = conv(x, w)` for the whole batch.
-    fn forward(&self, x: &[f32], w: &[f32], out: &mut [f32]) {
-        if let Some(d) = self.direct() {
-            let (img, oimg) = (self.img(), self.out_img());
-            if oimg == 0 {
-                return;
-            }
-            let packed = d.pack(w);
-            out.par_chunks_mut(oimg).enumerate().for_each(|(i, y)| {
+    /// The forward pass `conv(x, w)` for the whole batch, in a new vector
+    /// (not zeroed first where the direct kernel writes every element).
+    fn forward_vec(&self, x: &[f32], w: &[f32]) -> Vec<f32> {
+        let len = self.b * self.out_img();
+        let Some(d) = self.direct() else {
+            let mut out = vec![0f32; len];
+            self.forward(x, w, &mut out);
+            return out;
+        };
+        let (img, oimg) = (self.img(), self.out_img());
+        let packed = d.pack(w);
+        // SAFETY: each chunk is one output image, and `Direct::image`
+        // writes every element of it.
+        unsafe {
+            super::par_filled(len, oimg, |i, y| {
                 with_scratch(d.scratch_len(), |buf| {
                     d.image(&x[i * img..][..img], &packed, y, buf)
                 })
-            });
-            return;
+            })
         }
+    }
+
+    /// The forward pass `out = conv(x, w)` for the whole batch by im2col +
+    /// gemm (`out` zeroed: gemm's edge tiles read it).
+    fn forward(&self, x: &[f32], w: &[f32], out: &mut [f32]) {
         let (kk, p, img, oimg, chunk) = (
             self.kk(),
             self.p(),
@@ -576,8 +586,7 @@ impl CustomOp2 for ConvOp {
         let g = Geom::new(l1.shape(), l2.shape(), self.stride, self.padding)?;
         let x = f32s(s1, l1, "input")?;
         let w = f32s(s2, l2, "weight")?;
-        let mut out = vec![0f32; g.b * g.out_img()];
-        g.forward(x, w, &mut out);
+        let out = g.forward_vec(x, w);
         Ok((CpuStorage::F32(out), Shape::from((g.b, g.cout, g.oh, g.ow))))
     }
 
@@ -637,8 +646,7 @@ impl CustomOp2 for GradInput {
         let dy = f32s(s1, l1, "output gradient")?;
         let w = f32s(s2, l2, "weight")?;
         g.check_out_grad(l1.shape())?;
-        let mut dx = vec![0f32; g.b * g.img()];
-        if let Some(t) = g.transposed() {
+        let dx = if let Some(t) = g.transposed() {
             // wt[ci][co][kh][kw] = w[co][ci][k-1-kh][k-1-kw]
             let (k, kk) = (g.k, g.k * g.k);
             let mut wt = vec![0f32; w.len()];
@@ -651,8 +659,9 @@ impl CustomOp2 for GradInput {
                     }
                 }
             }
-            t.forward(dy, &wt, &mut dx);
+            t.forward_vec(dy, &wt)
         } else {
+            let mut dx = vec![0f32; g.b * g.img()];
             let (kk, p, img, oimg, chunk) = (g.kk(), g.p(), g.img(), g.out_img(), g.chunk());
             if img > 0 {
                 dx.par_chunks_mut(chunk * img)
@@ -673,7 +682,8 @@ impl CustomOp2 for GradInput {
                         });
                     });
             }
-        }
+            dx
+        };
         Ok((CpuStorage::F32(dx), self.input.clone()))
     }
 }

@@ -18,6 +18,8 @@
 //! is summed in a fixed order: results depend on the shapes only, never on
 //! threads.
 
+use std::mem::MaybeUninit;
+
 /// Output channels per microkernel tile.
 pub(crate) const MR: usize = 4;
 /// Output pixels per microkernel tile (three AVX vectors).
@@ -136,8 +138,16 @@ impl Direct {
         out
     }
 
-    /// `out (cout, oh, ow) = conv(x (cin, h, w), packed)` for one image.
-    pub(crate) fn image(&self, x: &[f32], packed: &[f32], out: &mut [f32], scratch: &mut [f32]) {
+    /// `out (cout, oh, ow) = conv(x (cin, h, w), packed)` for one image;
+    /// every element of `out[..cout * oh * ow]` is written (callers rely on
+    /// it to skip zeroing the output).
+    pub(crate) fn image(
+        &self,
+        x: &[f32],
+        packed: &[f32],
+        out: &mut [MaybeUninit<f32>],
+        scratch: &mut [f32],
+    ) {
         assert!(available(), "direct convolution needs AVX2 and FMA");
         assert!(self.stride == 1 || self.tiling == Tiling::Channels);
         match self.tiling {
@@ -146,7 +156,13 @@ impl Direct {
         }
     }
 
-    fn image_channels(&self, x: &[f32], packed: &[f32], out: &mut [f32], scratch: &mut [f32]) {
+    fn image_channels(
+        &self,
+        x: &[f32],
+        packed: &[f32],
+        out: &mut [MaybeUninit<f32>],
+        scratch: &mut [f32],
+    ) {
         let (wp, plane, kk) = (self.wp(), self.plane(), self.k * self.k);
         let (oh, ow, cin) = (self.oh(), self.ow(), self.cin);
         let (p, tiles) = (oh * ow, self.pixel_tiles());
@@ -194,13 +210,19 @@ impl Direct {
             for co in t * CR..self.cout.min((t + 1) * CR) {
                 let r = co - t * CR;
                 for (i, o) in out[co * p..(co + 1) * p].iter_mut().enumerate() {
-                    *o = tile[i * CR + r];
+                    o.write(tile[i * CR + r]);
                 }
             }
         }
     }
 
-    fn image_pixels(&self, x: &[f32], packed: &[f32], out: &mut [f32], scratch: &mut [f32]) {
+    fn image_pixels(
+        &self,
+        x: &[f32],
+        packed: &[f32],
+        out: &mut [MaybeUninit<f32>],
+        scratch: &mut [f32],
+    ) {
         let (wp, plane, q) = (self.wp(), self.plane(), self.q());
         let (oh, ow) = (self.oh(), self.ow());
         assert!(out.len() >= self.cout * oh * ow);
@@ -239,7 +261,7 @@ impl Direct {
                 let co = t * MR + r;
                 for oy in 0..oh {
                     out[(co * oh + oy) * ow..][..ow]
-                        .copy_from_slice(&tile[r * q + oy * wp..][..ow]);
+                        .write_copy_of_slice(&tile[r * q + oy * wp..][..ow]);
                 }
             }
         }
