@@ -33,8 +33,8 @@ use samlab_optim::curvature::{Flat, LossSurface, filter_normalized_random, norm}
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    AlphaGrid, Grid, Subset, dep_file, dep_model, forward_cost, inherit, merged_grid, positive,
-    probe_batches, train_dep, whole,
+    AlphaGrid, Grid, dep_file, dep_model, forward_cost, inherit, merged_grid,
+    Probe, train_dep, whole,
 };
 use super::{Done, Kind, KindPlan, Outcome, Partial, PlanInput, PlotOut, RunCtx, StageSpec, Summary};
 use crate::cache::write_file;
@@ -73,13 +73,9 @@ pub struct LandscapeSpec {
     pub x: Direction,
     pub y: Option<Direction>,
     pub range: AlphaGrid,
-    pub images: usize,
-    pub batch: usize,
+    #[serde(flatten)]
+    pub probe: Probe,
     pub seed: u64,
-    /// Filled from the Train stage.
-    pub model: String,
-    pub train_subset: Subset,
-    pub subset_seed: u64,
 }
 
 impl Partial for LandscapePartial {
@@ -158,20 +154,13 @@ impl Partial for LandscapePartial {
                 "`range` needs finite `start` and `end` and `points` >= 2, not {range:?}"
             )));
         }
-        let images = self.images.unwrap_or(512);
-        positive("images", images as u64)?;
-        let batch = self.batch.unwrap_or(500);
-        positive("batch", batch as u64)?;
+        let probe = Probe::new(self.images, self.batch, 500)?;
         Ok(LandscapeSpec {
             x,
             y: self.y,
             range,
-            images,
-            batch,
+            probe,
             seed: self.seed.unwrap_or(0),
-            model: String::new(),
-            train_subset: Subset::All,
-            subset_seed: 0,
         })
     }
 }
@@ -190,16 +179,14 @@ impl Kind for LandscapeSpec {
     fn link(&mut self, deps: &[(&'static str, &StageSpec)]) -> Result<(), Invalid> {
         let train = deps.iter().filter(|(r, _)| *r == "of").copied().collect::<Vec<_>>();
         let t = train_dep(&train)?;
-        self.model = t.model.clone();
-        self.train_subset = t.train_subset;
-        self.subset_seed = t.subset_seed;
+        self.probe.link(t);
         if let Some((role, d)) = deps.iter().find(|(r, _)| *r == "sharpness") {
             match d {
                 StageSpec::Sharpness(s) => {
-                    if s.model != t.model {
+                    if s.probe.model != t.model {
                         return Err(Invalid::Value(format!(
                             "`sharpness` measures {} and `of` trains {}: the eigenvectors must be of the same weights",
-                            s.model, t.model
+                            s.probe.model, t.model
                         )));
                     }
                     let k = [Some(self.x), self.y]
@@ -230,7 +217,7 @@ impl Kind for LandscapeSpec {
     }
 
     fn model(&self) -> &str {
-        &self.model
+        &self.probe.model
     }
 
     fn length(&self) -> String {
@@ -238,7 +225,7 @@ impl Kind for LandscapeSpec {
     }
 
     fn plan(&self, _input: &PlanInput) -> Result<KindPlan, Invalid> {
-        let per_point = self.images.div_ceil(self.batch);
+        let per_point = self.probe.batches_per_pass();
         Ok(KindPlan::plain(
             self,
             forward_cost(per_point * (self.points() + 1)),
@@ -333,13 +320,45 @@ fn filter_norm(w: &[f64], shapes: &[Vec<usize>]) -> f64 {
     sq.sqrt()
 }
 
+/// The Sharpness stage's eigenvectors, read (and checked to be of the
+/// weights measured) once however many axes take one.
+struct Eigenvectors {
+    path: std::path::PathBuf,
+    tensors: std::collections::HashMap<String, candle_core::Tensor>,
+}
+
+impl Eigenvectors {
+    fn load(ctx: &RunCtx, w: &[f64]) -> Result<Eigenvectors> {
+        let path = dep_file(ctx, "sharpness", "eigenvectors.safetensors")?;
+        let tensors = candle_core::safetensors::load(&path, &candle_core::Device::Cpu)?;
+        let eig = Eigenvectors { path, tensors };
+        let at = eig.get(ctx, "w")?;
+        let same =
+            at.len() == w.len() && at.iter().zip(w).all(|(a, b)| (*a as f32) == (*b as f32));
+        if !same {
+            return Err(stage_err(
+                ctx.stage,
+                "the Sharpness stage measured other weights than `of`'s: name the Sharpness stage of the same Train stage",
+            ));
+        }
+        Ok(eig)
+    }
+
+    fn get(&self, ctx: &RunCtx, name: &str) -> Result<Flat> {
+        let t = self.tensors.get(name).ok_or_else(|| {
+            stage_err(ctx.stage, format!("{} holds no `{name}`", self.path.display()))
+        })?;
+        Ok(t.to_dtype(DType::F64)?.to_vec1::<f64>()?)
+    }
+}
+
 fn direction(
     spec: &LandscapeSpec,
     ctx: &RunCtx,
     d: Direction,
     axis: u64,
-    w: &[f64],
-    shapes: &[Vec<usize>],
+    (w, shapes): (&[f64], &[Vec<usize>]),
+    eigenvectors: &mut Option<Eigenvectors>,
 ) -> Result<Flat> {
     match d {
         Direction::Random => Ok(filter_normalized_random(
@@ -348,24 +367,11 @@ fn direction(
             spec.seed.wrapping_mul(2).wrapping_add(axis),
         )?),
         Direction::Eigenvector(i) => {
-            let path = dep_file(ctx, "sharpness", "eigenvectors.safetensors")?;
-            let tensors = candle_core::safetensors::load(&path, &candle_core::Device::Cpu)?;
-            let get = |name: &str| -> Result<Flat> {
-                let t = tensors.get(name).ok_or_else(|| {
-                    stage_err(ctx.stage, format!("{} holds no `{name}`", path.display()))
-                })?;
-                Ok(t.to_dtype(DType::F64)?.to_vec1::<f64>()?)
+            let eig = match eigenvectors {
+                Some(e) => e,
+                None => eigenvectors.insert(Eigenvectors::load(ctx, w)?),
             };
-            let at = get("w")?;
-            let same = at.len() == w.len()
-                && at.iter().zip(w).all(|(a, b)| (*a as f32) == (*b as f32));
-            if !same {
-                return Err(stage_err(
-                    ctx.stage,
-                    "the Sharpness stage measured other weights than `of`'s: name the Sharpness stage of the same Train stage",
-                ));
-            }
-            let v = get(&format!("v{i}"))?;
+            let v = eig.get(ctx, &format!("v{i}"))?;
             let scale = filter_norm(w, shapes) / norm(&v).max(f64::MIN_POSITIVE);
             Ok(v.iter().map(|x| x * scale).collect())
         }
@@ -390,21 +396,16 @@ pub fn asymmetry(xs: &[f64], rise: &[f64]) -> Option<f64> {
 }
 
 fn run(spec: &LandscapeSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
-    let model = dep_model(ctx, &spec.model, "of")?;
-    let batches = probe_batches(
-        ctx,
-        spec.train_subset,
-        spec.subset_seed,
-        spec.images,
-        spec.batch,
-        DType::F32,
-    )?;
+    let model = dep_model(ctx, &spec.probe.model, "of")?;
+    let batches = spec.probe.batches(ctx, DType::F32)?;
     let surface = LossSurface::new(&model, batches, 1e-3)?;
     let w = surface.weights()?;
     let shapes = surface.shapes();
-    let dx = direction(spec, ctx, spec.x, 0, &w, &shapes)?;
+    let mut eigenvectors = None;
+    let at = (w.as_slice(), shapes.as_slice());
+    let dx = direction(spec, ctx, spec.x, 0, at, &mut eigenvectors)?;
     let dy = match spec.y {
-        Some(d) => Some(direction(spec, ctx, d, 1, &w, &shapes)?),
+        Some(d) => Some(direction(spec, ctx, d, 1, at, &mut eigenvectors)?),
         None => None,
     };
     let centre = surface.read(false)?;

@@ -32,7 +32,7 @@ use samlab_optim::curvature::{
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    Grid, Subset, dep_model_as, inherit, merged_grid, positive, probe_batches, train_dep, whole,
+    Grid, Probe, dep_model_as, inherit, merged_grid, train_dep, whole,
 };
 use super::{Kind, KindPlan, Outcome, Partial, PlanInput, RunCtx, StageSpec, Summary};
 use crate::cache::write_file;
@@ -106,8 +106,8 @@ pub struct SharpnessPartial {
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct SharpnessSpec {
-    pub images: usize,
-    pub batch: usize,
+    #[serde(flatten)]
+    pub probe: Probe,
     pub precision: Precision,
     pub fd_step: f64,
     pub k: usize,
@@ -116,10 +116,6 @@ pub struct SharpnessSpec {
     pub rho: f64,
     pub ascent: usize,
     pub seed: u64,
-    /// Filled from the Train stage.
-    pub model: String,
-    pub train_subset: Subset,
-    pub subset_seed: u64,
 }
 
 impl Partial for SharpnessPartial {
@@ -162,10 +158,7 @@ impl Partial for SharpnessPartial {
                 hint: ": name the Train stage to measure",
             });
         }
-        let images = self.images.unwrap_or(512);
-        positive("images", images as u64)?;
-        let batch = self.batch.unwrap_or(128);
-        positive("batch", batch as u64)?;
+        let probe = Probe::new(self.images, self.batch, 128)?;
         let precision = self.precision.unwrap_or(Precision::F32);
         let fd_step = self.fd_step.unwrap_or(precision.default_step());
         if !(fd_step > 0.0 && fd_step.is_finite()) {
@@ -186,8 +179,7 @@ impl Partial for SharpnessPartial {
             return Err(Invalid::Value(format!("`rho` must be positive, not {rho}")));
         }
         Ok(SharpnessSpec {
-            images,
-            batch,
+            probe,
             precision,
             fd_step,
             k,
@@ -196,9 +188,6 @@ impl Partial for SharpnessPartial {
             rho,
             ascent: self.ascent.unwrap_or(5),
             seed: self.seed.unwrap_or(0),
-            model: String::new(),
-            train_subset: Subset::All,
-            subset_seed: 0,
         })
     }
 }
@@ -220,15 +209,12 @@ impl Kind for SharpnessSpec {
     const HEADLINE: &'static [&'static str] = &["lambda_max", "trace", "sam_sharpness"];
 
     fn link(&mut self, deps: &[(&'static str, &StageSpec)]) -> Result<(), Invalid> {
-        let t = train_dep(deps)?;
-        self.model = t.model.clone();
-        self.train_subset = t.train_subset;
-        self.subset_seed = t.subset_seed;
+        self.probe.link(train_dep(deps)?);
         Ok(())
     }
 
     fn model(&self) -> &str {
-        &self.model
+        &self.probe.model
     }
 
     fn length(&self) -> String {
@@ -238,7 +224,7 @@ impl Kind for SharpnessSpec {
     /// A gradient over the probe costs about one SGD step per batch; a
     /// product is two gradients (f64's speed is not counted apart).
     fn plan(&self, _input: &PlanInput) -> Result<KindPlan, Invalid> {
-        let grad = self.images.div_ceil(self.batch) as f64;
+        let grad = self.probe.batches_per_pass() as f64;
         let gradients = 2 * self.hvps() + self.ascent + 2;
         Ok(KindPlan::plain(self, grad * gradients as f64))
     }
@@ -250,15 +236,8 @@ impl Kind for SharpnessSpec {
 
 fn run(spec: &SharpnessSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
     let dtype = spec.precision.dtype();
-    let model = dep_model_as(ctx, &spec.model, "of", dtype)?;
-    let batches = probe_batches(
-        ctx,
-        spec.train_subset,
-        spec.subset_seed,
-        spec.images,
-        spec.batch,
-        dtype,
-    )?;
+    let model = dep_model_as(ctx, &spec.probe.model, "of", dtype)?;
+    let batches = spec.probe.batches(ctx, dtype)?;
     let surface = LossSurface::new(&model, batches, spec.fd_step)?;
     let bar = ctx
         .progress
