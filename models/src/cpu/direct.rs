@@ -260,8 +260,10 @@ impl Direct {
             for r in 0..MR.min(self.cout - t * MR) {
                 let co = t * MR + r;
                 for oy in 0..oh {
-                    out[(co * oh + oy) * ow..][..ow]
-                        .write_copy_of_slice(&tile[r * q + oy * wp..][..ow]);
+                    let src = &tile[r * q + oy * wp..][..ow];
+                    for (o, &v) in out[(co * oh + oy) * ow..][..ow].iter_mut().zip(src) {
+                        o.write(v);
+                    }
                 }
             }
         }
