@@ -33,6 +33,14 @@ pub enum ErrorKind {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// A GPU rates file (`results/gpu/rates.csv`, `plan --rates`) with a
+    /// malformed line.
+    #[error("{}:{line}: {message}", path.display())]
+    Rates {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
     /// A cache file that cannot be read as what it should be.
     #[error("cache {}: {message}", path.display())]
     Cache { path: PathBuf, message: String },

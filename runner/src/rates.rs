@@ -46,10 +46,11 @@ impl Rates {
                 .into());
             }
         };
-        let bad = |line: usize, what: String| -> crate::error::Error {
-            ErrorKind::Io {
+        let bad = |line: usize, message: String| -> crate::error::Error {
+            ErrorKind::Rates {
                 path: path.to_path_buf(),
-                source: std::io::Error::other(format!("line {line}: {what}")),
+                line,
+                message,
             }
             .into()
         };
@@ -153,6 +154,6 @@ mod tests {
         assert_eq!(r.sgd_img_s("cuda", "wrn28-10"), None);
         std::fs::write(&p, "device,model,sgd_img_s\ncuda,resnet18,fast\n").unwrap();
         let err = Rates::load(&p).unwrap_err().to_string();
-        assert!(err.contains("rates.csv") && err.contains("line 2"), "{err}");
+        assert!(err.contains("rates.csv:2: "), "{err}");
     }
 }
