@@ -8,7 +8,11 @@
 //! oneDNN's convolutions) and from JAX (`bench/jax_step.py`, ResNet-8 and
 //! ResNet-18), run in the same command, with the ratios samlab / PyTorch and
 //! samlab / JAX; a baseline that cannot run (no torch, no jax) says `n/a`.
-//! Every side times the same steps after the same number of untimed warm-up
+//! samlab and PyTorch alternate over `SAMLAB_BENCH_ROUNDS` rounds (default
+//! 3) per net; the table gives medians, and for PyTorch the median
+//! per-round ratio with the lowest and highest: on a shared machine whose
+//! speed drifts within minutes, one round's ratio was seen off by a third
+//! (docs/cpu-profile.md). Every side times the same steps after the same number of untimed warm-up
 //! steps (samlab's first steps grow per-thread buffers and the allocator's
 //! pages; JAX's first compiles). Set `SAMLAB_BENCH_STEPS` and
 //! `SAMLAB_BENCH_WARMUP` to change them (defaults: 5 and 3 for the small
@@ -106,12 +110,13 @@ fn main() {
     let bs = 128;
     let env = |k: &str| std::env::var(k).ok().and_then(|s| s.parse::<usize>().ok());
     let (steps_env, warmup_env) = (env("SAMLAB_BENCH_STEPS"), env("SAMLAB_BENCH_WARMUP"));
+    let rounds = env("SAMLAB_BENCH_ROUNDS").unwrap_or(3).max(1);
     println!(
         "training step, batch {bs}, CPU ({} threads), f32",
         rayon_threads()
     );
     println!(
-        "{:<9} {:>11} {:>11} {:>9} | {:>11} {:>11} {:>8} {:>8} | {:>11} {:>11} {:>8} {:>8}",
+        "{:<9} {:>11} {:>11} {:>9} | {:>11} {:>11} {:>19} {:>19} | {:>11} {:>11} {:>8} {:>8}",
         "model",
         "train img/s",
         "eval img/s",
@@ -137,34 +142,43 @@ fn main() {
         let warmup = warmup_env.unwrap_or(default_warmup).max(1);
         let m = Model::new(&name.parse::<Arch>().unwrap(), 10, 0, &Device::Cpu).unwrap();
         let (x, y) = batch(bs);
-        for _ in 0..warmup {
-            train_step(&m, &x, &y);
+        // samlab and PyTorch alternate, round after round, so that a slow
+        // phase of a shared machine hits both sides.
+        let (mut ours, mut torch) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            ours.push(samlab_rates(&m, &x, &y, bs, steps, warmup));
+            torch.push(baseline(
+                "PyTorch",
+                "torch_cpu_step.py",
+                name,
+                bs,
+                steps,
+                warmup,
+            ));
         }
-        let t = Instant::now();
-        for _ in 0..steps {
-            train_step(&m, &x, &y);
-        }
-        let train = (bs * steps) as f64 / t.elapsed().as_secs_f64();
-        for _ in 0..warmup {
-            m.forward(&x, false).unwrap();
-        }
-        let t = Instant::now();
-        for _ in 0..steps {
-            std::hint::black_box(m.forward(&x, false).unwrap());
-        }
-        let eval = (bs * steps) as f64 / t.elapsed().as_secs_f64();
         let rss = fixtures::peak_rss_mib();
-        let torch = baseline("PyTorch", "torch_cpu_step.py", name, bs, steps, warmup);
+        let train = median(ours.iter().map(|r| r.0).collect());
+        let eval = median(ours.iter().map(|r| r.1).collect());
+        let torch: Option<Vec<(f64, f64)>> = torch.into_iter().collect();
+        let (torch_train, torch_eval, train_x, eval_x) = match &torch {
+            Some(t) => (
+                Some(median(t.iter().map(|r| r.0).collect())),
+                Some(median(t.iter().map(|r| r.1).collect())),
+                Some(spread(ours.iter().zip(t).map(|(o, t)| o.0 / t.0).collect())),
+                Some(spread(ours.iter().zip(t).map(|(o, t)| o.1 / t.1).collect())),
+            ),
+            None => (None, None, None, None),
+        };
         let jax = match name {
             "resnet8" | "resnet18" => baseline("JAX", "jax_step.py", name, bs, steps, warmup),
             _ => None,
         };
         println!(
-            "{name:<9} {train:>11.1} {eval:>11.1} {rss:>9.0} | {:>11} {:>11} {:>8} {:>8} | {:>11} {:>11} {:>8} {:>8}",
-            cell(torch.map(|t| t.0)),
-            cell(torch.map(|t| t.1)),
-            ratio(torch.map(|t| train / t.0)),
-            ratio(torch.map(|t| eval / t.1)),
+            "{name:<9} {train:>11.1} {eval:>11.1} {rss:>9.0} | {:>11} {:>11} {:>19} {:>19} | {:>11} {:>11} {:>8} {:>8}",
+            cell(torch_train),
+            cell(torch_eval),
+            train_x.unwrap_or("n/a".into()),
+            eval_x.unwrap_or("n/a".into()),
             cell(jax.map(|t| t.0)),
             cell(jax.map(|t| t.1)),
             ratio(jax.map(|t| train / t.0)),
@@ -172,9 +186,57 @@ fn main() {
         );
     }
     println!(
-        "(x = samlab / baseline; PyTorch: the better of NCHW and channels_last; \
-         JAX only for ResNet-8 and ResNet-18; peak MiB is the process high-water mark after that net)"
+        "(img/s: medians over {rounds} rounds; x = samlab / baseline: for PyTorch the median of the \
+         per-round ratios [lowest, highest]; PyTorch: the better of NCHW and channels_last; \
+         JAX (one run, against samlab's median) only for ResNet-8 and ResNet-18; \
+         peak MiB is the process high-water mark after that net)"
     );
+}
+
+/// (train img/s, eval img/s) of samlab: `steps` timed steps after
+/// `warmup` untimed ones, each.
+fn samlab_rates(
+    m: &Model,
+    x: &Tensor,
+    y: &Tensor,
+    bs: usize,
+    steps: usize,
+    warmup: usize,
+) -> (f64, f64) {
+    for _ in 0..warmup {
+        train_step(m, x, y);
+    }
+    let t = Instant::now();
+    for _ in 0..steps {
+        train_step(m, x, y);
+    }
+    let train = (bs * steps) as f64 / t.elapsed().as_secs_f64();
+    for _ in 0..warmup {
+        m.forward(x, false).unwrap();
+    }
+    let t = Instant::now();
+    for _ in 0..steps {
+        std::hint::black_box(m.forward(x, false).unwrap());
+    }
+    (train, (bs * steps) as f64 / t.elapsed().as_secs_f64())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// `median [lowest, highest]` of per-round ratios.
+fn spread(v: Vec<f64>) -> String {
+    let (lo, hi) = v
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+    format!("{:.3} [{lo:.2}, {hi:.2}]", median(v))
 }
 
 fn rayon_threads() -> usize {
