@@ -1,22 +1,24 @@
-//! Direct stride-1 convolution on a zero-padded copy of each image, with an
-//! AVX2 + FMA microkernel: no column matrix.
+//! Direct convolution on a zero-padded copy of each image, with AVX2 + FMA
+//! microkernels: no column matrix.
 //!
 //! Why: im2col copies every input element `k * k` times into columns that
 //! gemm then packs again; with the 16-64 channels of the CIFAR ResNets that
 //! copying was about a quarter of a step (docs/cpu-profile.md). Here the
 //! image is padded once (row pitch `wp = w + 2 * pad`), and output pixel
-//! `q = oy * wp + ox` of a plane is
+//! `(oy, ox)` of a plane is
 //!
-//! `out[co][q] = sum_{ci, kh, kw} w[co][ci][kh][kw] * xp[ci][q + kh * wp + kw]`
+//! `out[co][oy][ox] = sum_{ci, kh, kw} w[co][ci][kh][kw] * xp[ci][(oy s + kh) * wp + ox s + kw]`
 //!
-//! so for each kernel tap a run of consecutive outputs reads a run of
-//! consecutive inputs. The `ow..wp` columns of each output row are computed
-//! too (they read across the row's end) and dropped; that waste is
-//! `(k - 1) / wp` of the work, 6% at 32x32 and 20% at 8x8. The microkernel
-//! keeps [`MR`] output channels x [`NR`] outputs in twelve registers and
-//! walks `(ci, kh, kw)` in order, one FMA chain per output, so each output
-//! is summed in a fixed order: results depend on the shapes only, never on
-//! threads.
+//! Two tilings ([`Tiling`]). Along the pixels (stride 1, wide rows): with
+//! `q = oy * wp + ox`, a run of consecutive outputs reads a run of
+//! consecutive inputs for each tap; the `ow..wp` columns of each row are
+//! computed too (they read across the row's end) and dropped, `(k - 1) /
+//! wp` of the work. Along the output channels (small maps, strides): each
+//! pixel's input is broadcast against a vector of channels, nothing
+//! dropped. Both sum the input channels in blocks of [`CB`] in registers and
+//! add the blocks in order, so each output is summed in a fixed order:
+//! results depend on the shapes only, never on threads. The weight
+//! gradients ([`Direct::weight_grad_group`]) follow the same two tilings.
 
 use std::mem::MaybeUninit;
 
@@ -37,7 +39,7 @@ pub(crate) fn available() -> bool {
     }
 }
 
-/// One stride-1 convolution's shapes (per image).
+/// One convolution's shapes (per image) and the tiling chosen for it.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Direct {
     pub cin: usize,
