@@ -118,6 +118,9 @@ def main():
     if sr:
         iv = paired(pick(sr, "sam-rho0.1", "test_acc"), pick(sr, "sgd", "test_acc"))
         out.append(f"| SAM > SGD at rho 0.1 (follow-up, sam-rho.ron) | test accuracy, sam(rho 0.1) - sgd, points | {fmt(iv, 100)} | {verdict(iv, +1)} |")
+        if pick(sr, "sam-sgd-rho0.1", "test_acc"):
+            iv = paired(pick(sr, "sam-sgd-rho0.1", "test_acc"), pick(sr, "sgd", "test_acc"))
+            out.append(f"| SAM->SGD > SGD at rho 0.1 (follow-up, sam-rho.ron) | test accuracy, sam-sgd(rho 0.1) - sgd, points | {fmt(iv, 100)} | {verdict(iv, +1)} |")
     es = rows("escape")
     if es:
         budget = 200
