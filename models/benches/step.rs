@@ -23,7 +23,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use samlab_models::{Arch, Model, cross_entropy, fixtures};
+use samlab_models::{Arch, Model, fixtures};
 
 // The allocator the runner uses: it keeps freed pages, where the system
 // allocator returns large buffers to the kernel and faults them in again
@@ -31,34 +31,8 @@ use samlab_models::{Arch, Model, cross_entropy, fixtures};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// As the runner does (runner/src/main.rs): mimalloc hands freed memory back to the kernel after a delay (1 s), and
-/// later steps fault it in again as zeroed huge pages: 7,457 page faults and
-/// about 7% more CPU time over 14 ResNet-8 steps (docs/cpu-profile.md).
-/// Never purging keeps the pages of one step for the next.
-fn keep_freed_pages() {
-    // `mi_option_purge_delay` in mimalloc 3's option enum (libmimalloc-sys
-    // 0.1.49 names no constant for it); -1 = never purge.
-    const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-    // SAFETY: sets an allocator option; no memory is touched.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) }
-}
-
-fn batch(n: usize) -> (Tensor, Tensor) {
-    let y: Vec<u32> = (0..n as u32).map(|i| (7 * i + 1) % 10).collect();
-    (
-        fixtures::images(n, 7, &Device::Cpu).unwrap(),
-        Tensor::from_vec(y, n, &Device::Cpu).unwrap(),
-    )
-}
-
 fn train_step(m: &Model, x: &Tensor, y: &Tensor) {
-    let loss = cross_entropy(&m.forward(x, true).unwrap(), y).unwrap();
-    let grads = loss.backward().unwrap();
-    for (_, var) in m.params.trainable() {
-        let g = grads.get(var.as_tensor()).unwrap();
-        var.set(&(var.as_tensor() - (g * 0.01).unwrap()).unwrap())
-            .unwrap();
-    }
+    fixtures::plain_sgd_step(m, x, y, 0.01).unwrap();
 }
 
 /// (train img/s, eval img/s) of a baseline script in `bench/`.
@@ -104,7 +78,7 @@ fn baseline(
 }
 
 fn main() {
-    keep_freed_pages();
+    samlab_models::keep_freed_pages();
     // SAFETY: first thing in main, no other thread yet.
     unsafe { samlab_models::shorten_candle_spin() };
     let bs = 128;
@@ -141,7 +115,8 @@ fn main() {
         let steps = steps_env.unwrap_or(default_steps).max(1);
         let warmup = warmup_env.unwrap_or(default_warmup).max(1);
         let m = Model::new(&name.parse::<Arch>().unwrap(), 10, 0, &Device::Cpu).unwrap();
-        let (x, y) = batch(bs);
+        let x = fixtures::images(bs, 7, &Device::Cpu).unwrap();
+        let y = fixtures::labels(bs, &Device::Cpu).unwrap();
         // samlab and PyTorch alternate, round after round, so that a slow
         // phase of a shared machine hits both sides.
         let (mut ours, mut torch) = (Vec::new(), Vec::new());

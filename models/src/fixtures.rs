@@ -1,7 +1,8 @@
 //! Support for tests and benchmarks: deterministic weights and inputs shared
 //! with the JAX reference generators
 //! (`models/tests/reference/gen_resnet_reference.py`, `hashed` and `value`
-//! there), and the process's peak memory. Training never uses them.
+//! there), labels and the benchmarks' training step, and the process's
+//! peak memory. Training never uses them.
 
 use candle_core::{Device, Tensor};
 
@@ -53,6 +54,26 @@ pub fn images(n: usize, stream: u32, device: &Device) -> Result<Tensor> {
         .map(|k| hashed(k, stream) as f32)
         .collect();
     Ok(Tensor::from_vec(x, (n, 3, 32, 32), device)?)
+}
+
+/// `n` labels of 10 classes, label `i` being `(7 i + 1) mod 10`.
+pub fn labels(n: usize, device: &Device) -> Result<Tensor> {
+    let y: Vec<u32> = (0..n as u32).map(|i| (7 * i + 1) % 10).collect();
+    Ok(Tensor::from_vec(y, n, device)?)
+}
+
+/// The benchmarks' training step: forward in training mode, cross-entropy,
+/// backward, and a plain SGD update `w -= lr * g` of every trainable
+/// parameter. Returns the loss (a scalar tensor, not read back).
+pub fn plain_sgd_step(model: &Model, x: &Tensor, y: &Tensor, lr: f64) -> Result<Tensor> {
+    let loss = crate::cross_entropy(&model.forward(x, true)?, y)?;
+    let grads = loss.backward()?;
+    for (_, var) in model.params.trainable() {
+        if let Some(g) = grads.get(var.as_tensor()) {
+            var.set(&(var.as_tensor().detach() - (g.detach() * lr)?)?)?;
+        }
+    }
+    Ok(loss)
 }
 
 /// The process's peak resident set size in MiB (`VmHWM`; NaN where

@@ -44,6 +44,21 @@ pub unsafe fn shorten_candle_spin() {
     }
 }
 
+/// mimalloc hands freed memory back to the kernel after a delay (1 s), and
+/// later steps fault it in again as zeroed huge pages: 7,457 page faults
+/// and about 7% more CPU time over 14 ResNet-8 steps (docs/cpu-profile.md,
+/// "mimalloc never purges"). This sets mimalloc's purge delay to never, so
+/// one step's pages serve the next. It acts only in a process whose global
+/// allocator is mimalloc (the runner's and the benchmarks'); call it first
+/// in `main`.
+pub fn keep_freed_pages() {
+    // `mi_option_purge_delay` in mimalloc 3's option enum (libmimalloc-sys
+    // 0.1.49 names no constant for it); -1 = never purge.
+    const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    // SAFETY: sets an allocator option; no memory is touched.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) }
+}
+
 /// A family of networks: one file with its `Config`, how its names parse
 /// and print, how it is built and how it runs. [`models!`] lists the
 /// families; adding one is a new file that implements this trait plus one

@@ -28,25 +28,13 @@ use samlab_optim::{SamConfig, Sgd, SgdConfig, sam_step, sgd_step};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// As the runner does (runner/src/main.rs): mimalloc hands freed memory back to the kernel after a delay (1 s), and
-/// later steps fault it in again as zeroed huge pages: 7,457 page faults and
-/// about 7% more CPU time over 14 ResNet-8 steps (docs/cpu-profile.md).
-/// Never purging keeps the pages of one step for the next.
-fn keep_freed_pages() {
-    // `mi_option_purge_delay` in mimalloc 3's option enum (libmimalloc-sys
-    // 0.1.49 names no constant for it); -1 = never purge.
-    const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-    // SAFETY: sets an allocator option; no memory is touched.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) }
-}
-
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
 
 fn main() {
-    keep_freed_pages();
+    samlab_models::keep_freed_pages();
     // SAFETY: first thing in main, no other thread yet.
     unsafe { samlab_models::shorten_candle_spin() };
     let repeats_env = std::env::var("SAMLAB_BENCH_REPEATS")

@@ -19,8 +19,8 @@ mod shared;
 use std::process::Command;
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
-use samlab_models::{Arch, Model, cross_entropy, fixtures};
+use candle_core::Device;
+use samlab_models::{Arch, Model, fixtures};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -77,16 +77,9 @@ fn bench_img_per_s(steps: usize) -> f64 {
     let dev = Device::Cpu;
     let m = Model::new(&"resnet8".parse::<Arch>().unwrap(), 10, 0, &dev).unwrap();
     let x = fixtures::images(BATCH, 7, &dev).unwrap();
-    let y: Vec<u32> = (0..BATCH as u32).map(|i| (7 * i + 1) % 10).collect();
-    let y = Tensor::from_vec(y, BATCH, &dev).unwrap();
+    let y = fixtures::labels(BATCH, &dev).unwrap();
     let step = || {
-        let loss = cross_entropy(&m.forward(&x, true).unwrap(), &y).unwrap();
-        let grads = loss.backward().unwrap();
-        for (_, var) in m.params.trainable() {
-            let g = grads.get(var.as_tensor()).unwrap();
-            var.set(&(var.as_tensor() - (g * 0.01).unwrap()).unwrap())
-                .unwrap();
-        }
+        fixtures::plain_sgd_step(&m, &x, &y, 0.01).unwrap();
     };
     for _ in 0..3 {
         step();
@@ -99,6 +92,8 @@ fn bench_img_per_s(steps: usize) -> f64 {
 }
 
 fn main() {
+    // As the runner and the step bench do.
+    samlab_models::keep_freed_pages();
     // SAFETY: first thing in main, no other thread yet.
     unsafe { samlab_models::shorten_candle_spin() };
     // The decoded dataset is cached by the first run; time later ones.

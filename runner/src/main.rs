@@ -16,17 +16,6 @@ use samlab_runner::options::{DataArgs, RunArgs};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// mimalloc hands freed memory back to the kernel after a delay, and later
-/// steps fault it in again as zeroed pages (docs/cpu-profile.md, "mimalloc
-/// never purges"). Never purging keeps the pages of one step for the next.
-fn keep_freed_pages() {
-    // `mi_option_purge_delay` in mimalloc 3's option enum (libmimalloc-sys
-    // 0.1.49 names no constant for it); -1 = never purge.
-    const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-    // SAFETY: sets an allocator option; no memory is touched.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) }
-}
-
 /// Sharpness-aware training studies: run a RON study file, reuse every
 /// checkpoint already computed, write tables and plots under results/.
 #[derive(Parser, Debug)]
@@ -131,7 +120,7 @@ enum LabelsArg {
 }
 
 fn main() -> ExitCode {
-    keep_freed_pages();
+    samlab_models::keep_freed_pages();
     // SAFETY: first thing in main, no other thread yet.
     unsafe { samlab_models::shorten_candle_spin() };
     let cli = Cli::parse();

@@ -543,8 +543,11 @@ unsafe fn tile_avx2(
 ) {
     use std::arch::x86_64::*;
     // SAFETY (every pointer operation below): the caller guarantees the
-    // ranges (see `Direct::image`).
+    // ranges (see `Direct::image_pixels`).
     unsafe {
+        // Twelve named accumulators: written as an array with loops over
+        // MR and the three vectors, LLVM spilled one and shuffled the rest
+        // every iteration (seen in the disassembly).
         let z = _mm256_setzero_ps();
         let (mut a00, mut a01, mut a02) = (z, z, z);
         let (mut a10, mut a11, mut a12) = (z, z, z);
@@ -582,34 +585,13 @@ unsafe fn tile_avx2(
                 }
             }
         }
-        let row = |r: usize| dst.add(r * ldd);
-        if accumulate {
-            let add = |p: *const f32, a: __m256| _mm256_add_ps(_mm256_loadu_ps(p), a);
-            a00 = add(row(0), a00);
-            a01 = add(row(0).add(8), a01);
-            a02 = add(row(0).add(16), a02);
-            a10 = add(row(1), a10);
-            a11 = add(row(1).add(8), a11);
-            a12 = add(row(1).add(16), a12);
-            a20 = add(row(2), a20);
-            a21 = add(row(2).add(8), a21);
-            a22 = add(row(2).add(16), a22);
-            a30 = add(row(3), a30);
-            a31 = add(row(3).add(8), a31);
-            a32 = add(row(3).add(16), a32);
-        }
-        _mm256_storeu_ps(row(0), a00);
-        _mm256_storeu_ps(row(0).add(8), a01);
-        _mm256_storeu_ps(row(0).add(16), a02);
-        _mm256_storeu_ps(row(1), a10);
-        _mm256_storeu_ps(row(1).add(8), a11);
-        _mm256_storeu_ps(row(1).add(16), a12);
-        _mm256_storeu_ps(row(2), a20);
-        _mm256_storeu_ps(row(2).add(8), a21);
-        _mm256_storeu_ps(row(2).add(16), a22);
-        _mm256_storeu_ps(row(3), a30);
-        _mm256_storeu_ps(row(3).add(8), a31);
-        _mm256_storeu_ps(row(3).add(16), a32);
+        let acc = [
+            [a00, a01, a02],
+            [a10, a11, a12],
+            [a20, a21, a22],
+            [a30, a31, a32],
+        ];
+        store_tile(acc, dst, ldd, accumulate);
     }
 }
 
@@ -634,50 +616,50 @@ unsafe fn tile_channels_avx2(
     // SAFETY (every pointer operation below): the caller guarantees the
     // ranges (see `Direct::image_channels`).
     unsafe {
-        let z = _mm256_setzero_ps();
-        let (mut a00, mut a01, mut a10, mut a11) = (z, z, z, z);
-        let (mut a20, mut a21, mut a30, mut a31) = (z, z, z, z);
-        let (mut a40, mut a41, mut a50, mut a51) = (z, z, z, z);
+        let mut acc = [[_mm256_setzero_ps(); 2]; PR];
         let mut wv = w;
         for ci in 0..cin {
             let xc = x.add(ci * plane);
-            let (p0, p1, p2) = (xc.add(off[0]), xc.add(off[1]), xc.add(off[2]));
-            let (p3, p4, p5) = (xc.add(off[3]), xc.add(off[4]), xc.add(off[5]));
             for kh in 0..k {
                 for kw in 0..k {
                     let d = kh * wp + kw;
                     let (w0, w1) = (_mm256_loadu_ps(wv), _mm256_loadu_ps(wv.add(8)));
-                    let x0 = _mm256_broadcast_ss(&*p0.add(d));
-                    a00 = _mm256_fmadd_ps(w0, x0, a00);
-                    a01 = _mm256_fmadd_ps(w1, x0, a01);
-                    let x1 = _mm256_broadcast_ss(&*p1.add(d));
-                    a10 = _mm256_fmadd_ps(w0, x1, a10);
-                    a11 = _mm256_fmadd_ps(w1, x1, a11);
-                    let x2 = _mm256_broadcast_ss(&*p2.add(d));
-                    a20 = _mm256_fmadd_ps(w0, x2, a20);
-                    a21 = _mm256_fmadd_ps(w1, x2, a21);
-                    let x3 = _mm256_broadcast_ss(&*p3.add(d));
-                    a30 = _mm256_fmadd_ps(w0, x3, a30);
-                    a31 = _mm256_fmadd_ps(w1, x3, a31);
-                    let x4 = _mm256_broadcast_ss(&*p4.add(d));
-                    a40 = _mm256_fmadd_ps(w0, x4, a40);
-                    a41 = _mm256_fmadd_ps(w1, x4, a41);
-                    let x5 = _mm256_broadcast_ss(&*p5.add(d));
-                    a50 = _mm256_fmadd_ps(w0, x5, a50);
-                    a51 = _mm256_fmadd_ps(w1, x5, a51);
+                    for (a, o) in acc.iter_mut().zip(off) {
+                        let xj = _mm256_broadcast_ss(&*xc.add(o + d));
+                        a[0] = _mm256_fmadd_ps(w0, xj, a[0]);
+                        a[1] = _mm256_fmadd_ps(w1, xj, a[1]);
+                    }
                     wv = wv.add(CR);
                 }
             }
         }
-        let acc = [a00, a01, a10, a11, a20, a21, a30, a31, a40, a41, a50, a51];
-        for (i, a) in acc.into_iter().enumerate() {
-            let p = dst.add(i * 8);
-            let v = if accumulate {
-                _mm256_add_ps(_mm256_loadu_ps(p), a)
-            } else {
-                a
-            };
-            _mm256_storeu_ps(p, v);
+        store_tile(acc, dst, CR, accumulate);
+    }
+}
+
+/// Stores (or, when `accumulate`, adds) an R x V tile of vectors at
+/// `dst`: row `j` at `dst + j * ld`, V vectors of 8 floats each.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn store_tile<const R: usize, const V: usize>(
+    acc: [[std::arch::x86_64::__m256; V]; R],
+    dst: *mut f32,
+    ld: usize,
+    accumulate: bool,
+) {
+    use std::arch::x86_64::*;
+    // SAFETY: the callers guarantee R rows of 8 * V floats at pitch `ld`.
+    unsafe {
+        for (j, row) in acc.into_iter().enumerate() {
+            for (h, a) in row.into_iter().enumerate() {
+                let p = dst.add(j * ld + 8 * h);
+                let v = if accumulate {
+                    _mm256_add_ps(_mm256_loadu_ps(p), a)
+                } else {
+                    a
+                };
+                _mm256_storeu_ps(p, v);
+            }
         }
     }
 }
@@ -692,43 +674,23 @@ unsafe fn wgrad_channels_avx2(
     off: &[usize; PR],
     dyt: *const f32,
     ld: usize,
-    acc: *mut f32,
+    acc_out: *mut f32,
 ) {
     use std::arch::x86_64::*;
     // SAFETY (every pointer operation below): the caller guarantees the
     // ranges (see `Direct::weight_grad_channels`).
     unsafe {
-        let z = _mm256_setzero_ps();
-        let (mut a00, mut a01, mut a10, mut a11) = (z, z, z, z);
-        let (mut a20, mut a21, mut a30, mut a31) = (z, z, z, z);
-        let (mut a40, mut a41, mut a50, mut a51) = (z, z, z, z);
+        let mut acc = [[_mm256_setzero_ps(); 2]; PR];
         for (q, &b) in base.iter().enumerate() {
             let d = dyt.add(q * ld);
             let (d0, d1) = (_mm256_loadu_ps(d), _mm256_loadu_ps(d.add(8)));
             let xb = x.add(b);
-            let x0 = _mm256_broadcast_ss(&*xb.add(off[0]));
-            a00 = _mm256_fmadd_ps(d0, x0, a00);
-            a01 = _mm256_fmadd_ps(d1, x0, a01);
-            let x1 = _mm256_broadcast_ss(&*xb.add(off[1]));
-            a10 = _mm256_fmadd_ps(d0, x1, a10);
-            a11 = _mm256_fmadd_ps(d1, x1, a11);
-            let x2 = _mm256_broadcast_ss(&*xb.add(off[2]));
-            a20 = _mm256_fmadd_ps(d0, x2, a20);
-            a21 = _mm256_fmadd_ps(d1, x2, a21);
-            let x3 = _mm256_broadcast_ss(&*xb.add(off[3]));
-            a30 = _mm256_fmadd_ps(d0, x3, a30);
-            a31 = _mm256_fmadd_ps(d1, x3, a31);
-            let x4 = _mm256_broadcast_ss(&*xb.add(off[4]));
-            a40 = _mm256_fmadd_ps(d0, x4, a40);
-            a41 = _mm256_fmadd_ps(d1, x4, a41);
-            let x5 = _mm256_broadcast_ss(&*xb.add(off[5]));
-            a50 = _mm256_fmadd_ps(d0, x5, a50);
-            a51 = _mm256_fmadd_ps(d1, x5, a51);
+            for (a, &o) in acc.iter_mut().zip(off) {
+                let xj = _mm256_broadcast_ss(&*xb.add(o));
+                a[0] = _mm256_fmadd_ps(d0, xj, a[0]);
+                a[1] = _mm256_fmadd_ps(d1, xj, a[1]);
+            }
         }
-        let sums = [a00, a01, a10, a11, a20, a21, a30, a31, a40, a41, a50, a51];
-        for (i, a) in sums.into_iter().enumerate() {
-            let p = acc.add((i / 2) * ld + (i % 2) * 8);
-            _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), a));
-        }
+        store_tile(acc, acc_out, ld, true);
     }
 }
