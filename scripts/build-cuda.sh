@@ -7,12 +7,15 @@
 # What it does (facts in ../shared/notes/cuda-build.md):
 # 1. installs nvcc, headers and the CUDA 13.0 libraries from pinned PyPI
 #    wheels into target/cuda-toolkit/py (PTX ISA 9.0, which a 580 driver
-#    accepts; nvcc 13.1+ would emit 9.1);
+#    accepts; nvcc 13.1+ would emit 9.1), and cuDNN 9.21 (the version
+#    cudarc 0.19's bindings are generated for; at run time any cuDNN 9 does,
+#    such as the one PyTorch installs);
 # 2. adds the unversioned libX.so links the linker looks for;
 # 3. builds target/cuda-toolkit/stub/libcuda.so.1, a stand-in for the driver
 #    (no wheel ships libcuda) that defines every driver function cudarc
 #    references and answers each with CUDA_ERROR_NO_DEVICE (100);
-# 4. builds `runner` with --features cuda for compute capability 90 (H100,
+# 4. builds `runner` with --features cudnn (CUDA plus cuDNN convolutions;
+#    SAMLAB_CUDA_FEATURES=cuda builds without cuDNN) for compute capability 90 (H100,
 #    H200) in target/cuda, strips it into dist/runner, and writes
 #    dist/run.sh, which points the loader at the GPU machine's CUDA libraries;
 # 5. checks the binary here: with the stub as driver it must start and say
@@ -36,6 +39,19 @@ if [ ! -x "$cuda/bin/nvcc" ]; then
     nvidia-cuda-nvrtc==13.0.88 nvidia-curand==10.4.5.25
 fi
 [ -x "$cuda/bin/nvcc" ] || { echo "nvcc missing under $cuda after the install" >&2; exit 1; }
+features=${SAMLAB_CUDA_FEATURES:-cudnn}
+cudnn=$work/py/nvidia/cudnn
+if [ "$features" = cudnn ] && [ ! -f "$cudnn/lib/libcudnn.so.9" ]; then
+  say "installing the cuDNN 9.21 wheel (about 800 MB) into $work/py"
+  "$python" -m pip install --quiet --disable-pip-version-check --no-deps --target "$work/py" \
+    nvidia-cudnn-cu13==9.21.1.3
+fi
+libs=$cuda/lib
+if [ "$features" = cudnn ]; then
+  [ -f "$cudnn/lib/libcudnn.so.9" ] || { echo "libcudnn.so.9 missing under $cudnn after the install" >&2; exit 1; }
+  ln -sf libcudnn.so.9 "$cudnn/lib/libcudnn.so"
+  libs=$libs:$cudnn/lib
+fi
 
 # 2. Unversioned library names (libcublas.so -> libcublas.so.13, ...).
 for lib in "$cuda"/lib/lib*.so.*; do
@@ -69,10 +85,10 @@ say "driver stub with $(wc -l < "$stub/symbols.txt") symbols"
 # 4. Build.
 export CUDA_HOME=$cuda CUDA_ROOT=$cuda CUDA_PATH=$cuda CUDA_COMPUTE_CAP=$cap
 export PATH=$cuda/bin:$PATH
-export LIBRARY_PATH=$cuda/lib:$stub${LIBRARY_PATH:+:$LIBRARY_PATH}
-export RUSTFLAGS="-L native=$cuda/lib -L native=$stub"
-say "building runner with --features cuda (compute capability $cap); the first build takes long"
-cargo build --release -p samlab-runner --features cuda --target-dir target/cuda
+export LIBRARY_PATH=$libs:$stub${LIBRARY_PATH:+:$LIBRARY_PATH}
+export RUSTFLAGS="-L native=${libs//:/ -L native=} -L native=$stub"
+say "building runner with --features $features (compute capability $cap); the first build takes long"
+cargo build --release -p samlab-runner --features "$features" --target-dir target/cuda
 mkdir -p dist
 cp target/cuda/release/runner dist/runner
 strip dist/runner
@@ -82,13 +98,14 @@ xz -T0 -6 -k -f dist/runner
 cat > dist/run.sh <<'RUN'
 #!/usr/bin/env bash
 # Runs the CUDA runner on a GPU machine: the driver comes from the system;
-# cuBLAS, cuRAND, NVRTC and the runtime from a CUDA 13 install, found as
-# $SAMLAB_CUDA_LIB, else from the Python `nvidia` wheels (as PyTorch installs them).
+# cuBLAS, cuRAND, NVRTC, the runtime and cuDNN 9 from a CUDA 13 install,
+# found as $SAMLAB_CUDA_LIB (folders joined by ':'), else from the Python
+# `nvidia` wheels (as PyTorch installs them).
 here=$(cd "$(dirname "$0")" && pwd)
 lib=${SAMLAB_CUDA_LIB:-}
 if [ -z "$lib" ]; then
   site=$(python3 -c 'import nvidia, os; print(os.path.dirname(nvidia.__path__[0]))' 2>/dev/null || true)
-  lib=${site:+$site/nvidia/cu13/lib}
+  lib=${site:+$site/nvidia/cu13/lib:$site/nvidia/cudnn/lib}
 fi
 export LD_LIBRARY_PATH=${lib:+$lib:}${LD_LIBRARY_PATH:-}
 exec "$here/runner" "$@"
@@ -96,9 +113,9 @@ RUN
 chmod +x dist/run.sh
 
 # 5. Self-check with the stub driver.
-say "dist/runner: $(du -h dist/runner | cut -f1), needs: $(ldd dist/runner 2>/dev/null | grep -oE 'lib(cuda|cublas|cublasLt|cudart|curand|nvrtc)[^ ]*' | sort -u | tr '\n' ' ')"
+say "dist/runner: $(du -h dist/runner | cut -f1), needs: $(ldd dist/runner 2>/dev/null | grep -oE 'lib(cuda|cublas|cublasLt|cudart|curand|nvrtc|cudnn)[^ ]*' | sort -u | tr '\n' ' ')"
 set +e
-out=$(SAMLAB_CUDA_LIB="$cuda/lib:$stub" dist/run.sh device cuda 2>&1)
+out=$(SAMLAB_CUDA_LIB="$libs:$stub" dist/run.sh device cuda 2>&1)
 code=$?
 set -e
 echo "$out" >&2

@@ -1,14 +1,19 @@
 //! The layers the models are built from: `Conv2d`, `BatchNorm2d` (with an
 //! optional fused ReLU), `Linear`, `relu(a + b)` for residual blocks and
 //! global average pooling. On the CPU in f32 they run the kernels of
-//! [`crate::cpu`]; elsewhere the composite of candle ops.
+//! [`crate::cpu`]; elsewhere the composite of candle ops, the convolution
+//! with the backward of [`crate::device_conv`]. Under bf16 autocast
+//! ([`crate::precision`]) convolutions and linear layers compute in bf16,
+//! BatchNorm and pooling in f32.
 
 use std::cell::RefCell;
 
 use candle_core::{DType, Tensor, Var};
 
+use crate::device_conv::{self, ConvGrad};
 use crate::error::{ErrorKind, Result};
 use crate::params::{Builder, Init};
+use crate::precision;
 
 /// Two-dimensional batch normalisation with PyTorch's semantics: batch
 /// statistics (biased variance) in training, running statistics updated with
@@ -47,6 +52,12 @@ impl BatchNorm2d {
     }
 
     fn forward_maybe_relu(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
+        // Under bf16 autocast: statistics and normalisation in f32 (the
+        // parameters' dtype), the result handed on in the input's.
+        if x.dtype() != self.weight.dtype() {
+            let y = self.forward_maybe_relu(&x.to_dtype(self.weight.dtype())?, train, relu)?;
+            return Ok(y.to_dtype(x.dtype())?);
+        }
         if relu && masking() {
             return masked_relu(self.forward_maybe_relu(x, train, false)?);
         }
@@ -216,19 +227,24 @@ impl Conv2d {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // candle's own CPU convolution is several times slower here
         // (docs/cpu-profile.md has the measurement and the command).
-        let y = if x.device().is_cpu() && x.dtype() == DType::F32 {
-            x.contiguous()?.apply_op2(
-                &self.weight,
+        let (x, weight) = (precision::cast(x)?, precision::cast(&self.weight)?);
+        let y = if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::BF16) {
+            // candle's CPU backend has no bf16 matmul: bf16 operands are
+            // widened, the f32 kernels sum (as tensor cores do), and the
+            // result is rounded back to bf16.
+            let y = x.to_dtype(DType::F32)?.contiguous()?.apply_op2(
+                &weight.to_dtype(DType::F32)?,
                 crate::cpu::conv::ConvOp {
                     stride: self.stride,
                     padding: self.padding,
                 },
-            )?
+            )?;
+            y.to_dtype(x.dtype())?
         } else {
-            x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?
+            device_conv::conv2d(&x, &weight, self.stride, self.padding, ConvGrad::from_env())?
         };
         Ok(match &self.bias {
-            Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?)?,
+            Some(b) => y.broadcast_add(&precision::cast(b)?.reshape((1, (), 1, 1))?)?,
             None => y,
         })
     }
@@ -265,7 +281,19 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)?)
+        let (x, w, b) = (
+            precision::cast(x)?,
+            precision::cast(&self.weight)?,
+            precision::cast(&self.bias)?,
+        );
+        let y = if x.device().is_cpu() && x.dtype() == DType::BF16 {
+            // No bf16 matmul on candle's CPU: f32 sums, rounded to bf16.
+            let f = |t: &Tensor| t.to_dtype(DType::F32);
+            f(&x)?.matmul(&f(&w)?.t()?)?.to_dtype(DType::BF16)?
+        } else {
+            x.matmul(&w.t()?)?
+        };
+        Ok(y.broadcast_add(&b)?)
     }
 }
 
@@ -405,8 +433,13 @@ pub fn with_relu_masks<T>(masks: &ReluMasks, f: impl FnOnce() -> Result<T>) -> R
     Ok(out)
 }
 
-/// Global average pooling (N, C, H, W) -> (N, C).
+/// Global average pooling (N, C, H, W) -> (N, C), in f32 under autocast.
 pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
+    let x = if x.dtype() == DType::BF16 || x.dtype() == DType::F16 {
+        x.to_dtype(DType::F32)?
+    } else {
+        x.clone()
+    };
     Ok(x.mean(3)?.mean(2)?)
 }
 

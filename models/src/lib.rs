@@ -11,18 +11,22 @@
 //! This crate knows nothing about RON, study files or the runner's cache.
 
 mod cpu;
+pub mod device_conv;
 mod error;
 pub mod fixtures;
 pub mod layers;
 pub mod params;
+pub mod precision;
 
 use std::fmt;
 use std::str::FromStr;
 
 use candle_core::{Device, Tensor};
 
+pub use device_conv::ConvGrad;
 pub use error::{Error, ErrorKind, Result};
 pub use params::{Builder, ParamStore};
+pub use precision::Precision;
 
 /// Shortens how long candle's CPU pool threads spin after each of candle's
 /// own elementwise ops before they sleep (candle's default: 25,000 spins),
@@ -191,6 +195,9 @@ pub struct Model {
     pub arch: Arch,
     pub num_classes: usize,
     pub params: ParamStore,
+    /// What the passes compute in ([`Precision::F32`] unless set); the
+    /// parameters stay in the dtype they were built with.
+    pub precision: Precision,
     net: Net,
 }
 
@@ -218,14 +225,20 @@ impl Model {
             arch: arch.clone(),
             num_classes,
             params: b.finish(),
+            precision: Precision::F32,
             net,
         })
     }
 
     /// Logits (N, classes) for images (N, 3, H, W). With `train`, BatchNorm
     /// uses batch statistics and updates its running statistics.
+    /// Under [`Precision::Bf16`] the logits come back in f32.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.net.forward(x, train)
+        if self.precision.is_f32() {
+            return self.net.forward(x, train);
+        }
+        let logits = precision::autocast(self.precision, || self.net.forward(x, train))?;
+        Ok(logits.to_dtype(candle_core::DType::F32)?)
     }
 }
 
