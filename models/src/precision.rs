@@ -22,8 +22,11 @@ use candle_core::{DType, Tensor};
 
 use crate::error::{ErrorKind, Result};
 
-/// The arithmetic of a model's forward and backward passes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+/// The arithmetic of a model's forward and backward passes (a study
+/// writes `precision: Bf16`).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum Precision {
     /// Everything in f32.
     #[default]

@@ -3,14 +3,16 @@
 //!
 //! - parity: ResNet-8 with fixed weights on the CPU and on a device, the
 //!   same batch, training-mode forward and backward; the largest relative
-//!   difference of the logits and of every parameter gradient.
+//!   difference of the logits and of every parameter gradient. Under bf16
+//!   autocast the device is compared with the CPU's bf16 (the same
+//!   roundings, other summation orders) and with its f32.
 //! - speed: SGD and SAM training steps of a model on a device, images per
-//!   second over timed steps after warm-up steps.
+//!   second over timed steps after warm-up steps, in f32 or bf16.
 
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use samlab_models::{Arch, Model, cross_entropy, fixtures};
+use samlab_models::{Arch, Model, Precision, cross_entropy, fixtures};
 use samlab_optim::{SamConfig, Sgd, SgdConfig, sam_step, sgd_step};
 
 use crate::error::{ErrorKind, Result};
@@ -40,11 +42,28 @@ fn grads(
     Ok((logits, g))
 }
 
-/// Compares `model` on `device` (in `dtype`) with the f32 CPU model.
-pub fn parity(arch: &str, device: &Device, dtype: DType, batch: usize) -> Result<Parity> {
-    let arch: Arch = arch.parse()?;
-    let cpu = Model::new(&arch, 10, 0, &Device::Cpu)?;
-    let dev = Model::with_dtype(&arch, 10, 0, device, dtype)?;
+/// What a parity check compares.
+#[derive(Clone, Debug)]
+pub struct ParityConfig {
+    pub model: String,
+    pub batch: usize,
+    /// The parameters' dtype on the device (f64 on the CPU tests the
+    /// composite path against the f32 kernels).
+    pub dtype: DType,
+    /// What the device computes in.
+    pub precision: Precision,
+    /// What the CPU reference computes in.
+    pub reference: Precision,
+}
+
+/// Compares the model on `device` with the CPU model, as `c` says.
+pub fn parity(device: &Device, c: &ParityConfig) -> Result<Parity> {
+    let (batch, dtype) = (c.batch, c.dtype);
+    let arch: Arch = c.model.parse()?;
+    let mut cpu = Model::new(&arch, 10, 0, &Device::Cpu)?;
+    let mut dev = Model::with_dtype(&arch, 10, 0, device, dtype)?;
+    cpu.precision = c.reference;
+    dev.precision = c.precision;
     fixtures::set_fixed(&cpu)?;
     fixtures::set_fixed(&dev)?;
     let x = fixtures::images(batch, 11, &Device::Cpu)?;
@@ -95,17 +114,23 @@ pub struct Speed {
     pub sam_img_s: f64,
 }
 
+/// What a speed check times.
+#[derive(Clone, Debug)]
+pub struct SpeedConfig {
+    pub model: String,
+    pub batch: usize,
+    pub warmup: usize,
+    pub steps: usize,
+    pub precision: Precision,
+}
+
 /// Times `steps` SGD steps and `steps` SAM steps (rho 0.05) after `warmup`
 /// of each, at batch `batch`, lr 0.01 (the weights move, but stay finite).
-pub fn speed(
-    arch: &str,
-    device: &Device,
-    batch: usize,
-    warmup: usize,
-    steps: usize,
-) -> Result<Speed> {
-    let arch: Arch = arch.parse()?;
-    let model = Model::new(&arch, 10, 0, device)?;
+pub fn speed(device: &Device, c: &SpeedConfig) -> Result<Speed> {
+    let (batch, warmup, steps) = (c.batch, c.warmup, c.steps);
+    let arch: Arch = c.model.parse()?;
+    let mut model = Model::new(&arch, 10, 0, device)?;
+    model.precision = c.precision;
     let x = fixtures::images(batch, 5, device)?;
     let labels: Vec<u32> = (0..batch as u32).map(|i| (7 * i + 1) % 10).collect();
     let y = Tensor::from_vec(labels, batch, device)?;
@@ -153,18 +178,57 @@ mod tests {
 
     /// On the CPU in f64 the check compares the f32 CPU path with the
     /// composite f64 one: close, but not equal.
+    fn config(dtype: DType, precision: Precision, reference: Precision) -> ParityConfig {
+        ParityConfig {
+            model: "resnet8".into(),
+            batch: 4,
+            dtype,
+            precision,
+            reference,
+        }
+    }
+
     #[test]
     fn parity_of_the_cpu_with_itself_in_f64() {
-        let p = parity("resnet8", &Device::Cpu, DType::F64, 4).unwrap();
+        let c = config(DType::F64, Precision::F32, Precision::F32);
+        let p = parity(&Device::Cpu, &c).unwrap();
         assert!(p.logits < 1e-4, "{p:?}");
         assert!(p.worst_grad.1 < 1e-3, "{p:?}");
         assert!(p.logits > 0.0, "two paths, not one: {p:?}");
         assert_eq!(p.params, 29);
     }
 
+    /// bf16 against itself is exact on one device; against f32 it is off
+    /// by bf16's rounding, within the bounds of `precision::tests`.
+    #[test]
+    fn parity_of_bf16_with_itself_and_with_f32() {
+        let same = parity(
+            &Device::Cpu,
+            &config(DType::F32, Precision::Bf16, Precision::Bf16),
+        )
+        .unwrap();
+        assert_eq!((same.logits, same.worst_grad.1), (0.0, 0.0), "{same:?}");
+        let off = parity(
+            &Device::Cpu,
+            &config(DType::F32, Precision::Bf16, Precision::F32),
+        )
+        .unwrap();
+        assert!(off.logits > 0.0 && off.logits < 0.02, "{off:?}");
+        assert!(off.worst_grad.1 > 0.0 && off.worst_grad.1 < 0.35, "{off:?}");
+    }
+
     #[test]
     fn speed_measures_both_methods() {
-        let s = speed("resnet8", &Device::Cpu, 4, 1, 1).unwrap();
-        assert!(s.sgd_img_s > 0.0 && s.sam_img_s > 0.0, "{s:?}");
+        for precision in [Precision::F32, Precision::Bf16] {
+            let c = SpeedConfig {
+                model: "resnet8".into(),
+                batch: 4,
+                warmup: 1,
+                steps: 1,
+                precision,
+            };
+            let s = speed(&Device::Cpu, &c).unwrap();
+            assert!(s.sgd_img_s > 0.0 && s.sam_img_s > 0.0, "{s:?}");
+        }
     }
 }

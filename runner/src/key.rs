@@ -473,6 +473,43 @@ mod pinned {
         ("dist", "c54588749b508f62", &[]),
     ];
 
+    /// `precision: F32` written out keys as the default does; `Bf16`
+    /// splits the stage key and every prefix key (a bf16 prefix is not an
+    /// f32 one), in Train and in Escape.
+    #[test]
+    fn bf16_splits_keys_and_f32_written_out_does_not() {
+        let study = STUDY
+            .replace(
+                r#""dist": Distance"#,
+                r#""sgd-f32": Train(extends: "recipe", precision: F32),
+            "sgd-bf16": Train(extends: "recipe", precision: Bf16),
+            "escape-bf16": Escape(of: "sgd", method: Sgd, lr: 0.03, batch: 50, probe: 100, max_steps: 20,
+                precision: Bf16),
+            "dist": Distance"#,
+            );
+        let study = crate::study::parse(&study, std::path::Path::new("bf16.ron")).unwrap();
+        let info = DataInfo {
+            fingerprint: "f".repeat(64),
+            train_len: 50_000,
+            test_len: 10_000,
+        };
+        let planned = plan(&study, Some(&info), None).unwrap();
+        let by_name = |n: &str| {
+            let i = study.stages.iter().position(|s| s.display() == n).unwrap();
+            let p = &planned[i];
+            (
+                p.key.clone().unwrap(),
+                p.prefix.as_ref().map(|pp| pp.keys.clone()),
+            )
+        };
+        let (sgd, f32, bf16) = (by_name("sgd"), by_name("sgd-f32"), by_name("sgd-bf16"));
+        assert_eq!(sgd, f32);
+        assert_ne!(sgd.0, bf16.0);
+        let (a, b) = (sgd.1.unwrap(), bf16.1.unwrap());
+        assert!(a.iter().zip(&b).skip(1).all(|(x, y)| x != y), "{a:?} {b:?}");
+        assert_ne!(by_name("escape-sgd").0, by_name("escape-bf16").0);
+    }
+
     #[test]
     fn known_keys_do_not_change() {
         assert_eq!(SEMANTICS, 1, "a new SEMANTICS needs new pins");

@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use samlab_data::{Cifar100Labels, DatasetName};
+use samlab_models::Precision;
+use samlab_runner::check::{ParityConfig, SpeedConfig};
 use samlab_runner::commands::{self, GcMode, PlanView};
 use samlab_runner::options::{DataArgs, RunArgs};
 
@@ -61,6 +63,10 @@ enum Command {
         model: String,
         #[arg(long, default_value_t = 16)]
         batch: usize,
+        /// `f32`, or `bf16`: autocast on the device, compared with the
+        /// CPU's bf16 and (against the tolerance) with its f32.
+        #[arg(long, default_value = "f32")]
+        precision: Precision,
         /// Largest relative difference accepted.
         #[arg(long, default_value_t = 1e-3)]
         tolerance: f64,
@@ -78,6 +84,9 @@ enum Command {
         warmup: usize,
         #[arg(long, default_value_t = 10)]
         steps: usize,
+        /// `f32` or `bf16` (autocast).
+        #[arg(long, default_value = "f32")]
+        precision: Precision,
     },
     /// Show each stage of a study with its cache state and the work left.
     Plan {
@@ -156,16 +165,32 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 device,
                 model,
                 batch,
+                precision,
                 tolerance,
             }),
             _,
         ) => {
             let dev = samlab_runner::device::open(&device)?;
-            let p = samlab_runner::check::parity(&model, &dev, candle_core::DType::F32, batch)?;
-            emit(&format!(
-                "{model} on {device} vs cpu, batch {batch}: logits {:.2e}, worst gradient {} {:.2e} (of {} parameters)\n",
-                p.logits, p.worst_grad.0, p.worst_grad.1, p.params
-            ))?;
+            let mut c = ParityConfig {
+                model: model.clone(),
+                batch,
+                dtype: candle_core::DType::F32,
+                precision,
+                reference: precision,
+            };
+            let line = |p: &samlab_runner::check::Parity, of: Precision| {
+                emit(&format!(
+                    "{model} {precision} on {device} vs cpu {of}, batch {batch}: logits {:.2e}, worst gradient {} {:.2e} (of {} parameters)\n",
+                    p.logits, p.worst_grad.0, p.worst_grad.1, p.params
+                ))
+            };
+            let mut p = samlab_runner::check::parity(&dev, &c)?;
+            line(&p, precision)?;
+            if !precision.is_f32() {
+                c.reference = Precision::F32;
+                p = samlab_runner::check::parity(&dev, &c)?;
+                line(&p, Precision::F32)?;
+            }
             if p.logits > tolerance || p.worst_grad.1 > tolerance {
                 eprintln!("parity: above the tolerance {tolerance}");
                 return Ok(ExitCode::FAILURE);
@@ -179,13 +204,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 batch,
                 warmup,
                 steps,
+                precision,
             }),
             _,
         ) => {
             let dev = samlab_runner::device::open(&device)?;
-            let s = samlab_runner::check::speed(&model, &dev, batch, warmup, steps)?;
+            let c = SpeedConfig {
+                model: model.clone(),
+                batch,
+                warmup,
+                steps,
+                precision,
+            };
+            let s = samlab_runner::check::speed(&dev, &c)?;
             format!(
-                "{{\"model\": \"{model}\", \"device\": \"{device}\", \"batch\": {batch}, \"sgd_img_s\": {:.2}, \"sam_img_s\": {:.2}, \"sam_over_sgd_time\": {:.4}}}\n",
+                "{{\"model\": \"{model}\", \"device\": \"{device}\", \"precision\": \"{precision}\", \"batch\": {batch}, \"sgd_img_s\": {:.2}, \"sam_img_s\": {:.2}, \"sam_over_sgd_time\": {:.4}}}\n",
                 s.sgd_img_s,
                 s.sam_img_s,
                 s.sgd_img_s / s.sam_img_s

@@ -39,6 +39,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use samlab_data::{DatasetName, Loader, PipelineConfig};
+use samlab_models::Precision;
 use samlab_optim::{LrSchedule, Method, SamConfig, SgdConfig, StepSchedule, Trainer};
 use serde::{Deserialize, Serialize};
 
@@ -103,6 +104,8 @@ pub struct EscapePartial {
     pub measure: Option<Measure>,
     pub max_steps: Option<u64>,
     pub eval_batch: Option<usize>,
+    /// `F32` (the default) or `Bf16` autocast, for the steps and probes.
+    pub precision: Option<Precision>,
     pub grid: Option<Grid>,
 }
 
@@ -126,6 +129,9 @@ pub struct EscapeSpec {
     pub measure: Measure,
     pub max_steps: u64,
     pub eval_batch: usize,
+    /// Left out of the key when f32 (keys from before bf16 stay valid).
+    #[serde(skip_serializing_if = "Precision::is_f32")]
+    pub precision: Precision,
     /// Filled from the Train stage.
     pub model: String,
     pub classes: usize,
@@ -144,7 +150,7 @@ impl Partial for EscapePartial {
     }
 
     fn merge(mut self, p: &EscapePartial) -> EscapePartial {
-        inherit!(self, p; of, method, lr, batch, bn_batch, seed, probe, threshold, measure, max_steps, eval_batch);
+        inherit!(self, p; of, method, lr, batch, bn_batch, seed, probe, threshold, measure, max_steps, eval_batch, precision);
         self.extends = p.extends.clone();
         self.sam = SamPartial::merged(self.sam.take(), &p.sam);
         self.optimizer = SgdPartial::merged(self.optimizer.take(), &p.optimizer);
@@ -226,6 +232,7 @@ impl Partial for EscapePartial {
             measure: self.measure.unwrap_or_default(),
             max_steps,
             eval_batch,
+            precision: self.precision.unwrap_or_default(),
             model: String::new(),
             classes: dataset.num_classes(),
             train_subset: Subset::All,
@@ -325,7 +332,8 @@ impl Kind for EscapeSpec {
 
 fn run(spec: &EscapeSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
     let ds = ctx.dataset;
-    let model = dep_model(ctx, &spec.model, "of")?;
+    let mut model = dep_model(ctx, &spec.model, "of")?;
+    model.precision = spec.precision;
     let train_idx = spec
         .train_subset
         .indices(&ds.train, ds.num_classes(), spec.subset_seed)?;

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use samlab_data::DatasetName;
-use samlab_models::{Arch, Model};
+use samlab_models::{Arch, Model, Precision};
 use samlab_optim::{
     LrSchedule, Method, Point, Resolved, SamConfig, SgdConfig, StepSchedule, Trainer,
 };
@@ -50,6 +50,8 @@ pub struct TrainPartial {
     pub sam: Option<SamPartial>,
     pub test_subset: Option<Subset>,
     pub eval_batch: Option<usize>,
+    /// `F32` (the default, the thesis' setting) or `Bf16` autocast.
+    pub precision: Option<Precision>,
     pub grid: Option<Grid>,
 }
 
@@ -77,6 +79,10 @@ pub struct TrainSpec {
     pub eval_batch: usize,
     /// Classes of the dataset (the model's output width).
     pub classes: usize,
+    /// What training and the final evaluation compute in; left out of the
+    /// key when f32, so f32 keys are what they were before bf16 existed.
+    #[serde(skip_serializing_if = "Precision::is_f32")]
+    pub precision: Precision,
 }
 
 impl Partial for TrainPartial {
@@ -99,7 +105,7 @@ impl Partial for TrainPartial {
     }
 
     fn merge(mut self, p: &TrainPartial) -> TrainPartial {
-        inherit!(self, p; from, model, train_subset, subset_seed, batch, bn_batch, epochs, seed, augment, lr, method, test_subset, eval_batch);
+        inherit!(self, p; from, model, train_subset, subset_seed, batch, bn_batch, epochs, seed, augment, lr, method, test_subset, eval_batch, precision);
         self.extends = p.extends.clone();
         self.optimizer = SgdPartial::merged(self.optimizer.take(), &p.optimizer);
         self.sam = SamPartial::merged(self.sam.take(), &p.sam);
@@ -200,6 +206,7 @@ impl Partial for TrainPartial {
             test_subset,
             eval_batch,
             classes: dataset.num_classes(),
+            precision: self.precision.unwrap_or_default(),
         })
     }
 }
@@ -350,7 +357,8 @@ pub fn run(spec: &TrainSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
     let loader = training_loader(ds, indices, spec.data(), ctx.stage)?;
     let spe = loader.batches_per_epoch() as u64;
     let total = spec.epochs * spe;
-    let model = Model::new(&spec.arch(), ds.num_classes(), spec.seed, ctx.device)?;
+    let mut model = Model::new(&spec.arch(), ds.num_classes(), spec.seed, ctx.device)?;
+    model.precision = spec.precision;
     if let Some((_, dir)) = ctx.deps.iter().find(|(r, _)| *r == "from") {
         model.params.load(&dir.join("model.safetensors"))?;
     }
