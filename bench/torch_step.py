@@ -7,10 +7,17 @@ device. SGD is torch.optim.SGD(nesterov=True, momentum 0.9, weight decay
 5e-4); a SAM step is the usual two passes (ascent to w + rho g/||g||,
 gradient there, restore, SGD step), BatchNorm statistics from the first pass.
 
-Prints one JSON line per model, the same fields as `runner bench-step`:
-{"model", "device", "batch", "sgd_img_s", "sam_img_s", "sam_over_sgd_time"}.
+Settings a PyTorch user at this scale runs with, on CUDA: cuDNN benchmark
+mode, channels_last tensors, and for `--precision bf16` autocast to bf16
+(f32 weights, BatchNorm in f32; bf16 needs no loss scaling). TF32 stays at
+PyTorch's defaults (allowed in cuDNN convolutions, not in matmuls).
 
-    python3 bench/torch_step.py [--device cuda] [--batch 256] [--steps 10] resnet18 wrn28-10
+Prints one JSON line per model and precision, the same fields as
+`runner bench-step`: {"model", "device", "precision", "batch", "sgd_img_s",
+"sam_img_s", "sam_over_sgd_time"}.
+
+    python3 bench/torch_step.py [--device cuda] [--batch 256] [--steps 10] \
+        [--precision f32 bf16] resnet18 wrn28-10
 """
 import argparse
 import json
@@ -30,15 +37,25 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from torch_cpu_step import build  # noqa: E402
 
 
+def loss(model, x, y):
+    """Cross-entropy in f32 (under autocast the logits come in bf16)."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=AMP[0]):
+        logits = model(x)
+    return F.cross_entropy(logits.float(), y)
+
+
+AMP = [False]
+
+
 def sgd_step(model, opt, x, y):
     opt.zero_grad(set_to_none=True)
-    F.cross_entropy(model(x), y).backward()
+    loss(model, x, y).backward()
     opt.step()
 
 
 def sam_step(model, opt, x, y, rho=0.05):
     opt.zero_grad(set_to_none=True)
-    F.cross_entropy(model(x), y).backward()
+    loss(model, x, y).backward()
     params = [p for p in model.parameters() if p.grad is not None]
     norm = torch.norm(torch.stack([p.grad.norm(2) for p in params]), 2)
     scale = rho / (norm + 1e-12)
@@ -49,7 +66,7 @@ def sam_step(model, opt, x, y, rho=0.05):
         for p, e in zip(params, eps):
             p.add_(e)
     opt.zero_grad(set_to_none=True)
-    F.cross_entropy(model(x), y).backward()
+    loss(model, x, y).backward()
     with torch.no_grad():
         for p, e in zip(params, eps):
             p.sub_(e)
@@ -60,11 +77,15 @@ def sam_step(model, opt, x, y, rho=0.05):
     opt.step()
 
 
-def bench(name, device, batch, warmup, steps):
-    model = build(name).to(device).train()
+def bench(name, device, batch, warmup, steps, precision):
+    AMP[0] = precision == "bf16"
+    cuda = device.startswith("cuda")
+    torch.backends.cudnn.benchmark = True
+    layout = torch.channels_last if cuda else torch.contiguous_format
+    model = build(name).to(device).to(memory_format=layout).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, 3, 32, 32, generator=g).to(device)
+    x = torch.randn(batch, 3, 32, 32, generator=g).to(device).contiguous(memory_format=layout)
     y = torch.randint(0, 10, (batch,), generator=g).to(device)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     rates = {}
@@ -80,6 +101,7 @@ def bench(name, device, batch, warmup, steps):
     return {
         "model": name,
         "device": device,
+        "precision": precision,
         "batch": batch,
         "sgd_img_s": round(rates["sgd"], 2),
         "sam_img_s": round(rates["sam"], 2),
@@ -95,9 +117,11 @@ def main():
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--precision", nargs="+", default=["f32"], choices=["f32", "bf16"])
     a = ap.parse_args()
     for m in a.models:
-        print(json.dumps(bench(m, a.device, a.batch, a.warmup, a.steps)), flush=True)
+        for p in a.precision:
+            print(json.dumps(bench(m, a.device, a.batch, a.warmup, a.steps, p)), flush=True)
 
 
 if __name__ == "__main__":

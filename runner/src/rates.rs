@@ -3,9 +3,12 @@
 //! written by `scripts/gpu-check.sh` on a lent GPU:
 //!
 //! ```text
-//! device,model,batch,sgd_img_s,sam_img_s,card,measured
-//! cuda,resnet18,256,5100.2,2600.4,NVIDIA H200,2026-11-29
+//! device,model,precision,batch,sgd_img_s,sam_img_s,card,measured
+//! cuda,resnet18,f32,256,5100.2,2600.4,NVIDIA H200,2026-11-29
 //! ```
+//!
+//! `precision` (`f32`, `bf16`) may be absent: such rates are f32's. A stage
+//! takes the rate of its own precision.
 //!
 //! A stage's GPU time is its cost in SGD-step equivalents times the images
 //! of one of its steps (Train and Escape stages: their batch), divided by
@@ -14,6 +17,8 @@
 //! of the estimate and counted as such.
 
 use std::path::Path;
+
+use samlab_models::Precision;
 
 use crate::error::{ErrorKind, Result};
 use crate::plan::Planned;
@@ -24,6 +29,7 @@ use crate::study::Study;
 pub struct Rate {
     pub device: String,
     pub model: String,
+    pub precision: Precision,
     pub sgd_img_s: f64,
 }
 
@@ -65,6 +71,7 @@ impl Rates {
                 .ok_or_else(|| bad(1, format!("no `{name}` column in the header")))
         };
         let (d, m, r) = (col("device")?, col("model")?, col("sgd_img_s")?);
+        let p = head.iter().position(|h| *h == "precision");
         let mut rates = Vec::new();
         for (i, line) in lines {
             if line.trim().is_empty() {
@@ -81,22 +88,28 @@ impl Rates {
                     format!("`sgd_img_s` must be positive, not {rate}"),
                 ));
             }
+            let precision = match p.map(get) {
+                None | Some("") => Precision::F32,
+                Some(v) => v.parse().map_err(|e| bad(i + 1, format!("{e}")))?,
+            };
             rates.push(Rate {
                 device: get(d).to_string(),
                 model: get(m).to_string(),
+                precision,
                 sgd_img_s: rate,
             });
         }
         Ok(Some(Rates(rates)))
     }
 
-    /// The last rate measured for `model` on `device` (`cuda:1` reads `cuda`'s).
-    pub fn sgd_img_s(&self, device: &str, model: &str) -> Option<f64> {
+    /// The last rate measured for `model` in `precision` on `device`
+    /// (`cuda:1` reads `cuda`'s).
+    pub fn sgd_img_s(&self, device: &str, model: &str, precision: Precision) -> Option<f64> {
         let kind = device.split(':').next().unwrap_or(device);
         self.0
             .iter()
             .rev()
-            .find(|r| r.device == kind && r.model == model)
+            .find(|r| r.device == kind && r.model == model && r.precision == precision)
             .map(|r| r.sgd_img_s)
     }
 }
@@ -105,7 +118,8 @@ impl Rates {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Estimate {
     pub hours: f64,
-    /// Models with training work and no measured rate.
+    /// Models with training work and no measured rate (`wrn28-10 bf16`
+    /// when only its f32 rate is known).
     pub unmeasured: Vec<String>,
     /// SGD-step equivalents of stages that are not training steps.
     pub left_out: f64,
@@ -119,11 +133,15 @@ pub fn estimate(study: &Study, planned: &[Planned], rates: &Rates, device: &str)
             continue;
         }
         match s.spec.images_per_step() {
-            Some(images) => match rates.sgd_img_s(device, s.spec.model()) {
+            Some(images) => match rates.sgd_img_s(device, s.spec.model(), s.spec.precision()) {
                 Some(rate) => e.hours += p.cost * images as f64 / rate / 3600.0,
                 None => {
-                    if !e.unmeasured.iter().any(|m| m == s.spec.model()) {
-                        e.unmeasured.push(s.spec.model().to_string());
+                    let m = match s.spec.precision() {
+                        Precision::F32 => s.spec.model().to_string(),
+                        p => format!("{} {p}", s.spec.model()),
+                    };
+                    if !e.unmeasured.contains(&m) {
+                        e.unmeasured.push(m);
                     }
                 }
             },
@@ -150,8 +168,38 @@ mod tests {
         )
         .unwrap();
         let r = Rates::load(&p).unwrap().unwrap();
-        assert_eq!(r.sgd_img_s("cuda:0", "resnet18"), Some(5000.0));
-        assert_eq!(r.sgd_img_s("cuda", "wrn28-10"), None);
+        assert_eq!(
+            r.sgd_img_s("cuda:0", "resnet18", Precision::F32),
+            Some(5000.0)
+        );
+        assert_eq!(r.sgd_img_s("cuda", "resnet18", Precision::Bf16), None);
+        assert_eq!(r.sgd_img_s("cuda", "wrn28-10", Precision::F32), None);
+        std::fs::write(
+            &p,
+            "device,model,precision,sgd_img_s\n\
+             cuda,resnet18,bf16,9000\n\
+             cuda,resnet18,f32,5000\n",
+        )
+        .unwrap();
+        let r = Rates::load(&p).unwrap().unwrap();
+        assert_eq!(
+            r.sgd_img_s("cuda", "resnet18", Precision::Bf16),
+            Some(9000.0)
+        );
+        assert_eq!(
+            r.sgd_img_s("cuda", "resnet18", Precision::F32),
+            Some(5000.0)
+        );
+        std::fs::write(
+            &p,
+            "device,model,precision,sgd_img_s\ncuda,resnet18,fp8,1\n",
+        )
+        .unwrap();
+        let err = Rates::load(&p).unwrap_err().to_string();
+        assert!(
+            err.contains("rates.csv:2: ") && err.contains("fp8"),
+            "{err}"
+        );
         std::fs::write(&p, "device,model,sgd_img_s\ncuda,resnet18,fast\n").unwrap();
         let err = Rates::load(&p).unwrap_err().to_string();
         assert!(err.contains("rates.csv:2: "), "{err}");

@@ -271,6 +271,10 @@ impl Kind for EscapeSpec {
         Some(self.batch)
     }
 
+    fn precision(&self) -> Precision {
+        self.precision
+    }
+
     fn length(&self) -> String {
         format!("<={}st", self.max_steps)
     }

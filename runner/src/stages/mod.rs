@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use samlab_data::{Dataset, DatasetName};
+use samlab_models::Precision;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -75,6 +76,10 @@ pub trait Kind: Clone + Debug + PartialEq + Serialize {
     /// kinds whose work is not training steps.
     fn images_per_step(&self) -> Option<usize> {
         None
+    }
+    /// What its training steps compute in, for picking a measured rate.
+    fn precision(&self) -> Precision {
+        Precision::F32
     }
     /// How long it runs, for `runner plan`: epochs, steps or `-`.
     fn length(&self) -> String {
@@ -218,6 +223,9 @@ macro_rules! registry {
             }
             pub fn images_per_step(&self) -> Option<usize> {
                 match self { $(StageSpec::$variant(s) => s.images_per_step(),)* }
+            }
+            pub fn precision(&self) -> Precision {
+                match self { $(StageSpec::$variant(s) => s.precision(),)* }
             }
             pub fn link(&mut self, deps: &[(&'static str, &StageSpec)]) -> Result<(), Invalid> {
                 match self { $(StageSpec::$variant(s) => s.link(deps),)* }

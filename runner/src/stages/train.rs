@@ -271,6 +271,10 @@ impl Kind for TrainSpec {
         Some(self.batch)
     }
 
+    fn precision(&self) -> Precision {
+        self.precision
+    }
+
     fn length(&self) -> String {
         self.epochs.to_string()
     }
