@@ -126,8 +126,33 @@ fn gpu_check_commands_run_on_the_cpu_and_explain_missing_cuda() {
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
     assert!(
-        out.starts_with("resnet8 on cpu vs cpu, batch 4: logits 0.00e0"),
+        out.starts_with("resnet8 f32 on cpu vs cpu f32, batch 4: logits 0.00e0"),
         "{out}"
+    );
+    // bf16: against the CPU's bf16 (equal here), then its f32 (rounded),
+    // which the tolerance applies to.
+    let bf16 = ["check-parity", "cpu", "--batch", "4", "--precision", "bf16"];
+    let o = runner(&bf16, dir.path());
+    let (out, err) = text(&o);
+    assert!(!o.status.success(), "above the default 1e-3: {out}");
+    assert!(err.contains("above the tolerance"), "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("resnet8 bf16 on cpu vs cpu bf16, batch 4: logits 0.00e0"),
+        "{out}"
+    );
+    assert!(
+        lines[1].starts_with("resnet8 bf16 on cpu vs cpu f32")
+            && !lines[1].contains("logits 0.00e0"),
+        "{out}"
+    );
+    let o = runner(&[&bf16[..], &["--tolerance", "0.35"]].concat(), dir.path());
+    assert!(o.status.success(), "{}", text(&o).1);
+    let o = runner(&["check-parity", "cpu", "--precision", "fp8"], dir.path());
+    let (_, err) = text(&o);
+    assert!(
+        !o.status.success() && err.contains("fp8") && err.contains("bf16"),
+        "{err}"
     );
     let o = runner(
         &[
@@ -141,6 +166,8 @@ fn gpu_check_commands_run_on_the_cpu_and_explain_missing_cuda() {
             "1",
             "--steps",
             "1",
+            "--precision",
+            "bf16",
         ],
         dir.path(),
     );
@@ -148,6 +175,7 @@ fn gpu_check_commands_run_on_the_cpu_and_explain_missing_cuda() {
     assert!(o.status.success(), "{err}");
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(v["model"], "resnet8");
+    assert_eq!(v["precision"], "bf16");
     assert!(v["sgd_img_s"].as_f64().unwrap() > 0.0 && v["sam_img_s"].as_f64().unwrap() > 0.0);
     for cmd in ["check-parity", "bench-step"] {
         let o = runner(&[cmd, "cuda"], dir.path());

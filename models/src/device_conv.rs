@@ -148,7 +148,9 @@ fn input_grad(
         .index_select(&rev, 2)?
         .index_select(&rev, 3)?
         .contiguous()?;
-    let spread = spread(dy, stride, (h, wd), k, padding)?;
+    // Contiguous: cuDNN takes strided views too, but may then pick slower
+    // algorithms.
+    let spread = spread(dy, stride, (h, wd), k, padding)?.contiguous()?;
     spread.conv2d(&wt, k - 1 - padding, 1, 1, 1)
 }
 
