@@ -115,10 +115,18 @@ mod tests {
             .unwrap()
     }
 
-    /// Training-mode logits, every parameter's gradient and every BatchNorm
-    /// buffer after one pass, f32 and bf16, for each block kind (basic
-    /// residual, pre-activation wide, PyramidNet's padded shortcut).
-    fn pass(name: &str, p: Precision) -> (Vec<f64>, Vec<(String, Vec<f64>)>, Vec<Vec<f64>>) {
+    /// What one training pass produced.
+    struct Pass {
+        logits: Vec<f64>,
+        /// Each parameter's gradient, by name.
+        grads: Vec<(String, Vec<f64>)>,
+        /// Every BatchNorm running statistic after the pass.
+        buffers: Vec<Vec<f64>>,
+    }
+
+    /// One training-mode pass in `p`, for each block kind (basic residual,
+    /// pre-activation wide, PyramidNet's padded shortcut).
+    fn pass(name: &str, p: Precision) -> Pass {
         let arch: Arch = name.parse().unwrap();
         let mut model = Model::new(&arch, 10, 0, &Device::Cpu).unwrap();
         model.precision = p;
@@ -146,7 +154,11 @@ mod tests {
                 flat(v.as_tensor())
             })
             .collect();
-        (flat(&logits), grads, buffers)
+        Pass {
+            logits: flat(&logits),
+            grads,
+            buffers,
+        }
     }
 
     /// bf16 autocast keeps parameters, gradients, BatchNorm buffers and
@@ -160,8 +172,16 @@ mod tests {
     #[test]
     fn bf16_autocast_is_close_to_f32_and_keeps_f32_state() {
         for name in ["resnet8", "wrn10-1", "pyramidnet8-a8"] {
-            let (la, ga, ba) = pass(name, Precision::F32);
-            let (lb, gb, bb) = pass(name, Precision::Bf16);
+            let Pass {
+                logits: la,
+                grads: ga,
+                buffers: ba,
+            } = pass(name, Precision::F32);
+            let Pass {
+                logits: lb,
+                grads: gb,
+                buffers: bb,
+            } = pass(name, Precision::Bf16);
             let scale = la.iter().fold(0f64, |m, v| m.max(v.abs()));
             let dl = la
                 .iter()
