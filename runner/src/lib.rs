@@ -9,7 +9,8 @@
 //!   a stage is not cached.
 //! - [`cache`]: entries, prefixes, rolling checkpoints, locks, resume
 //!   points, status and gc.
-//! - [`exec`]: runs a plan; [`results`]: writes what it found.
+//! - [`exec`]: runs a plan; [`results`]: writes what it found, with
+//!   [`compare`]'s tables and [`claims`]' verdicts.
 //! - [`options`]: the run's command-line options, and a Slurm job's;
 //!   [`commands`]: what each command does.
 //!
@@ -18,6 +19,7 @@
 
 pub mod cache;
 pub mod check;
+pub mod claims;
 pub mod commands;
 pub mod compare;
 pub mod device;

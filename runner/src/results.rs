@@ -195,6 +195,13 @@ pub fn write(
         );
     }
     write_file(&dir.join("comparison.csv"), comparison_csv.as_bytes())?;
+    if !study.report.claims.is_empty() {
+        let (claims, claims_csv) = crate::claims::table(&study.report.claims, &rows);
+        write_file(&dir.join("claims.md"), claims.as_bytes())?;
+        write_file(&dir.join("claims.csv"), claims_csv.as_bytes())?;
+        comparison =
+            format!("**Claims** (paired 95% intervals over seeds)\n\n{claims}\n{comparison}");
+    }
     write_file(
         &dir.join("README.md"),
         page(study, reports, prov, &comparison, &plots).as_bytes(),

@@ -53,6 +53,9 @@ pub struct Report {
     /// Tables laid out as a paper prints them (say methods by models).
     #[serde(default)]
     pub tables: Vec<PivotTable>,
+    /// Claims decided by paired intervals over seeds (`crate::claims`).
+    #[serde(default)]
+    pub claims: Vec<crate::claims::Claim>,
 }
 
 /// A table of one measure with chosen rows and columns: the cell of row
@@ -440,6 +443,19 @@ fn resolve(raw: RawStudy, ctx: &Ctx, path: &Path) -> Result<Study> {
                         ),
                     ));
                 }
+            }
+        }
+    }
+    for c in &report.claims {
+        for want in c.labels() {
+            if !stages.iter().any(|st| st.label() == want) {
+                return Err(ctx.err(
+                    None,
+                    format!(
+                        "report: claim `{}` names `{want}`, which is no stage or grid point of this study",
+                        c.claim
+                    ),
+                ));
             }
         }
     }

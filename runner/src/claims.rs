@@ -1,0 +1,456 @@
+//! Claims a study tests, each decided by a paired difference over seeds:
+//! `report: (claims: [Claim(...)])`. The same seed gives both stages the
+//! same initialisation and data order, so each claim compares `a` and `b`
+//! seed by seed, with a 95% Student-t interval (the one of
+//! [`crate::compare::paired`]) over the seeds both completed:
+//!
+//! - `expect: Higher` (a > b): reproduced when the interval lies above 0,
+//!   not reproduced when below, inconclusive when it holds 0; `Lower` the
+//!   mirror image; `Same`: no difference detected when the interval holds
+//!   0 (the interval then bounds the difference), else the side found;
+//!   `Describe`: the interval only.
+//! - `transform: LogRatio` compares `ln a - ln b` (for positive measures
+//!   on a ratio scale) and shows the ratio `a / b`.
+//! - Escape steps are censored at the run's budget: with `censored:
+//!   AsBudget` a run that did not escape counts as the steps it ran, and
+//!   the line says how many did so (the difference is then a bound);
+//!   otherwise such a claim is not computed.
+//!
+//! The results folder gets `claims.md` and `claims.csv`; `summary.md` and
+//! the README page show the table first.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Deserialize;
+
+use crate::compare::{Interval, Row, paired};
+
+/// One claim, as a study writes it.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename = "Claim")]
+pub struct Claim {
+    /// What is claimed, with where the thesis says it (`"SAM > SGD (Table 5.2)"`).
+    pub claim: String,
+    /// The stage (or grid point, `escape-sam[rho=0.1]`) on the left.
+    pub a: String,
+    /// The stage (or grid point) on the right.
+    pub b: String,
+    /// The summary measure compared (`test_acc`, `escape_steps`, ...).
+    pub measure: String,
+    /// `b`'s measure when it differs from `a`'s (two readings of one stage).
+    #[serde(default)]
+    pub b_measure: Option<String>,
+    pub expect: Expect,
+    #[serde(default)]
+    pub transform: Transform,
+    /// Multiplies differences as shown (100: accuracy in points).
+    #[serde(default = "one")]
+    pub scale: f64,
+    /// What the shown numbers are in (`"points"`).
+    #[serde(default)]
+    pub unit: String,
+    #[serde(default)]
+    pub censored: Censored,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// The direction a claim expects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub enum Expect {
+    Higher,
+    Lower,
+    Same,
+    Describe,
+}
+
+/// What is compared.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub enum Transform {
+    /// `a - b`.
+    #[default]
+    Difference,
+    /// `ln a - ln b`, shown as the ratio `a / b`.
+    LogRatio,
+}
+
+/// How runs that did not escape count.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub enum Censored {
+    /// Not at all: a claim on censored escape steps is not computed.
+    #[default]
+    Refuse,
+    /// As the steps they ran (a lower bound on their escape steps).
+    AsBudget,
+}
+
+/// A claim decided.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decided {
+    /// The interval on the compared scale, or why there is none.
+    pub interval: Result<(Interval, usize), String>,
+    pub verdict: String,
+    /// Runs counted at their budget, on each side.
+    pub censored: (usize, usize),
+}
+
+impl Claim {
+    /// The rows' labels this claim names.
+    pub fn labels(&self) -> [&str; 2] {
+        [&self.a, &self.b]
+    }
+
+    /// Decides the claim from the study's rows.
+    pub fn decide(&self, rows: &[Row]) -> Decided {
+        let side = |label: &str, measure: &str| -> Result<(BTreeMap<u64, f64>, usize), String> {
+            let row = rows
+                .iter()
+                .find(|r| r.label() == label)
+                .ok_or_else(|| format!("`{label}` has no completed runs"))?;
+            self.values(row, measure)
+        };
+        let b_measure = self.b_measure.as_deref().unwrap_or(&self.measure);
+        let sides = side(&self.a, &self.measure).and_then(|a| Ok((a, side(&self.b, b_measure)?)));
+        let ((a, ca), (b, cb)) = match sides {
+            Ok(s) => s,
+            Err(why) => {
+                return Decided {
+                    verdict: "not computed".into(),
+                    interval: Err(why),
+                    censored: (0, 0),
+                };
+            }
+        };
+        let seeds: Vec<u64> = a.keys().filter(|s| b.contains_key(s)).copied().collect();
+        let t = |v: f64| match self.transform {
+            Transform::Difference => v,
+            Transform::LogRatio => v.ln(),
+        };
+        let xa: Vec<f64> = seeds.iter().map(|s| t(a[s])).collect();
+        let xb: Vec<f64> = seeds.iter().map(|s| t(b[s])).collect();
+        let interval = match paired(&xa, &xb) {
+            Some(i) if i.lo.is_finite() && i.hi.is_finite() => Ok((i, seeds.len())),
+            Some(_) => Err("a value is not positive (log ratio)".into()),
+            None => Err(format!("n = {}: too few seeds in both", seeds.len())),
+        };
+        let verdict = match &interval {
+            Err(_) => "inconclusive".into(),
+            Ok((i, _)) => verdict(self.expect, i),
+        };
+        Decided {
+            interval,
+            verdict,
+            censored: (ca, cb),
+        }
+    }
+
+    /// `measure` of `row` by seed, and how many runs counted at their budget.
+    fn values(&self, row: &Row, measure: &str) -> Result<(BTreeMap<u64, f64>, usize), String> {
+        let mut out = BTreeMap::new();
+        let mut at_budget = 0;
+        for (seed, m) in &row.runs {
+            let escaped = m.get("escaped").copied();
+            match (m.get(measure), escaped) {
+                (_, Some(e)) if e != 1.0 && measure.starts_with("escape_steps") => {
+                    match self.censored {
+                        Censored::Refuse => {
+                            return Err(format!(
+                                "`{}`: a run did not escape (seed {seed}); `censored: AsBudget` counts it as its steps",
+                                row.label()
+                            ));
+                        }
+                        Censored::AsBudget => {
+                            let steps = m.get("steps").copied().ok_or_else(|| {
+                                format!("`{}`: no `steps` for seed {seed}", row.label())
+                            })?;
+                            out.insert(*seed, steps);
+                            at_budget += 1;
+                        }
+                    }
+                }
+                (Some(v), _) => {
+                    out.insert(*seed, *v);
+                }
+                (None, _) => {}
+            }
+        }
+        if out.is_empty() {
+            return Err(format!("`{}` has no `{measure}`", row.label()));
+        }
+        Ok((out, at_budget))
+    }
+
+    /// The interval as shown: scaled, or as a ratio.
+    fn show(&self, i: &Interval, n: usize) -> String {
+        let g = |v: f64| match self.transform {
+            Transform::Difference => format!("{:+.3}", v * self.scale),
+            Transform::LogRatio => format!("{:.3}", v.exp()),
+        };
+        let unit = match (self.transform, self.unit.is_empty()) {
+            (Transform::LogRatio, _) => " (ratio)".to_string(),
+            (_, true) => String::new(),
+            (_, false) => format!(" {}", self.unit),
+        };
+        format!("{}{unit} [{}, {}] (n = {n})", g(i.diff), g(i.lo), g(i.hi))
+    }
+}
+
+/// The verdict of an interval under `expect` (module docs).
+pub fn verdict(expect: Expect, i: &Interval) -> String {
+    let (above, below) = (i.lo > 0.0, i.hi < 0.0);
+    match expect {
+        Expect::Higher if above => "reproduced",
+        Expect::Higher if below => "not reproduced",
+        Expect::Lower if below => "reproduced",
+        Expect::Lower if above => "not reproduced",
+        Expect::Higher | Expect::Lower => "inconclusive",
+        Expect::Same if above => "not reproduced (a higher)",
+        Expect::Same if below => "not reproduced (a lower)",
+        Expect::Same => "no difference detected (the interval bounds it)",
+        Expect::Describe => "descriptive",
+    }
+    .to_string()
+}
+
+/// The claims table as markdown and CSV.
+pub fn table(claims: &[Claim], rows: &[Row]) -> (String, String) {
+    let mut md = String::from(
+        "| claim | compared | a − b [95% interval] (n seeds) | verdict |\n|---|---|---|---|\n",
+    );
+    let mut csv = String::from(
+        "claim,a,b,measure,b_measure,transform,diff,lo,hi,n,verdict,censored_a,censored_b\n",
+    );
+    for c in claims {
+        let d = c.decide(rows);
+        let bm = c.b_measure.as_deref().unwrap_or(&c.measure);
+        let compared = if bm == c.measure {
+            format!("{}: {} − {}", c.measure, c.a, c.b)
+        } else {
+            format!("{} of {} − {bm} of {}", c.measure, c.a, c.b)
+        };
+        let compared = match c.transform {
+            Transform::Difference => compared,
+            Transform::LogRatio => format!("ln ratio, {compared}"),
+        };
+        let mut shown = match &d.interval {
+            Ok((i, n)) => c.show(i, *n),
+            Err(why) => why.clone(),
+        };
+        if d.censored != (0, 0) {
+            let _ = write!(
+                shown,
+                "; runs that did not escape counted at their budget: {} and {} (a bound)",
+                d.censored.0, d.censored.1
+            );
+        }
+        let _ = writeln!(md, "| {} | {compared} | {shown} | {} |", c.claim, d.verdict);
+        let (diff, lo, hi, n) = match &d.interval {
+            Ok((i, n)) => (
+                i.diff.to_string(),
+                i.lo.to_string(),
+                i.hi.to_string(),
+                n.to_string(),
+            ),
+            Err(_) => Default::default(),
+        };
+        let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+        let _ = writeln!(
+            csv,
+            "{},{},{},{},{},{:?},{diff},{lo},{hi},{n},{},{},{}",
+            q(&c.claim),
+            q(&c.a),
+            q(&c.b),
+            c.measure,
+            bm,
+            c.transform,
+            q(&d.verdict),
+            d.censored.0,
+            d.censored.1
+        );
+    }
+    (md, csv)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::study::Coords;
+
+    fn row(name: &str, runs: &[(u64, &[(&str, f64)])]) -> Row {
+        Row {
+            name: name.into(),
+            point: Coords::new(),
+            kind: "train",
+            model: "resnet8".into(),
+            headline: &[],
+            runs: runs
+                .iter()
+                .map(|(s, m)| (*s, m.iter().map(|(k, v)| (k.to_string(), *v)).collect()))
+                .collect(),
+            planned: runs.len(),
+        }
+    }
+
+    fn claim(a: &str, b: &str, measure: &str, expect: Expect) -> Claim {
+        Claim {
+            claim: format!("{a} vs {b}"),
+            a: a.into(),
+            b: b.into(),
+            measure: measure.into(),
+            b_measure: None,
+            expect,
+            transform: Transform::Difference,
+            scale: 1.0,
+            unit: String::new(),
+            censored: Censored::Refuse,
+        }
+    }
+
+    /// Paired by seed over the seeds both have: differences 1, 2, 3, 4
+    /// (seed 9 only in `a`, left out) give 2.5 ± 2.0543 (the hand
+    /// computation of `compare::tests`), above 0.
+    #[test]
+    fn a_claim_is_decided_by_the_paired_interval() {
+        let rows = [
+            row(
+                "sam",
+                &[
+                    (0, &[("acc", 11.0)]),
+                    (1, &[("acc", 22.0)]),
+                    (2, &[("acc", 33.0)]),
+                    (3, &[("acc", 44.0)]),
+                    (9, &[("acc", 0.0)]),
+                ],
+            ),
+            row(
+                "sgd",
+                &[
+                    (0, &[("acc", 10.0)]),
+                    (1, &[("acc", 20.0)]),
+                    (2, &[("acc", 30.0)]),
+                    (3, &[("acc", 40.0)]),
+                ],
+            ),
+        ];
+        let d = claim("sam", "sgd", "acc", Expect::Higher).decide(&rows);
+        let (i, n) = d.interval.clone().unwrap();
+        assert_eq!(n, 4);
+        assert!(
+            (i.diff - 2.5).abs() < 1e-12 && (i.hi - i.diff - 2.0543).abs() < 1e-4,
+            "{i:?}"
+        );
+        assert_eq!(d.verdict, "reproduced");
+        assert_eq!(
+            claim("sam", "sgd", "acc", Expect::Lower)
+                .decide(&rows)
+                .verdict,
+            "not reproduced"
+        );
+        assert_eq!(
+            claim("sgd", "sam", "acc", Expect::Same)
+                .decide(&rows)
+                .verdict,
+            "not reproduced (a lower)"
+        );
+        let (md, csv) = table(&[claim("sam", "sgd", "acc", Expect::Higher)], &rows);
+        assert!(
+            md.contains("| +2.500 [+0.446, +4.554] (n = 4) | reproduced |"),
+            "{md}"
+        );
+        assert!(
+            csv.lines()
+                .nth(1)
+                .unwrap()
+                .contains(",4,\"reproduced\",0,0"),
+            "{csv}"
+        );
+        // One common seed: no interval.
+        let d = claim("sam", "missing", "acc", Expect::Higher).decide(&rows);
+        assert!(d.interval.unwrap_err().contains("`missing`"));
+    }
+
+    /// An interval holding 0: inconclusive for a direction, "no difference
+    /// detected" for `Same`.
+    #[test]
+    fn an_interval_holding_zero() {
+        let rows = [
+            row(
+                "a",
+                &[(0, &[("m", 1.0)]), (1, &[("m", 2.0)]), (2, &[("m", 3.0)])],
+            ),
+            row(
+                "b",
+                &[(0, &[("m", 1.5)]), (1, &[("m", 1.5)]), (2, &[("m", 3.5)])],
+            ),
+        ];
+        assert_eq!(
+            claim("a", "b", "m", Expect::Higher).decide(&rows).verdict,
+            "inconclusive"
+        );
+        assert!(
+            claim("a", "b", "m", Expect::Same)
+                .decide(&rows)
+                .verdict
+                .starts_with("no difference")
+        );
+        assert_eq!(
+            claim("a", "b", "m", Expect::Describe).decide(&rows).verdict,
+            "descriptive"
+        );
+    }
+
+    /// A run that did not escape: refused by default; with `AsBudget`
+    /// counted as the steps it ran, and the count is reported.
+    #[test]
+    fn censored_escapes_count_at_their_budget_only_when_asked() {
+        let esc = |s: f64| -> Vec<(&str, f64)> {
+            vec![("escaped", 1.0), ("escape_steps", s), ("steps", s)]
+        };
+        let stuck: Vec<(&str, f64)> = vec![("escaped", 0.0), ("steps", 200.0)];
+        let (e1, e2, e3) = (esc(20.0), esc(30.0), esc(25.0));
+        let (f1, f2, f3) = (esc(2.0), esc(3.0), esc(4.0));
+        let rows = [
+            row("sgd", &[(0, &e1), (1, &e2), (2, &stuck), (3, &e3)]),
+            row("sam", &[(0, &f1), (1, &f2), (2, &f3), (3, &f1)]),
+        ];
+        let mut c = claim("sgd", "sam", "escape_steps", Expect::Higher);
+        let d = c.decide(&rows);
+        assert!(d.interval.unwrap_err().contains("did not escape"));
+        c.censored = Censored::AsBudget;
+        let d = c.decide(&rows);
+        assert_eq!(d.censored, (1, 0));
+        let (i, n) = d.interval.unwrap();
+        assert_eq!(n, 4);
+        assert!((i.diff - (18.0 + 27.0 + 196.0 + 23.0) / 4.0).abs() < 1e-12);
+        let (md, _) = table(&[c], &rows);
+        assert!(
+            md.contains("counted at their budget: 1 and 0 (a bound)"),
+            "{md}"
+        );
+    }
+
+    /// Two measures of one stage, as a log ratio: ratios 0.5, 0.5, 0.5
+    /// give exactly 0.5 (zero width), below 1.
+    #[test]
+    fn log_ratio_of_two_measures_of_one_stage() {
+        let rows = [row(
+            "line",
+            &[
+                (0, &[("w1", 2.0), ("w2", 1.0)]),
+                (1, &[("w1", 4.0), ("w2", 2.0)]),
+                (2, &[("w1", 6.0), ("w2", 3.0)]),
+            ],
+        )];
+        let mut c = claim("line", "line", "w2", Expect::Lower);
+        c.b_measure = Some("w1".into());
+        c.transform = Transform::LogRatio;
+        let (md, _) = table(std::slice::from_ref(&c), &rows);
+        assert!(md.contains("0.500 (ratio) [0.500, 0.500] (n = 3)"), "{md}");
+        assert!(md.contains("ln ratio, w2 of line − w1 of line"), "{md}");
+        // A zero-width interval strictly below 0 is resolved.
+        assert_eq!(c.decide(&rows).verdict, "reproduced");
+    }
+}
