@@ -183,11 +183,24 @@ impl Claim {
         Ok((out, at_budget))
     }
 
-    /// The interval as shown: scaled, or as a ratio.
+    /// The interval as shown, scaled or as a ratio, its three numbers with
+    /// the decimals that give the largest four significant digits.
     fn show(&self, i: &Interval, n: usize) -> String {
+        let f = |v: f64| match self.transform {
+            Transform::Difference => v * self.scale,
+            Transform::LogRatio => v.exp(),
+        };
+        let largest = [i.diff, i.lo, i.hi]
+            .iter()
+            .fold(0f64, |m, v| m.max(f(*v).abs()));
+        let d = if largest > 0.0 {
+            (3 - largest.log10().floor() as i32).clamp(0, 8) as usize
+        } else {
+            3
+        };
         let g = |v: f64| match self.transform {
-            Transform::Difference => format!("{:+.3}", v * self.scale),
-            Transform::LogRatio => format!("{:.3}", v.exp()),
+            Transform::Difference => format!("{:+.*}", d, f(v)),
+            Transform::LogRatio => format!("{:.*}", d, f(v)),
         };
         let unit = match (self.transform, self.unit.is_empty()) {
             (Transform::LogRatio, _) => " (ratio)".to_string(),
@@ -448,7 +461,10 @@ mod tests {
         c.b_measure = Some("w1".into());
         c.transform = Transform::LogRatio;
         let (md, _) = table(std::slice::from_ref(&c), &rows);
-        assert!(md.contains("0.500 (ratio) [0.500, 0.500] (n = 3)"), "{md}");
+        assert!(
+            md.contains("0.5000 (ratio) [0.5000, 0.5000] (n = 3)"),
+            "{md}"
+        );
         assert!(md.contains("ln ratio, w2 of line − w1 of line"), "{md}");
         // A zero-width interval strictly below 0 is resolved.
         assert_eq!(c.decide(&rows).verdict, "reproduced");
