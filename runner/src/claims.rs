@@ -52,6 +52,10 @@ pub struct Claim {
     pub unit: String,
     #[serde(default)]
     pub censored: Censored,
+    /// One claim per value, `{each}` in `claim`, `a` and `b` replaced by
+    /// it (`each: ["resnet18", "wrn28-10"]`, `a: "{each}-sam"`).
+    #[serde(default)]
+    pub each: Vec<String>,
 }
 
 fn one() -> f64 {
@@ -98,6 +102,23 @@ pub struct Decided {
 }
 
 impl Claim {
+    /// The claims this one stands for: itself, or one per `each` value.
+    pub fn expanded(&self) -> Vec<Claim> {
+        if self.each.is_empty() {
+            return vec![self.clone()];
+        }
+        self.each
+            .iter()
+            .map(|v| Claim {
+                claim: self.claim.replace("{each}", v),
+                a: self.a.replace("{each}", v),
+                b: self.b.replace("{each}", v),
+                each: Vec::new(),
+                ..self.clone()
+            })
+            .collect()
+    }
+
     /// The rows' labels this claim names.
     pub fn labels(&self) -> [&str; 2] {
         [&self.a, &self.b]
@@ -319,7 +340,22 @@ mod tests {
             scale: 1.0,
             unit: String::new(),
             censored: Censored::Refuse,
+            each: Vec::new(),
         }
+    }
+
+    #[test]
+    fn each_expands_a_claim_per_value() {
+        let mut c = claim("{each}-sam", "{each}-sgd", "test_acc", Expect::Higher);
+        c.claim = "SAM > SGD, {each}".into();
+        c.each = vec!["resnet18".into(), "wrn28-10".into()];
+        let e = c.expanded();
+        assert_eq!(e.len(), 2);
+        assert_eq!(
+            (e[1].claim.as_str(), e[1].a.as_str(), e[1].b.as_str()),
+            ("SAM > SGD, wrn28-10", "wrn28-10-sam", "wrn28-10-sgd")
+        );
+        assert!(e.iter().all(|x| x.each.is_empty()));
     }
 
     /// Paired by seed over the seeds both have: differences 1, 2, 3, 4

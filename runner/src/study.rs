@@ -428,7 +428,8 @@ fn resolve(raw: RawStudy, ctx: &Ctx, path: &Path) -> Result<Study> {
         }
         expansions.insert(name.clone(), mine);
     }
-    let report = raw.report.clone().unwrap_or_default();
+    let mut report = raw.report.clone().unwrap_or_default();
+    report.claims = report.claims.iter().flat_map(|c| c.expanded()).collect();
     for t in &report.tables {
         for r in &t.rows {
             for c in &t.columns {
