@@ -436,3 +436,34 @@ fn report_tables_name_existing_stages() {
         "{e}"
     );
 }
+
+/// A claim must name stages (or grid points) of the study, after `each`
+/// is expanded; a claim with an unknown direction lists the valid ones.
+#[test]
+fn report_claims_name_existing_stages() {
+    let study = |claim: &str| {
+        format!(
+            r#"Study(version: 1, dataset: "cifar10",
+    stages: {{
+        "r8-sgd": Train(model: "resnet8", epochs: 1),
+        "r8-sam": Train(model: "resnet8", epochs: 1, method: Always(Sam), grid: {{"rho": [0.1]}}),
+    }},
+    report: (claims: [{claim}]),
+)"#
+        )
+    };
+    let good = r#"Claim(claim: "SAM > SGD", a: "{each}-sam[rho=0.1]", b: "{each}-sgd", measure: "test_acc", expect: Higher, each: ["r8"])"#;
+    let s = study::parse(&study(good), Path::new("s.ron")).unwrap();
+    assert_eq!(s.report.claims.len(), 1);
+    assert_eq!(s.report.claims[0].a, "r8-sam[rho=0.1]");
+    let e = err(&study(&good.replace("[\"r8\"]", "[\"r9\"]")));
+    assert!(
+        e.contains("claim `SAM > SGD` names `r9-sam[rho=0.1]`"),
+        "{e}"
+    );
+    let e = err(&study(&good.replace("Higher", "Bigger")));
+    assert!(
+        e.contains("Bigger") && e.contains("Higher") && e.contains("Describe"),
+        "{e}"
+    );
+}
