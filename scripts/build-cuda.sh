@@ -19,7 +19,9 @@
 #    H200) in target/cuda, strips it into dist/runner, and writes
 #    dist/run.sh, which points the loader at the GPU machine's CUDA libraries;
 # 5. checks the binary here: with the stub as driver it must start and say
-#    that there is no CUDA device.
+#    that there is no CUDA device. A second binary without cuDNN,
+#    dist/runner-nocudnn, is built and checked too: scripts/gpu-check.sh
+#    falls back to it where cuDNN cannot be loaded.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=${SAMLAB_CUDA_WORK:-$root/target/cuda-toolkit}
@@ -95,20 +97,37 @@ strip dist/runner
 # A compressed copy (about 8 MB) for carrying to a GPU machine under a size
 # limit; scripts/gpu-check.sh unpacks it when dist/runner is missing.
 xz -T0 -6 -k -f dist/runner
+# A second binary without cuDNN, for a GPU machine where libcudnn.so.9
+# cannot be found or loaded (scripts/gpu-check.sh falls back to it);
+# SAMLAB_CUDA_FALLBACK=0 skips it.
+if [ "$features" = cudnn ] && [ "${SAMLAB_CUDA_FALLBACK:-1}" != 0 ]; then
+  say "building the fallback runner without cuDNN"
+  export LIBRARY_PATH=$cuda/lib:$stub${LIBRARY_PATH:+:$LIBRARY_PATH}
+  export RUSTFLAGS="-L native=$cuda/lib -L native=$stub"
+  cargo build --release -p samlab-runner --features cuda --target-dir target/cuda-nocudnn
+  cp target/cuda-nocudnn/release/runner dist/runner-nocudnn
+  strip dist/runner-nocudnn
+  xz -T0 -6 -k -f dist/runner-nocudnn
+fi
 cat > dist/run.sh <<'RUN'
 #!/usr/bin/env bash
 # Runs the CUDA runner on a GPU machine: the driver comes from the system;
 # cuBLAS, cuRAND, NVRTC, the runtime and cuDNN 9 from a CUDA 13 install,
-# found as $SAMLAB_CUDA_LIB (folders joined by ':'), else from the Python
-# `nvidia` wheels (as PyTorch installs them).
+# found as $SAMLAB_CUDA_LIB (folders joined by ':'), else in the Python
+# `nvidia` wheels (as PyTorch installs them): every folder there holding
+# libcublas.so.13 or libcudnn.so.9. SAMLAB_RUNNER_BIN=runner-nocudnn runs
+# the binary built without cuDNN.
 here=$(cd "$(dirname "$0")" && pwd)
 lib=${SAMLAB_CUDA_LIB:-}
 if [ -z "$lib" ]; then
   site=$(python3 -c 'import nvidia, os; print(os.path.dirname(nvidia.__path__[0]))' 2>/dev/null || true)
-  lib=${site:+$site/nvidia/cu13/lib:$site/nvidia/cudnn/lib}
+  if [ -n "$site" ]; then
+    lib=$(find "$site/nvidia" \( -name 'libcublas.so.13' -o -name 'libcudnn.so.9' \) -printf '%h\n' 2>/dev/null |
+      sort -u | paste -sd: -)
+  fi
 fi
 export LD_LIBRARY_PATH=${lib:+$lib:}${LD_LIBRARY_PATH:-}
-exec "$here/runner" "$@"
+exec "$here/${SAMLAB_RUNNER_BIN:-runner}" "$@"
 RUN
 chmod +x dist/run.sh
 
@@ -122,5 +141,15 @@ echo "$out" >&2
 if [ $code -eq 0 ] || ! grep -qi "no CUDA device" <<<"$out"; then
   echo "self-check failed: expected a clear 'no CUDA device' error from the stub driver (exit $code)" >&2
   exit 1
+fi
+if [ -x dist/runner-nocudnn ]; then
+  set +e
+  out=$(SAMLAB_RUNNER_BIN=runner-nocudnn SAMLAB_CUDA_LIB="$cuda/lib:$stub" dist/run.sh device cuda 2>&1)
+  code=$?
+  set -e
+  if [ $code -eq 0 ] || ! grep -qi "no CUDA device" <<<"$out"; then
+    echo "self-check of dist/runner-nocudnn failed (exit $code): $out" >&2
+    exit 1
+  fi
 fi
 say "self-check passed: the binary starts and reports that there is no CUDA device"

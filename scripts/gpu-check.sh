@@ -22,8 +22,8 @@
 # Needs dist/ from scripts/build-cuda.sh and the CIFAR-10 JPEG archive
 # ($SAMLAB_CIFAR10, else shared/data/ or ../shared/data/ or dist/data/).
 # To carry it to a GPU machine within 64 MiB, keep dist/run.sh,
-# dist/runner.xz (unpacked here when dist/runner is missing) and
-# dist/data/cifar10-jpeg.tar.gz, and leave dist/runner behind.
+# dist/runner.xz and dist/runner-nocudnn.xz (unpacked here when missing)
+# and dist/data/cifar10-jpeg.tar.gz, and leave the unpacked binaries behind.
 # Writes its table to $OUT/gpu-check.md when OUT is set (and always prints
 # it), its log to $OUT/gpu-check.log, and the rates to $OUT/rates.csv
 # (commit both under results/gpu/).
@@ -47,11 +47,20 @@ limit() { # limit WANTED_S [RESERVE_S]: the seconds a step may take now
 }
 dev=${SAMLAB_CHECK_DEVICE:-cuda}
 runner=${SAMLAB_CHECK_RUNNER:-dist/run.sh}
+binary="runner (cuDNN)"
 if [ -z "${SAMLAB_CHECK_RUNNER:-}" ]; then
-  if [ ! -x dist/runner ] && [ -f dist/runner.xz ]; then
-    xz -dkf dist/runner.xz && chmod +x dist/runner
-  fi
+  for b in runner runner-nocudnn; do
+    if [ ! -x dist/$b ] && [ -f dist/$b.xz ]; then
+      xz -dkf dist/$b.xz && chmod +x dist/$b
+    fi
+  done
   [ -x "$runner" ] && [ -x dist/runner ] || { echo "dist/run.sh is missing: build it with scripts/build-cuda.sh" >&2; exit 1; }
+  # Where cuDNN cannot be loaded, the binary built without it.
+  if ! probe=$(timeout 30 "$runner" device "$dev" 2>&1) && grep -qi cudnn <<<"$probe" && [ -x dist/runner-nocudnn ]; then
+    echo "cuDNN binary failed: $probe" >>"$log"
+    export SAMLAB_RUNNER_BIN=runner-nocudnn
+    binary="runner-nocudnn (cuDNN failed to load: $(head -c 200 <<<"$probe" | tr '\n' ' '))"
+  fi
 fi
 
 card=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1)
@@ -167,7 +176,7 @@ unmeasured() {
 {
   echo "# GPU check"
   echo
-  echo "Card: ${card:-unknown}. Commit $commit. PyTorch ${torch_version:-unknown}. $(date -u +%Y-%m-%dT%H:%MZ)."
+  echo "Card: ${card:-unknown}. Commit $commit. Binary: $binary. PyTorch ${torch_version:-unknown}. $(date -u +%Y-%m-%dT%H:%MZ)."
   echo
   echo "- runner device $dev: exit $dev_rc"
   echo "- parity f32 (ResNet-8, batch 16, CPU f32 vs CUDA f32, tolerance 1e-2): exit $pf_rc"

@@ -56,6 +56,14 @@ pub fn images(n: usize, stream: u32, device: &Device) -> Result<Tensor> {
     Ok(Tensor::from_vec(x, (n, 3, 32, 32), device)?)
 }
 
+/// Every element of `t`, in order, as f64 (any float dtype): for
+/// comparing tensors in tests and checks.
+pub fn f64s(t: &Tensor) -> Result<Vec<f64>> {
+    Ok(t.flatten_all()?
+        .to_dtype(candle_core::DType::F64)?
+        .to_vec1::<f64>()?)
+}
+
 /// `n` labels of 10 classes, label `i` being `(7 i + 1) mod 10`.
 pub fn labels(n: usize, device: &Device) -> Result<Tensor> {
     let y: Vec<u32> = (0..n as u32).map(|i| (7 * i + 1) % 10).collect();

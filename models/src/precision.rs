@@ -107,12 +107,7 @@ mod tests {
     use candle_core::Device;
 
     fn flat(t: &Tensor) -> Vec<f64> {
-        t.flatten_all()
-            .unwrap()
-            .to_dtype(DType::F64)
-            .unwrap()
-            .to_vec1::<f64>()
-            .unwrap()
+        fixtures::f64s(t).unwrap()
     }
 
     /// What one training pass produced.

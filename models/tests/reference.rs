@@ -38,12 +38,7 @@ fn floats(v: &Value) -> Vec<f64> {
 }
 
 fn flat(t: &Tensor) -> Vec<f64> {
-    t.flatten_all()
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_vec1()
-        .unwrap()
+    samlab_models::fixtures::f64s(t).unwrap()
 }
 
 fn close(what: &str, got: &[f64], want: &[f64], scale: f64, tol: f64) {

@@ -47,12 +47,7 @@ fn f32_tolerance(chunk: Option<usize>, adaptive: bool, bn_batch: Option<usize>) 
 }
 
 fn f64_flat(t: &Tensor) -> Vec<f64> {
-    t.flatten_all()
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap()
+    samlab_models::fixtures::f64s(t).unwrap()
 }
 
 #[test]

@@ -28,7 +28,7 @@ pub struct Parity {
 }
 
 fn f64s(t: &Tensor) -> Result<Vec<f64>> {
-    Ok(t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?)
+    Ok(fixtures::f64s(t)?)
 }
 
 /// Forward and backward of `model` on `dtype`/`device` copies of one batch.
