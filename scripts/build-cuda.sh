@@ -102,10 +102,11 @@ xz -T0 -6 -k -f dist/runner
 # SAMLAB_CUDA_FALLBACK=0 skips it.
 if [ "$features" = cudnn ] && [ "${SAMLAB_CUDA_FALLBACK:-1}" != 0 ]; then
   say "building the fallback runner without cuDNN"
-  export LIBRARY_PATH=$cuda/lib:$stub${LIBRARY_PATH:+:$LIBRARY_PATH}
-  export RUSTFLAGS="-L native=$cuda/lib -L native=$stub"
-  cargo build --release -p samlab-runner --features cuda --target-dir target/cuda-nocudnn
-  cp target/cuda-nocudnn/release/runner dist/runner-nocudnn
+  # Same flags and target folder: only candle-core and what depends on it
+  # are built again (cudnn's -L path is harmless without -lcudnn); the
+  # main binary was copied out above.
+  cargo build --release -p samlab-runner --features cuda --target-dir target/cuda
+  cp target/cuda/release/runner dist/runner-nocudnn
   strip dist/runner-nocudnn
   xz -T0 -6 -k -f dist/runner-nocudnn
 fi
