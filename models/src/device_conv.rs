@@ -40,12 +40,19 @@ pub enum ConvGrad {
 }
 
 impl ConvGrad {
-    /// `SAMLAB_CONV_GRAD` (`forward`, the default, or `candle`), read once.
+    /// `SAMLAB_CONV_GRAD` (`forward`, the default, or `candle`), read once;
+    /// any other value is named in a warning and read as `forward`.
     pub fn from_env() -> ConvGrad {
         static MODE: OnceLock<ConvGrad> = OnceLock::new();
         *MODE.get_or_init(|| match std::env::var("SAMLAB_CONV_GRAD").as_deref() {
             Ok("candle") => ConvGrad::Candle,
-            _ => ConvGrad::Forward,
+            Ok("forward") | Err(_) => ConvGrad::Forward,
+            Ok(other) => {
+                eprintln!(
+                    "warning: SAMLAB_CONV_GRAD={other:?} is neither \"forward\" nor \"candle\"; using forward"
+                );
+                ConvGrad::Forward
+            }
         })
     }
 }
