@@ -11,6 +11,7 @@
 //! | the keys of the stages it depends on (`from`, `of`), by role | absolute paths, mtimes, host names, user names |
 //! | the dataset's name and content fingerprint (decoded pixels and labels, not the file it came from) | where the dataset was read from (official archive, folder, JPEG tree: only content counts) |
 //! | [`SEMANTICS`], bumped by hand whenever training or evaluation semantics change | the device (a checkpoint trained on CUDA is reused on the CPU; the entry records where it was computed), thread counts, progress settings |
+//! | fields added later, when set away from their default (`bn_batch`, Escape's `measure`, `precision: Bf16`) | the same fields at their default (unset `bn_batch`, `measure: Probe`, `precision: F32`), so caches from before they existed stay valid |
 //!
 //! The key document is built once, here, when the study is planned; the
 //! plan keeps it, and the cache entry records it as `spec.json`, so
