@@ -1,4 +1,4 @@
-//! The convolution wherever the CPU kernels of [`crate::cpu`] do not run
+//! The convolution wherever the CPU kernels of `crate::cpu` do not run
 //! (CUDA, and other dtypes than f32): candle's `conv2d` forward, and both
 //! gradients computed as forward convolutions too, so that with the `cudnn`
 //! feature cuDNN serves all three.

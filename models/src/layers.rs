@@ -1,7 +1,7 @@
 //! The layers the models are built from: `Conv2d`, `BatchNorm2d` (with an
 //! optional fused ReLU), `Linear`, `relu(a + b)` for residual blocks and
 //! global average pooling. On the CPU in f32 they run the kernels of
-//! [`crate::cpu`]; elsewhere the composite of candle ops, the convolution
+//! `crate::cpu`; elsewhere the composite of candle ops, the convolution
 //! with the backward of [`crate::device_conv`]. Under bf16 autocast
 //! ([`crate::precision`]) convolutions and linear layers compute in bf16,
 //! BatchNorm and pooling in f32.

@@ -64,7 +64,7 @@ pub fn keep_freed_pages() {
 }
 
 /// A family of networks: one file with its `Config`, how its names parse
-/// and print, how it is built and how it runs. [`models!`] lists the
+/// and print, how it is built and how it runs. `models!` lists the
 /// families; adding one is a new file that implements this trait plus one
 /// line there (ARCHITECTURE.md walks through it).
 pub trait Family: Sized {

@@ -9,7 +9,7 @@
 //! [`LossSurface`] is the mean cross-entropy over a fixed set of batches,
 //! BatchNorm in evaluation mode (its running statistics are constants, as
 //! in PyHessian's `model.eval()`), weight decay left out. Its variables are
-//! the model's trainable parameters in [`ParamStore::trainable`] order,
+//! the model's trainable parameters in [`ParamStore::trainable`](samlab_models::ParamStore::trainable) order,
 //! flattened into one `f64` vector.
 //!
 //! # Hessian-vector products

@@ -78,7 +78,7 @@ pub struct ResumePoint {
     pub from: ResumeFrom,
 }
 
-/// What [`Cache::resume_point`] found.
+/// What [`resume_point`] found.
 #[derive(Debug, Default)]
 pub struct ResumeSearch {
     pub point: Option<ResumePoint>,

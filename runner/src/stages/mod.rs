@@ -7,7 +7,7 @@
 //!   goes into its key, its cost for `runner plan`, how it runs, the measures
 //!   its tables show and its plots.
 //!
-//! [`registry!`] below turns the list of kinds into [`RawStage`] and
+//! `registry!` below turns the list of kinds into [`RawStage`] and
 //! [`StageSpec`] and forwards every call through the traits. Adding a kind
 //! is one new module plus one line in that list (ARCHITECTURE.md walks
 //! through it). What several kinds use lives in [`common`].
