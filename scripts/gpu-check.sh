@@ -148,11 +148,15 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0 && b > 0) printf "%.3f", a 
 epoch_s() { awk -v r="$1" 'BEGIN { if (r > 0) printf "%.1f", 50000 / r; else print "-" }'; }
 
 say "5. rates and GPU-hours"
+rate_row() { # rate_row MODEL PRECISION BENCH_JSON: a rates.csv line, if measured
+  local s1 s2; s1=$(field "$3" sgd_img_s); s2=$(field "$3" sam_img_s)
+  [ -n "$s1" ] && echo "$dev,$1,$2,256,$s1,${s2:-},${card%%,*},$(date -u +%Y-%m-%d)"
+  return 0
+}
 {
   echo "device,model,precision,batch,sgd_img_s,sam_img_s,card,measured"
   for k in "resnet18 f32" "resnet18 bf16" "wrn28-10 f32" "wrn28-10 bf16"; do
-    j=${s[$k]}; s1=$(field "$j" sgd_img_s); s2=$(field "$j" sam_img_s)
-    [ -n "$s1" ] && echo "$dev,${k% *},${k#* },256,$s1,${s2:-},${card%%,*},$(date -u +%Y-%m-%d)"
+    rate_row "${k% *}" "${k#* }" "${s[$k]}"
   done
 } > "$out/rates.csv"
 
@@ -161,17 +165,14 @@ for m in pyramidnet110 preactresnet164; do
   [ "$(left)" -gt 90 ] || break
   j=$(bench "$m" f32 3 60)
   echo "$m f32: $j" >>"$log"
-  s1=$(field "$j" sgd_img_s); s2=$(field "$j" sam_img_s)
-  [ -n "$s1" ] && echo "$dev,$m,f32,256,$s1,${s2:-},${card%%,*},$(date -u +%Y-%m-%d)" >> "$out/rates.csv"
+  rate_row "$m" f32 "$j" >> "$out/rates.csv"
 done
 # The same rates with bf16's in f32's place: what a study would take in bf16.
 awk -F, -v OFS=, 'NR == 1 { print; next } $3 == "bf16" { $3 = "f32"; print }' "$out/rates.csv" > "$out/rates-bf16.csv"
-hours() { # hours STUDY RATES
-  timeout 20 "$runner" plan "$1" --rates "$2" 2>/dev/null | grep -o 'about [0-9.]* GPU-hours' | grep -o '[0-9.]*' | head -1
+plan_line() { # plan_line STUDY RATES: `runner plan`'s GPU-hours line
+  timeout 20 "$runner" plan "$1" --rates "$2" 2>/dev/null | grep 'GPU-hours' | head -1
 }
-unmeasured() {
-  timeout 20 "$runner" plan "$1" --rates "$2" 2>/dev/null | sed -n 's/.*no rate for //p' | head -1
-}
+hours() { grep -o 'about [0-9.]* GPU-hours' <<<"$1" | grep -o '[0-9.]*' | head -1; }
 
 {
   echo "# GPU check"
@@ -212,7 +213,8 @@ unmeasured() {
   echo "| study | f32 | bf16 | not counted |"
   echo "|---|---|---|---|"
   for f in studies/*.ron; do
-    echo "| $(basename "$f" .ron) | $(hours "$f" "$out/rates.csv") | $(hours "$f" "$out/rates-bf16.csv") | $(unmeasured "$f" "$out/rates.csv") |"
+    f32=$(plan_line "$f" "$out/rates.csv"); bf16=$(plan_line "$f" "$out/rates-bf16.csv")
+    echo "| $(basename "$f" .ron) | $(hours "$f32") | $(hours "$bf16") | $(sed -n 's/.*no rate for //p' <<<"$f32") |"
   done
   if [ -f "$out/study/summary.md" ]; then
     echo

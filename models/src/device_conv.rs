@@ -153,8 +153,7 @@ fn input_grad(
         .transpose(0, 1)?
         .contiguous()?
         .index_select(&rev, 2)?
-        .index_select(&rev, 3)?
-        .contiguous()?;
+        .index_select(&rev, 3)?;
     // Contiguous: cuDNN takes strided views too, but may then pick slower
     // algorithms.
     let spread = spread(dy, stride, (h, wd), k, padding)?.contiguous()?;
@@ -175,9 +174,9 @@ fn spread(
         return Ok(dy.clone());
     }
     let (n, c, oh, ow) = dy.dims4()?;
-    // Rows the convolution's last window ended before the padded edge.
-    let rows = (oh - 1) * stride + 1 + (h + 2 * padding - k - (oh - 1) * stride);
-    let cols = (ow - 1) * stride + 1 + (w + 2 * padding - k - (ow - 1) * stride);
+    // Every window start of a stride-1 pass over the padded input: the
+    // spread outputs plus the rows/columns past the last strided window.
+    let (rows, cols) = (h + 2 * padding + 1 - k, w + 2 * padding + 1 - k);
     dy.reshape((n, c, oh, 1, ow, 1))?
         .pad_with_zeros(3, 0, stride - 1)?
         .pad_with_zeros(5, 0, stride - 1)?

@@ -229,17 +229,11 @@ impl Conv2d {
         // (docs/cpu-profile.md has the measurement and the command).
         let (x, weight) = (precision::cast(x)?, precision::cast(&self.weight)?);
         let y = if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::BF16) {
-            // candle's CPU backend has no bf16 matmul: bf16 operands are
-            // widened, the f32 kernels sum (as tensor cores do), and the
-            // result is rounded back to bf16.
-            let y = x.to_dtype(DType::F32)?.contiguous()?.apply_op2(
-                &weight.to_dtype(DType::F32)?,
-                crate::cpu::conv::ConvOp {
-                    stride: self.stride,
-                    padding: self.padding,
-                },
-            )?;
-            y.to_dtype(x.dtype())?
+            let op = crate::cpu::conv::ConvOp {
+                stride: self.stride,
+                padding: self.padding,
+            };
+            precision::widened(&x, &weight, |x, w| Ok(x.contiguous()?.apply_op2(w, op)?))?
         } else {
             device_conv::conv2d(&x, &weight, self.stride, self.padding, ConvGrad::from_env())?
         };
@@ -287,9 +281,7 @@ impl Linear {
             precision::cast(&self.bias)?,
         );
         let y = if x.device().is_cpu() && x.dtype() == DType::BF16 {
-            // No bf16 matmul on candle's CPU: f32 sums, rounded to bf16.
-            let f = |t: &Tensor| t.to_dtype(DType::F32);
-            f(&x)?.matmul(&f(&w)?.t()?)?.to_dtype(DType::BF16)?
+            precision::widened(&x, &w, |x, w| Ok(x.matmul(&w.t()?)?))?
         } else {
             x.matmul(&w.t()?)?
         };

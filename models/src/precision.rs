@@ -92,6 +92,19 @@ pub(crate) fn autocast<T>(p: Precision, f: impl FnOnce() -> Result<T>) -> Result
     f()
 }
 
+/// `f` of `a` and `b` widened to f32, its result rounded back to `a`'s
+/// dtype: bf16 products on candle's CPU backend, which has no bf16 matrix
+/// product (f32 sums of bf16 operands, as tensor cores do). For f32
+/// operands the casts are no-ops.
+pub(crate) fn widened(
+    a: &Tensor,
+    b: &Tensor,
+    f: impl FnOnce(&Tensor, &Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let y = f(&a.to_dtype(DType::F32)?, &b.to_dtype(DType::F32)?)?;
+    Ok(y.to_dtype(a.dtype())?)
+}
+
 /// `t` in the autocast dtype, or `t` itself outside autocast.
 pub(crate) fn cast(t: &Tensor) -> Result<Tensor> {
     Ok(match AUTOCAST.with(Cell::get) {

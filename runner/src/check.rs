@@ -107,6 +107,25 @@ pub fn parity(device: &Device, c: &ParityConfig) -> Result<Parity> {
     })
 }
 
+/// [`parity`] against the CPU in the device's own precision, and, when
+/// that is not f32, against the CPU's f32 too (the last is the one a
+/// tolerance applies to): `(reference, result)` in that order.
+pub fn parities(device: &Device, c: &ParityConfig) -> Result<Vec<(Precision, Parity)>> {
+    let mut refs = vec![c.precision];
+    if !c.precision.is_f32() {
+        refs.push(Precision::F32);
+    }
+    refs.into_iter()
+        .map(|reference| {
+            let c = ParityConfig {
+                reference,
+                ..c.clone()
+            };
+            Ok((reference, parity(device, &c)?))
+        })
+        .collect()
+}
+
 /// Training speed of one method.
 #[derive(Debug)]
 pub struct Speed {

@@ -249,14 +249,34 @@ pub fn verdict(expect: Expect, i: &Interval) -> String {
     .to_string()
 }
 
-/// The claims table as markdown and CSV.
+/// The claims table as markdown and CSV (text fields quoted).
 pub fn table(claims: &[Claim], rows: &[Row]) -> (String, String) {
     let mut md = String::from(
         "| claim | compared | a − b [95% interval] (n seeds) | verdict |\n|---|---|---|---|\n",
     );
-    let mut csv = String::from(
-        "claim,a,b,measure,b_measure,transform,diff,lo,hi,n,verdict,censored_a,censored_b\n",
-    );
+    let mut csv = csv::WriterBuilder::new()
+        .quote_style(csv::QuoteStyle::NonNumeric)
+        .from_writer(Vec::new());
+    let header = [
+        "claim",
+        "a",
+        "b",
+        "measure",
+        "b_measure",
+        "transform",
+        "diff",
+        "lo",
+        "hi",
+        "n",
+        "verdict",
+        "censored_a",
+        "censored_b",
+    ];
+    let mut record = |fields: &[String]| {
+        csv.write_record(fields)
+            .expect("writing CSV to memory cannot fail")
+    };
+    record(&header.map(String::from));
     for c in claims {
         let d = c.decide(rows);
         let bm = c.b_measure.as_deref().unwrap_or(&c.measure);
@@ -290,22 +310,24 @@ pub fn table(claims: &[Claim], rows: &[Row]) -> (String, String) {
             ),
             Err(_) => Default::default(),
         };
-        let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
-        let _ = writeln!(
-            csv,
-            "{},{},{},{},{},{:?},{diff},{lo},{hi},{n},{},{},{}",
-            q(&c.claim),
-            q(&c.a),
-            q(&c.b),
-            c.measure,
-            bm,
-            c.transform,
-            q(&d.verdict),
-            d.censored.0,
-            d.censored.1
-        );
+        record(&[
+            c.claim.clone(),
+            c.a.clone(),
+            c.b.clone(),
+            c.measure.clone(),
+            bm.to_string(),
+            format!("{:?}", c.transform),
+            diff,
+            lo,
+            hi,
+            n,
+            d.verdict,
+            d.censored.0.to_string(),
+            d.censored.1.to_string(),
+        ]);
     }
-    (md, csv)
+    let bytes = csv.into_inner().expect("an in-memory CSV writer flushes");
+    (md, String::from_utf8(bytes).expect("the fields are UTF-8"))
 }
 
 #[cfg(test)]

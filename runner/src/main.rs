@@ -171,26 +171,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             _,
         ) => {
             let dev = samlab_runner::device::open(&device)?;
-            let mut c = ParityConfig {
+            let c = ParityConfig {
                 model: model.clone(),
                 batch,
                 dtype: candle_core::DType::F32,
                 precision,
                 reference: precision,
             };
-            let line = |p: &samlab_runner::check::Parity, of: Precision| {
+            let all = samlab_runner::check::parities(&dev, &c)?;
+            for (of, p) in &all {
                 emit(&format!(
                     "{model} {precision} on {device} vs cpu {of}, batch {batch}: logits {:.2e}, worst gradient {} {:.2e} (of {} parameters)\n",
                     p.logits, p.worst_grad.0, p.worst_grad.1, p.params
-                ))
-            };
-            let mut p = samlab_runner::check::parity(&dev, &c)?;
-            line(&p, precision)?;
-            if !precision.is_f32() {
-                c.reference = Precision::F32;
-                p = samlab_runner::check::parity(&dev, &c)?;
-                line(&p, Precision::F32)?;
+                ))?;
             }
+            let p = &all.last().expect("at least one comparison").1;
             if p.logits > tolerance || p.worst_grad.1 > tolerance {
                 eprintln!("parity: above the tolerance {tolerance}");
                 return Ok(ExitCode::FAILURE);

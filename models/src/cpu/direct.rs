@@ -87,6 +87,12 @@ impl Direct {
     pub(crate) fn ow(&self) -> usize {
         (self.wp() - self.k) / self.stride + 1
     }
+    /// Where output pixel `i` (row-major) reads its window's first input
+    /// in a padded plane.
+    fn pixel_start(&self, i: usize) -> usize {
+        let ow = self.ow();
+        (i / ow) * self.stride * self.wp() + (i % ow) * self.stride
+    }
     fn plane(&self) -> usize {
         self.hp() * self.wp()
     }
@@ -175,12 +181,7 @@ impl Direct {
         // Where each tile's pixels start in a padded plane; the last tile
         // repeats the last pixel.
         let offs: Vec<[usize; PR]> = (0..tiles)
-            .map(|t| {
-                std::array::from_fn(|j| {
-                    let i = (t * PR + j).min(p - 1);
-                    (i / ow) * self.stride * wp + (i % ow) * self.stride
-                })
-            })
+            .map(|t| std::array::from_fn(|j| self.pixel_start((t * PR + j).min(p - 1))))
             .collect();
         let taps = cin * kk;
         for t in 0..self.cout_tiles() {
@@ -352,7 +353,7 @@ impl Direct {
         scratch: &mut [f32],
     ) {
         assert!(available() && self.tiling == Tiling::Channels);
-        let (wp, plane, k, s) = (self.wp(), self.plane(), self.k, self.stride);
+        let (wp, plane, k) = (self.wp(), self.plane(), self.k);
         let (oh, ow, cin, cout) = (self.oh(), self.ow(), self.cin, self.cout);
         let (p, taps, ldc) = (oh * ow, cin * k * k, self.cout_tiles() * CR);
         let (img, oimg) = (cin * self.h * self.w, cout * p);
@@ -361,7 +362,7 @@ impl Direct {
         let (dyt, acc) = rest.split_at_mut(p * ldc);
         acc.fill(0.0);
         dyt.fill(0.0);
-        let base: Vec<usize> = (0..p).map(|i| (i / ow) * s * wp + (i % ow) * s).collect();
+        let base: Vec<usize> = (0..p).map(|i| self.pixel_start(i)).collect();
         let tap_off = |t: usize| {
             let t = t.min(taps - 1);
             let (ci, r) = (t / (k * k), t % (k * k));
