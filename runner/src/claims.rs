@@ -97,7 +97,7 @@ pub struct Decided {
     /// The interval on the compared scale, or why there is none.
     pub interval: Result<(Interval, usize), String>,
     pub verdict: String,
-    /// Runs counted at their budget, on each side.
+    /// Runs counted at their budget, on each side, among the seeds compared.
     pub censored: (usize, usize),
 }
 
@@ -126,7 +126,7 @@ impl Claim {
 
     /// Decides the claim from the study's rows.
     pub fn decide(&self, rows: &[Row]) -> Decided {
-        let side = |label: &str, measure: &str| -> Result<(BTreeMap<u64, f64>, usize), String> {
+        let side = |label: &str, measure: &str| -> Result<BTreeMap<u64, (f64, bool)>, String> {
             let row = rows
                 .iter()
                 .find(|r| r.label() == label)
@@ -135,7 +135,7 @@ impl Claim {
         };
         let b_measure = self.b_measure.as_deref().unwrap_or(&self.measure);
         let sides = side(&self.a, &self.measure).and_then(|a| Ok((a, side(&self.b, b_measure)?)));
-        let ((a, ca), (b, cb)) = match sides {
+        let (a, b) = match sides {
             Ok(s) => s,
             Err(why) => {
                 return Decided {
@@ -150,8 +150,11 @@ impl Claim {
             Transform::Difference => v,
             Transform::LogRatio => v.ln(),
         };
-        let xa: Vec<f64> = seeds.iter().map(|s| t(a[s])).collect();
-        let xb: Vec<f64> = seeds.iter().map(|s| t(b[s])).collect();
+        let xa: Vec<f64> = seeds.iter().map(|s| t(a[s].0)).collect();
+        let xb: Vec<f64> = seeds.iter().map(|s| t(b[s].0)).collect();
+        // Runs counted at their budget, among the seeds compared.
+        let at_budget = |m: &BTreeMap<u64, (f64, bool)>| seeds.iter().filter(|s| m[s].1).count();
+        let (ca, cb) = (at_budget(&a), at_budget(&b));
         let interval = match paired(&xa, &xb) {
             Some(i) if i.lo.is_finite() && i.hi.is_finite() => Ok((i, seeds.len())),
             Some(_) => Err("a value is not positive (log ratio)".into()),
@@ -168,10 +171,10 @@ impl Claim {
         }
     }
 
-    /// `measure` of `row` by seed, and how many runs counted at their budget.
-    fn values(&self, row: &Row, measure: &str) -> Result<(BTreeMap<u64, f64>, usize), String> {
+    /// `measure` of `row` by seed, each with whether it is a run counted
+    /// at its budget.
+    fn values(&self, row: &Row, measure: &str) -> Result<BTreeMap<u64, (f64, bool)>, String> {
         let mut out = BTreeMap::new();
-        let mut at_budget = 0;
         for (seed, m) in &row.runs {
             let escaped = m.get("escaped").copied();
             match (m.get(measure), escaped) {
@@ -187,13 +190,12 @@ impl Claim {
                             let steps = m.get("steps").copied().ok_or_else(|| {
                                 format!("`{}`: no `steps` for seed {seed}", row.label())
                             })?;
-                            out.insert(*seed, steps);
-                            at_budget += 1;
+                            out.insert(*seed, (steps, true));
                         }
                     }
                 }
                 (Some(v), _) => {
-                    out.insert(*seed, *v);
+                    out.insert(*seed, (*v, false));
                 }
                 (None, _) => {}
             }
@@ -201,7 +203,7 @@ impl Claim {
         if out.is_empty() {
             return Err(format!("`{}` has no `{measure}`", row.label()));
         }
-        Ok((out, at_budget))
+        Ok(out)
     }
 
     /// The interval as shown, scaled or as a ratio, its three numbers with
