@@ -95,22 +95,6 @@ fn weights(cache: &Path) -> Vec<(String, Vec<u8>)> {
     out
 }
 
-fn summary_without_wall(results: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string(results.join("summary.csv")).unwrap();
-    let head: Vec<&str> = text.lines().next().unwrap().split(',').collect();
-    let wall = head.iter().position(|h| *h == "wall_s");
-    text.lines()
-        .map(|l| {
-            l.split(',')
-                .enumerate()
-                .filter(|(i, _)| Some(*i) != wall)
-                .map(|(_, v)| v)
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-        .collect()
-}
-
 /// One cluster for both scenarios (a second one would need other ports).
 #[test]
 fn slurm_executor() {
@@ -118,6 +102,7 @@ fn slurm_executor() {
     let cluster = Cluster::start(&env.path("slurm"));
     study_as_dependent_jobs_with_local_results(&env, &cluster);
     nothing_submitted_twice_and_a_failed_job_leaves_its_dependants_unrun(&env, &cluster);
+    a_preempted_job_requeues_resumes_and_its_dependant_waits(&env, &cluster);
 }
 
 fn study_as_dependent_jobs_with_local_results(env: &Env, cluster: &Cluster) {
@@ -214,5 +199,100 @@ fn nothing_submitted_twice_and_a_failed_job_leaves_its_dependants_unrun(
     assert!(
         logs.contains("non-finite") || logs.contains("NaN") || logs.contains("inf"),
         "{logs}"
+    );
+}
+
+/// Preemption: a job signalled as Slurm does before preempting it or at
+/// its time limit (SIGTERM to the batch shell) saves a checkpoint mid-epoch,
+/// requeues itself and, run again, resumes there; its dependant waits for
+/// it; the study's results equal the local executor's bit for bit.
+fn a_preempted_job_requeues_resumes_and_its_dependant_waits(env: &Env, cluster: &Cluster) {
+    let study = env.write(
+        "preempt.ron",
+        r#"Study(version: 1, dataset: "cifar10", stages: {
+            "steps": Train(model: "resnet8", train_subset: PerClass(50), batch: 10, epochs: 3,
+                           lr: Cosine(lr: 0.05), test_subset: PerClass(2),
+                           method: Psam(period: 3, until: Fraction(0.7))),
+            "after": Evaluate(of: "steps", splits: [Test], test_subset: PerClass(2)),
+        })"#,
+    );
+    let s = study.to_str().unwrap();
+    env.ok(&[s, "--results-dir", "pre-local"], "pre-local");
+    let (ok, out, err) = slurm_run(env, cluster, &[s, "--executor", "slurm"], "pre-slurm");
+    assert!(ok && out.contains("2 jobs submitted"), "{out}\n{err}");
+    let job = out
+        .lines()
+        .find(|l| l.starts_with("steps "))
+        .and_then(|l| l.split_whitespace().last())
+        .unwrap()
+        .to_string();
+    // Into its second epoch (of 50 steps), then the signal.
+    let partial = env.path("pre-slurm/partial");
+    let t0 = std::time::Instant::now();
+    while !std::fs::read_dir(&partial)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|d| d.path().join("epoch-000001").is_dir())
+    {
+        assert!(t0.elapsed().as_secs() < 300, "the job made no checkpoint");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(60));
+    let o = Command::new("scancel")
+        .args(["--signal=TERM", "--batch", &job])
+        .env("SLURM_CONF", cluster.conf())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Waiting finds both jobs queued (the first requeued) and submits nothing.
+    let (ok, out, err) = slurm_run(
+        env,
+        cluster,
+        &[
+            s,
+            "--executor",
+            "slurm",
+            "--wait",
+            "--results-dir",
+            "pre-slurm-r",
+        ],
+        "pre-slurm",
+    );
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("0 jobs submitted"), "{out}");
+    let show = Command::new("scontrol")
+        .args(["show", "job", &job])
+        .env("SLURM_CONF", cluster.conf())
+        .output()
+        .unwrap();
+    let show = String::from_utf8_lossy(&show.stdout);
+    assert!(show.contains("Restarts=1"), "{show}");
+    assert!(show.contains("JobState=COMPLETED"), "{show}");
+    let logs: String = std::fs::read_dir(env.path("pre-slurm/slurm/logs"))
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .ends_with(&format!("-{job}.out"))
+        })
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .collect();
+    assert!(logs.contains("interrupted by SIGTERM after step"), "{logs}");
+    assert!(
+        logs.contains(&format!("requeued Slurm job {job}")),
+        "{logs}"
+    );
+    assert!(logs.contains("steps: done"), "{logs}");
+    let last = last_run(&env.path("pre-slurm-r"));
+    assert!(last.values().all(|r| r[0] == "cached"), "{last:?}");
+    assert!(
+        weights(&env.path("pre-local")) == weights(&env.path("pre-slurm")),
+        "the preempted run's weights differ from the local run's"
+    );
+    assert_eq!(
+        summary_without_wall(&env.path("pre-local")),
+        summary_without_wall(&env.path("pre-slurm-r"))
     );
 }

@@ -188,6 +188,18 @@ fn damaged_entry_is_detected_and_recomputed() {
     let n = bad.len();
     bad[n - 3] ^= 0x40;
     std::fs::write(&f, &bad).unwrap();
+    // `verify` names the file with both digests and fails, the whole cache
+    // or the study's part of it alike, and removes nothing.
+    for args in [vec!["verify"], vec!["verify", s]] {
+        let o = env.run(&args, "cache");
+        let (out, err) = text(&o);
+        assert!(!o.status.success(), "{args:?}: {out}{err}");
+        assert!(out.contains(&format!("damaged  ")), "{out}");
+        assert!(out.contains("model.safetensors has sha256"), "{out}");
+        assert!(out.contains("the manifest says"), "{out}");
+        assert!(out.contains("1 damaged"), "{out}");
+    }
+    assert!(f.is_file());
     let plan = env.run(&["plan", s], "cache");
     let (out, _) = text(&plan);
     assert!(
@@ -206,6 +218,13 @@ fn damaged_entry_is_detected_and_recomputed() {
     assert_eq!(std::fs::read(&f).unwrap(), good, "recomputed bit for bit");
     // The evaluation depends only on the key of `a`, which did not change.
     assert_eq!(states(&t)["e"], "cached");
+    let o = env.run(&["verify"], "cache");
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    assert!(
+        out.contains("2 cache directories checked") && out.contains("0 damaged"),
+        "{out}"
+    );
 }
 
 const LONG: &str = r#"Study(version: 1, dataset: "cifar10", stages: {
@@ -269,6 +288,168 @@ fn kill_9_then_rerun_continues_and_matches_an_uninterrupted_run() {
     assert_eq!(metrics("clean").len(), 13);
     // The rolling checkpoints are gone once the entry exists.
     assert_eq!(std::fs::read_dir(&partial).unwrap().count(), 0);
+}
+
+/// 50 steps an epoch, so that a signal lands mid-epoch.
+const STEPS: &str = r#"Study(version: 1, dataset: "cifar10", stages: {
+    "steps": Train(model: "resnet8", train_subset: PerClass(50), batch: 10, epochs: 3,
+                   lr: Cosine(lr: 0.05), test_subset: PerClass(2),
+                   method: Psam(period: 3, until: Fraction(0.7))),
+})"#;
+
+/// Starts the study of `STEPS` and returns it once its first rolling
+/// checkpoint (after epoch 1) is there.
+fn started_past_epoch_1(env: &Env, s: &str, cache: &str) -> std::process::Child {
+    let mut child = env
+        .command(&[s, "--results-dir", "r1", "-q"], cache)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let partial = env.path(cache).join("partial");
+    let t0 = std::time::Instant::now();
+    loop {
+        let there = std::fs::read_dir(&partial)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|d| d.path().join("epoch-000001").is_dir());
+        if there {
+            return child;
+        }
+        assert!(
+            t0.elapsed().as_secs() < 180,
+            "no rolling checkpoint appeared"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it could be interrupted"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+fn signal(child: &std::process::Child, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+/// SIGTERM mid-epoch: the run saves a checkpoint at that step and exits
+/// with 75 ("interrupted, resumable"), leaving its lock free and no
+/// results; run again, it resumes there and ends with the bits of a run
+/// never interrupted.
+#[test]
+fn sigterm_mid_epoch_saves_the_step_and_resumes_to_the_same_bits() {
+    let env = Env::new();
+    let study = env.write("steps.ron", STEPS);
+    let s = study.to_str().unwrap();
+    let child = started_past_epoch_1(&env, s, "cache");
+    // A few steps into epoch 2 (of 50).
+    std::thread::sleep(std::time::Duration::from_millis(60));
+    signal(&child, "-TERM");
+    let o = child.wait_with_output().unwrap();
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(75), "{err}");
+    assert!(err.contains("interrupted by SIGTERM after step"), "{err}");
+    assert!(err.contains("run it again to resume"), "{err}");
+    assert!(
+        !env.path("r1").exists(),
+        "an interrupted run writes no results"
+    );
+    let runs: Vec<_> = std::fs::read_dir(env.path("cache/partial"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert_eq!(runs.len(), 1);
+    let saved: Vec<String> = std::fs::read_dir(runs[0].path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(saved.len(), 1, "older checkpoints are removed: {saved:?}");
+    assert!(
+        saved[0].starts_with("epoch-000001-step-"),
+        "a mid-epoch checkpoint: {saved:?}"
+    );
+    let plan = env.run(&["plan", s], "cache");
+    let (out, _) = text(&plan);
+    assert!(out.contains("partially cached: from step"), "{out}");
+
+    let t = env.ok(&[s, "--results-dir", "r2"], "cache");
+    assert_eq!(t["steps"][..3], ["ran", "1", "partial"], "{t:?}");
+    assert!(t["steps"][5].contains("resumed mid-epoch"), "{t:?}");
+    let step: u64 = saved[0].rsplit('-').next().unwrap().parse().unwrap();
+    assert_eq!(t["steps"][3], (150 - 50 - step).to_string(), "{t:?}");
+    env.ok(&[s, "--results-dir", "r3"], "clean");
+    let k = key_of(&env.path("r2"), "steps");
+    for f in ["model.safetensors", "optim.safetensors"] {
+        let a = std::fs::read(entry_file(&env, "cache", &k, f)).unwrap();
+        let b = std::fs::read(entry_file(&env, "clean", &k, f)).unwrap();
+        assert!(a == b, "{f} differs after resuming mid-epoch");
+    }
+    let metrics = |c: &str| {
+        std::fs::read_to_string(entry_file(&env, c, &k, "metrics.csv"))
+            .unwrap()
+            .lines()
+            .map(|l| l.rsplit_once(',').unwrap().0.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(metrics("cache"), metrics("clean"));
+    assert_eq!(
+        summary_without_wall(&env.path("r2")),
+        summary_without_wall(&env.path("r3"))
+    );
+}
+
+/// A second Ctrl-C ends the run at once (128 + SIGINT), and what the cache
+/// holds is still whole: a rerun finishes.
+#[test]
+fn a_second_ctrl_c_exits_at_once() {
+    let env = Env::new();
+    let study = env.write("steps.ron", STEPS);
+    let s = study.to_str().unwrap();
+    let child = started_past_epoch_1(&env, s, "cache");
+    signal(&child, "-INT");
+    signal(&child, "-INT");
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130), "{:?}", text(&o));
+    let t = env.ok(&[s, "--results-dir", "r2"], "cache");
+    assert_eq!(t["steps"][0], "ran");
+    assert_eq!(t["steps"][2], "partial", "{t:?}");
+}
+
+/// `--checkpoint-every`: rolling checkpoints mid-epoch by the clock; the
+/// run's bits do not depend on where they fell.
+#[test]
+fn checkpoints_by_the_clock_change_no_bits() {
+    let env = Env::new();
+    let study = env.write("steps.ron", STEPS);
+    let s = study.to_str().unwrap();
+    let o = env.run(
+        &[s, "--results-dir", "r1", "--checkpoint-every", "0.05s"],
+        "cache",
+    );
+    assert!(o.status.success(), "{:?}", text(&o));
+    env.ok(&[s, "--results-dir", "r2"], "clean");
+    let k = key_of(&env.path("r1"), "steps");
+    for f in ["model.safetensors", "optim.safetensors"] {
+        let a = std::fs::read(entry_file(&env, "cache", &k, f)).unwrap();
+        let b = std::fs::read(entry_file(&env, "clean", &k, f)).unwrap();
+        assert!(a == b, "{f} differs with clock checkpoints");
+    }
+    assert_eq!(
+        summary_without_wall(&env.path("r1")),
+        summary_without_wall(&env.path("r2"))
+    );
+    let bad = env.run(
+        &[s, "--results-dir", "r3", "--checkpoint-every", "10d"],
+        "cache",
+    );
+    let (_, err) = text(&bad);
+    assert!(!bad.status.success() && err.contains("`10d`"), "{err}");
 }
 
 #[test]

@@ -109,8 +109,17 @@ impl DeviceLoader {
         &self,
         epoch: u64,
     ) -> impl Iterator<Item = candle_core::Result<(Tensor, Tensor)>> + '_ {
+        self.epoch_from(epoch, 0)
+    }
+
+    /// The batches of `epoch` from batch `first` on (a run resumed mid-epoch).
+    pub fn epoch_from(
+        &self,
+        epoch: u64,
+        first: usize,
+    ) -> impl Iterator<Item = candle_core::Result<(Tensor, Tensor)>> + '_ {
         let order = self.loader.order(epoch);
-        (0..self.loader.batches_per_epoch()).map(move |b| self.batch(epoch, &order, b))
+        (first..self.loader.batches_per_epoch()).map(move |b| self.batch(epoch, &order, b))
     }
 }
 
@@ -168,6 +177,31 @@ mod tests {
                     assert_eq!(x.flatten_all().unwrap().to_vec1::<f32>().unwrap(), c.images);
                     assert_eq!(y.to_vec1::<u32>().unwrap(), c.labels);
                 }
+            }
+        }
+    }
+
+    /// A run resumed mid-epoch sees the rest of the epoch's batches: both
+    /// paths from batch `first` on give those of the whole epoch from there.
+    #[test]
+    fn an_epoch_from_a_batch_is_the_rest_of_the_epoch() {
+        let loader = Loader::new(split(), None, PipelineConfig::train(5, norm(), 3)).unwrap();
+        let dev = DeviceLoader::new(loader.clone(), &Device::Cpu).unwrap();
+        let whole: Vec<_> = loader.epoch(2).collect();
+        assert_eq!(whole.len(), 4);
+        for first in 0..=whole.len() {
+            let rest: Vec<_> = loader.epoch_from(2, first).collect();
+            assert_eq!(rest.len(), whole.len() - first);
+            for (a, b) in rest.iter().zip(&whole[first..]) {
+                assert_eq!(
+                    (a.index, &a.images, &a.labels),
+                    (b.index, &b.images, &b.labels)
+                );
+            }
+            let on_device: Vec<_> = dev.epoch_from(2, first).map(Result::unwrap).collect();
+            assert_eq!(on_device.len(), whole.len() - first);
+            for ((x, _), b) in on_device.iter().zip(&whole[first..]) {
+                assert_eq!(x.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.images);
             }
         }
     }

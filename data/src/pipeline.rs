@@ -331,22 +331,29 @@ impl Loader {
 
     /// The batches of `epoch`, prepared on a background thread.
     pub fn epoch(&self, epoch: u64) -> EpochIter {
+        self.epoch_from(epoch, 0)
+    }
+
+    /// The batches of `epoch` from batch `first` on, the same as those of
+    /// [`Loader::epoch`] from there (a run resumed mid-epoch); the batches
+    /// before it are not built.
+    pub fn epoch_from(&self, epoch: u64, first: usize) -> EpochIter {
         let (tx, rx) = sync_channel(self.config.prefetch.max(1));
         let loader = self.clone();
         let handle = std::thread::Builder::new()
             .name(format!("samlab-data-epoch-{epoch}"))
-            .spawn(move || loader.produce(epoch, tx))
+            .spawn(move || loader.produce(epoch, first, tx))
             .expect("spawning the data thread");
         EpochIter {
             rx: Some(rx),
             handle: Some(handle),
-            remaining: self.batches_per_epoch(),
+            remaining: self.batches_per_epoch().saturating_sub(first),
         }
     }
 
-    fn produce(&self, epoch: u64, tx: SyncSender<Batch>) {
+    fn produce(&self, epoch: u64, first: usize, tx: SyncSender<Batch>) {
         let order = self.order(epoch);
-        for b in 0..self.batches_per_epoch() {
+        for b in first..self.batches_per_epoch() {
             if tx.send(self.make_batch(epoch, &order, b)).is_err() {
                 return; // the consumer went away
             }

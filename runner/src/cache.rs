@@ -52,6 +52,82 @@ pub enum Lookup {
     Damaged(PathBuf, String),
 }
 
+/// How much of a directory a lookup re-hashes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verify {
+    /// Every file: before weights are loaded for training, and `runner verify`.
+    Full,
+    /// Files whose size, modification and change times and inode are those
+    /// an earlier full check recorded in the directory's memo are trusted;
+    /// the others are re-hashed. For planning, and for entries whose
+    /// summary alone is read.
+    Memo,
+}
+
+/// The memo of a directory's last successful check, beside its manifest:
+/// for each file its [`FileStat`] and digest then. Not listed in the
+/// manifest and never read as data: a missing or unreadable memo only
+/// means the files are hashed again.
+pub const MEMO: &str = "verified.json";
+
+/// What a memo records of a file: enough that a rewrite shows (a new
+/// modification or change time, size or inode).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileStat {
+    pub len: u64,
+    pub mtime_ns: i128,
+    pub ctime_ns: i128,
+    pub ino: u64,
+}
+
+/// A file changed less than this before a check is not memoised (git's
+/// "racily clean" rule): a rewrite within the file system's timestamp
+/// granularity would leave its times as they were.
+const RACY_NS: i128 = 2_000_000_000;
+
+impl FileStat {
+    fn of(path: &Path) -> Option<FileStat> {
+        use std::os::unix::fs::MetadataExt;
+        let m = fs::metadata(path).ok()?;
+        let ns = |s: i64, n: i64| s as i128 * 1_000_000_000 + n as i128;
+        Some(FileStat {
+            len: m.len(),
+            mtime_ns: ns(m.mtime(), m.mtime_nsec()),
+            ctime_ns: ns(m.ctime(), m.ctime_nsec()),
+            ino: m.ino(),
+        })
+    }
+}
+
+#[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
+struct Memo {
+    /// File name -> (its stat, its digest) when last found intact.
+    files: BTreeMap<String, (FileStat, String)>,
+}
+
+impl Memo {
+    fn read(dir: &Path) -> Memo {
+        fs::read_to_string(dir.join(MEMO))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default()
+    }
+
+    /// Best effort (a cache shared read-only still works, unmemoised):
+    /// written to a temporary file and renamed, without the files changed
+    /// too recently to tell a rewrite ([`RACY_NS`]).
+    fn write(mut self, dir: &Path) {
+        let now = nanos() as i128;
+        self.files
+            .retain(|_, (st, _)| now - st.mtime_ns.max(st.ctime_ns) > RACY_NS);
+        let tmp = dir.join(format!(".{MEMO}.{}-{}", std::process::id(), nanos()));
+        let text = serde_json::to_string(&self).expect("memos serialise");
+        if fs::write(&tmp, text).is_ok() && fs::rename(&tmp, dir.join(MEMO)).is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+    }
+}
+
 /// Where a training run starts from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ResumeFrom {
@@ -70,10 +146,12 @@ impl ResumeFrom {
     }
 }
 
-/// A checkpoint a training run can start from: after `epoch` epochs.
+/// A checkpoint a training run can start from: after `epoch` epochs and
+/// `step` steps of the next (a rolling checkpoint written mid-epoch).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ResumePoint {
     pub epoch: u64,
+    pub step: u64,
     pub dir: PathBuf,
     pub from: ResumeFrom,
 }
@@ -181,7 +259,7 @@ impl Cache {
         if let Some(parent) = dest.parent() {
             fs::create_dir_all(parent).map_err(io(parent))?;
         }
-        if let Lookup::Damaged(p, _) = self.check(dest) {
+        if let Lookup::Damaged(p, _) = self.check_with(dest, Verify::Memo) {
             self.discard(&p)?;
         }
         match fs::rename(staging, dest) {
@@ -199,30 +277,70 @@ impl Cache {
         }
     }
 
-    /// Checks a directory against its manifest.
+    /// Checks a directory against its manifest, re-hashing every file.
     pub fn check(&self, dir: &Path) -> Lookup {
+        self.check_with(dir, Verify::Full)
+    }
+
+    /// Checks a directory against its manifest; `verify` says whether files
+    /// unchanged since an earlier full check are trusted ([`Verify::Memo`]).
+    pub fn check_with(&self, dir: &Path, verify: Verify) -> Lookup {
         if !dir.exists() {
             return Lookup::Missing;
         }
-        let damaged = |why: String| Lookup::Damaged(dir.to_path_buf(), why);
-        let text = match fs::read_to_string(dir.join(MANIFEST)) {
-            Ok(t) => t,
-            Err(e) => return damaged(format!("{MANIFEST} cannot be read: {e}")),
+        match self.inspect(dir, verify) {
+            Ok(m) => Lookup::Valid(dir.to_path_buf(), m),
+            Err(problems) => Lookup::Damaged(dir.to_path_buf(), problems.join("; ")),
+        }
+    }
+
+    /// Every problem of a directory against its manifest (each file that is
+    /// missing, unreadable or has another digest, with both digests), or
+    /// its manifest when there is none. A full check that finds none
+    /// writes the directory's memo ([`MEMO`]).
+    pub fn inspect(
+        &self,
+        dir: &Path,
+        verify: Verify,
+    ) -> std::result::Result<Manifest, Vec<String>> {
+        let text = fs::read_to_string(dir.join(MANIFEST))
+            .map_err(|e| vec![format!("{MANIFEST} cannot be read: {e}")])?;
+        let manifest: Manifest = serde_json::from_str(&text)
+            .map_err(|e| vec![format!("{MANIFEST} is not valid: {e}")])?;
+        let memo = match verify {
+            Verify::Memo => Memo::read(dir),
+            Verify::Full => Memo::default(),
         };
-        let manifest: Manifest = match serde_json::from_str(&text) {
-            Ok(m) => m,
-            Err(e) => return damaged(format!("{MANIFEST} is not valid: {e}")),
-        };
+        let mut seen = Memo::default();
+        let mut problems = Vec::new();
         for (name, want) in &manifest.files {
-            match file_sha256(&dir.join(name)) {
-                Ok(got) if &got == want => {}
-                Ok(got) => {
-                    return damaged(format!("{name} has sha256 {got}, the manifest says {want}"));
+            let path = dir.join(name);
+            let stat = FileStat::of(&path);
+            if let Some(st) = &stat
+                && memo.files.get(name) == Some(&(st.clone(), want.clone()))
+            {
+                seen.files.insert(name.clone(), (st.clone(), want.clone()));
+                continue;
+            }
+            match file_sha256(&path) {
+                Ok(got) if &got == want => {
+                    if let Some(st) = stat {
+                        seen.files.insert(name.clone(), (st, got));
+                    }
                 }
-                Err(e) => return damaged(format!("{name}: {e}")),
+                Ok(got) => {
+                    problems.push(format!("{name} has sha256 {got}, the manifest says {want}"))
+                }
+                Err(e) => problems.push(format!("{name}: {e}")),
             }
         }
-        Lookup::Valid(dir.to_path_buf(), manifest)
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        if seen != memo {
+            seen.write(dir);
+        }
+        Ok(manifest)
     }
 
     /// Moves a directory out of the way and deletes it.
@@ -261,17 +379,20 @@ impl Cache {
         Ok(f)
     }
 
-    /// Complete rolling checkpoints of `key`, oldest first, as (epoch, dir).
-    pub fn partials(&self, key: &str) -> Vec<(u64, PathBuf)> {
+    /// Rolling checkpoints of `key`, oldest first, as (epoch, step, dir):
+    /// after `epoch` epochs and `step` steps of the next one (0 at an
+    /// epoch's end). Named `epoch-NNNNNN` and, written mid-epoch on an
+    /// interruption or a `--checkpoint-every`, `epoch-NNNNNN-step-NNNNNNNNN`.
+    pub fn partials(&self, key: &str) -> Vec<(u64, u64, PathBuf)> {
         let dir = self.partial_dir(key);
-        let mut out: Vec<(u64, PathBuf)> = fs::read_dir(&dir)
+        let mut out: Vec<(u64, u64, PathBuf)> = fs::read_dir(&dir)
             .into_iter()
             .flatten()
             .flatten()
             .filter_map(|e| {
                 let name = e.file_name().to_string_lossy().into_owned();
-                let epoch = name.strip_prefix("epoch-")?.parse().ok()?;
-                Some((epoch, e.path()))
+                let (epoch, step) = parse_partial(&name)?;
+                Some((epoch, step, e.path()))
             })
             .collect();
         out.sort();
@@ -375,6 +496,25 @@ impl Cache {
         v
     }
 
+    /// Every directory that has a manifest: entries, shared prefixes and
+    /// each rolling checkpoint, sorted.
+    pub fn checkpoint_dirs(&self) -> Vec<PathBuf> {
+        let mut out = self.dirs(Area::Entries);
+        out.extend(self.dirs(Area::Prefixes));
+        for run in self.dirs(Area::Partial) {
+            let mut inner: Vec<PathBuf> = fs::read_dir(&run)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect();
+            inner.sort();
+            out.extend(inner);
+        }
+        out
+    }
+
     /// The manifest of `dir` as written, not checked against the files (for
     /// facts such as the device, after a check has already been made).
     pub fn manifest(&self, dir: &Path) -> Option<Manifest> {
@@ -382,12 +522,12 @@ impl Cache {
         serde_json::from_str(&text).ok()
     }
 
-    /// Every entry checked against its manifest, and the sizes of the
-    /// checkpoint areas.
+    /// Every entry checked against its manifest (trusting its memo:
+    /// `runner verify` re-hashes), and the sizes of the checkpoint areas.
     pub fn status(&self) -> CacheStatus {
         let mut st = CacheStatus::default();
         for dir in self.dirs(Area::Entries) {
-            match self.check(&dir) {
+            match self.check_with(&dir, Verify::Memo) {
                 Lookup::Valid(_, m) => {
                     let kind = m.info.get("kind").cloned().unwrap_or_else(|| {
                         fs::read_to_string(dir.join("summary.json"))
@@ -458,7 +598,9 @@ impl Cache {
 /// Where a training run of stage `key` can start: the latest epoch
 /// (below `epochs`) of its newest valid rolling checkpoint or, later
 /// still, of a shared prefix in `prefix` that is valid in `cache` or that
-/// `coming` says an earlier stage of the same run will have written.
+/// `coming` says an earlier stage of the same run will have written;
+/// `verify` says how much of each directory is re-hashed ([`Verify::Full`]
+/// where its weights are about to be loaded).
 /// The one rule that `runner plan` and the Train stage share; damaged
 /// directories are returned for the caller to report (the plan only
 /// reads, the run removes them).
@@ -467,11 +609,12 @@ pub fn resume_point(
     key: &str,
     prefix: Option<&PrefixPlan>,
     epochs: u64,
+    verify: Verify,
     coming: &dyn Fn(&str) -> bool,
 ) -> ResumeSearch {
     let mut found = ResumeSearch::default();
     // Valid here; a damaged directory is noted.
-    let mut valid = |dir: &Path| match cache.map(|c| c.check(dir)) {
+    let mut valid = |dir: &Path| match cache.map(|c| c.check_with(dir, verify)) {
         Some(Lookup::Valid(..)) => true,
         Some(Lookup::Damaged(p, why)) => {
             found.damaged.push((p, why));
@@ -483,10 +626,11 @@ pub fn resume_point(
     let mut point = partials
         .into_iter()
         .rev()
-        .filter(|(epoch, _)| *epoch < epochs)
-        .find(|(_, dir)| valid(dir))
-        .map(|(epoch, dir)| ResumePoint {
+        .filter(|(epoch, _, _)| *epoch < epochs)
+        .find(|(_, _, dir)| valid(dir))
+        .map(|(epoch, step, dir)| ResumePoint {
             epoch,
+            step,
             dir,
             from: ResumeFrom::Partial,
         });
@@ -499,6 +643,7 @@ pub fn resume_point(
             if coming(pk) || valid(&dir) {
                 point = Some(ResumePoint {
                     epoch: k,
+                    step: 0,
                     dir,
                     from: ResumeFrom::Prefix,
                 });
@@ -508,6 +653,24 @@ pub fn resume_point(
     }
     found.point = point;
     found
+}
+
+/// The directory name of a rolling checkpoint after `epoch` epochs and
+/// `step` steps of the next.
+pub fn partial_name(epoch: u64, step: u64) -> String {
+    if step == 0 {
+        format!("epoch-{epoch:06}")
+    } else {
+        format!("epoch-{epoch:06}-step-{step:09}")
+    }
+}
+
+fn parse_partial(name: &str) -> Option<(u64, u64)> {
+    let rest = name.strip_prefix("epoch-")?;
+    match rest.split_once("-step-") {
+        None => Some((rest.parse().ok()?, 0)),
+        Some((e, s)) => Some((e.parse().ok()?, s.parse().ok()?)),
+    }
 }
 
 fn nanos() -> u128 {
@@ -522,10 +685,19 @@ pub fn unix_time() -> String {
     (nanos() / 1_000_000_000).to_string()
 }
 
+static HASHED: AtomicU64 = AtomicU64::new(0);
+
+/// Bytes this process has hashed to check or commit cache files (for the
+/// planning benchmark and the memo's tests).
+pub fn hashed_bytes() -> u64 {
+    HASHED.load(Ordering::Relaxed)
+}
+
 pub fn file_sha256(path: &Path) -> Result<String> {
     let mut f = File::open(path).map_err(io(path))?;
     let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h).map_err(io(path))?;
+    let n = std::io::copy(&mut f, &mut h).map_err(io(path))?;
+    HASHED.fetch_add(n, Ordering::Relaxed);
     Ok(hex(&h.finalize()))
 }
 
@@ -658,5 +830,85 @@ mod tests {
         }
         cache.discard(&dest).unwrap();
         assert!(matches!(cache.check(&dest), Lookup::Missing));
+    }
+
+    /// A full check memoises what it found intact; a memo check then hashes
+    /// nothing, and any rewrite of a file (even one that restores its size
+    /// and modification time) is hashed again and found. Files changed in
+    /// the last two seconds are not memoised (racily clean).
+    #[test]
+    fn the_memo_trusts_only_files_unchanged_since_a_full_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let s = cache.staging().unwrap();
+        write_file(&s.join("a.bin"), &vec![7u8; 1 << 16]).unwrap();
+        write_file(&s.join("b.txt"), b"hello").unwrap();
+        let dest = cache.entry_dir("k");
+        cache
+            .commit(&s, &dest, "entry", "k", "st", BTreeMap::new())
+            .unwrap();
+        let hashed = |f: &dyn Fn()| {
+            let before = hashed_bytes();
+            f();
+            hashed_bytes() - before
+        };
+        let valid = |v| matches!(cache.check_with(&dest, v), Lookup::Valid(..));
+        // Fresh files: racy, so neither check memoises them.
+        assert_eq!(hashed(&|| assert!(valid(Verify::Full))), (1 << 16) + 5);
+        assert_eq!(hashed(&|| assert!(valid(Verify::Memo))), (1 << 16) + 5);
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        assert_eq!(hashed(&|| assert!(valid(Verify::Full))), (1 << 16) + 5);
+        assert!(dest.join(MEMO).is_file());
+        assert_eq!(hashed(&|| assert!(valid(Verify::Memo))), 0);
+        // Full still hashes everything.
+        assert_eq!(hashed(&|| assert!(valid(Verify::Full))), (1 << 16) + 5);
+        // One byte changed, size and modification time put back: the change
+        // time tells, and only that file is hashed again.
+        let f = dest.join("b.txt");
+        let mtime = fs::metadata(&f).unwrap().modified().unwrap();
+        fs::write(&f, b"hellO").unwrap();
+        File::options()
+            .write(true)
+            .open(&f)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        assert_eq!(
+            hashed(&|| match cache.check_with(&dest, Verify::Memo) {
+                Lookup::Damaged(_, w) => assert!(w.contains("b.txt has sha256"), "{w}"),
+                other => panic!("{other:?}"),
+            }),
+            5
+        );
+        // Every damaged file is named, with both digests.
+        fs::write(dest.join("a.bin"), b"short").unwrap();
+        let why = match cache.inspect(&dest, Verify::Full) {
+            Err(problems) => {
+                assert_eq!(problems.len(), 2, "{problems:?}");
+                problems.join("\n")
+            }
+            Ok(_) => panic!("damage not found"),
+        };
+        assert!(
+            why.contains("a.bin has sha256") && why.contains("the manifest says"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn partial_names_order_mid_epoch_checkpoints_between_epochs() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        for (e, st) in [(2, 0), (1, 0), (1, 30), (2, 7)] {
+            fs::create_dir_all(cache.partial_dir("k").join(partial_name(e, st))).unwrap();
+        }
+        fs::create_dir_all(cache.partial_dir("k").join("epoch-x")).unwrap();
+        let got: Vec<(u64, u64)> = cache
+            .partials("k")
+            .into_iter()
+            .map(|(e, s, _)| (e, s))
+            .collect();
+        assert_eq!(got, vec![(1, 0), (1, 30), (2, 0), (2, 7)]);
+        assert_eq!(parse_partial(&partial_name(3, 12)), Some((3, 12)));
     }
 }

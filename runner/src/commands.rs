@@ -358,6 +358,85 @@ pub fn cache_status(data: &DataArgs) -> Result<String> {
     Ok(o)
 }
 
+/// What `runner verify` found.
+pub struct Verified {
+    pub text: String,
+    /// Whether every directory checked matches its manifest.
+    pub intact: bool,
+}
+
+/// `runner verify [STUDY]`: re-hashes every file of every cache directory
+/// (entries, shared prefixes, rolling checkpoints), or of those a study
+/// uses, against its manifest; names each damaged file with both digests.
+/// Removes nothing: a run recomputes what is damaged, `gc` removes what no
+/// study reaches.
+pub fn verify(data: &DataArgs, study: Option<&Path>) -> Result<Verified> {
+    let start = Instant::now();
+    let root = data.cache_dir();
+    let Some(cache) = Cache::existing(&root) else {
+        return Err(ErrorKind::Usage(format!("no cache at {}", root.display())).into());
+    };
+    let dirs: Vec<PathBuf> = match study {
+        None => cache.checkpoint_dirs(),
+        Some(path) => {
+            let study = study::load(path)?;
+            let ds = data.dataset(study.dataset, false).map_err(|e| {
+                ErrorKind::Usage(format!(
+                    "{}: verify needs the dataset to compute keys: {e}",
+                    path.display()
+                ))
+            })?;
+            let mut dirs = Vec::new();
+            for p in plan::plan(&study, Some(&DataInfo::of(&ds)), None)? {
+                let Some(key) = p.key else { continue };
+                dirs.push(cache.entry_dir(&key));
+                dirs.extend(cache.partials(&key).into_iter().map(|(_, _, d)| d));
+                if let Some(pp) = p.prefix {
+                    dirs.extend(
+                        pp.keys
+                            .iter()
+                            .filter(|k| !k.is_empty())
+                            .map(|k| cache.prefix_dir(k)),
+                    );
+                }
+            }
+            dirs.sort();
+            dirs.dedup();
+            dirs.retain(|d| d.is_dir());
+            dirs
+        }
+    };
+    let mut o = String::new();
+    let (mut damaged, mut bytes) = (0usize, 0u64);
+    for dir in &dirs {
+        bytes += Cache::size_of(dir);
+        if let Err(problems) = cache.inspect(dir, crate::cache::Verify::Full) {
+            damaged += 1;
+            let _ = writeln!(o, "damaged  {}", dir.display());
+            for p in problems {
+                let _ = writeln!(o, "  {p}");
+            }
+        }
+    }
+    let _ = writeln!(
+        o,
+        "{} cache directories checked ({}) in {:.2} s: {} intact, {damaged} damaged{}",
+        dirs.len(),
+        mib(bytes),
+        start.elapsed().as_secs_f64(),
+        dirs.len() - damaged,
+        if damaged > 0 {
+            " (a run recomputes them; nothing was removed)"
+        } else {
+            ""
+        }
+    );
+    Ok(Verified {
+        text: o,
+        intact: damaged == 0,
+    })
+}
+
 /// What `runner gc` does with what no study reaches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GcMode {
@@ -474,6 +553,7 @@ pub fn run_study(
         quiet: args.quiet,
         only: args.only.clone(),
         cache_only: None,
+        checkpoint_every: args.checkpoint_every,
     };
     if args.executor == Executor::Slurm {
         let job = slurm::JobCommand {
@@ -505,6 +585,38 @@ pub fn run_study(
         opts.cache_only = Some("its Slurm job did not produce it (see the job logs)".into());
     }
     let reports = exec::run_study(&study, &planned, &ds, &device, &cache, &opts)?;
+    // An interrupted run writes no results: running it again resumes it.
+    let interrupted: Option<crate::Error> = reports
+        .iter()
+        .find_map(|r| match &r.state {
+            State::Failed(e) if e.is_interrupted() => Some(ErrorKind::Failed(e.clone()).into()),
+            _ => None,
+        })
+        .or_else(|| {
+            let signal = crate::interrupt::requested()?;
+            let r = reports
+                .iter()
+                .find(|r| matches!(r.state, State::NotRun(_)))?;
+            Some(
+                ErrorKind::Interrupted {
+                    stage: r.display.clone(),
+                    signal,
+                    at: "before it started".into(),
+                }
+                .into(),
+            )
+        });
+    if let Some(e) = interrupted {
+        if args.requeue_on_interrupt {
+            // A Slurm job: to the queue again, to resume. Preemption may
+            // have requeued it already; then this fails, and is only noted.
+            match slurm::requeue_self() {
+                Ok(id) => eprintln!("requeued Slurm job {id}"),
+                Err(r) => eprintln!("note: {r}"),
+            }
+        }
+        return Err(e);
+    }
     if let Some(only) = &args.only {
         let r = reports
             .iter()

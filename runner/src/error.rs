@@ -55,6 +55,16 @@ pub enum ErrorKind {
         #[source]
         source: Box<samlab_optim::Error>,
     },
+    /// A run stopped on SIGTERM or SIGINT after saving what it had: run
+    /// the same command again to resume (exit status
+    /// [`crate::interrupt::EXIT_INTERRUPTED`]).
+    #[error("stage {stage}: interrupted by {signal} {at}; run it again to resume")]
+    Interrupted {
+        stage: String,
+        signal: crate::interrupt::Signal,
+        /// Where it stopped (`after step 130 of epoch 4, checkpoint saved`).
+        at: String,
+    },
     #[error("device: {0}")]
     Device(String),
     /// A stage that failed in a run (what `runner STUDY --only STAGE`, a
@@ -106,6 +116,15 @@ pub enum Invalid {
 }
 
 impl Error {
+    /// Whether a run stopped on a signal, resumable.
+    pub fn is_interrupted(&self) -> bool {
+        match &self.kind {
+            ErrorKind::Failed(inner) => inner.is_interrupted(),
+            ErrorKind::Interrupted { .. } => true,
+            _ => false,
+        }
+    }
+
     /// Whether a run failed because its loss became non-finite.
     pub fn is_divergence(&self) -> bool {
         if let ErrorKind::Failed(inner) = &self.kind {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use candle_core::Device;
 use samlab_data::Dataset;
 
-use crate::cache::{Cache, Lookup, SummaryFile, read_summary, unix_time, write_file};
+use crate::cache::{Cache, Lookup, SummaryFile, Verify, read_summary, unix_time, write_file};
 use crate::error::{Error, Result};
 use crate::key::canonical;
 use crate::plan::Planned;
@@ -32,6 +32,9 @@ pub struct RunOptions {
     pub only: Option<String>,
     /// Compute nothing: report what the cache holds (after Slurm jobs).
     pub cache_only: Option<String>,
+    /// Training: a rolling checkpoint mid-epoch once this much time has
+    /// passed since the last (`--checkpoint-every`).
+    pub checkpoint_every: Option<std::time::Duration>,
 }
 
 /// What happened to one stage.
@@ -70,7 +73,17 @@ pub fn run_study(
     let progress = Progress::new(total_cost.round() as u64, opts.quiet);
     let mut reports: Vec<StageReport> = Vec::new();
     let mut stopped: Option<String> = None;
+    // Dependency entries re-hashed in full in this run, before a stage
+    // loaded their weights.
+    let mut verified: std::collections::HashSet<PathBuf> = Default::default();
     for (i, stage) in study.stages.iter().enumerate() {
+        if stopped.is_none()
+            && let Some(signal) = crate::interrupt::requested()
+        {
+            stopped = Some(format!(
+                "the run was interrupted by {signal}; run it again to resume"
+            ));
+        }
         let display = stage.display();
         let key = plan[i]
             .key
@@ -146,6 +159,23 @@ pub fn run_study(
             if let Some(s) = cached(cache, &entry, &display, &progress)? {
                 return Ok((State::Cached, Outcome::default(), s));
             }
+            // The plan trusted the memos of the entries it needs; their
+            // weights are about to be read.
+            for (role, dir) in &deps {
+                if verified.contains(dir) {
+                    continue;
+                }
+                if let Lookup::Damaged(p, why) = cache.check(dir) {
+                    return Err(crate::error::stage_err(
+                        &display,
+                        format!(
+                            "the `{role}` entry {} is damaged ({why}); run the study again to recompute it",
+                            p.display()
+                        ),
+                    ));
+                }
+                verified.insert(dir.clone());
+            }
             let staging = cache.staging()?;
             let ctx = RunCtx {
                 cache,
@@ -161,6 +191,7 @@ pub fn run_study(
                 } else {
                     plan[i].prefix.as_ref()
                 },
+                checkpoint_every: opts.checkpoint_every,
             };
             let ran = stage.spec.run(&ctx);
             let (summary, outcome) = match ran {
@@ -202,13 +233,19 @@ pub fn run_study(
         })();
         match result {
             Ok((state, outcome, summary)) => {
-                let what = match (&state, outcome.start_epoch) {
-                    (State::Cached, _) => "cached".to_string(),
-                    (_, 0) if outcome.steps_run == 0 => "done".to_string(),
-                    (_, 0) => format!("done ({} steps)", outcome.steps_run),
-                    (_, e) => format!(
+                let what = match (&state, outcome.start_epoch, outcome.start_step) {
+                    (State::Cached, _, _) => "cached".to_string(),
+                    (_, 0, 0) if outcome.steps_run == 0 => "done".to_string(),
+                    (_, 0, 0) => format!("done ({} steps)", outcome.steps_run),
+                    (_, e, 0) => format!(
                         "done ({} steps, resumed after epoch {e} from a {} checkpoint)",
                         outcome.steps_run, outcome.resumed_from
+                    ),
+                    (_, e, s) => format!(
+                        "done ({} steps, resumed after step {s} of epoch {} from a {} checkpoint)",
+                        outcome.steps_run,
+                        e + 1,
+                        outcome.resumed_from
                     ),
                 };
                 progress.note(&format!("{display}: {what}"));
@@ -216,6 +253,11 @@ pub fn run_study(
                 report.state = state;
                 report.outcome = outcome;
                 report.summary = Some(summary);
+            }
+            Err(e) if e.is_interrupted() => {
+                progress.note(&format!("{display}: {e}"));
+                report.state = State::Failed(Arc::new(e));
+                stopped = Some("the run was interrupted; run it again to resume".into());
             }
             Err(e) => {
                 progress.note(&format!("{display}: FAILED: {e}"));
@@ -233,14 +275,15 @@ pub fn run_study(
     Ok(reports)
 }
 
-/// A valid entry's summary; a damaged entry is reported and removed.
+/// A valid entry's summary (its memo trusted: a stage that loads its
+/// weights re-hashes it first); a damaged entry is reported and removed.
 fn cached(
     cache: &Cache,
     entry: &std::path::Path,
     display: &str,
     progress: &Progress,
 ) -> Result<Option<Summary>> {
-    match cache.check(entry) {
+    match cache.check_with(entry, Verify::Memo) {
         Lookup::Valid(dir, _) => Ok(Some(read_summary(&dir)?)),
         Lookup::Damaged(dir, why) => {
             progress.note(&format!(

@@ -25,6 +25,7 @@ pub mod compare;
 pub mod device;
 mod error;
 pub mod exec;
+pub mod interrupt;
 pub mod key;
 pub mod options;
 pub mod plan;

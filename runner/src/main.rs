@@ -10,6 +10,7 @@ use samlab_data::{Cifar100Labels, DatasetName};
 use samlab_models::Precision;
 use samlab_runner::check::{ParityConfig, SpeedConfig};
 use samlab_runner::commands::{self, GcMode, PlanView};
+use samlab_runner::interrupt;
 use samlab_runner::options::{DataArgs, RunArgs};
 
 // The allocator the runner uses: it keeps freed pages, where the system
@@ -111,6 +112,9 @@ enum Command {
     /// Summarise the cache: entries, shared prefixes, rolling checkpoints;
     /// with a study, each stage's cache state and Slurm job.
     Status { study: Option<PathBuf> },
+    /// Re-hash every cache directory (or those a study uses) against its
+    /// manifest; name each damaged file with both digests; fail if any.
+    Verify { study: Option<PathBuf> },
     /// Remove cache entries that none of the given studies reaches (a dry
     /// run unless --delete).
     Gc {
@@ -137,7 +141,10 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            match e.downcast_ref::<samlab_runner::Error>() {
+                Some(e) if e.is_interrupted() => ExitCode::from(interrupt::EXIT_INTERRUPTED),
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }
@@ -227,6 +234,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         (Some(Command::Status { study: None }), _) => commands::cache_status(data)?,
         (Some(Command::Status { study: Some(study) }), _) => commands::study_status(data, &study)?,
+        (Some(Command::Verify { study }), _) => {
+            let v = commands::verify(data, study.as_deref())?;
+            emit(&v.text)?;
+            return Ok(if v.intact {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
         (Some(Command::Gc { studies, delete }), _) => {
             let mode = if delete {
                 GcMode::Delete
@@ -236,6 +252,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             commands::gc(data, &studies, mode)?
         }
         (None, Some(study)) => {
+            // SIGTERM and Ctrl-C stop the run at the next step, saved.
+            interrupt::install()?;
             let argv = argv();
             let mut early = |t: &str| {
                 let _ = emit(t);

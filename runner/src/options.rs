@@ -127,10 +127,20 @@ pub struct RunArgs {
     /// Slurm: folder for job scripts and logs [default: <cache>/slurm/logs].
     #[arg(long)]
     pub log_dir: Option<PathBuf>,
+    /// Training: also write a rolling checkpoint mid-epoch once this much
+    /// time has passed since the last one (`90s`, `10m`, `2h`; a bare
+    /// number is seconds), for epochs longer than a preemption's warning.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub checkpoint_every: Option<std::time::Duration>,
     /// Compute only this stage (display name) and write no results: what a
     /// Slurm job runs.
     #[arg(long, value_name = "STAGE", hide = true)]
     pub only: Option<String>,
+    /// A Slurm job's: when a signal interrupts the stage (preemption, the
+    /// time limit's `--signal`), requeue this job after its checkpoint is
+    /// saved (`scontrol requeue $SLURM_JOB_ID`), so that it resumes.
+    #[arg(long, hide = true)]
+    pub requeue_on_interrupt: bool,
 }
 
 impl RunArgs {
@@ -145,6 +155,27 @@ impl RunArgs {
             extra: self.sbatch_arg.clone(),
             log_dir: self.log_dir.as_deref().map(absolute),
         }
+    }
+}
+
+/// `90`, `90s`, `10m`, `2h` (also fractional: `1.5h`) as a duration.
+pub fn parse_duration(text: &str) -> std::result::Result<std::time::Duration, String> {
+    let t = text.trim();
+    let (num, unit) = match t.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => t.split_at(i),
+        None => (t, "s"),
+    };
+    let scale = match unit {
+        "s" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(format!("`{text}`: the unit must be s, m or h (e.g. 10m)")),
+    };
+    match num.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(std::time::Duration::from_secs_f64(v * scale)),
+        _ => Err(format!(
+            "`{text}` is not a positive duration (e.g. 90s, 10m, 2h)"
+        )),
     }
 }
 
@@ -198,10 +229,19 @@ pub fn job_args(study: &Path, data: &DataArgs, run: &RunArgs) -> Vec<String> {
         gres: _,
         sbatch_arg: _,
         log_dir: _,
+        // Both given by the job script itself (slurm::submit).
         only: _,
+        requeue_on_interrupt: _,
+        checkpoint_every,
     } = run;
     if let Some(d) = device {
         a.extend(["--device".to_string(), d.clone()]);
+    }
+    if let Some(d) = checkpoint_every {
+        a.extend([
+            "--checkpoint-every".to_string(),
+            format!("{}s", d.as_secs_f64()),
+        ]);
     }
     a
 }
@@ -247,6 +287,8 @@ mod tests {
             "gpu",
             "--force",
             "sgd",
+            "--checkpoint-every",
+            "10m",
         ])
         .unwrap();
         let args = job_args(&given.study, &given.data, &given.run);
@@ -266,6 +308,10 @@ mod tests {
             }
         );
         assert_eq!(job.run.device.as_deref(), Some("cuda:1"));
+        assert_eq!(
+            job.run.checkpoint_every,
+            Some(std::time::Duration::from_secs(600))
+        );
         assert!(job.run.quiet);
         assert_eq!(job.run.executor, Executor::Local, "{args:?}");
         assert!(job.run.force.is_empty() && job.run.partition.is_none());
@@ -278,5 +324,18 @@ mod tests {
         assert!(args.contains(&"--cache-dir".to_string()), "{args:?}");
         assert!(args.contains(&"--mirror".to_string()), "{args:?}");
         assert!(!args.contains(&"--device".to_string()), "{args:?}");
+    }
+
+    #[test]
+    fn durations_parse_with_units_and_bad_ones_are_named() {
+        let d = |t| parse_duration(t).map(|d| d.as_secs_f64());
+        assert_eq!(d("90"), Ok(90.0));
+        assert_eq!(d("90s"), Ok(90.0));
+        assert_eq!(d("10m"), Ok(600.0));
+        assert_eq!(d("1.5h"), Ok(5400.0));
+        for bad in ["", "0", "-3m", "10d", "m", "nan"] {
+            let e = d(bad).unwrap_err();
+            assert!(e.contains(&format!("`{bad}`")), "{bad}: {e}");
+        }
     }
 }

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 
 use serde_json::Value;
 
-use crate::cache::{Cache, Lookup, ResumeFrom, resume_point};
+use crate::cache::{Cache, Lookup, ResumeFrom, Verify, resume_point};
 use crate::error::Result;
 use crate::key::{Change, KeyDoc, PrefixPlan};
 use crate::stages::{DataShape, PlanInput};
@@ -40,10 +40,11 @@ pub enum Status {
     Duplicate(usize),
     /// An entry exists but does not match its manifest: recomputed.
     Damaged(String),
-    /// Training can start after `epoch` epochs, from a rolling checkpoint
-    /// or a shared prefix.
+    /// Training can start after `epoch` epochs (and `step` steps of the
+    /// next), from a rolling checkpoint or a shared prefix.
     Resume {
         epoch: u64,
+        step: u64,
         from: ResumeFrom,
     },
     ToRun,
@@ -57,9 +58,16 @@ impl Status {
             Status::Cached => "cached".into(),
             Status::Duplicate(_) => "same as an earlier stage".into(),
             Status::Damaged(why) => format!("damaged, to rerun ({why})"),
-            Status::Resume { epoch, from } => {
-                format!("partially cached: from epoch {epoch} ({})", from.as_str())
-            }
+            Status::Resume {
+                epoch,
+                step: 0,
+                from,
+            } => format!("partially cached: from epoch {epoch} ({})", from.as_str()),
+            Status::Resume { epoch, step, from } => format!(
+                "partially cached: from step {step} of epoch {} ({})",
+                epoch + 1,
+                from.as_str()
+            ),
             Status::ToRun => "to run".into(),
             Status::Unknown => "to run (dataset not available here: cache state unknown)".into(),
         }
@@ -164,7 +172,9 @@ pub fn plan(study: &Study, data: Option<&DataInfo>, cache: Option<&Cache>) -> Re
             out[i].status = Status::Duplicate(j);
             continue;
         }
-        let found = cache.map_or(Lookup::Missing, |c| c.check(&c.entry_dir(&key)));
+        let found = cache.map_or(Lookup::Missing, |c| {
+            c.check_with(&c.entry_dir(&key), Verify::Memo)
+        });
         let (status, cost) = match found {
             Lookup::Valid(..) => (Status::Cached, 0.0),
             found => {
@@ -176,11 +186,13 @@ pub fn plan(study: &Study, data: Option<&DataInfo>, cache: Option<&Cache>) -> Re
                 let mut cost = full_cost;
                 if let Some(p) = &out[i].prefix {
                     let coming = |pk: &str| will_exist.contains(pk);
-                    let start = resume_point(cache, &key, Some(p), p.epochs(), &coming).point;
+                    let start =
+                        resume_point(cache, &key, Some(p), p.epochs(), Verify::Memo, &coming).point;
                     if let Some(start) = start {
                         if damaged.is_none() {
                             status = Status::Resume {
                                 epoch: start.epoch,
+                                step: start.step,
                                 from: start.from,
                             };
                         }

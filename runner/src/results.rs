@@ -161,6 +161,14 @@ pub fn write(
     for r in reports {
         let (state, detail) = match &r.state {
             State::Cached => ("cached", String::new()),
+            State::Ran if r.outcome.start_step > 0 => (
+                "ran",
+                format!(
+                    "resumed mid-epoch: after step {} of epoch {}",
+                    r.outcome.start_step,
+                    r.outcome.start_epoch + 1
+                ),
+            ),
             State::Ran => ("ran", String::new()),
             State::Failed(e) => ("failed", e.to_string()),
             State::NotRun(why) => ("not run", why.clone()),

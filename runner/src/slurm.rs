@@ -10,6 +10,16 @@
 //! that failed; a failed job leaves no cache entry (the runner caches only
 //! complete, finite results).
 //!
+//! Jobs are preemptible: submitted with `--requeue`, and with
+//! `--signal=B:TERM@`[`SIGNAL_BEFORE_S`] so that the runner (the job's
+//! batch shell, by `exec`) hears of its time limit in time to write a
+//! checkpoint. A job interrupted so, or preempted (Slurm sends SIGTERM),
+//! saves a rolling checkpoint at its next step, requeues itself
+//! (`--requeue-on-interrupt`: `scontrol requeue`) and exits; when it runs
+//! again it resumes from that checkpoint. Its dependants wait, as for any
+//! job not yet complete. Logs are opened for appending, so a requeued job's
+//! log holds every run of it.
+//!
 //! The cache directory must be on a filesystem that every node sees.
 
 use std::collections::BTreeMap;
@@ -45,6 +55,11 @@ pub struct JobCommand {
     pub program: PathBuf,
     pub args: Vec<String>,
 }
+
+/// How long before a job's time limit Slurm signals it (`--signal`):
+/// enough for one training step and a checkpoint of a paper-scale network.
+/// A later `--sbatch-arg=--signal=...` overrides it.
+pub const SIGNAL_BEFORE_S: u32 = 180;
 
 /// One stage after submission.
 #[derive(Clone, Debug)]
@@ -157,6 +172,7 @@ pub fn submit(
             let script = log_dir.join(format!("{name}.sh"));
             let mut line = vec![quote(&job.program.to_string_lossy())];
             line.extend(job.args.iter().map(|a| quote(a)));
+            line.push("--requeue-on-interrupt".into());
             line.push("--only".into());
             line.push(quote(&display));
             write_file(
@@ -169,6 +185,8 @@ pub fn submit(
             )?;
             let mut cmd = Command::new("sbatch");
             cmd.args(["--parsable", "--kill-on-invalid-dep=yes", "-J", &name]);
+            cmd.args(["--requeue", "--open-mode=append"])
+                .arg(format!("--signal=B:TERM@{SIGNAL_BEFORE_S}"));
             cmd.arg("-o")
                 .arg(log_dir.join("%x-%j.out"))
                 .arg("-D")
@@ -217,6 +235,17 @@ pub fn submit(
         });
     }
     Ok(out)
+}
+
+/// Requeues the Slurm job this process runs in (`SLURM_JOB_ID`), after
+/// its stage was interrupted with a checkpoint saved. Slurm stops the job
+/// and starts it again when resources allow.
+pub fn requeue_self() -> Result<String> {
+    let id = std::env::var("SLURM_JOB_ID").map_err(|_| {
+        slurm_err("--requeue-on-interrupt outside a Slurm job (no SLURM_JOB_ID)".into())
+    })?;
+    run(Command::new("scontrol").args(["requeue", &id]))?;
+    Ok(id)
 }
 
 /// The job id last submitted for a key, if any.

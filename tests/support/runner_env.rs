@@ -87,3 +87,20 @@ pub fn last_run(results: &Path) -> BTreeMap<String, Vec<String>> {
 pub fn states(t: &BTreeMap<String, Vec<String>>) -> BTreeMap<String, String> {
     t.iter().map(|(k, v)| (k.clone(), v[0].clone())).collect()
 }
+
+/// `summary.csv` of a results folder without its wall-time column.
+pub fn summary_without_wall(results: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(results.join("summary.csv")).unwrap();
+    let head: Vec<&str> = text.lines().next().unwrap().split(',').collect();
+    let wall = head.iter().position(|h| *h == "wall_s");
+    text.lines()
+        .map(|l| {
+            l.split(',')
+                .enumerate()
+                .filter(|(i, _)| Some(*i) != wall)
+                .map(|(_, v)| v)
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .collect()
+}

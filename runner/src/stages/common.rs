@@ -518,9 +518,23 @@ impl Feed {
         epoch: u64,
         device: &'a Device,
     ) -> Box<dyn Iterator<Item = Result<(Tensor, Tensor)>> + 'a> {
+        self.epoch_from(epoch, 0, device)
+    }
+
+    /// The batches of `epoch` from batch `first` on (a run resumed
+    /// mid-epoch): the same batches as those of [`Feed::epoch`] from there.
+    pub fn epoch_from<'a>(
+        &'a self,
+        epoch: u64,
+        first: usize,
+        device: &'a Device,
+    ) -> Box<dyn Iterator<Item = Result<(Tensor, Tensor)>> + 'a> {
         match self {
-            Feed::Cpu(l) => Box::new(l.epoch(epoch).map(move |b| Ok(b.to_tensors(device)?))),
-            Feed::Device(d) => Box::new(d.epoch(epoch).map(|r| Ok(r?))),
+            Feed::Cpu(l) => Box::new(
+                l.epoch_from(epoch, first)
+                    .map(move |b| Ok(b.to_tensors(device)?)),
+            ),
+            Feed::Device(d) => Box::new(d.epoch_from(epoch, first).map(|r| Ok(r?))),
         }
     }
 }

@@ -285,13 +285,18 @@ pub struct RunCtx<'a> {
     /// For training: the prefix keys of the run, by epoch, and the epochs
     /// at which to keep a shared-prefix checkpoint.
     pub prefix: Option<&'a PrefixPlan>,
+    /// For training: a rolling checkpoint mid-epoch once this much time
+    /// has passed since the last one (`--checkpoint-every`).
+    pub checkpoint_every: Option<std::time::Duration>,
 }
 
 /// What running a stage did, beyond the files it wrote.
 #[derive(Clone, Debug, Default)]
 pub struct Outcome {
-    /// The epoch it started from (0 when from scratch).
+    /// The epoch it started from (0 when from scratch), and the steps of
+    /// the next one a mid-epoch checkpoint had done.
     pub start_epoch: u64,
+    pub start_step: u64,
     /// Where the start came from (`partial`, `prefix` or empty).
     pub resumed_from: String,
     /// Steps, and SGD-step-equivalent passes, computed by this process.

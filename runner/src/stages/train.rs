@@ -5,7 +5,11 @@
 //! `optim.safetensors` (momentum, step and pass counters), `metrics.csv`
 //! (one row per epoch) and `summary.json`. Keeps a rolling checkpoint
 //! after every epoch, and a shared-prefix checkpoint at every epoch where
-//! another run of the study branches off.
+//! another run of the study branches off. Mid-epoch, it writes a rolling
+//! checkpoint at the step where a signal asks it to stop
+//! ([`crate::interrupt`]) or where `--checkpoint-every` has passed since
+//! the last one, with the epoch's running sums (`epoch.json`), so that a
+//! resumed run continues to the bits of an uninterrupted one.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -23,8 +27,8 @@ use super::common::{
     inherit, merged_grid, positive, training_loader, whole,
 };
 use super::{Kind, KindPlan, Outcome, Partial, PlanInput, RunCtx, StageSpec, Summary};
-use crate::cache::{resume_point, unix_time, write_file};
-use crate::error::{Invalid, Result, stage_err, step_err};
+use crate::cache::{Verify, partial_name, resume_point, unix_time, write_file};
+use crate::error::{ErrorKind, Invalid, Result, io, stage_err, step_err};
 use crate::key::PrefixPlan;
 
 /// A Train stage as written; every field may come from what it extends.
@@ -311,6 +315,35 @@ struct Target<'a> {
     key: &'a str,
 }
 
+/// The sums of an epoch in progress, kept in a mid-epoch checkpoint as
+/// `epoch.json` (floats round-trip exactly), so the epoch's metric row
+/// comes out as it would have without the interruption.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct EpochSoFar {
+    /// Steps of the epoch done.
+    steps: u64,
+    /// Sum of the batch losses times their sizes.
+    loss: f64,
+    correct: usize,
+    seen: usize,
+    sam_steps: u64,
+    /// The learning rate of the last step.
+    lr: f64,
+    /// Wall time spent on the epoch before the checkpoint.
+    wall_s: f64,
+}
+
+const EPOCH_FILE: &str = "epoch.json";
+
+impl EpochSoFar {
+    fn read(dir: &Path) -> Result<EpochSoFar> {
+        let p = dir.join(EPOCH_FILE);
+        let text = std::fs::read_to_string(&p).map_err(io(&p))?;
+        serde_json::from_str(&text)
+            .map_err(|e| crate::error::cache_err(&p, format!("not an epoch in progress: {e}")))
+    }
+}
+
 fn save_checkpoint(
     ctx: &RunCtx,
     model: &Model,
@@ -318,11 +351,19 @@ fn save_checkpoint(
     rows: &[String],
     to: Target,
     epoch: u64,
+    so_far: Option<&EpochSoFar>,
 ) -> Result<()> {
     let s = ctx.cache.staging()?;
     write_state(model, trainer, rows, &s)?;
+    if let Some(e) = so_far {
+        let text = serde_json::to_string_pretty(e).expect("sums serialise");
+        write_file(&s.join(EPOCH_FILE), text.as_bytes())?;
+    }
     let mut info = BTreeMap::new();
     info.insert("epoch".into(), epoch.to_string());
+    if let Some(e) = so_far {
+        info.insert("step_in_epoch".into(), e.steps.to_string());
+    }
     info.insert("created".into(), unix_time());
     ctx.cache
         .commit(&s, to.dir, to.what, to.key, ctx.stage, info)?;
@@ -352,6 +393,35 @@ fn read_rows(dir: &Path) -> Result<Vec<String>> {
         .collect())
 }
 
+/// Writes the rolling checkpoint after `epoch` epochs and, mid-epoch, the
+/// steps of the next in `so_far`; removes the older ones.
+fn save_partial(
+    ctx: &RunCtx,
+    model: &Model,
+    trainer: &Trainer,
+    rows: &[String],
+    epoch: u64,
+    so_far: Option<&EpochSoFar>,
+) -> Result<()> {
+    let step = so_far.map_or(0, |e| e.steps);
+    let dest = ctx
+        .cache
+        .partial_dir(ctx.key)
+        .join(partial_name(epoch, step));
+    let to = Target {
+        dir: &dest,
+        what: "partial",
+        key: ctx.key,
+    };
+    save_checkpoint(ctx, model, trainer, rows, to, epoch, so_far)?;
+    for (e, s, old) in ctx.cache.partials(ctx.key) {
+        if (e, s) < (epoch, step) {
+            ctx.cache.discard(&old)?;
+        }
+    }
+    Ok(())
+}
+
 /// Runs a Train stage.
 pub fn run(spec: &TrainSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
     let ds = ctx.dataset;
@@ -379,9 +449,14 @@ pub fn run(spec: &TrainSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
     // Where to start: the latest rolling checkpoint or shared prefix.
     let mut outcome = Outcome::default();
     let mut rows: Vec<String> = Vec::new();
-    let found = resume_point(Some(ctx.cache), ctx.key, ctx.prefix, spec.epochs, &|_| {
-        false
-    });
+    let found = resume_point(
+        Some(ctx.cache),
+        ctx.key,
+        ctx.prefix,
+        spec.epochs,
+        Verify::Full,
+        &|_| false,
+    );
     for (dir, why) in &found.damaged {
         ctx.progress.note(&format!(
             "{}: checkpoint {} is damaged ({why}); not used",
@@ -390,54 +465,95 @@ pub fn run(spec: &TrainSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
         ));
         ctx.cache.discard(dir)?;
     }
+    let mut carried = EpochSoFar::default();
     if let Some(start) = &found.point {
         let (epoch, dir) = (start.epoch, &start.dir);
         model.params.load(&dir.join("model.safetensors"))?;
         trainer.load(&model, &dir.join("optim.safetensors"))?;
         rows = read_rows(dir)?;
-        if trainer.step != epoch * spe || rows.len() as u64 != epoch {
+        if start.step > 0 {
+            carried = EpochSoFar::read(dir)?;
+        }
+        if trainer.step != epoch * spe + start.step
+            || rows.len() as u64 != epoch
+            || carried.steps != start.step
+            || start.step >= spe
+        {
             return Err(stage_err(
                 ctx.stage,
                 format!(
-                    "checkpoint {} is at step {} with {} metric rows, expected epoch {epoch}",
+                    "checkpoint {} is at step {} with {} metric rows and {} steps of an epoch, \
+                     expected epoch {epoch} and step {} of the next ({spe} steps an epoch)",
                     dir.display(),
                     trainer.step,
-                    rows.len()
+                    rows.len(),
+                    carried.steps,
+                    start.step
                 ),
             ));
         }
         outcome.start_epoch = epoch;
+        outcome.start_step = start.step;
         outcome.resumed_from = start.from.as_str().to_string();
     }
 
-    let bar = ctx
-        .progress
-        .stage_bar(ctx.stage, total, outcome.start_epoch * spe);
+    let bar = ctx.progress.stage_bar(
+        ctx.stage,
+        total,
+        outcome.start_epoch * spe + outcome.start_step,
+    );
     let passes_before = trainer.passes;
     let feed = Feed::new(loader.clone(), ctx.device)?;
+    let mut last_checkpoint = Instant::now();
     for epoch in outcome.start_epoch..spec.epochs {
         let t0 = Instant::now();
-        let (mut loss, mut correct, mut seen, mut sam_steps) = (0.0f64, 0usize, 0usize, 0u64);
-        let mut lr = 0.0;
-        for batch in feed.epoch(epoch, ctx.device) {
+        let mut e = std::mem::take(&mut carried);
+        for batch in feed.epoch_from(epoch, e.steps as usize, ctx.device) {
             let (x, y) = batch?;
-            lr = spec.lr.at(trainer.step, total);
+            e.lr = spec.lr.at(trainer.step, total);
             let out = trainer
                 .train_step(&model, &x, &y)
                 .map_err(step_err(ctx.stage))?;
-            loss += out.loss * out.samples as f64;
-            correct += out.correct;
-            seen += out.samples;
-            sam_steps += (out.method == Method::Sam) as u64;
+            e.loss += out.loss * out.samples as f64;
+            e.correct += out.correct;
+            e.seen += out.samples;
+            e.sam_steps += (out.method == Method::Sam) as u64;
+            e.steps += 1;
             outcome.steps_run += 1;
             bar.inc(1);
+            // Mid-epoch: a checkpoint where a signal or the clock asks.
+            let stop = crate::interrupt::requested();
+            let due = ctx
+                .checkpoint_every
+                .is_some_and(|d| last_checkpoint.elapsed() >= d);
+            if e.steps < spe && (stop.is_some() || due) {
+                let mut at = e.clone();
+                at.wall_s += t0.elapsed().as_secs_f64();
+                save_partial(ctx, &model, &trainer, &rows, epoch, Some(&at))?;
+                last_checkpoint = Instant::now();
+                if let Some(signal) = stop {
+                    bar.finish_and_clear();
+                    return Err(ErrorKind::Interrupted {
+                        stage: ctx.stage.to_string(),
+                        signal,
+                        at: format!(
+                            "after step {} of epoch {} (checkpoint saved)",
+                            e.steps,
+                            epoch + 1
+                        ),
+                    }
+                    .into());
+                }
+            }
         }
-        let wall = t0.elapsed().as_secs_f64();
-        let (mean_loss, acc) = (loss / seen as f64, correct as f64 / seen as f64);
+        let wall = e.wall_s + t0.elapsed().as_secs_f64();
+        let (mean_loss, acc) = (e.loss / e.seen as f64, e.correct as f64 / e.seen as f64);
         rows.push(format!(
-            "{},{},{lr},{mean_loss},{acc},{sam_steps},{},{wall:.3}",
+            "{},{},{},{mean_loss},{acc},{},{},{wall:.3}",
             epoch + 1,
             trainer.step,
+            e.lr,
+            e.sam_steps,
             trainer.passes
         ));
         ctx.progress
@@ -448,30 +564,29 @@ pub fn run(spec: &TrainSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
         {
             let pk = &plan.keys[done as usize];
             let dest = ctx.cache.prefix_dir(pk);
-            if !matches!(ctx.cache.check(&dest), crate::cache::Lookup::Valid(..)) {
+            if !matches!(
+                ctx.cache.check_with(&dest, Verify::Memo),
+                crate::cache::Lookup::Valid(..)
+            ) {
                 let to = Target {
                     dir: &dest,
                     what: "prefix",
                     key: pk,
                 };
-                save_checkpoint(ctx, &model, &trainer, &rows, to, done)?;
+                save_checkpoint(ctx, &model, &trainer, &rows, to, done, None)?;
             }
         }
         if done < spec.epochs {
-            let dest = ctx
-                .cache
-                .partial_dir(ctx.key)
-                .join(format!("epoch-{done:06}"));
-            let to = Target {
-                dir: &dest,
-                what: "partial",
-                key: ctx.key,
-            };
-            save_checkpoint(ctx, &model, &trainer, &rows, to, done)?;
-            for (e, old) in ctx.cache.partials(ctx.key) {
-                if e < done {
-                    ctx.cache.discard(&old)?;
+            save_partial(ctx, &model, &trainer, &rows, done, None)?;
+            last_checkpoint = Instant::now();
+            if let Some(signal) = crate::interrupt::requested() {
+                bar.finish_and_clear();
+                return Err(ErrorKind::Interrupted {
+                    stage: ctx.stage.to_string(),
+                    signal,
+                    at: format!("after epoch {done} (checkpoint saved)"),
                 }
+                .into());
             }
         }
     }
