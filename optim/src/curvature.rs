@@ -245,6 +245,17 @@ impl<'a> LossSurface<'a> {
         self.read(grad)
     }
 
+    /// The gradient at `w + t d` (`d = None`: at `w`) with each batch's
+    /// activation pattern frozen at `w`'s: the function [`hvp`](Self::hvp)
+    /// differences, by the same ops. Leaves the model at `w`.
+    pub fn frozen_grad_at(&self, d: Option<&[f64]>, t: f64) -> Result<Flat> {
+        let masks = self.masks()?;
+        self.set(d, t)?;
+        let g = self.read_with(true, Some(masks))?.grad.expect("asked");
+        self.restore()?;
+        Ok(g)
+    }
+
     /// `H v` at `w` by central differences (module docs); leaves the model at `w`.
     pub fn hvp(&self, v: &[f64]) -> Result<Flat> {
         let norm = dot(v, v).sqrt();
@@ -252,12 +263,8 @@ impl<'a> LossSurface<'a> {
             return Ok(vec![0.0; v.len()]);
         }
         let u: Flat = v.iter().map(|x| x / norm).collect();
-        let masks = self.masks()?;
-        self.set(Some(&u), self.h)?;
-        let plus = self.read_with(true, Some(masks))?.grad.expect("asked");
-        self.set(Some(&u), -self.h)?;
-        let minus = self.read_with(true, Some(masks))?.grad.expect("asked");
-        self.restore()?;
+        let plus = self.frozen_grad_at(Some(&u), self.h)?;
+        let minus = self.frozen_grad_at(Some(&u), -self.h)?;
         let s = norm / (2.0 * self.h);
         Ok(plus.iter().zip(&minus).map(|(p, m)| (p - m) * s).collect())
     }

@@ -27,11 +27,14 @@ pub(crate) const MR: usize = 4;
 /// Output pixels per microkernel tile (three AVX vectors).
 pub(crate) const NR: usize = 24;
 
-/// Whether this CPU runs the microkernel (AVX2 and FMA, checked once).
+/// Whether this process runs the microkernel: a CPU with AVX2 and FMA,
+/// off the portable [`Path`](super::Path) (`SAMLAB_CPU_CONV=portable`).
 pub(crate) fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        super::path() != super::Path::Portable
+            && std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {

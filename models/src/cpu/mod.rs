@@ -11,6 +11,7 @@ pub(crate) mod conv;
 pub(crate) mod direct;
 
 use std::mem::MaybeUninit;
+use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
@@ -37,4 +38,97 @@ pub(crate) unsafe fn par_filled(
     // guarantees `fill` wrote each of them.
     unsafe { v.set_len(len) };
     v
+}
+
+/// Which of samlab's own CPU code paths the kernels may take, from
+/// `SAMLAB_CPU_CONV` (read once per process; docs/numerics.md), for
+/// measuring one path against another:
+///
+/// - unset or empty: every kernel the CPU supports (the direct kernels
+///   where [`direct::available`]);
+/// - `pixels`: the direct kernels only for [`direct::Tiling::Pixels`];
+/// - `im2col`: no direct kernel (im2col + gemm throughout);
+/// - `portable`: what a CPU without AVX2 and FMA runs in samlab's code: no
+///   direct kernel, and the scalar transpose instead of the AVX one.
+///
+/// gemm (under im2col and candle's matmul) picks its own kernels by the
+/// CPU's features and cache sizes; no setting here reaches it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Path {
+    Auto,
+    Pixels,
+    Im2col,
+    Portable,
+}
+
+impl Path {
+    /// The path a value of `SAMLAB_CPU_CONV` names (`None`: none).
+    pub(crate) fn parse(s: &str) -> Option<Path> {
+        match s {
+            "" => Some(Path::Auto),
+            "pixels" => Some(Path::Pixels),
+            "im2col" => Some(Path::Im2col),
+            "portable" => Some(Path::Portable),
+            _ => None,
+        }
+    }
+}
+
+/// This process's [`Path`] (an unknown value warns once and means `Auto`).
+pub(crate) fn path() -> Path {
+    static PATH: OnceLock<Path> = OnceLock::new();
+    *PATH.get_or_init(|| {
+        let v = std::env::var("SAMLAB_CPU_CONV").unwrap_or_default();
+        Path::parse(&v).unwrap_or_else(|| {
+            eprintln!(
+                "warning: SAMLAB_CPU_CONV={v:?} is none of \"pixels\", \"im2col\", \"portable\"; using every kernel"
+            );
+            Path::Auto
+        })
+    })
+}
+
+/// Whether [`conv`]'s transpose may use its AVX blocks: on a CPU with AVX,
+/// off the portable [`Path`].
+pub(crate) fn simd_transpose() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        path() != Path::Portable && std::arch::is_x86_feature_detected!("avx")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_names_parse() {
+        assert_eq!(Path::parse(""), Some(Path::Auto));
+        assert_eq!(Path::parse("pixels"), Some(Path::Pixels));
+        assert_eq!(Path::parse("im2col"), Some(Path::Im2col));
+        assert_eq!(Path::parse("portable"), Some(Path::Portable));
+        assert_eq!(Path::parse("Portable"), None);
+        assert_eq!(Path::parse("avx2"), None);
+    }
+
+    /// The portable path turns off every kernel that needs more than the
+    /// x86-64 baseline; the others take what the CPU has.
+    #[test]
+    fn the_portable_path_takes_no_simd_kernel() {
+        let portable = path() == Path::Portable;
+        #[cfg(target_arch = "x86_64")]
+        let (avx, avx2_fma) = (
+            std::arch::is_x86_feature_detected!("avx"),
+            std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma"),
+        );
+        #[cfg(not(target_arch = "x86_64"))]
+        let (avx, avx2_fma) = (false, false);
+        assert_eq!(direct::available(), !portable && avx2_fma);
+        assert_eq!(simd_transpose(), !portable && avx);
+    }
 }
