@@ -255,12 +255,20 @@ pub fn recorded_job(cache: &Cache, key: &str) -> Option<String> {
         .map(|s| s.trim().to_string())
 }
 
-/// Blocks until none of `jobs` is in the queue any more.
+/// Blocks until none of `jobs` is in the queue any more, or a signal
+/// ([`crate::interrupt`]) stops the wait: the jobs go on.
 pub fn wait(jobs: &[String], poll: std::time::Duration) -> Result<()> {
     loop {
         let q = queue()?;
         if !q.values().any(|(id, _)| jobs.contains(id)) {
             return Ok(());
+        }
+        if let Some(signal) = crate::interrupt::requested() {
+            return Err(ErrorKind::Usage(format!(
+                "stopped waiting on {signal}; the Slurm jobs go on (`runner status STUDY` shows them, \
+                 `--wait` again waits for them)"
+            ))
+            .into());
         }
         std::thread::sleep(poll);
     }
