@@ -194,7 +194,7 @@ fn damaged_entry_is_detected_and_recomputed() {
         let o = env.run(&args, "cache");
         let (out, err) = text(&o);
         assert!(!o.status.success(), "{args:?}: {out}{err}");
-        assert!(out.contains(&format!("damaged  ")), "{out}");
+        assert!(out.contains("damaged  "), "{out}");
         assert!(out.contains("model.safetensors has sha256"), "{out}");
         assert!(out.contains("the manifest says"), "{out}");
         assert!(out.contains("1 damaged"), "{out}");
