@@ -685,19 +685,21 @@ pub fn unix_time() -> String {
     (nanos() / 1_000_000_000).to_string()
 }
 
-static HASHED: AtomicU64 = AtomicU64::new(0);
+thread_local! {
+    static HASHED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
 
-/// Bytes this process has hashed to check or commit cache files (for the
+/// Bytes this thread has hashed to check or commit cache files (for the
 /// planning benchmark and the memo's tests).
 pub fn hashed_bytes() -> u64 {
-    HASHED.load(Ordering::Relaxed)
+    HASHED.with(|h| h.get())
 }
 
 pub fn file_sha256(path: &Path) -> Result<String> {
     let mut f = File::open(path).map_err(io(path))?;
     let mut h = Sha256::new();
     let n = std::io::copy(&mut f, &mut h).map_err(io(path))?;
-    HASHED.fetch_add(n, Ordering::Relaxed);
+    HASHED.with(|h| h.set(h.get() + n));
     Ok(hex(&h.finalize()))
 }
 

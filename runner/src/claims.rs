@@ -22,74 +22,9 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use serde::Deserialize;
 
 use crate::compare::{Interval, Row, paired};
-
-/// One claim, as a study writes it.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, rename = "Claim")]
-pub struct Claim {
-    /// What is claimed, with where the thesis says it (`"SAM > SGD (Table 5.2)"`).
-    pub claim: String,
-    /// The stage (or grid point, `escape-sam[rho=0.1]`) on the left.
-    pub a: String,
-    /// The stage (or grid point) on the right.
-    pub b: String,
-    /// The summary measure compared (`test_acc`, `escape_steps`, ...).
-    pub measure: String,
-    /// `b`'s measure when it differs from `a`'s (two readings of one stage).
-    #[serde(default)]
-    pub b_measure: Option<String>,
-    pub expect: Expect,
-    #[serde(default)]
-    pub transform: Transform,
-    /// Multiplies differences as shown (100: accuracy in points).
-    #[serde(default = "one")]
-    pub scale: f64,
-    /// What the shown numbers are in (`"points"`).
-    #[serde(default)]
-    pub unit: String,
-    #[serde(default)]
-    pub censored: Censored,
-    /// One claim per value, `{each}` in `claim`, `a` and `b` replaced by
-    /// it (`each: ["resnet18", "wrn28-10"]`, `a: "{each}-sam"`).
-    #[serde(default)]
-    pub each: Vec<String>,
-}
-
-fn one() -> f64 {
-    1.0
-}
-
-/// The direction a claim expects.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-pub enum Expect {
-    Higher,
-    Lower,
-    Same,
-    Describe,
-}
-
-/// What is compared.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-pub enum Transform {
-    /// `a - b`.
-    #[default]
-    Difference,
-    /// `ln a - ln b`, shown as the ratio `a / b`.
-    LogRatio,
-}
-
-/// How runs that did not escape count.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-pub enum Censored {
-    /// Not at all: a claim on censored escape steps is not computed.
-    #[default]
-    Refuse,
-    /// As the steps they ran (a lower bound on their escape steps).
-    AsBudget,
-}
+pub use crate::study::{Censored, Claim, Expect, Transform};
 
 /// A claim decided.
 #[derive(Clone, Debug, PartialEq)]

@@ -24,7 +24,7 @@ pub struct Stats {
 
 impl Stats {
     pub fn of(xs: &[f64]) -> Stats {
-        let (mean, std) = crate::results::mean_std(xs);
+        let (mean, std) = crate::stats::mean_std(xs);
         Stats {
             mean,
             std,

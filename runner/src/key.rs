@@ -23,12 +23,15 @@
 //! schedule and without the final evaluation, plus `k` and a digest of the
 //! method of every step before epoch `k`. Two runs share a prefix key exactly
 //! when they would compute the same first `k` epochs.
+//!
+//! This module knows no stage kind: each kind gives its key spec
+//! (`Kind::plan`; Train's is `TrainSpec::key_spec` with [`schedule_json`])
+//! and, for training, its [`PrefixParts`]; the documents, their canonical
+//! form, the hashes and [`diff`] are made here.
 
-use samlab_optim::{LrSchedule, Method, Resolved};
+use samlab_optim::{Method, Resolved};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-
-use crate::stages::train::TrainSpec;
 
 /// The version of the training and evaluation semantics. Bump it when a
 /// change to the code changes what a stage computes; every key changes.
@@ -116,20 +119,10 @@ pub fn key_of(document: &Value) -> String {
     sha256_hex(canonical(document).as_bytes())
 }
 
-/// A Train stage's spec as it goes into its key: the SGD/SAM schedule
-/// resolved to steps (so equivalent ways of writing it agree), and the SAM
-/// settings dropped when no step uses SAM.
-pub fn train_spec(t: &TrainSpec, resolved: &Resolved, spe: u64) -> Value {
-    let total = t.epochs * spe;
-    let mut v = serde_json::to_value(t).expect("specs serialise");
-    v["method"] = resolved_json(resolved, total);
-    if resolved.count(Method::Sgd, 0, total) == total {
-        v["sam"] = Value::Null;
-    }
-    v
-}
-
-fn resolved_json(r: &Resolved, total: u64) -> Value {
+/// An SGD/SAM schedule resolved to steps, as key documents hold it: the
+/// same steps give the same value however the study wrote them (a switch at
+/// step 0 is `Always`, PSAM of period 1 is `Always(Sam)`).
+pub fn schedule_json(r: &Resolved, total: u64) -> Value {
     use serde_json::json;
     // A step kind by the name a study writes (`Sgd`, `Sam`).
     let name = |m: Method| serde_json::to_value(m).expect("methods serialise");
@@ -148,41 +141,18 @@ fn resolved_json(r: &Resolved, total: u64) -> Value {
     }
 }
 
-/// What a shared prefix of a Train stage is made of, before `k` and the
-/// methods: (everything but the SAM settings, the SAM settings). Left out:
-/// the schedule (the methods of the steps go in instead), the final
-/// evaluation, the SAM settings until the first SAM step (so SGD->SAM runs
-/// with any rho share the SGD run's epochs), and `epochs` when the learning
-/// rate does not depend on the run's length.
-fn prefix_identity(
-    t: &TrainSpec,
-    spe: u64,
-    deps: &[(&str, String)],
-    dataset_fp: &str,
-) -> (String, String) {
-    let mut v = serde_json::to_value(t).expect("specs serialise");
-    let m = v.as_object_mut().expect("an object");
-    m.remove("method");
-    m.remove("test_subset");
-    m.remove("eval_batch");
-    let sam = m.remove("sam").expect("specs have SAM settings");
-    if matches!(t.lr, LrSchedule::Constant { .. }) {
-        m.remove("epochs");
-    }
-    let deps: serde_json::Map<String, Value> = deps
-        .iter()
-        .map(|(r, k)| (r.to_string(), k.clone().into()))
-        .collect();
-    (
-        canonical(&serde_json::json!({
-            "semantics": SEMANTICS,
-            "spec": v,
-            "deps": deps,
-            "spe": spe,
-            "dataset": dataset_fp,
-        })),
-        canonical(&sam),
-    )
+/// What a training run's prefixes share, as a training kind gives it: the
+/// part of its spec that the first `k` epochs depend on (`spec`, without
+/// the schedule, the SAM settings and what only the end reads) and the SAM
+/// settings (`sam`), which count from the first SAM step on.
+pub struct PrefixParts {
+    pub spec: Value,
+    pub sam: Value,
+    /// The method of every step of the run.
+    pub methods: Vec<Method>,
+    pub epochs: u64,
+    /// Steps per epoch.
+    pub spe: u64,
 }
 
 /// Prefix keys of one training run, and where it keeps prefix checkpoints.
@@ -202,23 +172,35 @@ pub struct PrefixPlan {
 }
 
 impl PrefixPlan {
-    /// The prefix keys of Train stage `t` with `spe` steps per epoch.
-    pub fn new(
-        t: &TrainSpec,
-        resolved: &Resolved,
-        spe: u64,
-        deps: &[(&str, String)],
-        dataset_fp: &str,
-    ) -> PrefixPlan {
-        let (identity, sam) = prefix_identity(t, spe, deps, dataset_fp);
-        let methods: Vec<Method> = (0..t.epochs * spe).map(|s| resolved.method(s)).collect();
+    /// The prefix keys of a training run made of `parts`, after the stages
+    /// it depends on (`deps`: role, key) on the dataset `dataset_fp`.
+    pub fn new(parts: PrefixParts, deps: &[(&str, String)], dataset_fp: &str) -> PrefixPlan {
+        let PrefixParts {
+            spec,
+            sam,
+            methods,
+            epochs,
+            spe,
+        } = parts;
+        let deps: serde_json::Map<String, Value> = deps
+            .iter()
+            .map(|(r, k)| (r.to_string(), k.clone().into()))
+            .collect();
+        let identity = canonical(&serde_json::json!({
+            "semantics": SEMANTICS,
+            "spec": spec,
+            "deps": deps,
+            "spe": spe,
+            "dataset": dataset_fp,
+        }));
+        let sam = canonical(&sam);
         let mut h = Sha256::new();
         h.update(identity.as_bytes());
         let mut keys = vec![String::new()];
         // The SAM settings count from the first step that is not SGD on;
         // each step adds its kind's index (SGD 0, SAM 1).
         let mut sam_seen = false;
-        for k in 1..=t.epochs {
+        for k in 1..=epochs {
             for s in (k - 1) * spe..k * spe {
                 let m = methods[s as usize];
                 if m != Method::Sgd && !sam_seen {

@@ -18,6 +18,7 @@
 //! command line.
 
 pub mod cache;
+pub mod chart;
 pub mod check;
 pub mod claims;
 pub mod commands;
@@ -35,6 +36,7 @@ pub mod rates;
 pub mod results;
 pub mod slurm;
 pub mod stages;
+pub mod stats;
 pub mod study;
 
 pub use error::{Error, ErrorKind, Invalid, Result};

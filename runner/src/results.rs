@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::cache::{Cache, write_file};
 use crate::error::{Result, io};
 use crate::exec::{StageReport, State};
-use crate::study::{Stage, Study};
+use crate::study::Study;
 
 /// Where a study's results go by default: `results/<path below studies/>`
 /// for a file under a `studies` folder (`studies/quick/escape.ron` ->
@@ -63,27 +63,6 @@ pub fn git_commit() -> String {
         }
         None => "unknown".into(),
     }
-}
-
-/// File-name form of a stage: `sgd`, `sgd-seed1`, `sam-rho0.1-seed2`.
-pub fn file_stem(stage: &Stage) -> String {
-    let mut s = stage.name.clone();
-    for (k, v) in &stage.coords {
-        let _ = write!(s, "-{k}{v}");
-    }
-    s
-}
-
-/// Mean and sample standard deviation (0 for one value).
-pub(crate) fn mean_std(xs: &[f64]) -> (f64, f64) {
-    let n = xs.len() as f64;
-    let mean = xs.iter().sum::<f64>() / n;
-    let var = if xs.len() > 1 {
-        xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
-    } else {
-        0.0
-    };
-    (mean, var.sqrt())
 }
 
 fn fmt(v: f64) -> String {
@@ -151,7 +130,7 @@ pub fn write(
         csv.push('\n');
         let src = cache.entry_dir(&r.key).join("metrics.csv");
         if r.summary.is_some() && src.is_file() {
-            let dst = stages_dir.join(format!("{}.csv", file_stem(stage)));
+            let dst = stages_dir.join(format!("{}.csv", stage.file_stem()));
             std::fs::copy(&src, &dst).map_err(io(&src))?;
         }
     }
@@ -386,7 +365,7 @@ fn markdown(study: &Study, reports: &[StageReport], prov: &Provenance) -> String
                     if xs.is_empty() {
                         row.push_str(" |");
                     } else {
-                        let (mean, sd) = mean_std(&xs);
+                        let (mean, sd) = crate::stats::mean_std(&xs);
                         let _ = write!(row, " {} ± {} |", fmt(mean), fmt(sd));
                     }
                 }
@@ -420,7 +399,7 @@ mod tests {
 
     #[test]
     fn sample_std() {
-        let (m, s) = mean_std(&[1.0, 2.0, 3.0]);
+        let (m, s) = crate::stats::mean_std(&[1.0, 2.0, 3.0]);
         assert_eq!(m, 2.0);
         assert!((s - 1.0).abs() < 1e-12);
     }

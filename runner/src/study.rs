@@ -55,7 +55,7 @@ pub struct Report {
     pub tables: Vec<PivotTable>,
     /// Claims decided by paired intervals over seeds (`crate::claims`).
     #[serde(default)]
-    pub claims: Vec<crate::claims::Claim>,
+    pub claims: Vec<Claim>,
 }
 
 /// A table of one measure with chosen rows and columns: the cell of row
@@ -111,6 +111,16 @@ impl Stage {
     /// `name` or `name[rho=0.1,seed=2]`.
     pub fn display(&self) -> String {
         labelled(&self.name, &self.coords)
+    }
+
+    /// File-name form: `sgd`, `sgd-seed1`, `sam-rho0.1-seed2`.
+    pub fn file_stem(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = self.name.clone();
+        for (k, v) in &self.coords {
+            let _ = write!(s, "-{k}{v}");
+        }
+        s
     }
 
     /// Its grid point without the seed (what tables fold over).
@@ -585,4 +595,71 @@ fn topo_order(stages: &IndexMap<String, RawStage>, ctx: &Ctx) -> Result<Vec<Stri
         visit(n, stages, &mut state, &mut order, &mut Vec::new(), ctx)?;
     }
     Ok(order)
+}
+
+// Claims as a study writes them; `crate::claims` decides them.
+
+/// One claim, as a study writes it.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename = "Claim")]
+pub struct Claim {
+    /// What is claimed, with where the thesis says it (`"SAM > SGD (Table 5.2)"`).
+    pub claim: String,
+    /// The stage (or grid point, `escape-sam[rho=0.1]`) on the left.
+    pub a: String,
+    /// The stage (or grid point) on the right.
+    pub b: String,
+    /// The summary measure compared (`test_acc`, `escape_steps`, ...).
+    pub measure: String,
+    /// `b`'s measure when it differs from `a`'s (two readings of one stage).
+    #[serde(default)]
+    pub b_measure: Option<String>,
+    pub expect: Expect,
+    #[serde(default)]
+    pub transform: Transform,
+    /// Multiplies differences as shown (100: accuracy in points).
+    #[serde(default = "one")]
+    pub scale: f64,
+    /// What the shown numbers are in (`"points"`).
+    #[serde(default)]
+    pub unit: String,
+    #[serde(default)]
+    pub censored: Censored,
+    /// One claim per value, `{each}` in `claim`, `a` and `b` replaced by
+    /// it (`each: ["resnet18", "wrn28-10"]`, `a: "{each}-sam"`).
+    #[serde(default)]
+    pub each: Vec<String>,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// The direction a claim expects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub enum Expect {
+    Higher,
+    Lower,
+    Same,
+    Describe,
+}
+
+/// What is compared.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub enum Transform {
+    /// `a - b`.
+    #[default]
+    Difference,
+    /// `ln a - ln b`, shown as the ratio `a / b`.
+    LogRatio,
+}
+
+/// How runs that did not escape count.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub enum Censored {
+    /// Not at all: a claim on censored escape steps is not computed.
+    #[default]
+    Refuse,
+    /// As the steps they ran (a lower bound on their escape steps).
+    AsBudget,
 }

@@ -15,7 +15,7 @@ use samlab_models::Model;
 use samlab_optim::{Decay, SamConfig, SgdConfig};
 use serde::{Deserialize, Serialize};
 
-use super::{RunCtx, StageSpec};
+use super::RunCtx;
 use crate::error::{Invalid, Result};
 
 /// A stage's grid as written: field name to the values it takes.
@@ -205,48 +205,6 @@ pub fn positive(name: &'static str, v: u64) -> Result<(), Invalid> {
     }
 }
 
-/// The Train stage a single-dependency stage (`of`) reads.
-pub fn train_dep<'a>(
-    deps: &[(&'static str, &'a StageSpec)],
-) -> Result<&'a super::train::TrainSpec, Invalid> {
-    match deps {
-        [(_, StageSpec::Train(t))] => Ok(t),
-        [(role, other)] => Err(Invalid::NotTrain {
-            role,
-            found: other.kind(),
-        }),
-        _ => Err(Invalid::Missing {
-            field: "of",
-            hint: "",
-        }),
-    }
-}
-
-/// The model that both Train stages of a `w1`/`w2` pair train.
-pub fn pair_model(deps: &[(&'static str, &StageSpec)]) -> Result<String, Invalid> {
-    let mut models = Vec::new();
-    for (role, d) in deps {
-        match d {
-            StageSpec::Train(t) => models.push(t.model.clone()),
-            other => {
-                return Err(Invalid::NotTrain {
-                    role,
-                    found: other.kind(),
-                });
-            }
-        }
-    }
-    match models.as_slice() {
-        [a, b] if a == b => Ok(a.clone()),
-        [a, b] => Err(Invalid::Value(format!(
-            "`w1` trains {a} and `w2` {b}: both must be one model"
-        ))),
-        _ => Err(Invalid::Value(
-            "`w1` and `w2` must name two Train stages".into(),
-        )),
-    }
-}
-
 /// `(w1, w2)` as stage references.
 pub fn pair_refs<'a>(
     w1: &'a Option<String>,
@@ -378,82 +336,6 @@ impl AlphaGrid {
                 }
             })
             .collect()
-    }
-}
-
-/// The probe of a curvature stage (Sharpness, Landscape): the first
-/// `images` of its Train stage's training images in a fixed random order
-/// (`probe_indices`), read in batches of `batch`. Flattened into the stage's
-/// spec, so its fields keep their names in the stage key.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Probe {
-    pub images: usize,
-    pub batch: usize,
-    /// Filled from the Train stage ([`Probe::link`]).
-    pub model: String,
-    pub train_subset: Subset,
-    pub subset_seed: u64,
-}
-
-impl Probe {
-    /// A probe of `images` (default 512) in batches of `batch` (default
-    /// `default_batch`), both positive; linked to its Train stage later.
-    pub fn new(
-        images: Option<usize>,
-        batch: Option<usize>,
-        default_batch: usize,
-    ) -> Result<Probe, Invalid> {
-        let images = images.unwrap_or(512);
-        positive("images", images as u64)?;
-        let batch = batch.unwrap_or(default_batch);
-        positive("batch", batch as u64)?;
-        Ok(Probe {
-            images,
-            batch,
-            model: String::new(),
-            train_subset: Subset::All,
-            subset_seed: 0,
-        })
-    }
-
-    /// Takes the model and training images of the Train stage measured.
-    pub fn link(&mut self, t: &super::train::TrainSpec) {
-        self.model = t.model.clone();
-        self.train_subset = t.train_subset;
-        self.subset_seed = t.subset_seed;
-    }
-
-    /// Batches per pass over the probe.
-    pub fn batches_per_pass(&self) -> usize {
-        self.images.div_ceil(self.batch)
-    }
-
-    /// The probe's batches on the device, images in `dtype`.
-    pub fn batches(&self, ctx: &RunCtx, dtype: DType) -> Result<Vec<(Tensor, Tensor)>> {
-        let (images, batch) = (self.images, self.batch);
-        let ds = ctx.dataset;
-        let train_idx = self
-            .train_subset
-            .indices(&ds.train, ds.num_classes(), self.subset_seed)?;
-        let available = train_idx.as_ref().map_or(ds.train.len(), Vec::len);
-        if images > available {
-            return Err(crate::error::stage_err(
-                ctx.stage,
-                format!("`images: {images}`, but the Train stage has {available} training images"),
-            ));
-        }
-        let idx = probe_indices(train_idx, ds.train.len(), images, self.subset_seed);
-        let loader = Loader::new(
-            ds.train.clone(),
-            Some(idx),
-            PipelineConfig::eval(batch, ds.name.normalization()),
-        )?;
-        let mut out = Vec::new();
-        for b in loader.epoch(0) {
-            let (x, y) = b.to_tensors(ctx.device)?;
-            out.push((x.to_dtype(dtype)?, y));
-        }
-        Ok(out)
     }
 }
 

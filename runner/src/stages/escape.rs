@@ -43,16 +43,14 @@ use samlab_models::Precision;
 use samlab_optim::{LrSchedule, Method, SamConfig, SgdConfig, StepSchedule, Trainer};
 use serde::{Deserialize, Serialize};
 
-use super::common::{
-    Feed, Grid, SamPartial, check_bn_batch, SgdPartial, Subset, TrainingData, dep_model, evaluate_loader, forward_cost,
-    inherit, merged_grid, positive, probe_indices, train_dep, training_loader, whole,
-};
+use super::common::{Feed, Grid, SamPartial, check_bn_batch, SgdPartial, Subset, TrainingData, dep_model, evaluate_loader, forward_cost, inherit, merged_grid, positive, probe_indices, training_loader, whole};
+use super::link::{train_dep};
 use super::{
     Done, Kind, KindPlan, Outcome, Partial, PlanInput, PlotOut, RunCtx, StageSpec, Summary,
 };
 use crate::cache::write_file;
 use crate::error::{Invalid, Result, stage_err, step_err};
-use crate::plots::{PALETTE, Series, line_chart, mean_std_points};
+use crate::chart::{PALETTE, Series, line_chart, mean_std_points};
 
 /// Which training accuracy the escape threshold applies to (module docs).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -296,14 +294,11 @@ impl Kind for EscapeSpec {
         let mut escape: BTreeMap<String, BTreeMap<u64, Vec<f64>>> = BTreeMap::new();
         for d in done {
             let rho = d.spec.sam.as_ref().map_or(0.0, |s| s.rho);
-            if let Some(steps) = d
-                .report
-                .summary
-                .as_ref()
+            if let Some(steps) = d.summary
                 .and_then(|s| s.get("escape_steps"))
             {
                 escape
-                    .entry(d.stage.name.clone())
+                    .entry(d.name.to_string())
                     .or_default()
                     .entry(rho.to_bits())
                     .or_default()

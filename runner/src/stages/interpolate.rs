@@ -24,17 +24,14 @@ use samlab_data::{DatasetName, Loader, PipelineConfig};
 use samlab_models::Model;
 use serde::{Deserialize, Serialize};
 
-use super::common::{
-    AlphaGrid, EvalFields, Grid, SplitName, Subset, dep_model, dep_tensors, distance, evaluate_loader,
-    forward_cost, inherit, merged_grid, model_tensors, pair_model, pair_refs, positive,
-    set_eval_grid,
-};
+use super::common::{AlphaGrid, EvalFields, Grid, SplitName, Subset, dep_model, dep_tensors, distance, evaluate_loader, forward_cost, inherit, merged_grid, model_tensors, pair_refs, positive, set_eval_grid};
+use super::link::{pair_model};
 use super::{
     Done, Kind, KindPlan, Outcome, Partial, PlanInput, PlotOut, RunCtx, StageSpec, Summary,
 };
 use crate::cache::write_file;
 use crate::error::{Invalid, Result};
-use crate::plots::{Series, line_chart};
+use crate::chart::{Series, line_chart};
 
 /// How BatchNorm's running statistics are set at each `a`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -197,8 +194,8 @@ impl Kind for InterpSpec {
     fn plots(done: &[Done<'_, Self>], out: &PlotOut) -> Result<Vec<String>> {
         let mut written = Vec::new();
         for d in done {
-            let (_, data) = crate::plots::fields(out.cache, &d.report.key);
-            let stem = crate::results::file_stem(d.stage);
+            let (_, data) = crate::chart::fields(out.cache, d.key);
+            let stem = d.stem.clone();
             for (col, what) in [(4, "error"), (3, "loss")] {
                 let mut series = Vec::new();
                 for (split, color) in [("train", RED), ("test", BLUE)] {
@@ -219,7 +216,7 @@ impl Kind for InterpSpec {
                     let name = format!("{stem}-{what}.svg");
                     line_chart(
                         &out.dir.join(&name),
-                        &format!("{}: {what} along (1-a) w1 + a w2", d.report.display),
+                        &format!("{}: {what} along (1-a) w1 + a w2", d.display),
                         "a",
                         what,
                         &series,

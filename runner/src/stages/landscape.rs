@@ -32,14 +32,12 @@ use samlab_data::DatasetName;
 use samlab_optim::curvature::{Flat, LossSurface, filter_normalized_random, norm};
 use serde::{Deserialize, Serialize};
 
-use super::common::{
-    AlphaGrid, Grid, dep_file, dep_model, forward_cost, inherit, merged_grid,
-    Probe, train_dep, whole,
-};
+use super::common::{AlphaGrid, Grid, dep_file, dep_model, forward_cost, inherit, merged_grid, whole};
+use super::link::{Probe, train_dep};
 use super::{Done, Kind, KindPlan, Outcome, Partial, PlanInput, PlotOut, RunCtx, StageSpec, Summary};
 use crate::cache::write_file;
 use crate::error::{Invalid, Result, stage_err};
-use crate::plots::{Series, heat_map, line_chart};
+use crate::chart::{Series, heat_map, line_chart};
 
 /// A direction in weight space (module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -240,7 +238,7 @@ impl Kind for LandscapeSpec {
     fn plots(done: &[Done<'_, Self>], out: &PlotOut) -> Result<Vec<String>> {
         let mut written = Vec::new();
         for d in done {
-            let (_, rows) = crate::plots::fields(out.cache, &d.report.key);
+            let (_, rows) = crate::chart::fields(out.cache, d.key);
             let parsed: Vec<(f64, Option<f64>, f64, f64)> = rows
                 .iter()
                 .filter_map(|r| {
@@ -252,7 +250,7 @@ impl Kind for LandscapeSpec {
                     ))
                 })
                 .collect();
-            let stem = crate::results::file_stem(d.stage);
+            let stem = d.stem.clone();
             if d.spec.y.is_none() {
                 for (what, pick) in [("loss", 2usize), ("error", 3)] {
                     let points: Vec<(f64, f64, f64)> = parsed
@@ -265,7 +263,7 @@ impl Kind for LandscapeSpec {
                     let name = format!("{stem}-{what}.svg");
                     line_chart(
                         &out.dir.join(&name),
-                        &format!("{}: train {what} along w + a x ({:?})", d.report.display, d.spec.x),
+                        &format!("{}: train {what} along w + a x ({:?})", d.display, d.spec.x),
                         "a",
                         what,
                         &[Series {
@@ -292,7 +290,7 @@ impl Kind for LandscapeSpec {
                 let name = format!("{stem}-loss.svg");
                 heat_map(
                     &out.dir.join(&name),
-                    &format!("{}: train loss", d.report.display),
+                    &format!("{}: train loss", d.display),
                     (&format!("a ({:?})", d.spec.x), &format!("b ({:?})", d.spec.y.unwrap_or(Direction::Random))),
                     &xs,
                     &ys,

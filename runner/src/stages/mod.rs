@@ -13,6 +13,7 @@
 //! through it). What several kinds use lives in [`common`].
 
 pub mod common;
+pub mod link;
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -26,10 +27,8 @@ use serde::de::DeserializeOwned;
 
 use crate::cache::Cache;
 use crate::error::{Invalid, Result};
-use crate::exec::StageReport;
 use crate::key::PrefixPlan;
 use crate::progress::Progress;
-use crate::study::Stage;
 
 pub use common::{Grid, Subset};
 
@@ -136,9 +135,15 @@ impl KindPlan {
 
 /// A completed stage of one kind, for its plots.
 pub struct Done<'a, S> {
-    pub stage: &'a Stage,
+    /// Its name in the study, its file-name form (`sam-rho0.1-seed2`) and
+    /// its display name (`sam[rho=0.1,seed=2]`).
+    pub name: &'a str,
+    pub stem: String,
+    pub display: &'a str,
+    /// Its cache key (where its `metrics.csv` is).
+    pub key: &'a str,
+    pub summary: Option<&'a Summary>,
     pub spec: &'a S,
-    pub report: &'a StageReport,
 }
 
 /// Where plots go and what they may read.
@@ -239,13 +244,20 @@ macro_rules! registry {
         }
 
         /// Every kind's plots of the completed stages `done`.
-        pub fn plots(done: &[(&Stage, &StageReport)], out: &PlotOut) -> Result<Vec<String>> {
+        pub fn plots(done: &[Done<'_, StageSpec>], out: &PlotOut) -> Result<Vec<String>> {
             let mut written = Vec::new();
             $(
                 let mine: Vec<Done<'_, <$module::$partial as Partial>::Spec>> = done
                     .iter()
-                    .filter_map(|(stage, report)| match &stage.spec {
-                        StageSpec::$variant(spec) => Some(Done { stage, spec, report }),
+                    .filter_map(|d| match d.spec {
+                        StageSpec::$variant(spec) => Some(Done {
+                            name: d.name,
+                            stem: d.stem.clone(),
+                            display: d.display,
+                            key: d.key,
+                            summary: d.summary,
+                            spec,
+                        }),
                         #[allow(unreachable_patterns)]
                         _ => None,
                     })

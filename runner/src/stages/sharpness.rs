@@ -31,9 +31,8 @@ use samlab_optim::curvature::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::common::{
-    Grid, Probe, dep_model_as, inherit, merged_grid, train_dep, whole,
-};
+use super::common::{Grid, dep_model_as, inherit, merged_grid, whole};
+use super::link::{Probe, train_dep};
 use super::{Kind, KindPlan, Outcome, Partial, PlanInput, RunCtx, StageSpec, Summary};
 use crate::cache::write_file;
 use crate::error::{Invalid, Result};

@@ -232,6 +232,43 @@ impl TrainSpec {
         Ok(self.method.resolve(self.epochs * spe, spe)?)
     }
 
+    /// The spec as it goes into its key: the SGD/SAM schedule resolved to
+    /// steps (so equivalent ways of writing it agree), and the SAM settings
+    /// dropped when no step uses SAM.
+    pub fn key_spec(&self, resolved: &Resolved, spe: u64) -> serde_json::Value {
+        let total = self.epochs * spe;
+        let mut v = serde_json::to_value(self).expect("specs serialise");
+        v["method"] = crate::key::schedule_json(resolved, total);
+        if resolved.count(Method::Sgd, 0, total) == total {
+            v["sam"] = serde_json::Value::Null;
+        }
+        v
+    }
+
+    /// What its shared prefixes are made of. Left out of their identity:
+    /// the schedule (the methods of the steps go in instead), the final
+    /// evaluation, the SAM settings until the first SAM step (so SGD->SAM
+    /// runs with any rho share the SGD run's epochs), and `epochs` when the
+    /// learning rate does not depend on the run's length.
+    fn prefix_parts(&self, resolved: &Resolved, spe: u64) -> crate::key::PrefixParts {
+        let mut v = serde_json::to_value(self).expect("specs serialise");
+        let m = v.as_object_mut().expect("an object");
+        m.remove("method");
+        m.remove("test_subset");
+        m.remove("eval_batch");
+        let sam = m.remove("sam").expect("specs have SAM settings");
+        if matches!(self.lr, LrSchedule::Constant { .. }) {
+            m.remove("epochs");
+        }
+        crate::key::PrefixParts {
+            spec: v,
+            sam,
+            methods: (0..self.epochs * spe).map(|s| resolved.method(s)).collect(),
+            epochs: self.epochs,
+            spe,
+        }
+    }
+
     /// How the training loader draws batches.
     pub fn data(&self) -> TrainingData {
         TrainingData {
@@ -293,9 +330,13 @@ impl Kind for TrainSpec {
             )));
         }
         let resolved = self.resolved(spe)?;
-        let prefix = PrefixPlan::new(self, &resolved, spe, input.deps, input.fingerprint);
+        let prefix = PrefixPlan::new(
+            self.prefix_parts(&resolved, spe),
+            input.deps,
+            input.fingerprint,
+        );
         Ok(KindPlan {
-            key_spec: crate::key::train_spec(self, &resolved, spe),
+            key_spec: self.key_spec(&resolved, spe),
             cost: prefix.cost_from(0),
             prefix: Some(prefix),
         })
