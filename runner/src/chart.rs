@@ -281,3 +281,26 @@ pub fn fields(cache: &Cache, key: &str) -> (Vec<String>, Vec<Vec<String>>) {
         .map(|l| l.split(',').map(str::to_string).collect());
     (lines.next().unwrap_or_default(), lines.collect())
 }
+
+/// Mean ± std over runs of column `y` against column `x`, at each x that
+/// at least one run reached.
+pub fn mean_curve(runs: &[Table], x: &str, y: &str) -> Vec<(f64, f64, f64)> {
+    let mut by_x: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
+    for (header, rows) in runs {
+        let (Some(ix), Some(iy)) = (
+            header.iter().position(|h| h == x),
+            header.iter().position(|h| h == y),
+        ) else {
+            continue;
+        };
+        for r in rows {
+            if let (Some(&a), Some(&b)) = (r.get(ix), r.get(iy))
+                && a.is_finite()
+                && b.is_finite()
+            {
+                by_x.entry(a.to_bits()).or_default().push(b);
+            }
+        }
+    }
+    mean_std_points(&by_x)
+}

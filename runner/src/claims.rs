@@ -22,7 +22,6 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-
 use crate::compare::{Interval, Row, paired};
 pub use crate::study::{Censored, Claim, Expect, Transform};
 
@@ -110,25 +109,27 @@ impl Claim {
     /// at its budget.
     fn values(&self, row: &Row, measure: &str) -> Result<BTreeMap<u64, (f64, bool)>, String> {
         let mut out = BTreeMap::new();
+        let censoring = row.censoring.filter(|c| c.applies_to(measure));
         for (seed, m) in &row.runs {
-            let escaped = m.get("escaped").copied();
-            match (m.get(measure), escaped) {
-                (_, Some(e)) if e != 1.0 && measure.starts_with("escape_steps") => {
-                    match self.censored {
-                        Censored::Refuse => {
-                            return Err(format!(
-                                "`{}`: a run did not escape (seed {seed}); `censored: AsBudget` counts it as its steps",
-                                row.label()
-                            ));
-                        }
-                        Censored::AsBudget => {
-                            let steps = m.get("steps").copied().ok_or_else(|| {
-                                format!("`{}`: no `steps` for seed {seed}", row.label())
-                            })?;
-                            out.insert(*seed, (steps, true));
-                        }
+            let reached = censoring.and_then(|c| Some((c, *m.get(c.reached)?)));
+            match (m.get(measure), reached) {
+                (_, Some((c, r))) if r != 1.0 => match self.censored {
+                    Censored::Refuse => {
+                        return Err(format!(
+                            "`{}`: a run did not reach `{}` (seed {seed}: not {}); `censored: AsBudget` counts it as its `{}`",
+                            row.label(),
+                            c.measure,
+                            c.verb,
+                            c.budget
+                        ));
                     }
-                }
+                    Censored::AsBudget => {
+                        let steps = m.get(c.budget).copied().ok_or_else(|| {
+                            format!("`{}`: no `{}` for seed {seed}", row.label(), c.budget)
+                        })?;
+                        out.insert(*seed, (steps, true));
+                    }
+                },
                 (Some(v), _) => {
                     out.insert(*seed, (*v, false));
                 }
@@ -276,7 +277,8 @@ mod tests {
         Row {
             name: name.into(),
             point: Coords::new(),
-            kind: "train",
+            kind: "escape",
+            censoring: <crate::stages::escape::EscapeSpec as crate::stages::Kind>::CENSORING,
             model: "resnet8".into(),
             headline: &[],
             runs: runs
@@ -426,7 +428,11 @@ mod tests {
         ];
         let mut c = claim("sgd", "sam", "escape_steps", Expect::Higher);
         let d = c.decide(&rows);
-        assert!(d.interval.unwrap_err().contains("did not escape"));
+        assert!(
+            d.interval
+                .unwrap_err()
+                .contains("did not reach `escape_steps`")
+        );
         c.censored = Censored::AsBudget;
         let d = c.decide(&rows);
         assert_eq!(d.censored, (1, 0));

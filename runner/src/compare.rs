@@ -12,6 +12,7 @@ use std::fmt::Write as _;
 use statrs::distribution::{ContinuousCDF, StudentsT};
 
 use crate::exec::StageReport;
+use crate::stages::Censoring;
 use crate::study::{Coords, Study};
 
 /// Mean, sample standard deviation and n.
@@ -113,6 +114,8 @@ pub struct Row {
     /// The grid point without the seed.
     pub point: Coords,
     pub kind: &'static str,
+    /// Its kind's censored measure, if any (`Kind::CENSORING`).
+    pub censoring: Option<Censoring>,
     pub model: String,
     pub headline: &'static [&'static str],
     /// Seed (or 0 without a seed grid) to the run's summary, completed runs only.
@@ -147,15 +150,16 @@ impl Row {
             .collect()
     }
 
-    /// Escape: runs that escaped, of those completed.
-    fn escaped(&self) -> Option<(usize, usize)> {
-        (self.kind == "escape").then(|| {
+    /// A kind with a censored measure: runs that reached it, of those
+    /// completed, and what reaching it is called.
+    fn reached(&self) -> Option<(usize, usize, &'static str)> {
+        self.censoring.map(|c| {
             let k = self
                 .runs
                 .values()
-                .filter(|m| m.get("escaped").copied() == Some(1.0))
+                .filter(|m| m.get(c.reached).copied() == Some(1.0))
                 .count();
-            (k, self.runs.len())
+            (k, self.runs.len(), c.verb)
         })
     }
 }
@@ -177,6 +181,7 @@ pub fn rows(study: &Study, reports: &[StageReport]) -> Vec<Row> {
                     name: stage.name.clone(),
                     point,
                     kind: stage.spec.kind(),
+                    censoring: stage.spec.censoring(),
                     model: stage.spec.model().to_string(),
                     headline: stage.spec.headline(),
                     runs: BTreeMap::new(),
@@ -209,10 +214,10 @@ pub fn baseline_of<'a>(row: &Row, rows: &'a [Row], baselines: &[String]) -> Opti
 
 /// The difference of `measure` between a row and its baseline, or why not.
 pub fn difference(row: &Row, base: &Row, measure: &str) -> Result<Interval, String> {
-    if let (Some((k, n)), Some((kb, nb))) = (row.escaped(), base.escaped())
+    if let (Some((k, n, verb)), Some((kb, nb, _))) = (row.reached(), base.reached())
         && (k < n || kb < nb)
     {
-        return Err(format!("censored ({k}/{n} and {kb}/{nb} escaped)"));
+        return Err(format!("censored ({k}/{n} and {kb}/{nb} {verb})"));
     }
     let (a, b) = (row.values(measure), base.values(measure));
     let same_seeds = a.len() >= 2 && a.keys().eq(b.keys());
@@ -240,10 +245,12 @@ fn num(v: f64) -> String {
 /// A cell: `mean ± std (n)`; escape steps with the share that escaped.
 fn cell(row: &Row, measure: &str) -> String {
     let xs: Vec<f64> = row.values(measure).into_values().collect();
-    let escaped = row.escaped();
+    let reached = row
+        .reached()
+        .filter(|_| row.censoring.is_some_and(|c| c.applies_to(measure)));
     if xs.is_empty() {
-        return match escaped {
-            Some((0, n)) if measure == "escape_steps" && n > 0 => format!("none escaped (0/{n})"),
+        return match reached {
+            Some((0, n, verb)) if n > 0 => format!("none {verb} (0/{n})"),
             _ => "–".into(),
         };
     }
@@ -253,10 +260,8 @@ fn cell(row: &Row, measure: &str) -> String {
     } else {
         format!("{} (n=1)", num(s.mean))
     };
-    match escaped {
-        Some((k, n)) if measure == "escape_steps" && k < n => {
-            format!("{base}; {k}/{n} escaped, the rest censored")
-        }
+    match reached {
+        Some((k, n, verb)) if k < n => format!("{base}; {k}/{n} {verb}, the rest censored"),
         _ => base,
     }
 }
@@ -440,6 +445,11 @@ mod tests {
             name: name.into(),
             point: Coords::new(),
             kind,
+            censoring: if kind == "escape" {
+                <crate::stages::escape::EscapeSpec as crate::stages::Kind>::CENSORING
+            } else {
+                None
+            },
             model: "resnet8".into(),
             headline: if kind == "escape" {
                 &["escape_steps", "escaped"]

@@ -165,15 +165,9 @@ pub fn write(
         );
     }
     write_file(&dir.join("last-run.csv"), last.as_bytes())?;
-    let mut plots = crate::plots::write_all(&dir.join("plots"), study, reports, cache)?;
+    let plots = crate::plots::write_all(&dir.join("plots"), study, reports, cache)?;
     let rows = crate::compare::rows(study, reports);
-    plots.extend(crate::plots::curves(
-        &dir.join("plots"),
-        study,
-        &rows,
-        reports,
-        cache,
-    )?);
+
     let (mut comparison, comparison_csv) = crate::compare::tables(&rows, &study.report.baseline);
     if !study.report.tables.is_empty() {
         comparison = format!(

@@ -45,9 +45,7 @@ use serde::{Deserialize, Serialize};
 
 use super::common::{Feed, Grid, SamPartial, check_bn_batch, SgdPartial, Subset, TrainingData, dep_model, evaluate_loader, forward_cost, inherit, merged_grid, positive, probe_indices, training_loader, whole};
 use super::link::{train_dep};
-use super::{
-    Done, Kind, KindPlan, Outcome, Partial, PlanInput, PlotOut, RunCtx, StageSpec, Summary,
-};
+use super::{Censoring, Done, Kind, KindPlan, Outcome, Partial, PlanInput, PlotOut, RunCtx, StageSpec, Summary,};
 use crate::cache::write_file;
 use crate::error::{Invalid, Result, stage_err, step_err};
 use crate::chart::{PALETTE, Series, line_chart, mean_std_points};
@@ -251,6 +249,12 @@ impl Kind for EscapeSpec {
     const NAME: &'static str = "escape";
     const HEADLINE: &'static [&'static str] = &["escape_steps", "escaped"];
     const SWEEPS: bool = false;
+    const CENSORING: Option<Censoring> = Some(Censoring {
+        measure: "escape_steps",
+        reached: "escaped",
+        budget: "steps",
+        verb: "escaped",
+    });
 
     fn link(&mut self, deps: &[(&'static str, &StageSpec)]) -> Result<(), Invalid> {
         let t = train_dep(deps)?;
@@ -314,19 +318,86 @@ impl Kind for EscapeSpec {
                 points: mean_std_points(by_rho),
             })
             .collect();
-        if series.iter().map(|s| s.points.len()).sum::<usize>() < 2 {
-            return Ok(Vec::new());
+        let mut written = Vec::new();
+        if series.iter().map(|s| s.points.len()).sum::<usize>() >= 2 {
+            let name = "escape-steps.svg".to_string();
+            line_chart(
+                &out.dir.join(&name),
+                "Steps to escape (mean ± std over seeds that escaped; censored runs in summary.md)",
+                "rho (SGD at 0)",
+                "steps until train accuracy < threshold",
+                &series,
+            )?;
+            written.push(name);
         }
-        let name = "escape-steps.svg".to_string();
-        line_chart(
-            &out.dir.join(&name),
-            "Steps to escape (mean ± std over seeds that escaped; censored runs in summary.md)",
-            "rho (SGD at 0)",
-            "steps until train accuracy < threshold",
-            &series,
-        )?;
-        Ok(vec![name])
+        written.extend(readings(done, out)?);
+        Ok(written)
     }
+}
+
+/// For each Escape stage, the reading its threshold applies to, per step:
+/// one series per row (mean over the runs still going), with the threshold.
+fn readings(done: &[Done<'_, EscapeSpec>], out: &PlotOut) -> Result<Vec<String>> {
+    use crate::chart::{Table, mean_curve, table};
+    let mut names: Vec<&str> = Vec::new();
+    for d in done {
+        if !names.contains(&d.name) {
+            names.push(d.name);
+        }
+    }
+    let mut written = Vec::new();
+    for name in names {
+        // Rows of this stage in order: label, its column, its runs' tables.
+        let mut rows: Vec<(String, String, Vec<Table>)> = Vec::new();
+        let mut threshold = None;
+        for d in done.iter().filter(|d| d.name == name) {
+            threshold = Some(d.spec.threshold);
+            let i = match rows.iter().position(|r| r.0 == d.label) {
+                Some(i) => i,
+                None => {
+                    let column = format!("{}_acc", d.spec.measure_name());
+                    rows.push((d.label.clone(), column, Vec::new()));
+                    rows.len() - 1
+                }
+            };
+            rows[i].2.push(table(out.cache, d.key));
+        }
+        let mut series = Vec::new();
+        for (label, column, runs) in &rows {
+            let points: Vec<(f64, f64, f64)> = mean_curve(runs, "step", column)
+                .into_iter()
+                .map(|(x, m, _)| (x, m, 0.0))
+                .collect();
+            if points.len() >= 2 {
+                series.push(Series {
+                    name: format!("{label} ({column})"),
+                    color: PALETTE[series.len() % PALETTE.len()],
+                    points,
+                });
+            }
+        }
+        if let (Some(t), false) = (threshold, series.is_empty()) {
+            let end = series
+                .iter()
+                .flat_map(|s| s.points.iter().map(|p| p.0))
+                .fold(1.0, f64::max);
+            series.push(Series {
+                name: format!("threshold {t}"),
+                color: plotters::style::RGBColor(120, 120, 120),
+                points: vec![(0.0, t, 0.0), (end, t, 0.0)],
+            });
+            let file = format!("{name}-readings.svg");
+            line_chart(
+                &out.dir.join(&file),
+                &format!("{name}: training accuracy per step (mean over the runs still going)"),
+                "step",
+                "accuracy",
+                &series,
+            )?;
+            written.push(file);
+        }
+    }
+    Ok(written)
 }
 
 fn run(spec: &EscapeSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {

@@ -65,6 +65,9 @@ pub trait Kind: Clone + Debug + PartialEq + Serialize {
     /// generic sweep plots of its headline measures; a kind that draws its
     /// sweeps itself (Escape: steps against rho) says no.
     const SWEEPS: bool = true;
+    /// Its censored measure, if it has one (Escape: a run may end its
+    /// budget without escaping): tables and claims read censoring from it.
+    const CENSORING: Option<Censoring> = None;
     /// Fills in what it takes from the stages it depends on (an Evaluate
     /// stage's model comes from the Train stage it evaluates).
     fn link(&mut self, deps: &[(&'static str, &StageSpec)]) -> Result<(), Invalid>;
@@ -92,6 +95,31 @@ pub trait Kind: Clone + Debug + PartialEq + Serialize {
     /// returns the file names.
     fn plots(_done: &[Done<'_, Self>], _out: &PlotOut) -> Result<Vec<String>> {
         Ok(Vec::new())
+    }
+}
+
+/// A measure whose runs may end without reaching what it measures (Escape's
+/// steps: a run that never escapes within its budget). A table shows such a
+/// measure with the share of runs that reached it and never averages or
+/// compares a censored row; a claim refuses it unless told to count such
+/// runs at their budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Censoring {
+    /// The measure (and every measure named with it as a prefix,
+    /// `escape_steps_batch`).
+    pub measure: &'static str,
+    /// The summary flag, 1 for a run that reached it.
+    pub reached: &'static str,
+    /// The summary measure of a run's budget (the steps it ran).
+    pub budget: &'static str,
+    /// What reaching it is called in tables (`escaped`).
+    pub verb: &'static str,
+}
+
+impl Censoring {
+    /// Whether `measure` is censored by this.
+    pub fn applies_to(&self, measure: &str) -> bool {
+        measure.starts_with(self.measure)
     }
 }
 
@@ -140,6 +168,9 @@ pub struct Done<'a, S> {
     pub name: &'a str,
     pub stem: String,
     pub display: &'a str,
+    /// The row it belongs to in tables: its name and grid point without the
+    /// seed (`sam[rho=0.1]`).
+    pub label: String,
     /// Its cache key (where its `metrics.csv` is).
     pub key: &'a str,
     pub summary: Option<&'a Summary>,
@@ -217,6 +248,9 @@ macro_rules! registry {
             pub fn headline(&self) -> &'static [&'static str] {
                 match self { $(StageSpec::$variant(_) => <<$module::$partial as Partial>::Spec as Kind>::HEADLINE,)* }
             }
+            pub fn censoring(&self) -> Option<Censoring> {
+                match self { $(StageSpec::$variant(_) => <<$module::$partial as Partial>::Spec as Kind>::CENSORING,)* }
+            }
             pub fn sweeps(&self) -> bool {
                 match self { $(StageSpec::$variant(_) => <<$module::$partial as Partial>::Spec as Kind>::SWEEPS,)* }
             }
@@ -252,6 +286,7 @@ macro_rules! registry {
                     .filter_map(|d| match d.spec {
                         StageSpec::$variant(spec) => Some(Done {
                             name: d.name,
+                            label: d.label.clone(),
                             stem: d.stem.clone(),
                             display: d.display,
                             key: d.key,

@@ -26,7 +26,7 @@ use super::common::{
     Feed, Grid, SamPartial, check_bn_batch, SgdPartial, SplitName, Subset, TrainingData, eval_loader, evaluate_loader,
     inherit, merged_grid, positive, training_loader, whole,
 };
-use super::{Kind, KindPlan, Outcome, Partial, PlanInput, RunCtx, StageSpec, Summary};
+use super::{Kind, KindPlan, Outcome, Partial, PlanInput, RunCtx, StageSpec, Summary, Done, PlotOut};
 use crate::cache::{Verify, partial_name, resume_point, unix_time, write_file};
 use crate::error::{ErrorKind, Invalid, Result, io, stage_err, step_err};
 use crate::key::PrefixPlan;
@@ -344,6 +344,60 @@ impl Kind for TrainSpec {
 
     fn run(&self, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
         run(self, ctx)
+    }
+
+    /// Training curves: train loss and accuracy per epoch, one series per
+    /// row (a stage at one grid point besides the seed: mean over seeds,
+    /// std as a band; the legend gives SAM's share of steps).
+    fn plots(done: &[Done<'_, Self>], out: &PlotOut) -> Result<Vec<String>> {
+        use crate::chart::{PALETTE, Series, Table, line_chart, mean_curve, table};
+        let mut rows: Vec<(String, Vec<Table>, f64)> = Vec::new();
+        for d in done {
+            let i = match rows.iter().position(|r| r.0 == d.label) {
+                Some(i) => i,
+                None => {
+                    let share = d
+                        .summary
+                        .and_then(|m| Some(m.get("sam_steps")? / m.get("steps")?))
+                        .unwrap_or(0.0);
+                    rows.push((d.label.clone(), Vec::new(), share));
+                    rows.len() - 1
+                }
+            };
+            rows[i].1.push(table(out.cache, d.key));
+        }
+        let mut written = Vec::new();
+        if rows.len() > PALETTE.len() * 2 || rows.is_empty() {
+            return Ok(written);
+        }
+        for (col, what) in [
+            ("train_loss", "train loss"),
+            ("train_acc", "train accuracy"),
+        ] {
+            let series: Vec<Series> = rows
+                .iter()
+                .enumerate()
+                .map(|(i, (label, runs, share))| Series {
+                    name: format!("{label} (SAM {:.0}% of steps)", 100.0 * share),
+                    color: PALETTE[i % PALETTE.len()],
+                    points: mean_curve(runs, "epoch", col),
+                })
+                .filter(|s| !s.points.is_empty())
+                .collect();
+            if series.is_empty() {
+                continue;
+            }
+            let name = format!("curves-{col}.svg");
+            line_chart(
+                &out.dir.join(&name),
+                &format!("{what} per epoch (mean over seeds, band ± std; training mode)"),
+                "epoch",
+                what,
+                &series,
+            )?;
+            written.push(name);
+        }
+        Ok(written)
     }
 }
 
