@@ -120,13 +120,14 @@ fn f64_curvature_matches_jax_exact_second_derivatives() {
 /// products `P` at `h`, `2h` and `4h`. Each such measurement is checked
 /// to follow the `h^2` law (`T(2h) / T(h)` within 3.5 to 4.5), so that a
 /// fault shared by both surfaces (live ReLU masks, whose kinks make the
-/// error `O(h)`) cannot pass for truncation. The
-/// rounding's size comes from one measurement, `e`: the largest `|e|` at
-/// `fl32(w ± h u')` for a direction `u'` independent of the test's. Every
-/// `|e±|` is taken as at most `C e`, `C = 1.25`: the same kernels round
-/// values of the same sizes at every such point, and `|e|` is the norm of
-/// hundreds of comparable components (docs/numerics.md counts them), so it
-/// varies by a few percent from point to point.
+/// error `O(h)`) cannot pass for truncation.
+///
+/// The rounding's size comes from one measurement, `e`: the largest `|e|`
+/// at `fl32(w ± h u')` for a direction `u'` independent of the test's.
+/// Every `|e±|` is taken as at most `C e`, `C = 1.25`: the same kernels
+/// round values of the same sizes at every such point, and `|e|` is the
+/// norm of hundreds of comparable components (docs/numerics.md counts
+/// them), so it varies by a few percent from point to point.
 ///
 /// - `| |hvp(v)| - |H v| | <= |hvp(v) - H v| <= |v| (C e / h + |T(u)|)`:
 ///   the triangle inequality, rigorous given `C`.

@@ -13,6 +13,13 @@
 //! - an (r, p, c, 0)-asymmetric direction: slope in (0, p) on the flat side,
 //!   below -c p on the sharp side (Theorem 3.3.2).
 
+//!
+//! Tolerances: everything here is scalar f64 code (no kernel paths, rounding
+//! ~1e-16), so each bound is a few steps of the grid the quantity is found
+//! on (`N` points across the ball, 20,000 or 30,000 across a search
+//! interval, 61 x 61 refined twice in 2-D); docs/numerics.md derives each
+//! from its grid.
+
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use samlab_optim::theory::*;

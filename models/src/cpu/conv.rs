@@ -1113,6 +1113,7 @@ mod tests {
             };
             let mine = mean_err(&x.apply_op2(&w, ConvOp { stride, padding: 1 }).unwrap());
             let candle = mean_err(&x.conv2d(&w, 1, stride, 1, 1).unwrap());
+            eprintln!("cin {cin}: mean error {:.3} of candle's", mine / candle);
             assert!(
                 mine <= 1.2 * candle,
                 "cin {cin}: mean error {mine:.3e} vs candle's {candle:.3e}"
