@@ -241,6 +241,9 @@ macro_rules! registry {
         }
 
         impl StageSpec {
+            /// Every kind's name, in registry order.
+            pub const KINDS: &'static [&'static str] =
+                &[$(<<$module::$partial as Partial>::Spec as Kind>::NAME,)*];
             /// The kind's name in keys and tables (`train`, `escape`).
             pub fn kind(&self) -> &'static str {
                 match self { $(StageSpec::$variant(_) => <<$module::$partial as Partial>::Spec as Kind>::NAME,)* }
