@@ -14,7 +14,6 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-
 use crate::cache::Cache;
 use crate::chart::{PALETTE, Series, line_chart, mean_std_points};
 use crate::error::Result;

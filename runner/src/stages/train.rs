@@ -525,6 +525,18 @@ pub fn run(spec: &TrainSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
         .indices(&ds.train, ds.num_classes(), spec.subset_seed)?;
     let loader = training_loader(ds, indices, spec.data(), ctx.stage)?;
     let spe = loader.batches_per_epoch() as u64;
+    // The plan's prefix keys and costs were made for its steps per epoch.
+    if let Some(p) = ctx.prefix
+        && p.spe != spe
+    {
+        return Err(stage_err(
+            ctx.stage,
+            format!(
+                "the plan counted {} steps an epoch, the training data gives {spe}",
+                p.spe
+            ),
+        ));
+    }
     let total = spec.epochs * spe;
     let mut model = Model::new(&spec.arch(), ds.num_classes(), spec.seed, ctx.device)?;
     model.precision = spec.precision;
