@@ -227,6 +227,26 @@ fn damaged_entry_is_detected_and_recomputed() {
     );
 }
 
+/// The entry `k` in caches `a` and `b` holds the same weights, optimiser
+/// state and metric rows (wall times aside); returns its metric rows.
+fn same_entry(env: &Env, k: &str, a: &str, b: &str, after: &str) -> Vec<String> {
+    for f in ["model.safetensors", "optim.safetensors"] {
+        let x = std::fs::read(entry_file(env, a, k, f)).unwrap();
+        let y = std::fs::read(entry_file(env, b, k, f)).unwrap();
+        assert!(x == y, "{f} differs after {after}");
+    }
+    let metrics = |c: &str| {
+        std::fs::read_to_string(entry_file(env, c, k, "metrics.csv"))
+            .unwrap()
+            .lines()
+            .map(|l| l.rsplit_once(',').unwrap().0.to_string())
+            .collect::<Vec<_>>()
+    };
+    let rows = metrics(a);
+    assert_eq!(rows, metrics(b), "metrics differ after {after}");
+    rows
+}
+
 const LONG: &str = r#"Study(version: 1, dataset: "cifar10", stages: {
     "long": Train(model: "resnet8", train_subset: PerClass(10), batch: 50, epochs: 12,
                   lr: Cosine(lr: 0.05), test_subset: PerClass(2),
@@ -272,20 +292,8 @@ fn kill_9_then_rerun_continues_and_matches_an_uninterrupted_run() {
     assert!((1..12).contains(&start), "{t:?}");
     env.ok(&[s, "--results-dir", "r3"], "clean");
     let k = key_of(&env.path("r2"), "long");
-    for f in ["model.safetensors", "optim.safetensors"] {
-        let a = std::fs::read(entry_file(&env, "cache", &k, f)).unwrap();
-        let b = std::fs::read(entry_file(&env, "clean", &k, f)).unwrap();
-        assert!(a == b, "{f} differs after resuming");
-    }
-    let metrics = |c: &str| {
-        std::fs::read_to_string(entry_file(&env, c, &k, "metrics.csv"))
-            .unwrap()
-            .lines()
-            .map(|l| l.rsplit_once(',').unwrap().0.to_string())
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(metrics("cache"), metrics("clean"));
-    assert_eq!(metrics("clean").len(), 13);
+    let rows = same_entry(&env, &k, "cache", "clean", "resuming");
+    assert_eq!(rows.len(), 13);
     // The rolling checkpoints are gone once the entry exists.
     assert_eq!(std::fs::read_dir(&partial).unwrap().count(), 0);
 }
@@ -385,19 +393,7 @@ fn sigterm_mid_epoch_saves_the_step_and_resumes_to_the_same_bits() {
     assert_eq!(t["steps"][3], (150 - 50 - step).to_string(), "{t:?}");
     env.ok(&[s, "--results-dir", "r3"], "clean");
     let k = key_of(&env.path("r2"), "steps");
-    for f in ["model.safetensors", "optim.safetensors"] {
-        let a = std::fs::read(entry_file(&env, "cache", &k, f)).unwrap();
-        let b = std::fs::read(entry_file(&env, "clean", &k, f)).unwrap();
-        assert!(a == b, "{f} differs after resuming mid-epoch");
-    }
-    let metrics = |c: &str| {
-        std::fs::read_to_string(entry_file(&env, c, &k, "metrics.csv"))
-            .unwrap()
-            .lines()
-            .map(|l| l.rsplit_once(',').unwrap().0.to_string())
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(metrics("cache"), metrics("clean"));
+    same_entry(&env, &k, "cache", "clean", "resuming mid-epoch");
     assert_eq!(
         summary_without_wall(&env.path("r2")),
         summary_without_wall(&env.path("r3"))
@@ -449,11 +445,7 @@ fn checkpoints_by_the_clock_change_no_bits() {
     assert!(o.status.success(), "{:?}", text(&o));
     env.ok(&[s, "--results-dir", "r2"], "clean");
     let k = key_of(&env.path("r1"), "steps");
-    for f in ["model.safetensors", "optim.safetensors"] {
-        let a = std::fs::read(entry_file(&env, "cache", &k, f)).unwrap();
-        let b = std::fs::read(entry_file(&env, "clean", &k, f)).unwrap();
-        assert!(a == b, "{f} differs with clock checkpoints");
-    }
+    same_entry(&env, &k, "cache", "clean", "clock checkpoints");
     assert_eq!(
         summary_without_wall(&env.path("r1")),
         summary_without_wall(&env.path("r2"))

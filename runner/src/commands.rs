@@ -358,6 +358,19 @@ pub fn cache_status(data: &DataArgs) -> Result<String> {
     Ok(o)
 }
 
+/// The stages of the study at `path` with their keys, planned without a
+/// cache (for `command`, which names the cache directories a study uses).
+fn keyed(data: &DataArgs, path: &Path, command: &str) -> Result<Vec<plan::Planned>> {
+    let study = study::load(path)?;
+    let ds = data.dataset(study.dataset, false).map_err(|e| {
+        ErrorKind::Usage(format!(
+            "{}: {command} needs the dataset to compute keys: {e}",
+            path.display()
+        ))
+    })?;
+    plan::plan(&study, Some(&DataInfo::of(&ds)), None)
+}
+
 /// What `runner verify` found.
 pub struct Verified {
     pub text: String,
@@ -379,15 +392,8 @@ pub fn verify(data: &DataArgs, study: Option<&Path>) -> Result<Verified> {
     let dirs: Vec<PathBuf> = match study {
         None => cache.checkpoint_dirs(),
         Some(path) => {
-            let study = study::load(path)?;
-            let ds = data.dataset(study.dataset, false).map_err(|e| {
-                ErrorKind::Usage(format!(
-                    "{}: verify needs the dataset to compute keys: {e}",
-                    path.display()
-                ))
-            })?;
             let mut dirs = Vec::new();
-            for p in plan::plan(&study, Some(&DataInfo::of(&ds)), None)? {
+            for p in keyed(data, path, "verify")? {
                 let Some(key) = p.key else { continue };
                 dirs.push(cache.entry_dir(&key));
                 dirs.extend(cache.partials(&key).into_iter().map(|(_, _, d)| d));
@@ -453,14 +459,7 @@ pub fn gc(data: &DataArgs, studies: &[PathBuf], mode: GcMode) -> Result<String> 
     };
     let mut keep: HashSet<String> = HashSet::new();
     for path in studies {
-        let study = study::load(path)?;
-        let ds = data.dataset(study.dataset, false).map_err(|e| {
-            ErrorKind::Usage(format!(
-                "{}: gc needs the dataset to compute keys: {e}",
-                path.display()
-            ))
-        })?;
-        for p in plan::plan(&study, Some(&DataInfo::of(&ds)), None)? {
+        for p in keyed(data, path, "gc")? {
             keep.extend(p.key);
             if let Some(pp) = p.prefix {
                 keep.extend(pp.keys.into_iter().filter(|k| !k.is_empty()));

@@ -898,26 +898,24 @@ mod tests {
             // `r^2` and `w^2` (input) or `x^2` (weight).
             let sq = |t: &Tensor| t.sqr().unwrap();
             let fwd_p2 = sq(&x).conv2d(&sq(&w), pad, stride, 1, 1).unwrap();
-            let dx_p2 = {
-                let y = x64.as_tensor().conv2d(&sq(&w), pad, stride, 1, 1).unwrap();
+            // The gradient of sum(y * r^2) with respect to `of`.
+            let grad_r2 = |y: Tensor, of: &Tensor| {
                 let g = (&y * sq(&r))
                     .unwrap()
                     .sum_all()
                     .unwrap()
                     .backward()
                     .unwrap();
-                g.get(x64.as_tensor()).unwrap().clone()
+                g.get(of).unwrap().clone()
             };
-            let dw_p2 = {
-                let y = sq(&x).conv2d(w64.as_tensor(), pad, stride, 1, 1).unwrap();
-                let g = (&y * sq(&r))
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .backward()
-                    .unwrap();
-                g.get(w64.as_tensor()).unwrap().clone()
-            };
+            let dx_p2 = grad_r2(
+                x64.as_tensor().conv2d(&sq(&w), pad, stride, 1, 1).unwrap(),
+                x64.as_tensor(),
+            );
+            let dw_p2 = grad_r2(
+                sq(&x).conv2d(w64.as_tensor(), pad, stride, 1, 1).unwrap(),
+                w64.as_tensor(),
+            );
             let x32 = Var::from_tensor(&x.to_dtype(DType::F32).unwrap()).unwrap();
             let w32 = Var::from_tensor(&w.to_dtype(DType::F32).unwrap()).unwrap();
             let y32 = x32
