@@ -232,7 +232,12 @@ impl PrefixPlan {
     /// The cost of the run from the start of epoch `from` to its end, in
     /// SGD-step equivalents.
     pub fn cost_from(&self, from: u64) -> f64 {
-        let start = ((from * self.spe) as usize).min(self.methods.len());
+        self.cost_from_step(from * self.spe)
+    }
+
+    /// The cost of the run from step `step` (of the whole run) to its end.
+    pub fn cost_from_step(&self, step: u64) -> f64 {
+        let start = (step as usize).min(self.methods.len());
         self.methods[start..].iter().map(|m| m.cost()).sum()
     }
 

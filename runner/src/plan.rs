@@ -196,7 +196,7 @@ pub fn plan(study: &Study, data: Option<&DataInfo>, cache: Option<&Cache>) -> Re
                                 from: start.from,
                             };
                         }
-                        cost = p.cost_from(start.epoch);
+                        cost = p.cost_from_step(start.epoch * p.spe + start.step);
                     }
                 }
                 (status, cost)
