@@ -101,6 +101,14 @@ pub struct StepOutput {
     pub passes: f64,
 }
 
+impl StepOutput {
+    /// Whether the step took a perturbed pass (a SAM-type step): what
+    /// counts it as one, whatever its kind is called.
+    pub fn perturbed(&self) -> bool {
+        self.perturbed_correct.is_some()
+    }
+}
+
 /// Loss, number of correct predictions and gradients of one training-mode pass.
 fn pass(model: &Model, x: &Tensor, y: &Tensor) -> Result<(f64, usize, Grads)> {
     let logits = model.forward(x, true)?;

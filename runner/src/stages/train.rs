@@ -624,7 +624,7 @@ pub fn run(spec: &TrainSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
             e.loss += out.loss * out.samples as f64;
             e.correct += out.correct;
             e.seen += out.samples;
-            e.sam_steps += (out.method == Method::Sam) as u64;
+            e.sam_steps += out.perturbed() as u64;
             e.steps += 1;
             outcome.steps_run += 1;
             bar.inc(1);
@@ -719,11 +719,12 @@ pub fn run(spec: &TrainSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
         "passes_per_step".into(),
         trainer.passes / trainer.step.max(1) as f64,
     );
-    let resolved = trainer.schedule.clone();
-    summary.insert(
-        "sam_steps".into(),
-        resolved.count(Method::Sam, 0, total) as f64,
-    );
+    // Steps that took a perturbed pass, as the metric rows counted them.
+    let sam_steps: f64 = rows
+        .iter()
+        .filter_map(|r| r.split(',').nth(5)?.parse::<f64>().ok())
+        .sum();
+    summary.insert("sam_steps".into(), sam_steps);
     let wall: f64 = rows
         .iter()
         .filter_map(|r| r.rsplit(',').next()?.parse::<f64>().ok())
