@@ -113,13 +113,17 @@ impl Memo {
             .unwrap_or_default()
     }
 
-    /// Best effort (a cache shared read-only still works, unmemoised):
-    /// written to a temporary file and renamed, without the files changed
-    /// too recently to tell a rewrite ([`RACY_NS`]).
-    fn write(mut self, dir: &Path) {
+    /// Leaves out the files changed too recently to tell a rewrite
+    /// ([`RACY_NS`]).
+    fn settle(&mut self) {
         let now = nanos() as i128;
         self.files
             .retain(|_, (st, _)| now - st.mtime_ns.max(st.ctime_ns) > RACY_NS);
+    }
+
+    /// Best effort (a cache shared read-only still works, unmemoised):
+    /// written to a temporary file and renamed.
+    fn write(&self, dir: &Path) {
         let tmp = dir.join(format!(".{MEMO}.{}-{}", std::process::id(), nanos()));
         let text = serde_json::to_string(&self).expect("memos serialise");
         if fs::write(&tmp, text).is_ok() && fs::rename(&tmp, dir.join(MEMO)).is_err() {
@@ -307,9 +311,13 @@ impl Cache {
             .map_err(|e| vec![format!("{MANIFEST} cannot be read: {e}")])?;
         let manifest: Manifest = serde_json::from_str(&text)
             .map_err(|e| vec![format!("{MANIFEST} is not valid: {e}")])?;
-        let memo = match verify {
-            Verify::Memo => Memo::read(dir),
-            Verify::Full => Memo::default(),
+        let memo = Memo::read(dir);
+        let trusted = |name: &str, st: &FileStat, want: &str| {
+            verify == Verify::Memo
+                && memo
+                    .files
+                    .get(name)
+                    .is_some_and(|(s, d)| s == st && d == want)
         };
         let mut seen = Memo::default();
         let mut problems = Vec::new();
@@ -317,7 +325,7 @@ impl Cache {
             let path = dir.join(name);
             let stat = FileStat::of(&path);
             if let Some(st) = &stat
-                && memo.files.get(name) == Some(&(st.clone(), want.clone()))
+                && trusted(name, st, want)
             {
                 seen.files.insert(name.clone(), (st.clone(), want.clone()));
                 continue;
@@ -337,6 +345,7 @@ impl Cache {
         if !problems.is_empty() {
             return Err(problems);
         }
+        seen.settle();
         if seen != memo {
             seen.write(dir);
         }
@@ -497,20 +506,14 @@ impl Cache {
     }
 
     /// Every directory that has a manifest: entries, shared prefixes and
-    /// each rolling checkpoint, sorted.
+    /// each rolling checkpoint ([`Cache::partials`]), sorted.
     pub fn checkpoint_dirs(&self) -> Vec<PathBuf> {
         let mut out = self.dirs(Area::Entries);
         out.extend(self.dirs(Area::Prefixes));
         for run in self.dirs(Area::Partial) {
-            let mut inner: Vec<PathBuf> = fs::read_dir(&run)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| p.is_dir())
-                .collect();
-            inner.sort();
-            out.extend(inner);
+            if let Some(key) = run.file_name().and_then(|k| k.to_str()) {
+                out.extend(self.partials(key).into_iter().map(|(_, _, d)| d));
+            }
         }
         out
     }

@@ -73,8 +73,8 @@ pub fn run_study(
     let progress = Progress::new(total_cost.round() as u64, opts.quiet);
     let mut reports: Vec<StageReport> = Vec::new();
     let mut stopped: Option<String> = None;
-    // Dependency entries re-hashed in full in this run, before a stage
-    // loaded their weights.
+    // Entries hashed in full in this run (re-hashed before a stage loads
+    // their weights, or written by it).
     let mut verified: std::collections::HashSet<PathBuf> = Default::default();
     for (i, stage) in study.stages.iter().enumerate() {
         if stopped.is_none()
@@ -227,7 +227,10 @@ pub fn run_study(
             info.insert("device".into(), opts.device_name.clone());
             info.insert("created".into(), unix_time());
             info.insert("runner".into(), env!("CARGO_PKG_VERSION").into());
-            cache.commit(&staging, &entry, "entry", &key, &display, info)?;
+            if cache.commit(&staging, &entry, "entry", &key, &display, info)? {
+                // Its files were hashed for the manifest just now.
+                verified.insert(entry.clone());
+            }
             cache.discard(&cache.partial_dir(&key))?;
             Ok((State::Ran, outcome, summary))
         })();

@@ -56,8 +56,9 @@ pub struct JobCommand {
     pub args: Vec<String>,
 }
 
-/// How long before a job's time limit Slurm signals it (`--signal`):
-/// enough for one training step and a checkpoint of a paper-scale network.
+/// How long before a job's time limit Slurm signals it (`--signal`): meant
+/// to leave room for one training step and a checkpoint of a paper-scale
+/// network (an allowance, not measured: no GPU run yet; docs/slurm.md).
 /// A later `--sbatch-arg=--signal=...` overrides it.
 pub const SIGNAL_BEFORE_S: u32 = 180;
 

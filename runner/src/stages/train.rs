@@ -450,13 +450,11 @@ fn save_checkpoint(
 ) -> Result<()> {
     let s = ctx.cache.staging()?;
     write_state(model, trainer, rows, &s)?;
-    if let Some(e) = so_far {
-        let text = serde_json::to_string_pretty(e).expect("sums serialise");
-        write_file(&s.join(EPOCH_FILE), text.as_bytes())?;
-    }
     let mut info = BTreeMap::new();
     info.insert("epoch".into(), epoch.to_string());
     if let Some(e) = so_far {
+        let text = serde_json::to_string_pretty(e).expect("sums serialise");
+        write_file(&s.join(EPOCH_FILE), text.as_bytes())?;
         info.insert("step_in_epoch".into(), e.steps.to_string());
     }
     info.insert("created".into(), unix_time());
@@ -515,6 +513,26 @@ fn save_partial(
         }
     }
     Ok(())
+}
+
+/// The error of a run stopped by `signal` with its checkpoint saved `at`.
+fn interrupted(ctx: &RunCtx, signal: crate::interrupt::Signal, at: String) -> crate::Error {
+    ErrorKind::Interrupted {
+        stage: ctx.stage.to_string(),
+        signal,
+        at: format!("{at} (checkpoint saved)"),
+    }
+    .into()
+}
+
+/// The values of metric column `name` in `rows` (METRICS_HEADER's order).
+fn column<'a>(rows: &'a [String], name: &str) -> impl Iterator<Item = f64> + 'a {
+    let i = METRICS_HEADER
+        .split(',')
+        .position(|h| h == name)
+        .expect("a column of METRICS_HEADER");
+    rows.iter()
+        .filter_map(move |r| r.split(',').nth(i)?.parse().ok())
 }
 
 /// Runs a Train stage.
@@ -640,16 +658,8 @@ pub fn run(spec: &TrainSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
                 last_checkpoint = Instant::now();
                 if let Some(signal) = stop {
                     bar.finish_and_clear();
-                    return Err(ErrorKind::Interrupted {
-                        stage: ctx.stage.to_string(),
-                        signal,
-                        at: format!(
-                            "after step {} of epoch {} (checkpoint saved)",
-                            e.steps,
-                            epoch + 1
-                        ),
-                    }
-                    .into());
+                    let at = format!("after step {} of epoch {}", e.steps, epoch + 1);
+                    return Err(interrupted(ctx, signal, at));
                 }
             }
         }
@@ -688,12 +698,7 @@ pub fn run(spec: &TrainSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
             last_checkpoint = Instant::now();
             if let Some(signal) = crate::interrupt::requested() {
                 bar.finish_and_clear();
-                return Err(ErrorKind::Interrupted {
-                    stage: ctx.stage.to_string(),
-                    signal,
-                    at: format!("after epoch {done} (checkpoint saved)"),
-                }
-                .into());
+                return Err(interrupted(ctx, signal, format!("after epoch {done}")));
             }
         }
     }
@@ -720,15 +725,8 @@ pub fn run(spec: &TrainSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
         trainer.passes / trainer.step.max(1) as f64,
     );
     // Steps that took a perturbed pass, as the metric rows counted them.
-    let sam_steps: f64 = rows
-        .iter()
-        .filter_map(|r| r.split(',').nth(5)?.parse::<f64>().ok())
-        .sum();
-    summary.insert("sam_steps".into(), sam_steps);
-    let wall: f64 = rows
-        .iter()
-        .filter_map(|r| r.rsplit(',').next()?.parse::<f64>().ok())
-        .sum();
+    summary.insert("sam_steps".into(), column(&rows, "sam_steps").sum());
+    let wall: f64 = column(&rows, "wall_s").sum();
     summary.insert("wall_s".into(), wall);
     if spec.test_subset != Subset::Off {
         let l = eval_loader(
