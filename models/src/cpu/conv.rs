@@ -797,6 +797,16 @@ mod tests {
         crate::fixtures::f64s(t).unwrap()
     }
 
+    /// Test data of `shape`: f32 values uniform in [-1, 1) from a fixed hash
+    /// of (index, `stream`), so a failure reproduces.
+    fn noise(shape: impl Into<candle_core::Shape>, stream: u32) -> Tensor {
+        let shape = shape.into();
+        let v: Vec<f32> = (0..shape.elem_count())
+            .map(|k| crate::fixtures::hashed(k, stream) as f32)
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
     /// Rounding-error model of an f32 sum of products (docs/numerics.md):
     /// each of the at most `n` additions and each product rounds by a
     /// relative `d` with `|d| <= u = 2^-24`, independently and without
@@ -842,7 +852,6 @@ mod tests {
     /// (over 500 at the largest `n` here).
     #[test]
     fn matches_candle_in_f64() {
-        let dev = Device::Cpu;
         // forward, input gradient, weight gradient
         let mut worst = [0f64; 3];
         for (b, cin, h, wd, cout, k, stride, pad) in [
@@ -877,8 +886,8 @@ mod tests {
             (2, 6, 18, 16, 4, 5, 1, 2),
         ] {
             // f32 inputs, exact in f64
-            let x = Tensor::randn(0f32, 1.0, (b, cin, h, wd), &dev).unwrap();
-            let w = Tensor::randn(0f32, 1.0, (cout, cin, k, k), &dev).unwrap();
+            let x = noise((b, cin, h, wd), 1);
+            let w = noise((cout, cin, k, k), 2);
             let (x, w) = (
                 x.to_dtype(DType::F64).unwrap(),
                 w.to_dtype(DType::F64).unwrap(),
@@ -888,10 +897,7 @@ mod tests {
                 .as_tensor()
                 .conv2d(w64.as_tensor(), pad, stride, 1, 1)
                 .unwrap();
-            let r = Tensor::randn(0f32, 1.0, y64.shape(), &dev)
-                .unwrap()
-                .to_dtype(DType::F64)
-                .unwrap();
+            let r = noise(y64.shape(), 3).to_dtype(DType::F64).unwrap();
             let g64 = (&y64 * &r).unwrap().sum_all().unwrap().backward().unwrap();
             // Each output's sum of squared products: the forward pass's
             // `conv(x^2, w^2)`; the gradients' from the same backward with
@@ -1088,15 +1094,11 @@ mod tests {
     /// differs).
     #[test]
     fn as_accurate_as_candle() {
-        let dev = Device::Cpu;
         for (b, cin, h, cout, stride) in
             [(4, 16, 32, 16, 1), (4, 32, 16, 64, 2), (4, 128, 8, 128, 1)]
         {
-            let x = Tensor::randn(0f32, 1.0, (b, cin, h, h), &dev)
-                .unwrap()
-                .relu()
-                .unwrap();
-            let w = (Tensor::randn(0f32, 1.0, (cout, cin, 3, 3), &dev).unwrap() * 0.05).unwrap();
+            let x = noise((b, cin, h, h), 4).relu().unwrap();
+            let w = (noise((cout, cin, 3, 3), 5) * 0.05).unwrap();
             let f64_of = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
             let exact = f64_of(&x).conv2d(&f64_of(&w), 1, stride, 1, 1).unwrap();
             let mean_err = |t: &Tensor| {
