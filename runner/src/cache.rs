@@ -65,7 +65,7 @@ pub enum Verify {
 }
 
 /// The memo of a directory's last successful check, beside its manifest:
-/// for each file its [`FileStat`] and digest then. Not listed in the
+/// for each file its stat (size, times, inode) and digest then. Not listed in the
 /// manifest and never read as data: a missing or unreadable memo only
 /// means the files are hashed again.
 pub const MEMO: &str = "verified.json";
@@ -73,11 +73,11 @@ pub const MEMO: &str = "verified.json";
 /// What a memo records of a file: enough that a rewrite shows (a new
 /// modification or change time, size or inode).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileStat {
-    pub len: u64,
-    pub mtime_ns: i128,
-    pub ctime_ns: i128,
-    pub ino: u64,
+struct FileStat {
+    len: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+    ino: u64,
 }
 
 /// A file changed less than this before a check is not memoised (git's

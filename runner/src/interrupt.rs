@@ -48,21 +48,9 @@ pub fn requested() -> Option<Signal> {
         .then(|| Signal(SIGNAL.load(Ordering::SeqCst) as i32))
 }
 
-/// Asks the run to stop as the first signal would (for a caller that
-/// decides to stop for another reason, and for tests).
-pub fn request(signal: Signal) {
-    SIGNAL.store(signal.0 as usize, Ordering::SeqCst);
-    REQUESTED.store(true, Ordering::SeqCst);
-}
-
 /// A signal number, shown by name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Signal(pub i32);
-
-impl Signal {
-    pub const TERM: Signal = Signal(SIGTERM);
-    pub const INT: Signal = Signal(SIGINT);
-}
 
 impl std::fmt::Display for Signal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
