@@ -18,6 +18,15 @@
 //! `SAMLAB_BENCH_WARMUP` to change them (defaults: 5 and 3 for the small
 //! nets, 2 and 2 for ResNet-18), and `SAMLAB_BENCH_PYTHON` for the Python
 //! that has torch and jax (default `python3`).
+//!
+//! A second table gives the distance to the machine's limit: each side's
+//! achieved GFLOP/s and its fraction of the f32 FMA peak measured in the
+//! same process (`common/fma.rs`, the `peak` bench's loop), before and
+//! after the networks, the better reading taken. FLOPs per image are the
+//! convolutions' and the linear layer's multiply-adds, 2 FLOPs each
+//! (`Model::forward_flops_per_image`); a training step counts three times
+//! the forward pass (the forward products, then the same number for the
+//! input gradient and for the weight gradient), evaluation once.
 
 use std::process::Command;
 use std::time::Instant;
@@ -25,11 +34,27 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use samlab_models::{Arch, Model, fixtures};
 
+#[path = "common/fma.rs"]
+mod fma;
+
 // The allocator the runner uses: it keeps freed pages, where the system
 // allocator returns large buffers to the kernel and faults them in again
 // (about 18% of a CPU step; docs/cpu-profile.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// One net's medians, for the table of the distance to the peak.
+struct Rates {
+    name: &'static str,
+    /// Forward FLOPs per image.
+    flops: usize,
+    /// samlab's img/s.
+    train: f64,
+    eval: f64,
+    /// PyTorch's img/s.
+    torch_train: Option<f64>,
+    torch_eval: Option<f64>,
+}
 
 fn train_step(m: &Model, x: &Tensor, y: &Tensor) {
     fixtures::plain_sgd_step(m, x, y, 0.01).unwrap();
@@ -85,6 +110,8 @@ fn main() {
     let env = |k: &str| std::env::var(k).ok().and_then(|s| s.parse::<usize>().ok());
     let (steps_env, warmup_env) = (env("SAMLAB_BENCH_STEPS"), env("SAMLAB_BENCH_WARMUP"));
     let rounds = env("SAMLAB_BENCH_ROUNDS").unwrap_or(3).max(1);
+    let peak_before = fma::measure(0.2, 3);
+    let mut rates: Vec<Rates> = Vec::new();
     println!(
         "training step, batch {bs}, CPU ({} threads), f32",
         rayon_threads()
@@ -131,6 +158,7 @@ fn main() {
                 warmup,
             ));
         }
+        let flops = m.forward_flops_per_image(32, 32).unwrap();
         let rss = fixtures::peak_rss_mib();
         let train = median(ours.iter().map(|r| r.0).collect());
         let eval = median(ours.iter().map(|r| r.1).collect());
@@ -144,6 +172,14 @@ fn main() {
             ),
             None => (None, None, None, None),
         };
+        rates.push(Rates {
+            name,
+            flops,
+            train,
+            eval,
+            torch_train,
+            torch_eval,
+        });
         let jax = match name {
             "resnet8" | "resnet18" => baseline("JAX", "jax_step.py", name, bs, steps, warmup),
             _ => None,
@@ -165,6 +201,60 @@ fn main() {
          per-round ratios [lowest, highest]; PyTorch: the better of NCHW and channels_last; \
          JAX (one run, against samlab's median) only for ResNet-8 and ResNet-18; \
          peak MiB is the process high-water mark after that net)"
+    );
+    let peak_after = fma::measure(0.2, 3);
+    let peak = peak_before.all.max(peak_after.all);
+    println!();
+    println!(
+        "distance to the peak: f32 FMA peak ({}, {} threads) {peak:.1} GFLOP/s, the better of \
+         {:.1} before and {:.1} after the nets (1 thread: {:.1}, {:.1})",
+        peak_before.isa,
+        peak_before.threads,
+        peak_before.all,
+        peak_after.all,
+        peak_before.one,
+        peak_after.one
+    );
+    println!(
+        "{:<9} {:>10} | {:>13} {:>7} {:>13} {:>7} | {:>13} {:>7} {:>13} {:>7}",
+        "model",
+        "MFLOP/img",
+        "train GFLOP/s",
+        "of peak",
+        "torch train",
+        "of peak",
+        "eval GFLOP/s",
+        "of peak",
+        "torch eval",
+        "of peak"
+    );
+    let gflops = |img_s: f64, per_img: f64| img_s * per_img / 1e9;
+    let cells = |v: Option<f64>| match v {
+        Some(g) => (format!("{g:.1}"), format!("{:.1}%", 100.0 * g / peak)),
+        None => ("n/a".to_string(), "n/a".to_string()),
+    };
+    for Rates {
+        name,
+        flops,
+        train,
+        eval,
+        torch_train,
+        torch_eval,
+    } in rates
+    {
+        let (fwd, step) = (flops as f64, 3.0 * flops as f64);
+        let (st, stp) = cells(Some(gflops(train, step)));
+        let (tt, ttp) = cells(torch_train.map(|r| gflops(r, step)));
+        let (se, sep) = cells(Some(gflops(eval, fwd)));
+        let (te, tep) = cells(torch_eval.map(|r| gflops(r, fwd)));
+        println!(
+            "{name:<9} {:>10.2} | {st:>13} {stp:>7} {tt:>13} {ttp:>7} | {se:>13} {sep:>7} {te:>13} {tep:>7}",
+            fwd / 1e6
+        );
+    }
+    println!(
+        "(GFLOP/s from the medians above; MFLOP/img: one forward pass, the convolutions' and \
+         linear layer's multiply-adds x 2; a training step counts 3x that)"
     );
 }
 

@@ -6,7 +6,7 @@
 //! ([`crate::precision`]) convolutions and linear layers compute in bf16,
 //! BatchNorm and pooling in f32.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use candle_core::{DType, Tensor, Var};
 
@@ -237,6 +237,8 @@ impl Conv2d {
         } else {
             device_conv::conv2d(&x, &weight, self.stride, self.padding, ConvGrad::from_env())?
         };
+        // Each output is a sum of cin * k * k products.
+        count_flops(2 * y.elem_count() * self.weight.elem_count() / self.weight.dim(0)?);
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(&precision::cast(b)?.reshape((1, (), 1, 1))?)?,
             None => y,
@@ -285,6 +287,7 @@ impl Linear {
         } else {
             x.matmul(&w.t()?)?
         };
+        count_flops(2 * y.elem_count() * self.weight.dim(1)?);
         Ok(y.broadcast_add(&b)?)
     }
 }
@@ -423,6 +426,40 @@ pub fn with_relu_masks<T>(masks: &ReluMasks, f: impl FnOnce() -> Result<T>) -> R
         .into());
     }
     Ok(out)
+}
+
+thread_local! {
+    /// The FLOPs counted on this thread, while [`forward_flops`] runs.
+    static FLOPS: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// Adds `n` to this thread's count, if one runs.
+fn count_flops(n: usize) {
+    FLOPS.with(|c| {
+        if let Some(v) = c.get() {
+            c.set(Some(v + n));
+        }
+    });
+}
+
+/// Runs `f` (forward passes on this thread) and returns, with its result,
+/// the FLOPs of the convolutions and linear layers it ran, counted from
+/// their shapes: 2 per multiply-add (a convolution's output element is
+/// `cin * k * k` of them, a linear layer's `in_features`), the bias adds,
+/// BatchNorm, activations and pooling not counted.
+pub fn forward_flops<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, usize)> {
+    struct Stop;
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            FLOPS.with(|c| c.set(None));
+        }
+    }
+    FLOPS.with(|c| c.set(Some(0)));
+    let stop = Stop;
+    let out = f()?;
+    let n = FLOPS.with(|c| c.get()).unwrap_or(0);
+    drop(stop);
+    Ok((out, n))
 }
 
 /// Global average pooling (N, C, H, W) -> (N, C), in f32 under autocast.

@@ -242,6 +242,26 @@ impl Model {
     }
 }
 
+impl Model {
+    /// The FLOPs of one image's forward pass at `height` x `width`: the
+    /// convolutions' and the linear layers' multiply-adds, 2 FLOPs each,
+    /// counted from the shapes one evaluation-mode pass of a zero image
+    /// runs through ([`layers::forward_flops`]; evaluation mode changes no
+    /// running statistic). The convention the step benchmark uses: a
+    /// training step costs three times this per image, the forward pass
+    /// and the two gradients (input and weight) of the same products.
+    pub fn forward_flops_per_image(&self, height: usize, width: usize) -> Result<usize> {
+        let var = self
+            .params
+            .trainable()
+            .next()
+            .map(|(_, v)| v)
+            .ok_or_else(|| ErrorKind::BadConfig("a model without parameters".into()))?;
+        let x = Tensor::zeros((1, 3, height, width), var.dtype(), var.device())?;
+        Ok(layers::forward_flops(|| self.forward(&x, false))?.1)
+    }
+}
+
 /// Mean softmax cross-entropy of logits (N, C) against u32 labels (N,).
 pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     let max = logits.max_keepdim(1)?;

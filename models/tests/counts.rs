@@ -53,3 +53,67 @@ fn jax_wideresnet_has_parameter_free_shortcuts_and_trains() {
         }
     }
 }
+
+/// The forward FLOPs per image the step benchmark divides by, against a
+/// count written out from the architectures (2 FLOPs per multiply-add of
+/// the convolutions and the linear layer): ResNet-8 layer by layer, and
+/// ResNet-18 and WRN-16-2 by their stage structure.
+#[test]
+fn forward_flops_follow_from_the_shapes() {
+    let flops = |name: &str| {
+        let arch: Arch = name.parse().unwrap();
+        Model::new(&arch, 10, 0, &Device::Cpu)
+            .unwrap()
+            .forward_flops_per_image(32, 32)
+            .unwrap()
+    };
+    // multiply-adds of a k x k convolution: cout * cin * k^2 per output pixel
+    let conv = |cin: usize, cout: usize, k: usize, out: usize| cout * cin * k * k * out * out;
+    let resnet8 = conv(3, 16, 3, 32)
+        + 2 * conv(16, 16, 3, 32)
+        + conv(16, 32, 3, 16)
+        + conv(32, 32, 3, 16)
+        + conv(16, 32, 1, 16)
+        + conv(32, 64, 3, 8)
+        + conv(64, 64, 3, 8)
+        + conv(32, 64, 1, 8)
+        + 64 * 10;
+    assert_eq!(resnet8, 12_501_632);
+    assert_eq!(flops("resnet8"), 2 * resnet8);
+    // ResNet-18: stem 64, two basic blocks per stage, 1x1 projections
+    // where a stage starts (stride 2) or widens
+    let mut resnet18 = conv(3, 64, 3, 32) + 512 * 10;
+    let (mut cin, mut size) = (64, 32);
+    for width in [64, 128, 256, 512] {
+        if width != 64 {
+            size /= 2;
+        }
+        resnet18 += conv(cin, width, 3, size) + 3 * conv(width, width, 3, size);
+        if cin != width {
+            resnet18 += conv(cin, width, 1, size);
+        }
+        cin = width;
+    }
+    assert_eq!(flops("resnet18"), 2 * resnet18);
+    // WRN-16-2: stem 16, two pre-activation blocks per stage of widths
+    // 32/64/128, the second convolution strides, 1x1 projections
+    let mut wrn = conv(3, 16, 3, 32) + 128 * 10;
+    let (mut cin, mut size) = (16, 32);
+    for (s, width) in [32, 64, 128].into_iter().enumerate() {
+        let out = if s == 0 { size } else { size / 2 };
+        wrn += conv(cin, width, 3, size) + conv(width, width, 3, out) + conv(cin, width, 1, out);
+        wrn += 2 * conv(width, width, 3, out);
+        (cin, size) = (width, out);
+    }
+    assert_eq!(flops("wrn16-2"), 2 * wrn);
+    // Counting only runs inside `forward_flops`, and a model of another
+    // input size counts its convolutions at that size (a quarter of the
+    // pixels at 16x16; the linear layer sees the same 64 features).
+    let (_, n) = samlab_models::layers::forward_flops(|| Ok(())).unwrap();
+    assert_eq!(n, 0);
+    let m = Model::new(&"resnet8".parse().unwrap(), 10, 0, &Device::Cpu).unwrap();
+    assert_eq!(
+        m.forward_flops_per_image(16, 16).unwrap(),
+        2 * ((resnet8 - 640) / 4 + 640)
+    );
+}

@@ -37,6 +37,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::dgrad::StridedGrad;
 use super::direct::{self, Direct, Tiling};
 use super::{Path, path};
 
@@ -57,11 +58,11 @@ const DIRECT_MIN_WIDTH: usize = 16;
 /// Which convolutions may take the direct kernel: none without it
 /// ([`direct::available`]: AVX2 and FMA, not the portable path); otherwise
 /// as [`Path`] (`SAMLAB_CPU_CONV`, read once per process) says: `im2col`
-/// none, `pixels` only those with [`Tiling::Pixels`], unset all.
+/// none, `pixels` only those with [`Tiling::Pixels`], unset or `col2im` all.
 fn direct_allowed(tiling: Tiling) -> bool {
     direct::available()
         && match path() {
-            Path::Auto => true,
+            Path::Auto | Path::Col2im => true,
             Path::Pixels => tiling == Tiling::Pixels,
             Path::Im2col | Path::Portable => false,
         }
@@ -414,6 +415,79 @@ impl Geom {
     }
 }
 
+impl Geom {
+    /// The columnless kernel for this convolution's input gradient
+    /// ([`StridedGrad`]: strides of 2 or more, the same bits as
+    /// [`grad_input_col2im`](Self::grad_input_col2im)), where it applies
+    /// and [`Path`] allows it (unset only).
+    fn strided_grad(&self) -> Option<StridedGrad> {
+        if path() != Path::Auto {
+            return None;
+        }
+        StridedGrad::new(
+            self.cin,
+            self.h,
+            self.w,
+            self.cout,
+            self.k,
+            self.stride,
+            self.pad,
+            self.oh,
+            self.ow,
+        )
+    }
+
+    /// The input gradient `dx` of the whole batch from `dy` by
+    /// [`StridedGrad`] (every element written, so not zeroed first).
+    fn grad_input_strided(&self, sg: &StridedGrad, dy: &[f32], w: &[f32]) -> Vec<f32> {
+        let (img, oimg) = (self.img(), self.out_img());
+        let packed = sg.pack(w);
+        // SAFETY: each chunk is one input image, and `StridedGrad::image`
+        // writes every element of it.
+        unsafe {
+            super::par_filled(self.b * img, img, |i, dx| {
+                with_scratch(sg.scratch_len(), |buf| {
+                    sg.image(&dy[i * oimg..][..oimg], &packed, dx, buf)
+                })
+            })
+        }
+    }
+
+    /// The input gradient `dx` of the whole batch from `dy` as
+    /// `col2im(W^T (K, Cout) @ dy (Cout, P))`, chunk by chunk.
+    fn grad_input_col2im(&self, dy: &[f32], w: &[f32]) -> Vec<f32> {
+        let mut dx = vec![0f32; self.b * self.img()];
+        let (kk, p, img, oimg, chunk) = (
+            self.kk(),
+            self.p(),
+            self.img(),
+            self.out_img(),
+            self.chunk(),
+        );
+        if img == 0 {
+            return dx;
+        }
+        dx.par_chunks_mut(chunk * img)
+            .enumerate()
+            .for_each(|(ci, dxs)| {
+                let n = dxs.len() / img;
+                let cols = n * p;
+                let dys = &dy[ci * chunk * oimg..][..n * oimg];
+                let gather_len = if n > 1 { self.cout * cols } else { 0 };
+                with_scratch(kk * cols + gather_len, |buf| {
+                    let (col, gbuf) = buf.split_at_mut(kk * cols);
+                    let d = self.gather_out(dys, n, gbuf);
+                    // W^T (K, Cout): element (i, j) is w[j * K + i].
+                    matmul(kk, cols, self.cout, col, false, w, 1, kk, d, cols, 1);
+                    for i in 0..n {
+                        self.col2im(&col[i * p..], cols, &mut dxs[i * img..(i + 1) * img]);
+                    }
+                });
+            });
+        dx
+    }
+}
+
 /// `dst (c, r) = src (r, c)`, both row-major (`rows` x `cols` in).
 fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
     assert!(src.len() >= rows * cols && dst.len() >= rows * cols);
@@ -658,29 +732,10 @@ impl CustomOp2 for GradInput {
                 }
             }
             t.forward_vec(dy, &wt)
+        } else if let Some(sg) = g.strided_grad() {
+            g.grad_input_strided(&sg, dy, w)
         } else {
-            let mut dx = vec![0f32; g.b * g.img()];
-            let (kk, p, img, oimg, chunk) = (g.kk(), g.p(), g.img(), g.out_img(), g.chunk());
-            if img > 0 {
-                dx.par_chunks_mut(chunk * img)
-                    .enumerate()
-                    .for_each(|(ci, dxs)| {
-                        let n = dxs.len() / img;
-                        let cols = n * p;
-                        let dys = &dy[ci * chunk * oimg..][..n * oimg];
-                        let gather_len = if n > 1 { g.cout * cols } else { 0 };
-                        with_scratch(kk * cols + gather_len, |buf| {
-                            let (col, gbuf) = buf.split_at_mut(kk * cols);
-                            let d = g.gather_out(dys, n, gbuf);
-                            // W^T (K, Cout): element (i, j) is w[j * K + i].
-                            matmul(kk, cols, g.cout, col, false, w, 1, kk, d, cols, 1);
-                            for i in 0..n {
-                                g.col2im(&col[i * p..], cols, &mut dxs[i * img..(i + 1) * img]);
-                            }
-                        });
-                    });
-            }
-            dx
+            g.grad_input_col2im(dy, w)
         };
         Ok((CpuStorage::F32(dx), self.input.clone()))
     }
@@ -953,7 +1008,7 @@ mod tests {
             };
             let runs = direct::available()
                 && match path() {
-                    Path::Auto => true,
+                    Path::Auto | Path::Col2im => true,
                     Path::Pixels => natural == Tiling::Pixels,
                     Path::Im2col | Path::Portable => false,
                 };
@@ -986,6 +1041,76 @@ mod tests {
             }
         }
         eprintln!("worst error / rounding bound (forward, input, weight gradient): {worst:.3?}");
+    }
+
+    /// The same bits as gemm + col2im (the path it replaces), on every
+    /// strided convolution of the networks the step benchmark runs
+    /// (ResNet-8/20 and ResNet-18 downsampling 3x3 and 1x1 shortcuts,
+    /// WRN-16-2's strided second convolutions and shortcuts) and on odd
+    /// sizes, paddings and kernels. Values from a fixed hash, weights of
+    /// both signs and zeros in `dy` (ReLU masks), so signed zeros and
+    /// ordering both show.
+    #[test]
+    fn strided_input_gradient_has_the_bits_of_col2im() {
+        if !direct::available() {
+            eprintln!("no AVX2 + FMA here: the kernel never runs, nothing to compare");
+            return;
+        }
+        for (b, cin, h, wd, cout, k, stride, pad) in [
+            // ResNet-8/20: layer 2 and 3 downsampling, and their shortcuts
+            (3, 16, 32, 32, 32, 3, 2, 1),
+            (5, 32, 16, 16, 64, 3, 2, 1),
+            (3, 16, 32, 32, 32, 1, 2, 0),
+            (5, 32, 16, 16, 64, 1, 2, 0),
+            // WRN-16-2 (second convolution strides, 1x1 shortcut)
+            (2, 64, 32, 32, 64, 3, 2, 1),
+            (2, 128, 16, 16, 128, 3, 2, 1),
+            (2, 32, 32, 32, 64, 1, 2, 0),
+            // ResNet-18's downsampling, 512 output channels the most
+            (2, 64, 32, 32, 128, 3, 2, 1),
+            (2, 256, 8, 8, 512, 3, 2, 1),
+            (2, 256, 8, 8, 512, 1, 2, 0),
+            // odd sizes, channels not a multiple of the tile, padding 0
+            // and 2, stride 3, 5x5, the fewest channels it takes
+            (2, 5, 9, 11, 7, 3, 2, 1),
+            (2, 3, 10, 7, 6, 3, 2, 0),
+            (2, 2, 13, 12, 5, 5, 2, 2),
+            (2, 6, 11, 10, 4, 3, 3, 1),
+            (3, 1, 8, 8, 3, 2, 2, 0),
+            (1, 3, 5, 5, 3, 3, 2, 1),
+        ] {
+            let geom = Geom::new(
+                &Shape::from((b, cin, h, wd)),
+                &Shape::from((cout, cin, k, k)),
+                stride,
+                pad,
+            )
+            .unwrap();
+            let (oh, ow) = (geom.oh, geom.ow);
+            let sg = StridedGrad::new(cin, h, wd, cout, k, stride, pad, oh, ow)
+                .expect("the kernel applies");
+            let w: Vec<f32> = (0..cout * cin * k * k)
+                .map(|i| crate::fixtures::hashed(i, 11) as f32)
+                .collect();
+            let dy: Vec<f32> = (0..b * cout * oh * ow)
+                .map(|i| {
+                    let v = crate::fixtures::hashed(i, 12) as f32;
+                    // a quarter zero, as behind a ReLU
+                    if v < -0.5 { 0.0 } else { v }
+                })
+                .collect();
+            let old = geom.grad_input_col2im(&dy, &w);
+            let new = geom.grad_input_strided(&sg, &dy, &w);
+            assert_eq!(old.len(), new.len());
+            let case = format!("b{b} cin{cin} {h}x{wd} cout{cout} k{k} s{stride} p{pad}");
+            for (i, (o, n)) in old.iter().zip(&new).enumerate() {
+                assert_eq!(
+                    o.to_bits(),
+                    n.to_bits(),
+                    "{case}: dx[{i}] {o} (col2im) vs {n}"
+                );
+            }
+        }
     }
 
     /// im2col and col2im against the element-by-element definition, exactly.

@@ -534,7 +534,7 @@ const CB: usize = 16;
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile_avx2(
+pub(crate) unsafe fn tile_avx2(
     x: *const f32,
     plane: usize,
     wp: usize,

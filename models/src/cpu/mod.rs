@@ -8,6 +8,7 @@
 
 pub(crate) mod batchnorm;
 pub(crate) mod conv;
+pub(crate) mod dgrad;
 pub(crate) mod direct;
 
 use std::mem::MaybeUninit;
@@ -47,6 +48,9 @@ pub(crate) unsafe fn par_filled(
 /// - unset or empty: every kernel the CPU supports (the direct kernels
 ///   where [`direct::available`]);
 /// - `pixels`: the direct kernels only for [`direct::Tiling::Pixels`];
+/// - `col2im`: every kernel but [`dgrad`]'s: strided input gradients by
+///   gemm + col2im, as before it (the same bits, for measuring one
+///   against the other);
 /// - `im2col`: no direct kernel (im2col + gemm throughout);
 /// - `portable`: what a CPU without AVX2 and FMA runs in samlab's code: no
 ///   direct kernel, and the scalar transpose instead of the AVX one.
@@ -57,6 +61,7 @@ pub(crate) unsafe fn par_filled(
 pub(crate) enum Path {
     Auto,
     Pixels,
+    Col2im,
     Im2col,
     Portable,
 }
@@ -67,6 +72,7 @@ impl Path {
         match s {
             "" => Some(Path::Auto),
             "pixels" => Some(Path::Pixels),
+            "col2im" => Some(Path::Col2im),
             "im2col" => Some(Path::Im2col),
             "portable" => Some(Path::Portable),
             _ => None,
@@ -81,7 +87,7 @@ pub(crate) fn path() -> Path {
         let v = std::env::var("SAMLAB_CPU_CONV").unwrap_or_default();
         Path::parse(&v).unwrap_or_else(|| {
             eprintln!(
-                "warning: SAMLAB_CPU_CONV={v:?} is none of \"pixels\", \"im2col\", \"portable\"; using every kernel"
+                "warning: SAMLAB_CPU_CONV={v:?} is none of \"pixels\", \"col2im\", \"im2col\", \"portable\"; using every kernel"
             );
             Path::Auto
         })
@@ -109,6 +115,7 @@ mod tests {
     fn path_names_parse() {
         assert_eq!(Path::parse(""), Some(Path::Auto));
         assert_eq!(Path::parse("pixels"), Some(Path::Pixels));
+        assert_eq!(Path::parse("col2im"), Some(Path::Col2im));
         assert_eq!(Path::parse("im2col"), Some(Path::Im2col));
         assert_eq!(Path::parse("portable"), Some(Path::Portable));
         assert_eq!(Path::parse("Portable"), None);
