@@ -467,3 +467,145 @@ fn report_claims_name_existing_stages() {
         "{e}"
     );
 }
+
+/// A study with two grid points of SGD and SAM, and `claims`/`tables` as given.
+fn claims_study(report: &str) -> String {
+    format!(
+        r#"Study(version: 1, dataset: "cifar10",
+    stages: {{
+        "resnet18-sgd": Train(model: "resnet18", epochs: 1, grid: {{"seed": [0, 1]}}),
+        "resnet18-sam": Train(extends: "resnet18-sgd", method: Always(Sam)),
+        "r8-sgd": Train(model: "resnet8", epochs: 1, grid: {{"seed": [0, 1]}}),
+        "r8-sam": Train(extends: "r8-sgd", method: Always(Sam)),
+    }},
+    report: (
+{report}
+    ),
+)"#
+    )
+}
+
+/// `expect: Same` without a margin is refused with a message that says
+/// what to write instead, at the line and column of the claim; a bad
+/// margin, level or count is named with its value and the claim's line.
+#[test]
+fn equivalence_claims_need_a_margin() {
+    let claim = |expect: &str| {
+        claims_study(&format!(
+            "        claims: [\n            Claim(claim: \"PSAM matches SAM\", a: \"r8-sam\", b: \"r8-sgd\",\n                  measure: \"test_acc\", expect: {expect}, scale: 100),\n        ],"
+        ))
+    };
+    let s = study::parse(&claim("Same(margin: 0.3)"), Path::new("s.ron")).unwrap();
+    assert_eq!(
+        s.report.claims[0].expect,
+        study::Expect::Same { margin: 0.3 }
+    );
+    // An integer margin reads as a number too.
+    assert!(study::parse(&claim("Same(margin: 5)"), Path::new("s.ron")).is_ok());
+    let e = err(&claim("Same"));
+    assert!(
+        e.starts_with("s.ron:11:") && e.contains("`expect: Same(margin: X)`"),
+        "{e}"
+    );
+    let e = err(&claim("Same()"));
+    assert!(e.starts_with("s.ron:11:") && e.contains("margin"), "{e}");
+    let e = err(&claim("Same(marg: 1)"));
+    assert!(e.contains("marg") && e.contains("margin"), "{e}");
+    let e = err(&claim("Same(margin: -1)"));
+    assert!(
+        e.starts_with("s.ron:10:")
+            && e.contains("claim `PSAM matches SAM`")
+            && e.contains("margin -1"),
+        "{e}"
+    );
+    let e = err(&claim("Same(margin: 0)"));
+    assert!(e.contains("margin 0 is not a positive number"), "{e}");
+    let e = err(&claim("Higher, level: 1.5"));
+    assert!(e.starts_with("s.ron:10:") && e.contains("level 1.5"), "{e}");
+}
+
+/// `at_least` and `family`: an aggregate is one claim over its cases, and
+/// the settings that cannot go together are named.
+#[test]
+fn aggregate_and_family_claims_are_checked() {
+    let claim = |extra: &str| {
+        claims_study(&format!(
+            "        claims: [\n            Claim(claim: \"SAM > SGD in most\", a: \"{{each}}-sam\", b: \"{{each}}-sgd\",\n                  measure: \"test_acc\", expect: Higher, {extra}),\n        ],"
+        ))
+    };
+    let s = study::parse(
+        &claim(r#"each: ["r8", "resnet18"], at_least: 1"#),
+        Path::new("s.ron"),
+    )
+    .unwrap();
+    assert_eq!(s.report.claims.len(), 1);
+    assert_eq!(s.report.claims[0].at_least, Some(1));
+    let s = study::parse(
+        &claim(r#"each: ["r8", "resnet18"], family: "F""#),
+        Path::new("s.ron"),
+    )
+    .unwrap();
+    assert_eq!(s.report.claims.len(), 2);
+    assert!(
+        s.report
+            .claims
+            .iter()
+            .all(|c| c.family.as_deref() == Some("F"))
+    );
+    let e = err(&claim(r#"each: ["r8", "resnet18"], at_least: 3"#));
+    assert!(
+        e.starts_with("s.ron:10:") && e.contains("at_least: 3 is not between 1 and the 2 values"),
+        "{e}"
+    );
+    let e = err(&claim("at_least: 1"));
+    assert!(e.contains("`at_least` counts the cases of `each`"), "{e}");
+    let e = err(&claim(r#"each: ["r8"], at_least: 1, family: "F""#));
+    assert!(e.contains("takes no `family`"), "{e}");
+    let e = err(&claim(r#"each: ["r9"], at_least: 1"#));
+    assert!(e.contains("names `r9-sam`"), "{e}");
+    let e = err(&claims_study(
+        r#"        claims: [
+            Claim(claim: "a", a: "r8-sam", b: "r8-sgd", measure: "test_acc", expect: Higher, family: "F"),
+            Claim(claim: "b", a: "r8-sam", b: "r8-sgd", measure: "test_acc", expect: Higher, family: "F", level: 0.9),
+            Claim(claim: "c", a: "r8-sam", b: "r8-sgd", measure: "test_acc", expect: Describe, family: "G"),
+        ],"#,
+    ));
+    assert!(
+        e.starts_with("s.ron:11:") && e.contains("family `F` mixes levels 0.95 and 0.9"),
+        "{e}"
+    );
+}
+
+/// A table's `thesis:` names rows of results/thesis/tables.csv, one per
+/// row of the table; a method the table lacks gets the valid choices.
+#[test]
+fn thesis_columns_name_rows_of_the_transcription() {
+    let table = |thesis: &str| {
+        claims_study(&format!(
+            "        tables: [\n            Table(title: \"Table 5.2\", measure: \"test_acc\", rows: [\"sgd\", \"sam\"],\n                  columns: [\"resnet18\"], stage: \"{{column}}-{{row}}\",\n                  thesis: {thesis}),\n        ],"
+        ))
+    };
+    let s = study::parse(
+        &table(r#"Thesis(table: "5.2", dataset: "cifar10", rows: ["SGD", "SAM"])"#),
+        Path::new("s.ron"),
+    )
+    .unwrap();
+    assert_eq!(s.report.tables[0].thesis.as_ref().unwrap().rows[1], "SAM");
+    let e = err(&table(
+        r#"Thesis(table: "5.2", dataset: "cifar10", rows: ["SGD", "SAM rho=0.1"])"#,
+    ));
+    assert!(
+        e.starts_with("s.ron:10:")
+            && e.contains("no row `SAM rho=0.1` for resnet18")
+            && e.contains("SGD->SAM"),
+        "{e}"
+    );
+    let e = err(&table(
+        r#"Thesis(table: "5.2", dataset: "cifar10", rows: ["SGD"])"#,
+    ));
+    assert!(e.contains("1 rows for the table's 2"), "{e}");
+    let e = err(&table(
+        r#"Thesis(table: "5.2", dataset: "cifar10", rows: ["SGD", "SAM"], columns: ["resnet8"])"#,
+    ));
+    assert!(e.contains("none (no such table, dataset or model)"), "{e}");
+}

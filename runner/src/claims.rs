@@ -1,14 +1,34 @@
 //! Claims a study tests, each decided by a paired difference over seeds:
 //! `report: (claims: [Claim(...)])`. The same seed gives both stages the
 //! same initialisation and data order, so each claim compares `a` and `b`
-//! seed by seed, with a 95% Student-t interval (the one of
-//! [`crate::compare::paired`]) over the seeds both completed:
+//! seed by seed, with a Student-t interval at the claim's `level` (default
+//! 95%; alpha = 1 - level; the interval of [`crate::compare::paired_at`])
+//! over the seeds both completed:
 //!
 //! - `expect: Higher` (a > b): reproduced when the interval lies above 0,
 //!   not reproduced when below, inconclusive when it holds 0; `Lower` the
-//!   mirror image; `Same`: no difference detected when the interval holds
-//!   0 (the interval then bounds the difference), else the side found;
-//!   `Describe`: the interval only.
+//!   mirror image; `Describe`: the interval only.
+//! - `expect: Same(margin: M)`: equivalence within ±M (in the units shown,
+//!   after `scale`; for `LogRatio` on the log scale) by two one-sided
+//!   tests (TOST) at alpha: "equivalent" when the 1 - 2 alpha interval
+//!   lies inside (-M, +M) (the standard TOST decision, the same one:
+//!   [`crate::stats::Tost`]); otherwise "different" when the 1 - alpha
+//!   interval excludes 0; otherwise "inconclusive". Equivalent wins when
+//!   both hold (a nonzero difference smaller than the margin).
+//! - `family: "F"`: the claims named F are corrected together by Holm's
+//!   method ([`crate::stats::holm`]), separately for the two kinds of
+//!   test: the tests of a difference (every claim's two-sided p-value,
+//!   which is below alpha exactly when its interval excludes 0) and the
+//!   equivalence tests (the `Same` claims' TOST p-values). The corrected
+//!   verdict is that rule applied to the adjusted p-values; a claim that
+//!   could not be computed counts with p = 1 (the family does not shrink).
+//! - `each: [...]` with `at_least: k`: one claim about the cases, "the
+//!   expectation holds in at least k of the n": each case is decided with
+//!   Holm's correction over the n cases; reproduced when at least k cases
+//!   are confirmed (reproduced or equivalent), not reproduced when more
+//!   than n - k are refuted (not reproduced or different), inconclusive
+//!   otherwise. The line also counts the cases whose point estimates agree
+//!   (means in the claimed order: how a paper counts "7 out of 8").
 //! - `transform: LogRatio` compares `ln a - ln b` (for positive measures
 //!   on a ratio scale) and shows the ratio `a / b`.
 //! - Escape steps are censored at the run's budget: with `censored:
@@ -22,7 +42,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::compare::{Interval, Row, paired};
+use crate::compare::{Interval, Row, paired_at};
+use crate::stats::{Tost, holm};
 pub use crate::study::{Censored, Claim, Expect, Transform};
 
 /// A claim decided.
@@ -33,14 +54,49 @@ pub struct Decided {
     pub verdict: String,
     /// Runs counted at their budget, on each side, among the seeds compared.
     pub censored: (usize, usize),
+    /// The two-sided p-value of "no difference" (with an interval).
+    pub p_difference: Option<f64>,
+    /// `Same`: the equivalence test on the compared scale.
+    pub tost: Option<Tost>,
+}
+
+/// A verdict after Holm's correction, with the adjusted p-values.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Corrected {
+    pub verdict: String,
+    pub p_difference: f64,
+    pub p_equivalence: Option<f64>,
+    /// How many tests of each kind the correction was over.
+    pub m: usize,
+}
+
+/// An `at_least` claim decided: its cases and the counts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Aggregate {
+    /// Each case (its claim, expanded), decided and corrected.
+    pub cases: Vec<(Claim, Decided, Corrected)>,
+    /// Cases confirmed and refuted after the correction.
+    pub confirmed: usize,
+    pub refuted: usize,
+    /// Cases whose point estimate is in the claimed direction (for `Same`:
+    /// inside the margin), of those computed.
+    pub agree: usize,
+    pub computed: usize,
+    pub verdict: String,
 }
 
 impl Claim {
-    /// The claims this one stands for: itself, or one per `each` value.
+    /// The claims this one stands for: itself, or one per `each` value
+    /// (an `at_least` claim stays one claim about its cases).
     pub fn expanded(&self) -> Vec<Claim> {
-        if self.each.is_empty() {
+        if self.each.is_empty() || self.at_least.is_some() {
             return vec![self.clone()];
         }
+        self.cases()
+    }
+
+    /// One claim per `each` value, `{each}` replaced.
+    fn cases(&self) -> Vec<Claim> {
         self.each
             .iter()
             .map(|v| Claim {
@@ -48,17 +104,37 @@ impl Claim {
                 a: self.a.replace("{each}", v),
                 b: self.b.replace("{each}", v),
                 each: Vec::new(),
+                at_least: None,
                 ..self.clone()
             })
             .collect()
     }
 
-    /// The rows' labels this claim names.
-    pub fn labels(&self) -> [&str; 2] {
-        [&self.a, &self.b]
+    /// The rows' labels this claim names (every case's).
+    pub fn labels(&self) -> Vec<String> {
+        if self.each.is_empty() {
+            return vec![self.a.clone(), self.b.clone()];
+        }
+        self.cases().into_iter().flat_map(|c| [c.a, c.b]).collect()
     }
 
-    /// Decides the claim from the study's rows.
+    fn alpha(&self) -> f64 {
+        1.0 - self.level
+    }
+
+    /// The margin on the compared scale (`Same` only).
+    fn margin(&self) -> Option<f64> {
+        match self.expect {
+            Expect::Same { margin } => Some(match self.transform {
+                Transform::Difference => margin / self.scale,
+                Transform::LogRatio => margin,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Decides the claim from the study's rows (an `at_least` claim: see
+    /// [`Claim::aggregate`]).
     pub fn decide(&self, rows: &[Row]) -> Decided {
         let side = |label: &str, measure: &str| -> Result<BTreeMap<u64, (f64, bool)>, String> {
             let row = rows
@@ -76,6 +152,8 @@ impl Claim {
                     verdict: "not computed".into(),
                     interval: Err(why),
                     censored: (0, 0),
+                    p_difference: None,
+                    tost: None,
                 };
             }
         };
@@ -89,19 +167,74 @@ impl Claim {
         // Runs counted at their budget, among the seeds compared.
         let at_budget = |m: &BTreeMap<u64, (f64, bool)>| seeds.iter().filter(|s| m[s].1).count();
         let (ca, cb) = (at_budget(&a), at_budget(&b));
-        let interval = match paired(&xa, &xb) {
+        let interval = match paired_at(&xa, &xb, self.level) {
             Some(i) if i.lo.is_finite() && i.hi.is_finite() => Ok((i, seeds.len())),
             Some(_) => Err("a value is not positive (log ratio)".into()),
             None => Err(format!("n = {}: too few seeds in both", seeds.len())),
         };
+        let (p_difference, tost) = match &interval {
+            Ok((i, _)) => (
+                Some(i.estimate().p_two_sided()),
+                self.margin().map(|m| i.estimate().tost(m, self.alpha())),
+            ),
+            Err(_) => (None, None),
+        };
         let verdict = match &interval {
             Err(_) => "inconclusive".into(),
-            Ok((i, _)) => verdict(self.expect, i),
+            Ok((i, _)) => verdict(self.expect, i, tost.as_ref()),
         };
         Decided {
             interval,
             verdict,
             censored: (ca, cb),
+            p_difference,
+            tost,
+        }
+    }
+
+    /// Decides an `at_least` claim: each case, Holm over the cases.
+    pub fn aggregate(&self, rows: &[Row]) -> Aggregate {
+        let cases: Vec<Claim> = self.cases();
+        let decided: Vec<Decided> = cases.iter().map(|c| c.decide(rows)).collect();
+        let refs: Vec<(&Claim, &Decided)> = cases.iter().zip(&decided).collect();
+        let corrected = correct(&refs);
+        let confirmed = corrected.iter().filter(|c| confirms(&c.verdict)).count();
+        let refuted = corrected.iter().filter(|c| refutes(&c.verdict)).count();
+        let estimates: Vec<f64> = decided
+            .iter()
+            .filter_map(|d| d.interval.as_ref().ok().map(|(i, _)| i.diff))
+            .collect();
+        let margin = self.margin();
+        let agree = estimates
+            .iter()
+            .filter(|&&d| match self.expect {
+                Expect::Higher => d > 0.0,
+                Expect::Lower => d < 0.0,
+                Expect::Same { .. } => d.abs() < margin.unwrap_or(0.0),
+                Expect::Describe => false,
+            })
+            .count();
+        let (n, k) = (cases.len(), self.at_least.unwrap_or(cases.len()));
+        let verdict = if confirmed >= k {
+            "reproduced"
+        } else if refuted > n - k {
+            "not reproduced"
+        } else {
+            "inconclusive"
+        }
+        .to_string();
+        Aggregate {
+            cases: cases
+                .into_iter()
+                .zip(decided)
+                .zip(corrected)
+                .map(|((c, d), k)| (c, d, k))
+                .collect(),
+            confirmed,
+            refuted,
+            agree,
+            computed: estimates.len(),
+            verdict,
         }
     }
 
@@ -142,36 +275,90 @@ impl Claim {
         Ok(out)
     }
 
-    /// The interval as shown, scaled or as a ratio, its three numbers with
-    /// the decimals that give the largest four significant digits.
-    fn show(&self, i: &Interval, n: usize) -> String {
-        let f = |v: f64| match self.transform {
+    /// A value on the compared scale as shown: scaled, or as a ratio.
+    fn shown(&self, v: f64) -> f64 {
+        match self.transform {
             Transform::Difference => v * self.scale,
             Transform::LogRatio => v.exp(),
-        };
-        let largest = [i.diff, i.lo, i.hi]
-            .iter()
-            .fold(0f64, |m, v| m.max(f(*v).abs()));
-        let d = if largest > 0.0 {
+        }
+    }
+
+    /// The decimals that give the largest of `vs` (as shown) four
+    /// significant digits.
+    fn decimals(&self, vs: &[f64]) -> usize {
+        let largest = vs.iter().fold(0f64, |m, v| m.max(self.shown(*v).abs()));
+        if largest > 0.0 {
             (3 - largest.log10().floor() as i32).clamp(0, 8) as usize
         } else {
             3
-        };
-        let g = |v: f64| match self.transform {
-            Transform::Difference => format!("{:+.*}", d, f(v)),
-            Transform::LogRatio => format!("{:.*}", d, f(v)),
-        };
+        }
+    }
+
+    fn fmt(&self, v: f64, d: usize) -> String {
+        match self.transform {
+            Transform::Difference => format!("{:+.*}", d, self.shown(v)),
+            Transform::LogRatio => format!("{:.*}", d, self.shown(v)),
+        }
+    }
+
+    /// The interval as shown, scaled or as a ratio, its three numbers with
+    /// the decimals that give the largest four significant digits; for
+    /// `Same`, also the margin and the 1 - 2 alpha interval.
+    fn show(&self, i: &Interval, n: usize, tost: Option<&Tost>) -> String {
+        let d = self.decimals(&[i.diff, i.lo, i.hi]);
         let unit = match (self.transform, self.unit.is_empty()) {
             (Transform::LogRatio, _) => " (ratio)".to_string(),
             (_, true) => String::new(),
             (_, false) => format!(" {}", self.unit),
         };
-        format!("{}{unit} [{}, {}] (n = {n})", g(i.diff), g(i.lo), g(i.hi))
+        let level = if (self.level - 0.95).abs() > 1e-12 {
+            format!(", {}% interval", pct(self.level))
+        } else {
+            String::new()
+        };
+        let mut out = format!(
+            "{}{unit} [{}, {}] (n = {n}{level})",
+            self.fmt(i.diff, d),
+            self.fmt(i.lo, d),
+            self.fmt(i.hi, d)
+        );
+        if let (Some(t), Some(m)) = (tost, self.margin()) {
+            let d = self.decimals(&[t.lo, t.hi, m]);
+            let band = match self.transform {
+                Transform::Difference => format!("±{:.*}", d, m * self.scale),
+                Transform::LogRatio => {
+                    format!("[{:.*}, {:.*}]", d, (-m).exp(), d, m.exp())
+                }
+            };
+            let _ = write!(
+                out,
+                "; margin {band}: {}% interval [{}, {}]",
+                pct(1.0 - 2.0 * self.alpha()),
+                self.fmt(t.lo, d),
+                self.fmt(t.hi, d)
+            );
+        }
+        out
     }
 }
 
-/// The verdict of an interval under `expect` (module docs).
-pub fn verdict(expect: Expect, i: &Interval) -> String {
+/// A level as a percentage without trailing zeros (95, 90, 97.5).
+fn pct(level: f64) -> String {
+    let s = format!("{:.4}", level * 100.0);
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+fn confirms(verdict: &str) -> bool {
+    matches!(verdict, "reproduced" | "equivalent")
+}
+
+fn refutes(verdict: &str) -> bool {
+    matches!(verdict, "not reproduced" | "different")
+}
+
+/// The verdict of an interval under `expect` (module docs); `tost` is the
+/// equivalence test of a `Same` claim.
+pub fn verdict(expect: Expect, i: &Interval, tost: Option<&Tost>) -> String {
     let (above, below) = (i.lo > 0.0, i.hi < 0.0);
     match expect {
         Expect::Higher if above => "reproduced",
@@ -179,19 +366,102 @@ pub fn verdict(expect: Expect, i: &Interval) -> String {
         Expect::Lower if below => "reproduced",
         Expect::Lower if above => "not reproduced",
         Expect::Higher | Expect::Lower => "inconclusive",
-        Expect::Same if above => "not reproduced (a higher)",
-        Expect::Same if below => "not reproduced (a lower)",
-        Expect::Same => "no difference detected (the interval bounds it)",
+        Expect::Same { .. } if tost.is_some_and(|t| t.equivalent) => "equivalent",
+        Expect::Same { .. } if above || below => "different",
+        Expect::Same { .. } => "inconclusive",
         Expect::Describe => "descriptive",
     }
     .to_string()
 }
 
+/// The verdict from p-values (adjusted ones after Holm): the rule of
+/// [`verdict`] with "p below alpha" for "the interval excludes 0" and
+/// "is equivalent".
+fn verdict_from_p(expect: Expect, diff: f64, p_diff: f64, p_eq: Option<f64>, alpha: f64) -> String {
+    let resolved = p_diff < alpha;
+    match expect {
+        Expect::Higher | Expect::Lower if !resolved => "inconclusive",
+        Expect::Higher if diff > 0.0 => "reproduced",
+        Expect::Lower if diff < 0.0 => "reproduced",
+        Expect::Higher | Expect::Lower => "not reproduced",
+        Expect::Same { .. } if p_eq.is_some_and(|p| p < alpha) => "equivalent",
+        Expect::Same { .. } if resolved => "different",
+        Expect::Same { .. } => "inconclusive",
+        Expect::Describe => "descriptive",
+    }
+    .to_string()
+}
+
+/// Holm's correction over a family of decided claims (one level): the
+/// difference tests over all of them, the equivalence tests over the
+/// `Same` ones; a claim without an interval counts with p = 1.
+fn correct(family: &[(&Claim, &Decided)]) -> Vec<Corrected> {
+    let p_diff: Vec<f64> = family
+        .iter()
+        .map(|(_, d)| d.p_difference.unwrap_or(1.0))
+        .collect();
+    let adj_diff = holm(&p_diff);
+    let same: Vec<usize> = (0..family.len())
+        .filter(|&i| matches!(family[i].0.expect, Expect::Same { .. }))
+        .collect();
+    let p_eq: Vec<f64> = same
+        .iter()
+        .map(|&i| family[i].1.tost.map_or(1.0, |t| t.p))
+        .collect();
+    let adj_eq = holm(&p_eq);
+    family
+        .iter()
+        .enumerate()
+        .map(|(i, (c, d))| {
+            let p_equivalence = same.iter().position(|&j| j == i).map(|k| adj_eq[k]);
+            let verdict = match &d.interval {
+                Err(_) => "inconclusive".to_string(),
+                Ok((iv, _)) => {
+                    verdict_from_p(c.expect, iv.diff, adj_diff[i], p_equivalence, c.alpha())
+                }
+            };
+            Corrected {
+                verdict,
+                p_difference: adj_diff[i],
+                p_equivalence,
+                m: family.len(),
+            }
+        })
+        .collect()
+}
+
+/// A p-value as tables show it.
+fn show_p(p: f64) -> String {
+    if p < 0.0001 {
+        "< 0.0001".into()
+    } else {
+        format!("{p:.4}")
+    }
+}
+
+/// The corrected cell: verdict, with the raw and adjusted p-values.
+fn show_corrected(d: &Decided, k: &Corrected, over: &str) -> String {
+    let mut s = k.verdict.clone();
+    let raw = d.p_difference.map_or("–".to_string(), show_p);
+    let _ = write!(s, " (difference p = {raw}, Holm {}", show_p(k.p_difference));
+    if let (Some(t), Some(p)) = (d.tost, k.p_equivalence) {
+        let _ = write!(s, "; equivalence p = {}, Holm {}", show_p(t.p), show_p(p));
+    }
+    let _ = write!(s, "; over {over})");
+    s
+}
+
 /// The claims table as markdown and CSV (text fields quoted).
 pub fn table(claims: &[Claim], rows: &[Row]) -> (String, String) {
-    let mut md = String::from(
-        "| claim | compared | a − b [95% interval] (n seeds) | verdict |\n|---|---|---|---|\n",
-    );
+    let holm_column = claims
+        .iter()
+        .any(|c| c.family.is_some() || c.at_least.is_some());
+    let mut md = String::from("| claim | compared | a − b [95% interval] (n seeds) | verdict |");
+    if holm_column {
+        md.push_str(" corrected (Holm) |\n|---|---|---|---|---|\n");
+    } else {
+        md.push_str("\n|---|---|---|---|\n");
+    }
     let mut csv = csv::WriterBuilder::new()
         .quote_style(csv::QuoteStyle::NonNumeric)
         .from_writer(Vec::new());
@@ -209,63 +479,248 @@ pub fn table(claims: &[Claim], rows: &[Row]) -> (String, String) {
         "verdict",
         "censored_a",
         "censored_b",
+        "level",
+        "margin",
+        "lo_equivalence",
+        "hi_equivalence",
+        "p_difference",
+        "p_equivalence",
+        "family",
+        "at_least",
+        "holm_verdict",
+        "p_difference_holm",
+        "p_equivalence_holm",
     ];
-    let mut record = |fields: &[String]| {
-        csv.write_record(fields)
-            .expect("writing CSV to memory cannot fail")
-    };
-    record(&header.map(String::from));
-    for c in claims {
-        let d = c.decide(rows);
-        let bm = c.b_measure.as_deref().unwrap_or(&c.measure);
-        let compared = if bm == c.measure {
-            format!("{}: {} − {}", c.measure, c.a, c.b)
-        } else {
-            format!("{} of {} − {bm} of {}", c.measure, c.a, c.b)
-        };
-        let compared = match c.transform {
-            Transform::Difference => compared,
-            Transform::LogRatio => format!("ln ratio, {compared}"),
-        };
-        let mut shown = match &d.interval {
-            Ok((i, n)) => c.show(i, *n),
-            Err(why) => why.clone(),
-        };
-        if d.censored != (0, 0) {
-            let _ = write!(
-                shown,
-                "; runs that did not escape counted at their budget: {} and {} (a bound)",
-                d.censored.0, d.censored.1
-            );
+    let mut records: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
+
+    // Every plain claim decided once; families corrected together.
+    let decided: Vec<Option<Decided>> = claims
+        .iter()
+        .map(|c| c.at_least.is_none().then(|| c.decide(rows)))
+        .collect();
+    let mut corrected: Vec<Option<(Corrected, String)>> = vec![None; claims.len()];
+    let mut families: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, c) in claims.iter().enumerate() {
+        if let (Some(f), Some(_)) = (&c.family, &decided[i]) {
+            families.entry(f).or_default().push(i);
         }
-        let _ = writeln!(md, "| {} | {compared} | {shown} | {} |", c.claim, d.verdict);
-        let (diff, lo, hi, n) = match &d.interval {
-            Ok((i, n)) => (
-                i.diff.to_string(),
-                i.lo.to_string(),
-                i.hi.to_string(),
-                n.to_string(),
-            ),
-            Err(_) => Default::default(),
-        };
-        record(&[
-            c.claim.clone(),
-            c.a.clone(),
-            c.b.clone(),
-            c.measure.clone(),
-            bm.to_string(),
-            format!("{:?}", c.transform),
-            diff,
-            lo,
-            hi,
-            n,
-            d.verdict,
-            d.censored.0.to_string(),
-            d.censored.1.to_string(),
-        ]);
+    }
+    for (f, members) in &families {
+        let refs: Vec<(&Claim, &Decided)> = members
+            .iter()
+            .map(|&i| {
+                (
+                    &claims[i],
+                    decided[i].as_ref().expect("plain claims are decided"),
+                )
+            })
+            .collect();
+        for (&i, k) in members.iter().zip(correct(&refs)) {
+            let over = format!("the {} claims of family `{f}`", members.len());
+            corrected[i] = Some((k, over));
+        }
+    }
+
+    for (i, c) in claims.iter().enumerate() {
+        match &decided[i] {
+            Some(d) => {
+                let k = corrected[i].as_ref();
+                let cell = k.map(|(k, over)| show_corrected(d, k, over));
+                line(
+                    &mut md,
+                    &mut records,
+                    c,
+                    d,
+                    holm_column,
+                    cell,
+                    k.map(|(k, _)| k),
+                    c.family.clone(),
+                );
+            }
+            None => {
+                let agg = c.aggregate(rows);
+                let n = agg.cases.len();
+                let k = c.at_least.unwrap_or(n);
+                let bm = c.b_measure.as_deref().unwrap_or(&c.measure);
+                let compared = format!("{}: {} − {}, {n} cases", c.measure, c.a, c.b);
+                let summary = format!(
+                    "confirmed in {} of {n}, refuted in {} (each case Holm-corrected over the {n}); \
+                     point estimates in the claimed direction in {} of {} computed",
+                    agg.confirmed, agg.refuted, agg.agree, agg.computed
+                );
+                let _ = write!(
+                    md,
+                    "| {} (at least {k} of {n}) | {compared} | {summary} | {} |",
+                    c.claim, agg.verdict
+                );
+                if holm_column {
+                    md.push_str(" (its cases, below) |");
+                }
+                md.push('\n');
+                records.push(vec![
+                    c.claim.clone(),
+                    c.a.clone(),
+                    c.b.clone(),
+                    c.measure.clone(),
+                    bm.to_string(),
+                    format!("{:?}", c.transform),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                    n.to_string(),
+                    agg.verdict.clone(),
+                    String::new(),
+                    String::new(),
+                    c.level.to_string(),
+                    c.margin().map_or(String::new(), |m| m.to_string()),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                    k.to_string(),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                ]);
+                for ((case, d, kc), value) in agg.cases.iter().zip(&c.each) {
+                    let over = format!("the {n} cases");
+                    let cell = show_corrected(d, kc, &over);
+                    let mut shown = case.clone();
+                    // The case by its `each` value (or the claim, where it names it).
+                    shown.claim = if c.claim.contains("{each}") {
+                        format!("· {}", case.claim)
+                    } else {
+                        format!("· {value}")
+                    };
+                    line(
+                        &mut md,
+                        &mut records,
+                        &shown,
+                        d,
+                        holm_column,
+                        Some(cell),
+                        Some(kc),
+                        Some(format!("cases of: {}", c.claim)),
+                    );
+                }
+            }
+        }
+    }
+    let notes = notes(claims);
+    if !notes.is_empty() {
+        md.push('\n');
+        md.push_str(&notes);
+    }
+    for r in &records {
+        csv.write_record(r)
+            .expect("writing CSV to memory cannot fail");
     }
     let bytes = csv.into_inner().expect("an in-memory CSV writer flushes");
     (md, String::from_utf8(bytes).expect("the fields are UTF-8"))
+}
+
+/// One claim's markdown line and CSV record.
+#[allow(clippy::too_many_arguments)]
+fn line(
+    md: &mut String,
+    records: &mut Vec<Vec<String>>,
+    c: &Claim,
+    d: &Decided,
+    holm_column: bool,
+    corrected_cell: Option<String>,
+    corrected: Option<&Corrected>,
+    family: Option<String>,
+) {
+    let bm = c.b_measure.as_deref().unwrap_or(&c.measure);
+    let compared = if bm == c.measure {
+        format!("{}: {} − {}", c.measure, c.a, c.b)
+    } else {
+        format!("{} of {} − {bm} of {}", c.measure, c.a, c.b)
+    };
+    let compared = match c.transform {
+        Transform::Difference => compared,
+        Transform::LogRatio => format!("ln ratio, {compared}"),
+    };
+    let mut shown = match &d.interval {
+        Ok((i, n)) => c.show(i, *n, d.tost.as_ref()),
+        Err(why) => why.clone(),
+    };
+    if d.censored != (0, 0) {
+        let _ = write!(
+            shown,
+            "; runs that did not escape counted at their budget: {} and {} (a bound)",
+            d.censored.0, d.censored.1
+        );
+    }
+    let _ = write!(md, "| {} | {compared} | {shown} | {} |", c.claim, d.verdict);
+    if holm_column {
+        let _ = write!(md, " {} |", corrected_cell.unwrap_or_else(|| "–".into()));
+    }
+    md.push('\n');
+    let (diff, lo, hi, n) = match &d.interval {
+        Ok((i, n)) => (
+            i.diff.to_string(),
+            i.lo.to_string(),
+            i.hi.to_string(),
+            n.to_string(),
+        ),
+        Err(_) => Default::default(),
+    };
+    let opt = |v: Option<f64>| v.map_or(String::new(), |v| v.to_string());
+    records.push(vec![
+        c.claim.clone(),
+        c.a.clone(),
+        c.b.clone(),
+        c.measure.clone(),
+        bm.to_string(),
+        format!("{:?}", c.transform),
+        diff,
+        lo,
+        hi,
+        n,
+        d.verdict.clone(),
+        d.censored.0.to_string(),
+        d.censored.1.to_string(),
+        c.level.to_string(),
+        opt(c.margin()),
+        opt(d.tost.map(|t| t.lo)),
+        opt(d.tost.map(|t| t.hi)),
+        opt(d.p_difference),
+        opt(d.tost.map(|t| t.p)),
+        family.unwrap_or_default(),
+        String::new(),
+        corrected.map_or(String::new(), |k| k.verdict.clone()),
+        opt(corrected.map(|k| k.p_difference)),
+        opt(corrected.and_then(|k| k.p_equivalence)),
+    ]);
+}
+
+/// What the verdicts mean, for the kinds of claim the table has.
+fn notes(claims: &[Claim]) -> String {
+    let mut out = String::new();
+    if claims
+        .iter()
+        .any(|c| matches!(c.expect, Expect::Same { .. }))
+    {
+        out.push_str(
+            "`Same(margin)`: two one-sided tests at alpha = 1 − level (0.05 unless the line \
+             says otherwise): **equivalent** when the 1 − 2 alpha interval (90%) lies inside \
+             ±margin, **different** when the 1 − alpha interval (95%) excludes 0, \
+             **inconclusive** otherwise.\n",
+        );
+    }
+    if claims
+        .iter()
+        .any(|c| c.family.is_some() || c.at_least.is_some())
+    {
+        out.push_str(
+            "Corrected: Holm's step-down method over the claims of a family (or the cases of \
+             an \"at least k of n\" claim), separately for the difference tests and the \
+             equivalence tests; the uncorrected verdict stands beside it.\n",
+        );
+    }
+    out
 }
 
 #[cfg(test)]
@@ -302,6 +757,9 @@ mod tests {
             unit: String::new(),
             censored: Censored::Refuse,
             each: Vec::new(),
+            at_least: None,
+            family: None,
+            level: 0.95,
         }
     }
 
@@ -359,11 +817,12 @@ mod tests {
                 .verdict,
             "not reproduced"
         );
+        // Resolved below 0 and far outside a margin of 0.5: different.
         assert_eq!(
-            claim("sgd", "sam", "acc", Expect::Same)
+            claim("sgd", "sam", "acc", Expect::Same { margin: 0.5 })
                 .decide(&rows)
                 .verdict,
-            "not reproduced (a lower)"
+            "different"
         );
         let (md, csv) = table(&[claim("sam", "sgd", "acc", Expect::Higher)], &rows);
         assert!(
@@ -382,8 +841,8 @@ mod tests {
         assert!(d.interval.unwrap_err().contains("`missing`"));
     }
 
-    /// An interval holding 0: inconclusive for a direction, "no difference
-    /// detected" for `Same`.
+    /// An interval holding 0: inconclusive for a direction; for `Same`,
+    /// equivalent only where the margin holds the 90% interval.
     #[test]
     fn an_interval_holding_zero() {
         let rows = [
@@ -400,11 +859,16 @@ mod tests {
             claim("a", "b", "m", Expect::Higher).decide(&rows).verdict,
             "inconclusive"
         );
+        // Differences -0.5, 0.5, -0.5: mean -1/6, sd 0.57735, se 1/3,
+        // df 2; the 90% interval is -1/6 ± 2.919986 / 3 = [-1.1400,
+        // +0.8067] (stats::tests has the quantile's closed form).
+        let same = |m: f64| claim("a", "b", "m", Expect::Same { margin: m }).decide(&rows);
+        assert_eq!(same(1.0).verdict, "inconclusive");
+        assert_eq!(same(1.15).verdict, "equivalent");
+        let t = same(1.15).tost.unwrap();
         assert!(
-            claim("a", "b", "m", Expect::Same)
-                .decide(&rows)
-                .verdict
-                .starts_with("no difference")
+            (t.lo + 1.140_0).abs() < 1e-4 && (t.hi - 0.806_7).abs() < 1e-4,
+            "{t:?}"
         );
         assert_eq!(
             claim("a", "b", "m", Expect::Describe).decide(&rows).verdict,
@@ -469,5 +933,188 @@ mod tests {
         assert!(md.contains("ln ratio, w2 of line − w1 of line"), "{md}");
         // A zero-width interval strictly below 0 is resolved.
         assert_eq!(c.decide(&rows).verdict, "reproduced");
+    }
+
+    /// Rows `a`, `b` with one measure per seed.
+    fn pair(a: &[f64], b: &[f64]) -> [Row; 2] {
+        let mk = |name: &str, xs: &[f64]| {
+            let ms: Vec<[(&str, f64); 1]> = xs.iter().map(|v| [("m", *v)]).collect();
+            let runs: Vec<(u64, &[(&str, f64)])> = ms
+                .iter()
+                .enumerate()
+                .map(|(s, m)| (s as u64, m.as_slice()))
+                .collect();
+            row(name, &runs)
+        };
+        [mk("a", a), mk("b", b)]
+    }
+
+    /// `Same(margin)` on the table: the margin in the units shown (points
+    /// with `scale: 100`), the 90% interval beside the 95% one, and the
+    /// same verdict as the p-value rule. Differences 0.001, 0.003, 0.002
+    /// (accuracy as a fraction): +0.2 points, se 0.1 / sqrt(3) points; the
+    /// hand computation of `stats::tests` with margin 0.5 points:
+    /// equivalent, 90% interval [+0.0314, +0.3686] points
+    /// (tests/reference/tost_holm.py).
+    #[test]
+    fn same_with_a_margin_is_an_equivalence_test() {
+        let rows = pair(&[0.501, 0.503, 0.502], &[0.5, 0.5, 0.5]);
+        let mut c = claim("a", "b", "m", Expect::Same { margin: 0.5 });
+        c.scale = 100.0;
+        c.unit = "points".into();
+        let d = c.decide(&rows);
+        assert_eq!(d.verdict, "equivalent");
+        let t = d.tost.unwrap();
+        assert!((t.lo * 100.0 - 0.031414).abs() < 1e-5, "{t:?}");
+        assert!((t.p - 0.0175494).abs() < 1e-6, "{t:?}");
+        let (md, csv) = table(std::slice::from_ref(&c), &rows);
+        assert!(
+            md.contains("margin ±0.5000: 90% interval [+0.0314, +0.3686]"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| equivalent |") && md.contains("two one-sided tests"),
+            "{md}"
+        );
+        assert!(
+            csv.lines().nth(1).unwrap().contains("\"equivalent\""),
+            "{csv}"
+        );
+        // A margin of 0.3 points: the 90% interval reaches +0.369.
+        c.expect = Expect::Same { margin: 0.3 };
+        assert_eq!(c.decide(&rows).verdict, "inconclusive");
+        // The same claim at level 0.9 (alpha 0.1): the 80% interval is
+        // narrower, 0.2 ± 1.885618 se = [+0.0911, +0.3089]: still outside
+        // the margin, while the 90% interval, [+0.0314, +0.3686], now the
+        // 1 - alpha one, excludes 0: different.
+        c.level = 0.9;
+        let d = c.decide(&rows);
+        let t = d.tost.unwrap();
+        assert!((t.hi * 100.0 - 0.308866).abs() < 1e-5, "{t:?}");
+        assert_eq!(d.verdict, "different");
+        let (md, _) = table(std::slice::from_ref(&c), &rows);
+        assert!(
+            md.contains("(n = 3, 90% interval)") && md.contains("80% interval"),
+            "{md}"
+        );
+    }
+
+    /// A log-ratio `Same`: the margin on the log scale, shown as a band
+    /// of ratios.
+    #[test]
+    fn same_on_a_log_ratio_shows_the_band_of_ratios() {
+        let rows = pair(&[1.01, 2.02, 2.97], &[1.0, 2.0, 3.0]);
+        let mut c = claim("a", "b", "m", Expect::Same { margin: 0.05 });
+        c.transform = Transform::LogRatio;
+        let (md, _) = table(std::slice::from_ref(&c), &rows);
+        assert!(md.contains("margin [0.951, 1.051]"), "{md}");
+        assert_eq!(c.decide(&rows).verdict, "equivalent");
+    }
+
+    /// Holm over a family: four claims whose uncorrected intervals all
+    /// exclude 0; after the correction only those with the smaller
+    /// p-values stay reproduced, and the page shows both.
+    #[test]
+    fn a_family_is_corrected_by_holm() {
+        // Differences with mean 1 and growing spread (n = 3): p-values
+        // rise with the spread.
+        let spreads = [0.05, 0.2, 0.3, 0.35];
+        let mut rows = Vec::new();
+        let mut claims = Vec::new();
+        for (k, s) in spreads.iter().enumerate() {
+            let [mut a, mut b] = pair(&[1.0 + s, 1.0, 1.0 - s], &[0.0, 0.0, 0.0]);
+            a.name = format!("a{k}");
+            b.name = format!("b{k}");
+            rows.extend([a, b]);
+            let mut c = claim(&format!("a{k}"), &format!("b{k}"), "m", Expect::Higher);
+            c.family = Some("F".into());
+            claims.push(c);
+        }
+        let decided: Vec<Decided> = claims.iter().map(|c| c.decide(&rows)).collect();
+        assert!(
+            decided.iter().all(|d| d.verdict == "reproduced"),
+            "{decided:?}"
+        );
+        let p: Vec<f64> = decided.iter().map(|d| d.p_difference.unwrap()).collect();
+        let adj = crate::stats::holm(&p);
+        let refs: Vec<(&Claim, &Decided)> = claims.iter().zip(&decided).collect();
+        let k = correct(&refs);
+        let hand = [0.0033292, 0.0392174, 0.0574283, 0.0574283];
+        for i in 0..4 {
+            assert_eq!(k[i].p_difference, adj[i]);
+            assert!((adj[i] - hand[i]).abs() < 1e-6, "{adj:?}");
+            let want = if adj[i] < 0.05 {
+                "reproduced"
+            } else {
+                "inconclusive"
+            };
+            assert_eq!(k[i].verdict, want, "{i}: p {} adjusted {}", p[i], adj[i]);
+        }
+        // sd s, se = s / sqrt(3), t = sqrt(3) / s, df 2, so p = 1 - t /
+        // sqrt(2 + t^2) (the closed form of stats::tests): 0.00083, 0.0131,
+        // 0.0287, 0.0385; Holm 0.0033, 0.0392, 0.0574, 0.0574 (by hand, and
+        // tests/reference/tost_holm.py): the first two survive.
+        let verdicts: Vec<&str> = k.iter().map(|k| k.verdict.as_str()).collect();
+        assert_eq!(
+            verdicts,
+            ["reproduced", "reproduced", "inconclusive", "inconclusive"]
+        );
+        let (md, csv) = table(&claims, &rows);
+        assert!(md.contains("| corrected (Holm) |"), "{md}");
+        assert!(
+            md.contains("| reproduced | inconclusive (difference p = "),
+            "{md}"
+        );
+        assert!(md.contains("over the 4 claims of family `F`"), "{md}");
+        assert!(csv.contains("\"F\",\"\",\"inconclusive\""), "{csv}");
+    }
+
+    /// "At least k of n" (the thesis' "7 out of 8"): cases decided with
+    /// Holm over the n, counted; reproduced at k confirmed, not reproduced
+    /// when more than n - k are refuted.
+    #[test]
+    fn an_aggregate_claim_counts_its_cases() {
+        let mut rows = Vec::new();
+        // Cases x, y: a clearly above b; z: a clearly below; w: unresolved.
+        for (name, d) in [
+            ("x", [1.0, 1.1, 0.9]),
+            ("y", [2.0, 2.1, 1.9]),
+            ("z", [-1.0, -1.1, -0.9]),
+            ("w", [0.5, -0.6, 0.2]),
+        ] {
+            let [mut a, mut b] = pair(&d, &[0.0, 0.0, 0.0]);
+            a.name = format!("{name}-a");
+            b.name = format!("{name}-b");
+            rows.extend([a, b]);
+        }
+        let mut c = claim("{each}-a", "{each}-b", "m", Expect::Higher);
+        c.claim = "a > b".into();
+        c.each = ["x", "y", "z", "w"].map(String::from).to_vec();
+        c.at_least = Some(2);
+        assert_eq!(c.expanded().len(), 1);
+        assert_eq!(c.labels().len(), 8);
+        let agg = c.aggregate(&rows);
+        assert_eq!(
+            (agg.confirmed, agg.refuted, agg.agree, agg.computed),
+            (2, 1, 3, 4)
+        );
+        assert_eq!(agg.verdict, "reproduced");
+        c.at_least = Some(3);
+        assert_eq!(c.aggregate(&rows).verdict, "inconclusive");
+        // k = 4: one refuted case already rules it out.
+        c.at_least = Some(4);
+        assert_eq!(c.aggregate(&rows).verdict, "not reproduced");
+        let (md, csv) = table(std::slice::from_ref(&c), &rows);
+        assert!(
+            md.contains("| a > b (at least 4 of 4) | m: {each}-a − {each}-b, 4 cases | confirmed in 2 of 4, refuted in 1"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| · x | m: x-a − x-b |") && md.contains("| · w |"),
+            "{md}"
+        );
+        assert!(md.contains("over the 4 cases)"), "{md}");
+        assert_eq!(csv.lines().count(), 1 + 1 + 4, "{csv}");
+        assert!(csv.contains("\"cases of: a > b\""), "{csv}");
     }
 }

@@ -9,8 +9,6 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use statrs::distribution::{ContinuousCDF, StudentsT};
-
 use crate::exec::StageReport;
 use crate::stages::Censoring;
 use crate::study::{Coords, Study};
@@ -44,6 +42,8 @@ pub struct Interval {
     pub paired: bool,
     /// Degrees of freedom of the t quantile.
     pub df: f64,
+    /// The standard error of `diff`.
+    pub se: f64,
 }
 
 impl Interval {
@@ -51,30 +51,49 @@ impl Interval {
     pub fn resolved(&self) -> bool {
         self.lo > 0.0 || self.hi < 0.0
     }
+
+    /// The difference as an estimate, for tests beyond the interval.
+    pub fn estimate(&self) -> crate::stats::Estimate {
+        crate::stats::Estimate {
+            mean: self.diff,
+            se: self.se,
+            df: self.df,
+        }
+    }
 }
 
 /// The 0.975 quantile of Student's t with `df` degrees of freedom.
 fn t975(df: f64) -> f64 {
-    StudentsT::new(0.0, 1.0, df)
-        .expect("df > 0")
-        .inverse_cdf(0.975)
+    crate::stats::t_quantile(0.975, df)
 }
 
 /// The 95% paired-t interval of the mean of `a_i - b_i` (n >= 2).
 pub fn paired(a: &[f64], b: &[f64]) -> Option<Interval> {
+    paired_at(a, b, 0.95)
+}
+
+/// The paired-t interval at confidence `level` (0 < level < 1).
+pub fn paired_at(a: &[f64], b: &[f64], level: f64) -> Option<Interval> {
     if a.len() != b.len() || a.len() < 2 {
         return None;
     }
     let d: Vec<f64> = a.iter().zip(b).map(|(x, y)| x - y).collect();
     let s = Stats::of(&d);
     let df = (s.n - 1) as f64;
-    let h = t975(df) * s.std / (s.n as f64).sqrt();
+    let se = s.std / (s.n as f64).sqrt();
+    let e = crate::stats::Estimate {
+        mean: s.mean,
+        se,
+        df,
+    };
+    let (lo, hi) = e.interval(level);
     Some(Interval {
         diff: s.mean,
-        lo: s.mean - h,
-        hi: s.mean + h,
+        lo,
+        hi,
         paired: true,
         df,
+        se,
     })
 }
 
@@ -94,6 +113,7 @@ pub fn welch(a: &[f64], b: &[f64]) -> Option<Interval> {
             hi: diff,
             paired: false,
             df: f64::INFINITY,
+            se,
         });
     }
     let df = (va + vb).powi(2) / (va * va / (sa.n - 1) as f64 + vb * vb / (sb.n - 1) as f64);
@@ -104,6 +124,7 @@ pub fn welch(a: &[f64], b: &[f64]) -> Option<Interval> {
         hi: diff + h,
         paired: false,
         df,
+        se,
     })
 }
 
@@ -371,7 +392,9 @@ pub fn tables(rows: &[Row], baselines: &[String]) -> (String, String) {
     (md, csv)
 }
 
-/// The study's laid-out tables (`report: (tables: [...])`) as markdown.
+/// The study's laid-out tables (`report: (tables: [...])`) as markdown;
+/// a table with `thesis:` gets, beside each column, the thesis' printed
+/// cell (`crate::thesis`, `results/thesis/tables.csv`) in its own units.
 pub fn pivots(rows: &[Row], tables: &[crate::study::PivotTable]) -> String {
     let mut md = String::new();
     for t in tables {
@@ -383,24 +406,56 @@ pub fn pivots(rows: &[Row], tables: &[crate::study::PivotTable]) -> String {
         let _ = write!(md, "| |");
         for c in &t.columns {
             let _ = write!(md, " {c} |");
+            if let Some(th) = &t.thesis {
+                let _ = write!(md, " thesis ({}) |", crate::thesis::unit(&th.table));
+            }
         }
         md.push('\n');
-        let _ = writeln!(md, "|{}", "---|".repeat(t.columns.len() + 1));
-        for r in &t.rows {
+        let per = if t.thesis.is_some() { 2 } else { 1 };
+        let _ = writeln!(md, "|{}", "---|".repeat(per * t.columns.len() + 1));
+        for (ri, r) in t.rows.iter().enumerate() {
             let _ = write!(md, "| {r} |");
-            for c in &t.columns {
+            for (ci, c) in t.columns.iter().enumerate() {
                 let label = t.cell(r, c);
                 let text = rows
                     .iter()
                     .find(|row| row.label() == label)
                     .map_or("–".to_string(), |row| cell(row, &t.measure));
                 let _ = write!(md, " {text} |");
+                if let Some(th) = &t.thesis {
+                    let _ = write!(md, " {} |", thesis_cell(th, &t.columns, ri, ci));
+                }
             }
             md.push('\n');
+        }
+        if let Some(th) = &t.thesis {
+            let _ = writeln!(
+                md,
+                "\nThesis columns: Table {} as printed ({}, mean ± std over n seeds; \
+                 `results/thesis/tables.csv`, where its README says what the text leaves open).",
+                th.table, th.dataset
+            );
         }
         md.push('\n');
     }
     md
+}
+
+/// The thesis' cell beside row `ri`, column `ci` of a laid-out table.
+fn thesis_cell(
+    th: &crate::study::ThesisColumns,
+    columns: &[String],
+    ri: usize,
+    ci: usize,
+) -> String {
+    let Some(method) = th.rows.get(ri).filter(|m| !m.is_empty()) else {
+        return "–".into();
+    };
+    let model = th.model(columns, ci);
+    match crate::thesis::find(&th.table, &th.dataset, model, method) {
+        Some(r) => format!("{:.2} ± {:.2} (n={})", r.mean, r.std, r.n),
+        None => "–".into(),
+    }
 }
 
 #[cfg(test)]
@@ -517,6 +572,7 @@ mod tests {
             rows: vec!["sgd".into(), "sam".into()],
             columns: vec!["r8".into(), "w".into()],
             stage: "{column}-{row}".into(),
+            thesis: None,
         };
         let md = pivots(&rows, &[t]);
         assert!(md.contains("| | r8 | w |"), "{md}");
@@ -525,6 +581,52 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("| sam | 0.6000 (n=1) | – |"), "{md}");
+    }
+
+    /// A table with the thesis' numbers: each column followed by the
+    /// thesis' printed cell (Table 5.2, CIFAR-10: SGD 95.40 ± 0.14, SAM
+    /// 96.13 ± 0.08 for ResNet-18), "–" where the thesis has no row.
+    #[test]
+    fn pivot_tables_show_the_thesis_beside_each_column() {
+        let rows = vec![
+            row(
+                "resnet18-sgd",
+                "train",
+                &[(0, &[("test_acc", 0.5)]), (1, &[("test_acc", 0.7)])],
+            ),
+            row("resnet18-sam", "train", &[(0, &[("test_acc", 0.6)])]),
+        ];
+        let t = crate::study::PivotTable {
+            title: "Table 5.2".into(),
+            measure: "test_acc".into(),
+            rows: vec!["sgd".into(), "sam".into(), "other".into()],
+            columns: vec!["resnet18".into()],
+            stage: "{column}-{row}".into(),
+            thesis: Some(crate::study::ThesisColumns {
+                table: "5.2".into(),
+                dataset: "cifar10".into(),
+                rows: vec!["SGD".into(), "SAM".into(), "".into()],
+                columns: vec![],
+            }),
+        };
+        let md = pivots(&rows, &[t]);
+        assert!(
+            md.contains("| | resnet18 | thesis (%) |\n|---|---|---|"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| sgd | 0.6000 ± 0.1414 (n=2) | 95.40 ± 0.14 (n=5) |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| sam | 0.6000 (n=1) | 96.13 ± 0.08 (n=5) |"),
+            "{md}"
+        );
+        assert!(md.contains("| other | – | – |"), "{md}");
+        assert!(
+            md.contains("Thesis columns: Table 5.2 as printed (cifar10"),
+            "{md}"
+        );
     }
 
     #[test]

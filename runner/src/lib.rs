@@ -38,5 +38,6 @@ pub mod slurm;
 pub mod stages;
 pub mod stats;
 pub mod study;
+pub mod thesis;
 
 pub use error::{Error, ErrorKind, Invalid, Result};

@@ -71,6 +71,36 @@ pub struct PivotTable {
     pub columns: Vec<String>,
     /// E.g. `"{column}-{row}"` for stages named `resnet18-sam`.
     pub stage: String,
+    /// The thesis' numbers beside each column (`crate::thesis`).
+    #[serde(default)]
+    pub thesis: Option<ThesisColumns>,
+}
+
+/// Which of the thesis' printed cells stand beside a laid-out table's:
+/// the cell of row `r` and column `c` is the row of `table` for `dataset`,
+/// model `columns[c]` and method `rows[r]` (`"SGD"`, `"SAM rho=0.05"`,
+/// `"PSAM n=20"`; `""` where the thesis has none), from
+/// `results/thesis/tables.csv`.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename = "Thesis")]
+pub struct ThesisColumns {
+    /// `"5.1"`, `"5.2"` or `"5.3"`.
+    pub table: String,
+    /// `"cifar10"` or `"cifar100"`.
+    pub dataset: String,
+    /// The thesis' method for each of the table's rows, in order.
+    pub rows: Vec<String>,
+    /// The model of each of the table's columns, in order (default: the
+    /// columns themselves, which name models in the paper studies).
+    #[serde(default)]
+    pub columns: Vec<String>,
+}
+
+impl ThesisColumns {
+    /// The model of the table's column `i` (of `columns`).
+    pub fn model<'a>(&'a self, columns: &'a [String], i: usize) -> &'a str {
+        self.columns.get(i).unwrap_or(&columns[i])
+    }
 }
 
 impl PivotTable {
@@ -190,6 +220,33 @@ impl Ctx<'_> {
             .map(|i| i + 1)
     }
 
+    /// The first line on which `field: "value"` appears (a claim or a
+    /// table by its text).
+    pub fn line_of_field(&self, field: &str, value: &str) -> Option<usize> {
+        let quoted = format!("\"{value}\"");
+        self.text
+            .lines()
+            .position(|l| {
+                l.match_indices(&quoted).any(|(i, _)| {
+                    l[..i]
+                        .trim_end()
+                        .strip_suffix(':')
+                        .is_some_and(|b| b.trim_end().ends_with(field))
+                })
+            })
+            .map(|i| i + 1)
+    }
+
+    /// An error at a line found by [`Ctx::line_of_field`].
+    pub fn err_at(&self, line: Option<usize>, message: impl Into<String>) -> crate::Error {
+        ErrorKind::Study {
+            file: self.file.to_string(),
+            line,
+            message: message.into(),
+        }
+        .into()
+    }
+
     pub fn err(&self, name: Option<&str>, message: impl Into<String>) -> crate::Error {
         ErrorKind::Study {
             file: self.file.to_string(),
@@ -233,14 +290,40 @@ pub fn parse(text: &str, path: &Path) -> Result<Study> {
 
 fn from_ron<T: serde::de::DeserializeOwned>(text: &str, file: &str) -> Result<T> {
     ron_options().from_str(text).map_err(|e| {
+        let (line, col) = (e.span.start.line, e.span.start.col);
+        let message = match e.code {
+            ron::Error::ExpectedStructLike if bare_same(text, line, col) => {
+                "`expect: Same` without a margin is no longer accepted: it passed whenever \
+                 the interval held 0, so fewer seeds made it easier to pass. Write \
+                 `expect: Same(margin: X)`, X the largest difference that counts as \
+                 the same, in the units the claim shows (after `scale`), justified in a \
+                 comment; it is decided by two one-sided tests (docs/studies.md, claims)"
+                    .to_string()
+            }
+            code => code.to_string(),
+        };
         ErrorKind::Syntax {
             file: file.to_string(),
-            line: e.span.start.line,
-            col: e.span.start.col,
-            message: e.code.to_string(),
+            line,
+            col,
+            message,
         }
         .into()
     })
+}
+
+/// Whether the text just before (line, col) (1-based; RON's position
+/// after the variant) reads `expect: Same`.
+fn bare_same(text: &str, line: usize, col: usize) -> bool {
+    let Some(l) = text.lines().nth(line.saturating_sub(1)) else {
+        return false;
+    };
+    let before: String = l.chars().take(col.saturating_sub(1)).collect();
+    before
+        .trim_end()
+        .strip_suffix("Same")
+        .and_then(|b| b.trim_end().strip_suffix(':'))
+        .is_some_and(|b| b.trim_end().ends_with("expect"))
 }
 
 /// The blocks of the files `imports` names (relative to `from`), with
@@ -439,8 +522,10 @@ fn resolve(raw: RawStudy, ctx: &Ctx, path: &Path) -> Result<Study> {
         expansions.insert(name.clone(), mine);
     }
     let mut report = raw.report.clone().unwrap_or_default();
+    check_claims(&report.claims, ctx)?;
     report.claims = report.claims.iter().flat_map(|c| c.expanded()).collect();
     for t in &report.tables {
+        check_thesis_columns(t, ctx)?;
         for r in &t.rows {
             for c in &t.columns {
                 let want = t.cell(r, c);
@@ -496,6 +581,119 @@ fn resolve(raw: RawStudy, ctx: &Ctx, path: &Path) -> Result<Study> {
         report,
         header,
     })
+}
+
+/// A claim's settings, before `each` expands it: a margin that is a
+/// positive number, a level in (0.5, 1), `at_least` k of the `each`
+/// values (1 <= k <= their number), a family of tests at one level.
+fn check_claims(claims: &[Claim], ctx: &Ctx) -> Result<()> {
+    let mut levels: BTreeMap<&str, f64> = BTreeMap::new();
+    for c in claims {
+        let line = ctx.line_of_field("claim", &c.claim);
+        let bad = |m: String| ctx.err_at(line, format!("report: claim `{}`: {m}", c.claim));
+        if let Expect::Same { margin } = c.expect
+            && !(margin.is_finite() && margin > 0.0)
+        {
+            return Err(bad(format!(
+                "margin {margin} is not a positive number; `Same(margin: X)` takes the largest \
+                 difference that counts as the same, in the units shown"
+            )));
+        }
+        if !(c.level > 0.5 && c.level < 1.0) {
+            return Err(bad(format!(
+                "level {} is not in (0.5, 1): it is the confidence of the two-sided interval \
+                 (0.95: alpha 0.05; `Same` uses the 1 - 2 alpha interval)",
+                c.level
+            )));
+        }
+        if !(c.scale.is_finite() && c.scale > 0.0) {
+            return Err(bad(format!("scale {} is not a positive number", c.scale)));
+        }
+        if let Some(k) = c.at_least {
+            if c.each.is_empty() {
+                return Err(bad(
+                    "`at_least` counts the cases of `each`, which this claim does not have".into(),
+                ));
+            }
+            if k == 0 || k > c.each.len() {
+                return Err(bad(format!(
+                    "at_least: {k} is not between 1 and the {} values of `each`",
+                    c.each.len()
+                )));
+            }
+            if c.family.is_some() {
+                return Err(bad(
+                    "an `at_least` claim corrects its own cases (Holm); it takes no `family`"
+                        .into(),
+                ));
+            }
+        }
+        if c.expect == Expect::Describe && (c.at_least.is_some() || c.family.is_some()) {
+            return Err(bad(
+                "`Describe` tests nothing, so it takes neither `at_least` nor `family`".into(),
+            ));
+        }
+        if let Some(f) = &c.family {
+            match levels.get(f.as_str()) {
+                Some(l) if *l != c.level => {
+                    return Err(bad(format!(
+                        "family `{f}` mixes levels {l} and {}: Holm corrects tests at one level",
+                        c.level
+                    )));
+                }
+                _ => {
+                    levels.insert(f, c.level);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A table's thesis columns name rows of `results/thesis/tables.csv`.
+fn check_thesis_columns(t: &PivotTable, ctx: &Ctx) -> Result<()> {
+    let Some(th) = &t.thesis else {
+        return Ok(());
+    };
+    let line = ctx.line_of_field("title", &t.title);
+    let bad = |m: String| ctx.err_at(line, format!("report: table `{}`: thesis: {m}", t.title));
+    if th.rows.len() != t.rows.len() {
+        return Err(bad(format!(
+            "{} rows for the table's {}",
+            th.rows.len(),
+            t.rows.len()
+        )));
+    }
+    if !th.columns.is_empty() && th.columns.len() != t.columns.len() {
+        return Err(bad(format!(
+            "{} columns for the table's {}",
+            th.columns.len(),
+            t.columns.len()
+        )));
+    }
+    for (i, _) in t.columns.iter().enumerate() {
+        let model = th.model(&t.columns, i);
+        for method in th.rows.iter().filter(|m| !m.is_empty()) {
+            if crate::thesis::find(&th.table, &th.dataset, model, method).is_none() {
+                let known: Vec<String> = crate::thesis::rows()
+                    .iter()
+                    .filter(|r| r.table == th.table && r.dataset == th.dataset && r.model == model)
+                    .map(|r| r.label())
+                    .collect();
+                return Err(bad(format!(
+                    "Table {} has no row `{method}` for {model} on {} (results/thesis/tables.csv); valid choices: {}",
+                    th.table,
+                    th.dataset,
+                    if known.is_empty() {
+                        "none (no such table, dataset or model)".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn show_coords(c: &Coords) -> String {
@@ -629,18 +827,41 @@ pub struct Claim {
     /// it (`each: ["resnet18", "wrn28-10"]`, `a: "{each}-sam"`).
     #[serde(default)]
     pub each: Vec<String>,
+    /// With `each`: one claim about its cases, that the expectation holds
+    /// in at least this many of them (each case tested, Holm-corrected
+    /// over the cases): the thesis' "7 out of 8 cases".
+    #[serde(default)]
+    pub at_least: Option<usize>,
+    /// Claims that share a family name are corrected together for
+    /// multiple testing (Holm's method); the page shows the corrected
+    /// verdict beside the uncorrected interval.
+    #[serde(default)]
+    pub family: Option<String>,
+    /// The confidence of the two-sided interval (default 0.95, alpha =
+    /// 1 - level).
+    #[serde(default = "level95")]
+    pub level: f64,
 }
 
 fn one() -> f64 {
     1.0
 }
 
-/// The direction a claim expects.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+fn level95() -> f64 {
+    0.95
+}
+
+/// What a claim expects of `a - b`.
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub enum Expect {
     Higher,
     Lower,
-    Same,
+    /// Equivalence within ±`margin` (in the units shown: after `scale`;
+    /// for `LogRatio`, of the log ratio), by two one-sided tests.
+    Same {
+        margin: f64,
+    },
     Describe,
 }
 
