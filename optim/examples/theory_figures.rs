@@ -10,8 +10,11 @@
 //!   along both coordinates, with the minimisers of L and L~;
 //! - `fig7-1-piecewise-linear.svg` (Figure 7.1, Lemma 7.1.4): slopes p
 //!   (right) and c p (left); L~'s minimiser moves right by `(c-1)/(c+1) rho`;
-//! - `theorem-3-2-1-quadratic.svg`: a quadratic valley and L~: same
-//!   minimiser, shallower by `lambda rho^2 / 2`, narrower;
+//! - `theorem-3-2-1-quadratic.svg`: a quadratic valley with a plateau and
+//!   L~: same minimiser, shallower by `lambda rho^2 / 2`, narrower;
+//! - `theorem-3-2-1-rising.svg`: the same quadratic continued past the
+//!   boundary of D = (-1, 1): L~ is deeper, by `lambda r rho` (Theorem 3.2.1
+//!   (i) needs L~ = L on the boundary);
 //! - `theorem-3-3-2-2d-profile.svg`, `theorem-3-3-2-2d-shift.svg`: one
 //!   asymmetric and one symmetric direction in one L2 ball: L and L~ along
 //!   the asymmetric axis, and the shift of L~'s minimiser against the
@@ -21,7 +24,7 @@ use std::path::{Path, PathBuf};
 
 use plotters::prelude::*;
 use samlab_optim::theory::{
-    argmin_1d, asymmetric_shift_2d, linex, sam_loss_1d, sam_loss_2d, sextic,
+    argmin_1d, asymmetric_shift_2d, depth_1d, linex, sam_loss_1d, sam_loss_2d, sextic,
 };
 
 type R = Result<(), Box<dyn std::error::Error>>;
@@ -107,6 +110,29 @@ fn main() -> R {
         (-0.05, 1.2),
         &[("L", BLUE, orig), ("L~ (SAM)", RED, sam)],
         &[],
+    )?;
+
+    // The same quadratic continued past dD = {-r, r} (r = 1): Theorem
+    // 3.2.1 (i) fails (results/theory/README.md, optim/tests/theory_gaps.rs).
+    let r = (2.0 * h / lambda).sqrt();
+    let q = move |w: f64| lambda * w * w / 2.0;
+    let orig: Vec<(f64, f64)> = xs.iter().map(|&w| (w, q(w))).collect();
+    let sam: Vec<(f64, f64)> = xs
+        .iter()
+        .map(|&w| (w, sam_loss_1d(q, w, rho, 2000)))
+        .collect();
+    let sam_q = |w: f64| sam_loss_1d(q, w, rho, 2000);
+    let (depth, sam_depth) = (depth_1d(q, 0.0, r), depth_1d(sam_q, 0.0, r));
+    chart(
+        &out.join("theorem-3-2-1-rising.svg"),
+        &format!(
+            "L = lambda w^2/2 past dD = {{-{r}, {r}}} (lambda {lambda}, rho {rho}): depth {depth:.2}, L~'s {sam_depth:.2}"
+        ),
+        ("w", "loss"),
+        (-1.6, 1.6),
+        (-0.05, 3.7),
+        &[("L", BLUE, orig), ("L~ (SAM)", RED, sam)],
+        &[("-r (dD)", -r, BLACK), ("r (dD)", r, BLACK)],
     )?;
 
     // Asymmetric valley in one dimension.
