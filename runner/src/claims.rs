@@ -217,7 +217,7 @@ impl Claim {
         let (n, k) = (cases.len(), self.at_least.unwrap_or(cases.len()));
         let verdict = if confirmed >= k {
             "reproduced"
-        } else if refuted > n - k {
+        } else if refuted > n.saturating_sub(k) {
             "not reproduced"
         } else {
             "inconclusive"
