@@ -74,7 +74,9 @@ fn fmt(v: f64) -> String {
 }
 
 /// Writes `dir`: `stages/*.csv`, `summary.csv`, `summary.md`, `provenance.json`,
-/// and `last-run.csv` (what this invocation computed and what it took from the cache).
+/// `last-run.csv` (what this invocation computed and what it took from the cache),
+/// `metrics-long.csv` (every number in one long table) and `tensorboard/` (one
+/// TensorBoard run per completed stage).
 pub fn write(
     dir: &Path,
     study: &Study,
@@ -135,6 +137,13 @@ pub fn write(
         }
     }
     write_file(&dir.join("summary.csv"), csv.as_bytes())?;
+    let tables = stage_tables(reports, cache)?;
+    let long = dir.join(LONG_FILE);
+    write_file(
+        &long,
+        &long_csv(study, reports, &tables).map_err(io(&long))?,
+    )?;
+    write_tensorboard(dir, study, reports, cache, &tables)?;
     let mut last =
         String::from("stage,state,start_epoch,resumed_from,steps_run,passes_run,detail\n");
     for r in reports {
@@ -249,8 +258,10 @@ fn page(
     }
     md.push_str(
         "\nEvery run's numbers: [summary.md](summary.md) and `summary.csv`; each stage's \
-         rows (per epoch or step): `stages/`; the comparison as CSV: `comparison.csv`; \
-         what this invocation computed: `last-run.csv`.\n",
+         rows (per epoch or step): `stages/`; every number of every stage in one long table \
+         (stage, run, seed, grid point, step, epoch, metric, value): `metrics-long.csv`; \
+         TensorBoard runs (`tensorboard --logdir tensorboard`): `tensorboard/`; the \
+         comparison as CSV: `comparison.csv`; what this invocation computed: `last-run.csv`.\n",
     );
     md
 }
@@ -371,6 +382,368 @@ fn markdown(study: &Study, reports: &[StageReport], prov: &Provenance) -> String
     md
 }
 
+/// The study's long metrics table, beside the other pages.
+pub const LONG_FILE: &str = "metrics-long.csv";
+
+/// The folder of the study's TensorBoard runs, one per completed stage.
+pub const TENSORBOARD_DIR: &str = "tensorboard";
+
+/// Columns of an entry's `metrics.csv` that say which row it is rather
+/// than measure something (Evaluate's and Interpolate's `split`,
+/// Interpolate's `alpha`, Landscape's `a` and `b`, Sharpness' `measure`
+/// and `index`). A column holding anything but numbers indexes rows too.
+const INDEX_COLUMNS: &[&str] = &["split", "measure", "index", "alpha", "a", "b"];
+
+/// A completed stage's `metrics.csv`, its columns sorted by role.
+#[derive(Debug)]
+struct StageTable {
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+    step: Option<usize>,
+    epoch: Option<usize>,
+    /// Columns that index the rows ([`INDEX_COLUMNS`] and any non-number).
+    keys: Vec<usize>,
+    /// The measured columns (numbers or empty), `step` and `epoch` excluded.
+    values: Vec<usize>,
+}
+
+impl StageTable {
+    /// `path`, or `None` when the stage writes no table (Distance).
+    fn read(path: &Path) -> Result<Option<StageTable>> {
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let bad = |e: csv::Error| crate::error::cache_err(path, e.to_string());
+        let mut rd = csv::ReaderBuilder::new().from_path(path).map_err(bad)?;
+        let header: Vec<String> = rd
+            .headers()
+            .map_err(bad)?
+            .iter()
+            .map(String::from)
+            .collect();
+        let mut rows = Vec::new();
+        for rec in rd.records() {
+            rows.push(
+                rec.map_err(bad)?
+                    .iter()
+                    .map(String::from)
+                    .collect::<Vec<_>>(),
+            );
+        }
+        let col = |n: &str| header.iter().position(|h| h == n);
+        let (step, epoch) = (col("step"), col("epoch"));
+        let (mut keys, mut values) = (Vec::new(), Vec::new());
+        for (i, h) in header.iter().enumerate() {
+            if Some(i) == step || Some(i) == epoch {
+                continue;
+            }
+            let text = rows
+                .iter()
+                .any(|r| !r[i].is_empty() && r[i].parse::<f64>().is_err());
+            if text || INDEX_COLUMNS.contains(&h.as_str()) {
+                keys.push(i);
+            } else {
+                values.push(i);
+            }
+        }
+        Ok(Some(StageTable {
+            header,
+            rows,
+            step,
+            epoch,
+            keys,
+            values,
+        }))
+    }
+
+    /// Rows over training or steps: a `step` or an `epoch` column.
+    fn is_series(&self) -> bool {
+        self.step.or(self.epoch).is_some()
+    }
+
+    /// A row's global step: its `step`, else its `epoch`.
+    fn x(&self, row: &[String]) -> Option<i64> {
+        let v = &row[self.step.or(self.epoch)?];
+        v.parse::<i64>().ok().or_else(|| {
+            v.parse::<f64>()
+                .ok()
+                .filter(|f| f.fract() == 0.0 && f.abs() < 9e15)
+                .map(|f| f as i64)
+        })
+    }
+
+    /// The `step` and `epoch` fields of the last row of a series.
+    fn last(&self) -> (String, String) {
+        let row = self.rows.last().filter(|_| self.is_series());
+        let get = |c: Option<usize>| match (row, c) {
+            (Some(r), Some(c)) => r[c].clone(),
+            _ => String::new(),
+        };
+        (get(self.step), get(self.epoch))
+    }
+}
+
+/// Each completed stage's table, in the order of `reports`.
+fn stage_tables(reports: &[StageReport], cache: &Cache) -> Result<Vec<Option<StageTable>>> {
+    reports
+        .iter()
+        .map(|r| match r.summary {
+            Some(_) => StageTable::read(&cache.entry_dir(&r.key).join("metrics.csv")),
+            None => Ok(None),
+        })
+        .collect()
+}
+
+/// One run name per report: the stage's file stem (`sam-rho0.1-seed2`,
+/// as in `stages/`) with any character outside letters, digits and
+/// `._=,+-` replaced by `_`; a name already taken gets `_2`, `_3`...
+fn run_names(study: &Study, reports: &[StageReport]) -> Vec<String> {
+    let mut taken = BTreeSet::new();
+    reports
+        .iter()
+        .map(|r| {
+            let base = safe_run_name(&study.stages[r.index].file_stem());
+            let mut name = base.clone();
+            let mut n = 1;
+            while !taken.insert(name.clone()) {
+                n += 1;
+                name = format!("{base}_{n}");
+            }
+            name
+        })
+        .collect()
+}
+
+/// `stem` with every character outside letters, digits and `._=,+-`
+/// replaced by `_`, and `_` before a leading `.` (or as the whole name).
+fn safe_run_name(stem: &str) -> String {
+    let mut name: String = stem
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._=,+-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if name.is_empty() || name.starts_with('.') {
+        name.insert(0, '_');
+    }
+    name
+}
+
+/// `metrics-long.csv`: one row per number, columns `stage, run, seed`,
+/// the study's grid axes but the seed (one column each, sorted), `step,
+/// epoch`, the index columns of the stages' tables (`split`, `alpha`...,
+/// only those the study's tables have), `metric, value`. A summary value
+/// is `summary/NAME` at the stage's last step and epoch. Values are the
+/// entries' text, unchanged; an axis or index column whose name another
+/// column has gets `grid_` or `table_` before it.
+fn long_csv(
+    study: &Study,
+    reports: &[StageReport],
+    tables: &[Option<StageTable>],
+) -> std::io::Result<Vec<u8>> {
+    const FIXED: &[&str] = &["stage", "run", "seed", "step", "epoch", "metric", "value"];
+    let axes: BTreeSet<&String> = study
+        .stages
+        .iter()
+        .flat_map(|s| s.coords.keys())
+        .filter(|k| k.as_str() != "seed")
+        .collect();
+    let keys: BTreeSet<&str> = tables
+        .iter()
+        .flatten()
+        .flat_map(|t| t.keys.iter().map(|&i| t.header[i].as_str()))
+        .collect();
+    let mut header: Vec<String> = vec!["stage".into(), "run".into(), "seed".into()];
+    for a in &axes {
+        let clash = FIXED.contains(&a.as_str()) || keys.contains(a.as_str());
+        header.push(if clash {
+            format!("grid_{a}")
+        } else {
+            a.to_string()
+        });
+    }
+    header.extend(["step".into(), "epoch".into()]);
+    for k in &keys {
+        let clash = FIXED.contains(k);
+        header.push(if clash {
+            format!("table_{k}")
+        } else {
+            k.to_string()
+        });
+    }
+    header.extend(["metric".into(), "value".into()]);
+    let names = run_names(study, reports);
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(&header)?;
+    for ((r, table), run) in reports.iter().zip(tables).zip(&names) {
+        let Some(summary) = &r.summary else {
+            continue;
+        };
+        let stage = &study.stages[r.index];
+        let mut lead: Vec<String> = vec![stage.name.clone(), run.clone()];
+        lead.push(
+            stage
+                .coords
+                .get("seed")
+                .map(|v| v.to_string())
+                .unwrap_or_default(),
+        );
+        for a in &axes {
+            lead.push(
+                stage
+                    .coords
+                    .get(*a)
+                    .map(|v| v.to_string())
+                    .unwrap_or_default(),
+            );
+        }
+        let mut record = |step: &str, epoch: &str, at: &BTreeMap<&str, &str>, m: &str, v: &str| {
+            let mut rec = lead.clone();
+            rec.push(step.into());
+            rec.push(epoch.into());
+            for k in &keys {
+                rec.push(at.get(k).copied().unwrap_or_default().into());
+            }
+            rec.push(m.into());
+            rec.push(v.into());
+            w.write_record(&rec)
+        };
+        if let Some(t) = table {
+            let cell =
+                |row: &[String], c: Option<usize>| c.map(|c| row[c].clone()).unwrap_or_default();
+            for row in &t.rows {
+                let at: BTreeMap<&str, &str> = t
+                    .keys
+                    .iter()
+                    .map(|&i| (t.header[i].as_str(), row[i].as_str()))
+                    .collect();
+                let (step, epoch) = (cell(row, t.step), cell(row, t.epoch));
+                for &i in &t.values {
+                    if !row[i].is_empty() {
+                        record(&step, &epoch, &at, &t.header[i], &row[i])?;
+                    }
+                }
+            }
+        }
+        let (step, epoch) = table.as_ref().map(StageTable::last).unwrap_or_default();
+        for (m, v) in summary {
+            record(
+                &step,
+                &epoch,
+                &BTreeMap::new(),
+                &format!("summary/{m}"),
+                &v.to_string(),
+            )?;
+        }
+    }
+    w.into_inner().map_err(|e| e.into_error())
+}
+
+fn tb_err(stage: &str) -> impl FnOnce(samlab_tensorboard::Error) -> crate::error::Error + '_ {
+    move |e| match e {
+        samlab_tensorboard::Error::Io { path, source } => io(&path)(source),
+        e => crate::error::stage_err(stage, format!("TensorBoard run: {e}")),
+    }
+}
+
+/// `tensorboard/RUN/` for every completed stage (names from [`run_names`]):
+/// the entry's `spec.json` as text `settings` at step 0; every numeric
+/// column of a table with a `step` or `epoch` column as scalars at that
+/// step (the `step` column when there is one), tagged by the column's
+/// name (and `/VALUE` of each index column the table has); the summary
+/// as `summary/NAME` at the last step. Wall times are the running sum of
+/// the table's `wall_s` (0 without one), never the clock, so the same
+/// cache writes the same bytes. Written beside the folder, then swapped
+/// in (runs of stages no longer in the study go).
+fn write_tensorboard(
+    dir: &Path,
+    study: &Study,
+    reports: &[StageReport],
+    cache: &Cache,
+    tables: &[Option<StageTable>],
+) -> Result<()> {
+    use samlab_tensorboard::EventWriter;
+    let out = dir.join(TENSORBOARD_DIR);
+    let tmp = dir.join(format!(".{TENSORBOARD_DIR}.partial"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    let names = run_names(study, reports);
+    for ((r, table), run) in reports.iter().zip(tables).zip(&names) {
+        let Some(summary) = &r.summary else {
+            continue;
+        };
+        let err = || tb_err(&r.display);
+        let mut w = EventWriter::create(&tmp, run).map_err(err())?;
+        let spec_path = cache.entry_dir(&r.key).join("spec.json");
+        let spec = std::fs::read_to_string(&spec_path)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .map(|v| serde_json::to_string_pretty(&v).expect("JSON values serialise"));
+        let mut text = format!(
+            "Stage `{}` ({}), cache entry `{}`.\n\n",
+            r.display,
+            study.stages[r.index].spec.kind(),
+            r.key
+        );
+        match spec {
+            Some(json) => {
+                for line in json.lines() {
+                    let _ = writeln!(text, "    {line}");
+                }
+            }
+            None => text.push_str("(no readable spec.json in the entry)\n"),
+        }
+        w.add_text("settings", 0, &text, 0.0).map_err(err())?;
+        let (mut last_step, mut wall) = (0i64, 0.0f64);
+        if let Some(t) = table.as_ref().filter(|t| t.is_series()) {
+            let wall_col = t.header.iter().position(|h| h == "wall_s");
+            let index: Vec<usize> = t
+                .keys
+                .iter()
+                .copied()
+                .filter(|&i| INDEX_COLUMNS.contains(&t.header[i].as_str()))
+                .collect();
+            let mut scalars: Vec<usize> = t.values.clone();
+            if t.step.is_some() {
+                scalars.extend(t.epoch);
+                scalars.sort();
+            }
+            for row in &t.rows {
+                let Some(x) = t.x(row) else { continue };
+                if let Some(dt) = wall_col.and_then(|c| row[c].parse::<f64>().ok())
+                    && dt.is_finite()
+                {
+                    wall += dt;
+                }
+                last_step = last_step.max(x);
+                let suffix: String = index.iter().map(|&i| format!("/{}", row[i])).collect();
+                for &c in &scalars {
+                    if let Ok(v) = row[c].parse::<f64>() {
+                        let tag = format!("{}{suffix}", t.header[c]);
+                        w.add_scalar(&tag, x, v as f32, wall).map_err(err())?;
+                    }
+                }
+            }
+        }
+        for (m, v) in summary {
+            w.add_scalar(&format!("summary/{m}"), last_step, *v as f32, wall)
+                .map_err(err())?;
+        }
+        w.close().map_err(err())?;
+    }
+    if out.exists() {
+        std::fs::remove_dir_all(&out).map_err(io(&out))?;
+    }
+    std::fs::rename(&tmp, &out).map_err(io(&out))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -389,6 +762,50 @@ mod tests {
             default_dir(Path::new("/tmp/my.ron")),
             PathBuf::from("results/my")
         );
+    }
+
+    #[test]
+    fn run_names_are_one_safe_folder_name() {
+        assert_eq!(safe_run_name("sam-rho0.1-seed2"), "sam-rho0.1-seed2");
+        assert_eq!(safe_run_name("a b/c\\d[é]"), "a_b_c_d___");
+        assert_eq!(safe_run_name(".x"), "_.x");
+        assert_eq!(safe_run_name(""), "_");
+        for s in ["sam-rho0.1-seed2", "a b/c", ".x", "", "..", "x:y*?"] {
+            assert!(samlab_tensorboard::valid_run_name(&safe_run_name(s)), "{s}");
+        }
+    }
+
+    #[test]
+    fn stage_table_columns_by_role() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("metrics.csv");
+        write_file(
+            &p,
+            b"alpha,split,images,loss,error\n-0.5,train,20,1.5,0.5\n-0.5,test,20,1.6,\n",
+        )
+        .unwrap();
+        let t = StageTable::read(&p).unwrap().unwrap();
+        assert_eq!((t.step, t.epoch, t.is_series()), (None, None, false));
+        assert_eq!(t.keys, [0, 1]);
+        assert_eq!(t.values, [2, 3, 4]);
+        assert_eq!(t.last(), (String::new(), String::new()));
+
+        write_file(&p, b"epoch,step,method,loss\n1,10,sgd,2.5\n2,20.0,sam,\n").unwrap();
+        let t = StageTable::read(&p).unwrap().unwrap();
+        assert!(t.is_series());
+        // A column of words indexes rows; the step may be written as a float.
+        assert_eq!((t.keys.clone(), t.values.clone()), (vec![2], vec![3]));
+        assert_eq!(t.x(&t.rows[1]), Some(20));
+        assert_eq!(t.last(), ("20.0".into(), "2".into()));
+
+        assert!(
+            StageTable::read(&dir.path().join("none.csv"))
+                .unwrap()
+                .is_none()
+        );
+        write_file(&p, b"step,loss\n1,2\n2\n").unwrap();
+        let e = StageTable::read(&p).unwrap_err().to_string();
+        assert!(e.contains("metrics.csv") && e.contains("line: 3"), "{e}");
     }
 
     #[test]
