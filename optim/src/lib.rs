@@ -1,7 +1,8 @@
 //! Optimisers for sharpness-aware training: SGD with Nesterov momentum and
 //! weight decay (PyTorch semantics), SAM with m-sharpness and the adaptive
-//! variant, the per-step SGD/SAM schedule (always, switch, PSAM), learning-
-//! rate schedules, cost accounting, and state for exact resume.
+//! variant, LookSAM, step kinds with their own settings and state
+//! ([`steps`]), the per-step schedule of kinds (always, switch, PSAM),
+//! learning-rate schedules, cost accounting, and state for exact resume.
 //!
 //! This crate knows nothing about files of studies, RON or the runner's
 //! cache; its settings derive serde so study files can spell them.
@@ -12,6 +13,7 @@ mod lr;
 mod sam;
 mod schedule;
 mod sgd;
+pub mod steps;
 pub mod theory;
 mod trainer;
 
@@ -20,6 +22,7 @@ pub use lr::LrSchedule;
 pub use sam::{
     SamConfig, StepOutput, StepSettings, sam_step, sam_step_with, sgd_step, sgd_step_with,
 };
-pub use schedule::{Method, Point, Resolved, StepSchedule};
+pub use schedule::{Point, Resolved, StepSchedule};
 pub use sgd::{Decay, Grads, Sgd, SgdConfig, collect_grads};
+pub use steps::{KindSettings, KindStates, Method, StepCtx, StepKind};
 pub use trainer::Trainer;

@@ -35,8 +35,8 @@ use samlab_models::{Model, ParamStore, cross_entropy};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ErrorKind, Result, bad};
-use crate::schedule::Method;
 use crate::sgd::{Decay, Grads, Sgd, collect_grads};
+use crate::steps::Method;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SamConfig {
@@ -133,7 +133,12 @@ fn pass(model: &Model, x: &Tensor, y: &Tensor) -> Result<(f64, usize, Grads)> {
 
 /// The gradient of the loss plus `0.5 wd ||w + eps||^2`: `g + wd (w + eps)`
 /// (`eps` absent: at `w`).
-fn with_decay(params: &ParamStore, mut g: Grads, wd: f64, eps: Option<&Grads>) -> Result<Grads> {
+pub(crate) fn with_decay(
+    params: &ParamStore,
+    mut g: Grads,
+    wd: f64,
+    eps: Option<&Grads>,
+) -> Result<Grads> {
     if wd == 0.0 {
         return Ok(g);
     }
@@ -211,7 +216,7 @@ fn mean_buffers(snapshots: &[Vec<Tensor>]) -> Result<Vec<Tensor>> {
 /// the module docs): the mean loss, the correct predictions, the mean
 /// gradient; the running statistics are left at the mean of the slices'
 /// updates from their values on entry. `None`: one [`pass`].
-fn ghost_pass(
+pub(crate) fn ghost_pass(
     model: &Model,
     x: &Tensor,
     y: &Tensor,
@@ -247,7 +252,7 @@ fn ghost_pass(
 /// Runs one step; if it fails, puts back the running statistics its passes
 /// changed. Weights and momentum change only in the step's final update, so
 /// a failed step leaves the model and the optimiser as they were.
-fn rollback_on_error(
+pub(crate) fn rollback_on_error(
     model: &Model,
     step: impl FnOnce() -> Result<StepOutput>,
 ) -> Result<StepOutput> {
@@ -296,7 +301,8 @@ pub fn sgd_step_with(
             correct,
             perturbed_correct: None,
             samples: y.dim(0)?,
-            passes: Method::Sgd.cost(),
+            // One pass over the batch.
+            passes: 1.0,
         })
     })
 }
@@ -393,15 +399,44 @@ pub fn sam_step_with(
     })
 }
 
-fn sam_update(
+/// Whether [`sam_gradient`] also returns the mean first-pass gradient.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Clean {
+    Keep,
+    Drop,
+}
+
+/// What SAM's passes give on a batch, before any update (module docs).
+pub(crate) struct SamGradient {
+    /// Mean first-pass loss.
+    pub loss: f64,
+    pub correct: usize,
+    pub perturbed_correct: usize,
+    /// The mean of the chunks' gradients at `w + eps` (with the decay
+    /// term where the weight decay is in the loss).
+    pub perturbed: Grads,
+    /// The mean of the chunks' first-pass gradients, the same way
+    /// (`Clean::Keep` only).
+    pub clean: Option<Grads>,
+}
+
+/// Weight decay in the loss of both passes (`Decay::Loss`): its rate.
+pub(crate) fn loss_decay(opt: &Sgd) -> Option<f64> {
+    (opt.config.decay == Decay::Loss).then_some(opt.config.weight_decay)
+}
+
+/// SAM's gradient on (x, y): steps 1-3 of the module docs, per chunk; the
+/// weights are left as they were, the running statistics as the first
+/// passes leave them.
+pub(crate) fn sam_gradient(
     model: &Model,
-    opt: &mut Sgd,
     cfg: &SamConfig,
     bn_batch: Option<usize>,
+    loss_decay: Option<f64>,
     x: &Tensor,
     y: &Tensor,
-    lr: f64,
-) -> Result<StepOutput> {
+    clean: Clean,
+) -> Result<SamGradient> {
     let n = y.dim(0)?;
     let m = cfg.chunk.unwrap_or(n).min(n);
     let chunks = parts(n, m, "the m-sharpness chunk")?;
@@ -414,10 +449,9 @@ fn sam_update(
         .map(|_| model.params.snapshot_buffers())
         .transpose()?;
     let mut running: Vec<Vec<Tensor>> = Vec::new();
-    // Weight decay in the loss of both passes (`Decay::Loss`): its rate.
-    let loss_decay = (opt.config.decay == Decay::Loss).then_some(opt.config.weight_decay);
     let (mut loss, mut correct, mut perturbed_correct) = (0f64, 0usize, 0usize);
     let mut total: Option<Grads> = None;
+    let mut clean_total: Option<Grads> = None;
     for c in 0..chunks {
         let (xc, yc) = part(x, y, c, m)?;
         if let Some(start) = &start {
@@ -434,6 +468,9 @@ fn sam_update(
             None => g,
         };
         let eps = perturbation(&model.params, &g, cfg)?;
+        if clean == Clean::Keep {
+            clean_total = Some(add_grads(clean_total, g)?);
+        }
         let (k2, g2) = perturbed_grads(model, &eps, &xc, &yc, bn_batch)?;
         let g2 = match loss_decay {
             Some(wd) => with_decay(&model.params, g2, wd, Some(&eps))?,
@@ -445,17 +482,42 @@ fn sam_update(
     if !running.is_empty() {
         model.params.restore_buffers(&mean_buffers(&running)?)?;
     }
-    let grads = mean_grads(total.expect("at least one chunk"), chunks)?;
-    match loss_decay {
-        None => opt.step(&model.params, &grads, lr)?,
-        Some(_) => opt.step_decayed(&model.params, &grads, lr)?,
-    }
-    Ok(StepOutput {
-        method: Method::Sam,
+    Ok(SamGradient {
         loss,
         correct,
-        perturbed_correct: Some(perturbed_correct),
-        samples: n,
-        passes: Method::Sam.cost(),
+        perturbed_correct,
+        perturbed: mean_grads(total.expect("at least one chunk"), chunks)?,
+        clean: clean_total.map(|g| mean_grads(g, chunks)).transpose()?,
+    })
+}
+
+/// The base optimiser's update with `grads` (the decay term already in
+/// them where the weight decay is in the loss).
+pub(crate) fn update(model: &Model, opt: &mut Sgd, grads: &Grads, lr: f64) -> Result<()> {
+    match loss_decay(opt) {
+        None => opt.step(&model.params, grads, lr),
+        Some(_) => opt.step_decayed(&model.params, grads, lr),
+    }
+}
+
+fn sam_update(
+    model: &Model,
+    opt: &mut Sgd,
+    cfg: &SamConfig,
+    bn_batch: Option<usize>,
+    x: &Tensor,
+    y: &Tensor,
+    lr: f64,
+) -> Result<StepOutput> {
+    let r = sam_gradient(model, cfg, bn_batch, loss_decay(opt), x, y, Clean::Drop)?;
+    update(model, opt, &r.perturbed, lr)?;
+    Ok(StepOutput {
+        method: Method::Sam,
+        loss: r.loss,
+        correct: r.correct,
+        perturbed_correct: Some(r.perturbed_correct),
+        samples: y.dim(0)?,
+        // Two passes over the batch.
+        passes: 2.0,
     })
 }

@@ -2,12 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use candle_core::Tensor;
-use samlab_models::Model;
-
 use crate::error::{Result, bad};
-use crate::sam::{StepOutput, StepSettings};
-use crate::sgd::Sgd;
+use crate::steps::{KindSettings, Method};
 
 /// A point in training: an absolute step, an epoch, or a fraction of the run.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -40,59 +36,9 @@ impl Point {
     }
 }
 
-/// Defines [`Method`] from the list of step kinds: `Variant => cost c, step
-/// function`. The cost is what one step costs as a fraction of an SGD step
-/// (forward+backward passes over the batch): the one place that says so, a
-/// fraction so that cheaper SAM variants can say what they cost. A step
-/// function takes `(model, &mut Sgd, &StepSettings, x, y, lr)`. Adding a step
-/// kind is a new file with its step function plus one line here.
-macro_rules! steps {
-    ($($variant:ident => cost $cost:expr, $step:path;)*) => {
-        /// The kinds of step.
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-        pub enum Method {
-            $($variant,)*
-        }
-
-        impl Method {
-            /// Every kind, in the order of the list (a kind's index is part
-            /// of shared-prefix keys: append, never reorder).
-            pub const ALL: &'static [Method] = &[$(Method::$variant),*];
-
-            /// What one step costs, as a fraction of an SGD step.
-            pub fn cost(self) -> f64 {
-                match self { $(Method::$variant => $cost,)* }
-            }
-
-            /// Takes one step of this kind on batch (x, y) at rate `lr`.
-            pub fn step(
-                self,
-                model: &Model,
-                opt: &mut Sgd,
-                settings: &StepSettings,
-                x: &Tensor,
-                y: &Tensor,
-                lr: f64,
-            ) -> Result<StepOutput> {
-                match self { $(Method::$variant => $step(model, opt, settings, x, y, lr),)* }
-            }
-        }
-    };
-}
-
-steps! {
-    Sgd => cost 1.0, crate::sam::sgd_step_with;
-    Sam => cost 2.0, crate::sam::sam_step_with;
-}
-
-impl Method {
-    /// The kind's position in [`Method::ALL`].
-    pub fn index(self) -> usize {
-        Method::ALL
-            .iter()
-            .position(|m| *m == self)
-            .expect("every kind is listed")
-    }
+/// PSAM's SAM steps unless a schedule says otherwise.
+fn sam_kind() -> Method {
+    Method::Sam
 }
 
 /// Which method each global step uses.
@@ -104,15 +50,30 @@ pub enum StepSchedule {
     Switch { from: Method, to: Method, at: Point },
     /// The thesis' Algorithm 1 (PSAM): before step E a SAM step when
     /// `t mod period == 0` and SGD otherwise; from E on, SAM every step.
-    Psam { period: u64, until: Point },
+    /// `with` is the kind of those SAM steps (default `Sam`; any kind, e.g.
+    /// `LookSam`).
+    Psam {
+        period: u64,
+        until: Point,
+        #[serde(default = "sam_kind")]
+        with: Method,
+    },
 }
 
 /// A [`StepSchedule`] with its points resolved to steps.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Resolved {
     Always(Method),
-    Switch { from: Method, to: Method, at: u64 },
-    Psam { period: u64, until: u64 },
+    Switch {
+        from: Method,
+        to: Method,
+        at: u64,
+    },
+    Psam {
+        period: u64,
+        until: u64,
+        with: Method,
+    },
 }
 
 impl StepSchedule {
@@ -124,13 +85,18 @@ impl StepSchedule {
                 to: *to,
                 at: at.resolve(total_steps, steps_per_epoch)?,
             },
-            StepSchedule::Psam { period, until } => {
+            StepSchedule::Psam {
+                period,
+                until,
+                with,
+            } => {
                 if *period == 0 {
                     return Err(bad("PSAM period must be at least 1"));
                 }
                 Resolved::Psam {
                     period: *period,
                     until: until.resolve(total_steps, steps_per_epoch)?,
+                    with: *with,
                 }
             }
         })
@@ -149,9 +115,13 @@ impl Resolved {
                     to
                 }
             }
-            Resolved::Psam { period, until } => {
+            Resolved::Psam {
+                period,
+                until,
+                with,
+            } => {
                 if t >= until || t.is_multiple_of(period) {
-                    Method::Sam
+                    with
                 } else {
                     Method::Sgd
                 }
@@ -168,27 +138,26 @@ impl Resolved {
                 let before = at.clamp(start, end) - start;
                 (from == method) as u64 * before + (to == method) as u64 * (n - before)
             }
-            Resolved::Psam { period, until } => {
+            Resolved::Psam {
+                period,
+                until,
+                with,
+            } => {
                 let cut = until.clamp(start, end);
                 // multiples of `period` in [start, cut)
                 let multiples = |k: u64| k.div_ceil(period);
                 let sam = (multiples(cut) - multiples(start)) + (end - cut);
-                if method == Method::Sam {
-                    sam
-                } else if method == Method::Sgd {
-                    n - sam
-                } else {
-                    0
-                }
+                (method == with) as u64 * sam + (method == Method::Sgd) as u64 * (n - sam)
             }
         }
     }
 
-    /// Forward+backward passes of steps `[start, end)`, in SGD-step units.
-    pub fn cost(&self, start: u64, end: u64) -> f64 {
+    /// Planned forward+backward passes of steps `[start, end)`, in SGD-step
+    /// units, with the kinds' settings `kinds`.
+    pub fn cost(&self, kinds: &KindSettings, start: u64, end: u64) -> f64 {
         Method::ALL
             .iter()
-            .map(|m| self.count(*m, start, end) as f64 * m.cost())
+            .map(|m| self.count(*m, start, end) as f64 * kinds.cost(*m))
             .sum()
     }
 }

@@ -9,9 +9,10 @@ use samlab_models::Model;
 
 use crate::error::{ErrorKind, Result};
 use crate::lr::LrSchedule;
-use crate::sam::{SamConfig, StepOutput, StepSettings};
+use crate::sam::{SamConfig, StepOutput};
 use crate::schedule::{Resolved, StepSchedule};
 use crate::sgd::{Sgd, SgdConfig};
+use crate::steps::{KindSettings, KindStates, StepCtx};
 
 pub struct Trainer {
     pub sgd: Sgd,
@@ -27,6 +28,10 @@ pub struct Trainer {
     /// Ghost batches: BatchNorm over slices of this many images, for SGD
     /// and SAM steps alike (see `sam`'s module docs).
     pub bn_batch: Option<usize>,
+    /// The step kinds' own settings.
+    pub kinds: KindSettings,
+    /// What the step kinds keep between steps (saved with the rest).
+    pub states: KindStates,
 }
 
 impl Trainer {
@@ -50,7 +55,16 @@ impl Trainer {
             step: 0,
             passes: 0.0,
             bn_batch: None,
+            kinds: KindSettings::default(),
+            states: KindStates::default(),
         })
+    }
+
+    /// The same run with the step kinds' settings `kinds`, checked.
+    pub fn with_kinds(mut self, kinds: KindSettings) -> Result<Trainer> {
+        kinds.check()?;
+        self.kinds = kinds;
+        Ok(self)
     }
 
     /// The same run with ghost batches of `bn_batch` images.
@@ -66,14 +80,18 @@ impl Trainer {
     pub fn train_step(&mut self, model: &Model, x: &Tensor, y: &Tensor) -> Result<StepOutput> {
         let t = self.step;
         let lr = self.lr.at(t, self.total_steps);
-        let settings = StepSettings {
+        let ctx = StepCtx {
+            model,
+            opt: &mut self.sgd,
             sam: &self.sam,
             bn_batch: self.bn_batch,
+            x,
+            y,
+            lr,
         };
         let out = self
-            .schedule
-            .method(t)
-            .step(model, &mut self.sgd, &settings, x, y, lr)
+            .states
+            .step(self.schedule.method(t), &self.kinds, ctx)
             .map_err(|e| match e.kind {
                 ErrorKind::NonFinite { loss, .. } => ErrorKind::NonFinite { step: t, loss }.into(),
                 _ => e,
@@ -83,7 +101,8 @@ impl Trainer {
         Ok(out)
     }
 
-    /// Saves the momentum buffers, the step and the pass count as safetensors.
+    /// Saves the momentum buffers, the step and the pass count and the step
+    /// kinds' state (`kind.<field>.<name>`) as safetensors.
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut tensors: HashMap<String, Tensor> = self
             .sgd
@@ -91,6 +110,9 @@ impl Trainer {
             .iter()
             .map(|(k, v)| (format!("momentum.{k}"), v.clone()))
             .collect();
+        for (k, v) in self.states.tensors()? {
+            tensors.insert(format!("kind.{k}"), v);
+        }
         // f64: passes may be fractional; steps stay exact below 2^53.
         let counters = [self.step as f64, self.passes];
         tensors.insert(
@@ -134,9 +156,12 @@ impl Trainer {
             return Err(fail(format!("bad counters {counters:?}")));
         }
         let mut momentum = BTreeMap::new();
+        let mut kinds = BTreeMap::new();
         for (k, v) in loaded {
             if let Some(name) = k.strip_prefix("momentum.") {
                 momentum.insert(name.to_string(), v);
+            } else if let Some(name) = k.strip_prefix("kind.") {
+                kinds.insert(name.to_string(), v);
             } else if k != "trainer.counters" {
                 return Err(fail(format!("unexpected tensor `{k}`")));
             }
@@ -144,6 +169,9 @@ impl Trainer {
         self.sgd
             .set_state(&model.params, momentum)
             .map_err(|e| fail(e.to_string()))?;
+        let mut states = KindStates::default();
+        states.load(kinds).map_err(|e| fail(e.to_string()))?;
+        self.states = states;
         self.step = counters[0] as u64;
         self.passes = counters[1];
         Ok(())

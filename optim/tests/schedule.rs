@@ -14,6 +14,7 @@ fn psam_cost_is_the_thesis_formula() {
     let r = StepSchedule::Psam {
         period: 20,
         until: Point::Fraction(0.75),
+        with: Method::Sam,
     }
     .resolve(T, 196)
     .unwrap();
@@ -21,13 +22,14 @@ fn psam_cost_is_the_thesis_formula() {
         r,
         Resolved::Psam {
             period: 20,
-            until: 29_400
+            until: 29_400,
+            with: Method::Sam,
         }
     );
     let sam = r.count(Method::Sam, 0, T);
     assert_eq!(sam, brute(&r, 0, T));
     assert_eq!(sam, 29_400 / 20 + (T - 29_400));
-    let cost = r.cost(0, T);
+    let cost = r.cost(&KindSettings::default(), 0, T);
     // 1 + (1 - (n-1)E/(nT)) SGD-step units per step, exactly.
     let (n, e, t) = (20.0, 29_400.0, T as f64);
     let formula = 1.0 + (1.0 - (n - 1.0) * e / (n * t));
@@ -60,10 +62,12 @@ fn closed_form_counts_equal_counting_every_step() {
         StepSchedule::Psam {
             period: 7,
             until: Point::Step(1000),
+            with: Method::Sam,
         },
         StepSchedule::Psam {
             period: 1,
             until: Point::Step(0),
+            with: Method::Sam,
         },
     ];
     for s in &schedules {
@@ -86,7 +90,10 @@ fn closed_form_counts_equal_counting_every_step() {
                 r.count(Method::Sgd, a, b) + r.count(Method::Sam, a, b),
                 b - a
             );
-            assert_eq!(r.cost(a, b), ((b - a) + brute(&r, a, b)) as f64);
+            assert_eq!(
+                r.cost(&KindSettings::default(), a, b),
+                ((b - a) + brute(&r, a, b)) as f64
+            );
         }
     }
     let sw = StepSchedule::Switch {
@@ -114,6 +121,7 @@ fn bad_points_are_errors() {
     let err = StepSchedule::Psam {
         period: 20,
         until: Point::Epoch(250.0),
+        with: Method::Sam,
     }
     .resolve(T, 196)
     .unwrap_err()
@@ -122,6 +130,7 @@ fn bad_points_are_errors() {
     let err = StepSchedule::Psam {
         period: 0,
         until: Point::Step(1),
+        with: Method::Sam,
     }
     .resolve(T, 196)
     .unwrap_err()
@@ -134,6 +143,7 @@ fn schedules_round_trip_through_serde() {
     let s = StepSchedule::Psam {
         period: 20,
         until: Point::Fraction(0.75),
+        with: Method::Sam,
     };
     let text = serde_json::to_string(&s).unwrap();
     assert_eq!(serde_json::from_str::<StepSchedule>(&text).unwrap(), s);
@@ -154,4 +164,25 @@ fn cosine_schedule_depends_on_the_global_step_of_the_whole_run() {
     assert!((mid - 0.1 * (1.0 + (std::f64::consts::PI / 4.0).cos()) / 2.0).abs() < 1e-15);
     assert!((1..T).all(|t| lr.at(t, T) <= lr.at(t - 1, T)));
     assert_eq!(LrSchedule::Constant { lr: 0.03 }.at(12345, T), 0.03);
+}
+
+/// PSAM's SAM steps may be of any kind: they are counted as that kind's,
+/// and the plan's cost follows the kind's settings.
+#[test]
+fn psam_with_another_kind_counts_that_kind() {
+    let r = StepSchedule::Psam {
+        period: 3,
+        until: Point::Step(9),
+        with: Method::LookSam,
+    }
+    .resolve(12, 4)
+    .unwrap();
+    let look = (0..12).filter(|&t| r.method(t) == Method::LookSam).count() as u64;
+    assert_eq!(look, 3 + 3);
+    assert_eq!(r.count(Method::LookSam, 0, 12), look);
+    assert_eq!(r.count(Method::Sgd, 0, 12), 12 - look);
+    assert_eq!(r.count(Method::Sam, 0, 12), 0);
+    let mut kinds = KindSettings::default();
+    kinds.look_sam.k = 2;
+    assert_eq!(r.cost(&kinds, 0, 12), 6.0 + 6.0 * 1.5);
 }

@@ -29,6 +29,8 @@
 //! and, for training, its [`PrefixParts`]; the documents, their canonical
 //! form, the hashes and [`diff`] are made here.
 
+use std::collections::BTreeMap;
+
 use samlab_optim::{Method, Resolved};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -133,21 +135,43 @@ pub fn schedule_json(r: &Resolved, total: u64) -> Value {
         Resolved::Switch { from, to, at } => {
             json!({"Switch": {"from": name(from), "to": name(to), "at": at}})
         }
-        Resolved::Psam { period: 1, .. } => json!({"Always": "Sam"}),
-        Resolved::Psam { until: 0, .. } => json!({"Always": "Sam"}),
-        Resolved::Psam { period, until } => {
-            json!({"Psam": {"period": period, "until": until.min(total)}})
+        Resolved::Psam {
+            period: 1, with, ..
+        }
+        | Resolved::Psam { until: 0, with, .. } => {
+            json!({"Always": name(with)})
+        }
+        Resolved::Psam {
+            with: Method::Sgd, ..
+        } => json!({"Always": "Sgd"}),
+        Resolved::Psam {
+            period,
+            until,
+            with,
+        } => {
+            let mut p = json!({"period": period, "until": until.min(total)});
+            // Left out at its default (keys from before it existed hold).
+            if with != Method::Sam {
+                p["with"] = name(with);
+            }
+            json!({ "Psam": p })
         }
     }
 }
 
 /// What a training run's prefixes share, as a training kind gives it: the
 /// part of its spec that the first `k` epochs depend on (`spec`, without
-/// the schedule, the SAM settings and what only the end reads) and the SAM
-/// settings (`sam`), which count from the first SAM step on.
+/// the schedule, the SAM settings and what only the end reads), the SAM
+/// settings (`sam`), which count from the first step of a kind that uses
+/// them, and each step kind's own settings (`kinds`), which count from its
+/// first step.
 pub struct PrefixParts {
     pub spec: Value,
     pub sam: Value,
+    /// The kinds whose own settings are not all at their defaults.
+    pub kinds: BTreeMap<Method, Value>,
+    /// Planned cost of one step of each kind, by [`Method::index`].
+    pub costs: Vec<f64>,
     /// The method of every step of the run.
     pub methods: Vec<Method>,
     pub epochs: u64,
@@ -163,8 +187,12 @@ pub struct PrefixPlan {
     /// Epochs after which to keep a shared-prefix checkpoint (set by the plan).
     pub keep: Vec<u64>,
     pub identity: String,
-    /// The SAM settings, which count from the first SAM step on.
+    /// The SAM settings, which count from the first step that uses them.
     pub sam: String,
+    /// Step kinds' own settings (canonical), from each kind's first step.
+    pub kinds: BTreeMap<Method, String>,
+    /// Planned cost of one step of each kind, by [`Method::index`].
+    pub costs: Vec<f64>,
     /// The method of every step of the run.
     pub methods: Vec<Method>,
     /// Steps per epoch.
@@ -178,6 +206,8 @@ impl PrefixPlan {
         let PrefixParts {
             spec,
             sam,
+            kinds,
+            costs,
             methods,
             epochs,
             spe,
@@ -194,19 +224,30 @@ impl PrefixPlan {
             "dataset": dataset_fp,
         }));
         let sam = canonical(&sam);
+        let kinds: BTreeMap<Method, String> =
+            kinds.iter().map(|(m, v)| (*m, canonical(v))).collect();
         let mut h = Sha256::new();
         h.update(identity.as_bytes());
         let mut keys = vec![String::new()];
-        // The SAM settings count from the first step that is not SGD on;
-        // each step adds its kind's index (SGD 0, SAM 1).
+        // The SAM settings count from the first step of a kind that uses
+        // them, a kind's own settings from its first step; each step adds
+        // its kind's index (SGD 0, SAM 1).
         let mut sam_seen = false;
+        let mut seen = vec![false; Method::ALL.len()];
         for k in 1..=epochs {
             for s in (k - 1) * spe..k * spe {
                 let m = methods[s as usize];
-                if m != Method::Sgd && !sam_seen {
+                if m.uses_sam() && !sam_seen {
                     sam_seen = true;
                     h.update(b":sam=");
                     h.update(sam.as_bytes());
+                }
+                if !seen[m.index()] {
+                    seen[m.index()] = true;
+                    if let Some(own) = kinds.get(&m) {
+                        h.update(format!(":kind.{}=", m.field()).as_bytes());
+                        h.update(own.as_bytes());
+                    }
                 }
                 h.update([m.index() as u8]);
             }
@@ -219,6 +260,8 @@ impl PrefixPlan {
             keep: Vec::new(),
             identity,
             sam,
+            kinds,
+            costs,
             methods,
             spe,
         }
@@ -238,7 +281,10 @@ impl PrefixPlan {
     /// The cost of the run from step `step` (of the whole run) to its end.
     pub fn cost_from_step(&self, step: u64) -> f64 {
         let start = (step as usize).min(self.methods.len());
-        self.methods[start..].iter().map(|m| m.cost()).sum()
+        self.methods[start..]
+            .iter()
+            .map(|m| self.costs[m.index()])
+            .sum()
     }
 
     /// The epoch up to which two runs compute the same thing (0: none).
@@ -251,11 +297,14 @@ impl PrefixPlan {
             .find(|&i| self.methods[i] != other.methods[i])
             .unwrap_or(n);
         if self.sam != other.sam {
-            // Same methods up to d: the first step that is not SGD (where
-            // the SAM settings start to count) ends the sharing.
-            d = (0..d)
-                .find(|&i| self.methods[i] != Method::Sgd)
-                .unwrap_or(d);
+            // Same methods up to d: the first step that uses the SAM
+            // settings (where they start to count) ends the sharing.
+            d = (0..d).find(|&i| self.methods[i].uses_sam()).unwrap_or(d);
+        }
+        for m in Method::ALL {
+            if self.kinds.get(m) != other.kinds.get(m) {
+                d = (0..d).find(|&i| self.methods[i] == *m).unwrap_or(d);
+            }
         }
         d as u64 / self.spe
     }
@@ -516,6 +565,75 @@ mod pinned {
         let (a, b) = (sgd.1.unwrap(), bf16.1.unwrap());
         assert!(a.iter().zip(&b).skip(1).all(|(x, y)| x != y), "{a:?} {b:?}");
         assert_ne!(by_name("escape-sgd").0, by_name("escape-bf16").0);
+    }
+
+    /// A step kind's own settings enter a key only where the run uses the
+    /// kind and only where they differ from its defaults; they count in
+    /// prefix keys from the kind's first step (SGD epochs before a switch
+    /// to LookSAM are shared whatever its k), and its planned cost follows
+    /// them. PSAM `with: Sam` written out keys as the default does.
+    #[test]
+    fn step_kind_settings_enter_keys_where_the_kind_runs() {
+        let study = STUDY.replace(
+            r#""dist": Distance"#,
+            r#""look": Train(extends: "recipe", method: Always(LookSam)),
+            "look-k5": Train(extends: "recipe", method: Always(LookSam), kinds: (look_sam: (k: 5))),
+            "look-k3": Train(extends: "recipe", method: Always(LookSam), kinds: (look_sam: (k: 3))),
+            "sgd-k3": Train(extends: "recipe", kinds: (look_sam: (k: 3))),
+            "sam-k3": Train(extends: "recipe", method: Always(Sam), kinds: (look_sam: (k: 3))),
+            "sam": Train(extends: "recipe", method: Always(Sam)),
+            "sw-k3": Train(extends: "recipe", method: Switch(from: Sgd, to: LookSam, at: Epoch(2)),
+                kinds: (look_sam: (k: 3))),
+            "sw-k2": Train(extends: "recipe", method: Switch(from: Sgd, to: LookSam, at: Epoch(2)),
+                kinds: (look_sam: (k: 2, alpha: 0.5))),
+            "psam-sam": Train(extends: "recipe", method: Psam(period: 3, until: Epoch(3), with: Sam),
+                optimizer: (weight_decay: 0.001)),
+            "psam-look": Train(extends: "recipe", method: Psam(period: 3, until: Epoch(3), with: LookSam),
+                optimizer: (weight_decay: 0.001)),
+            "escape-look": Escape(of: "sgd", method: LookSam, lr: 0.03, batch: 50, probe: 100, max_steps: 20,
+                kinds: (look_sam: (k: 2))),
+            "escape-sgd-k2": Escape(of: "sgd", method: Sgd, lr: 0.03, batch: 50, probe: 100, max_steps: 20,
+                kinds: (look_sam: (k: 2))),
+            "dist": Distance"#,
+        );
+        let study = crate::study::parse(&study, std::path::Path::new("kinds.ron")).unwrap();
+        let info = DataInfo {
+            fingerprint: "f".repeat(64),
+            train_len: 50_000,
+            test_len: 10_000,
+        };
+        let planned = plan(&study, Some(&info), None).unwrap();
+        let get = |n: &str| {
+            let i = study.stages.iter().position(|s| s.display() == n).unwrap();
+            planned[i].clone()
+        };
+        let key = |n: &str| get(n).key.unwrap();
+        let prefixes = |n: &str| get(n).prefix.unwrap().keys;
+        assert_eq!(key("look"), key("look-k5"));
+        assert_ne!(key("look"), key("look-k3"));
+        assert_ne!(key("look"), key("sam"));
+        assert_eq!(key("sgd"), key("sgd-k3"));
+        assert_eq!(key("sam"), key("sam-k3"));
+        assert_eq!(key("psam"), key("psam-sam"));
+        assert_ne!(key("psam"), key("psam-look"));
+        assert_eq!(key("escape-sgd"), key("escape-sgd-k2"));
+        assert_ne!(key("escape-look"), key("escape-sgd"));
+        let doc = get("look-k3").doc.unwrap();
+        assert_eq!(
+            doc["spec"]["kinds"],
+            serde_json::json!({"look_sam": {"k": 3}})
+        );
+        assert!(get("look").doc.unwrap()["spec"].get("kinds").is_none());
+        let (a, b) = (prefixes("sw-k3"), prefixes("sw-k2"));
+        assert_eq!(a[..=2], b[..=2], "the SGD epochs are shared");
+        assert_eq!(a[..=2], prefixes("sgd")[..=2]);
+        assert_ne!(a[3], b[3]);
+        // Planned cost of the 4 epochs: LookSAM k = 3 costs 4/3 of an SGD
+        // step a step, SAM 2.
+        let steps = 4.0 * get("sam").prefix.unwrap().spe as f64;
+        let train_cost = |n: &str| get(n).prefix.unwrap().cost_from(0);
+        assert_eq!(train_cost("sam"), 2.0 * steps);
+        assert!((train_cost("look-k3") - 4.0 / 3.0 * steps).abs() < 1e-9);
     }
 
     #[test]

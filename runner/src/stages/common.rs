@@ -12,7 +12,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use samlab_data::{Dataset, Loader, PipelineConfig, Split, subset_per_class};
 use samlab_models::Model;
-use samlab_optim::{Decay, SamConfig, SgdConfig};
+use samlab_optim::{Decay, KindSettings, Method, SamConfig, SgdConfig};
 use serde::{Deserialize, Serialize};
 
 use super::RunCtx;
@@ -172,6 +172,83 @@ impl SamPartial {
         }
         Ok(sam)
     }
+}
+
+/// The step kinds' own settings as written (`kinds: (look_sam: (k: 3))`),
+/// kept as a value: `extends` merges it field by field, and it becomes
+/// [`KindSettings`] once, with the kinds' defaults, in `finish`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(transparent)]
+pub struct KindsPartial(serde_json::Value);
+
+impl KindsPartial {
+    /// `own` with what it leaves unset taken from `parent`, at every level.
+    pub fn merged(
+        own: Option<KindsPartial>,
+        parent: &Option<KindsPartial>,
+    ) -> Option<KindsPartial> {
+        fn merge(own: &mut serde_json::Value, parent: &serde_json::Value) {
+            if let (Some(o), Some(p)) = (own.as_object_mut(), parent.as_object()) {
+                for (k, v) in p {
+                    match o.get_mut(k) {
+                        Some(mine) => merge(mine, v),
+                        None => {
+                            o.insert(k.clone(), v.clone());
+                        }
+                    }
+                }
+            }
+        }
+        match (own, parent) {
+            (Some(mut a), Some(b)) => {
+                merge(&mut a.0, &b.0);
+                Some(a)
+            }
+            (a, b) => a.or_else(|| b.clone()),
+        }
+    }
+
+    /// The settings with every kind's defaults filled in, checked.
+    pub fn resolve(o: Option<&KindsPartial>) -> Result<KindSettings, Invalid> {
+        let kinds: KindSettings = match o {
+            None => KindSettings::default(),
+            Some(v) => serde_json::from_value(v.0.clone())
+                .map_err(|e| Invalid::Value(format!("`kinds`: {e}")))?,
+        };
+        kinds.check()?;
+        Ok(kinds)
+    }
+}
+
+/// What a key records of the step kinds' own settings: for each kind the
+/// run uses, the settings that differ from the kind's defaults (so adding a
+/// setting, or a kind, changes no existing key); `None` when that is nothing.
+pub fn kinds_key(
+    kinds: &KindSettings,
+    used: impl Iterator<Item = Method>,
+) -> Option<serde_json::Value> {
+    let mut out = serde_json::Map::new();
+    for m in used {
+        if let Some(v) = non_default(kinds, m) {
+            out.insert(m.field().to_string(), v);
+        }
+    }
+    (!out.is_empty()).then_some(serde_json::Value::Object(out))
+}
+
+/// Kind `m`'s settings that differ from their defaults, as an object
+/// (`None`: all at their defaults).
+pub fn non_default(kinds: &KindSettings, m: Method) -> Option<serde_json::Value> {
+    let mine = serde_json::to_value(kinds).expect("settings serialise");
+    let base = serde_json::to_value(KindSettings::default()).expect("settings serialise");
+    let (mine, base) = (&mine[m.field()], &base[m.field()]);
+    let fields: serde_json::Map<String, serde_json::Value> = mine
+        .as_object()?
+        .iter()
+        .filter(|(k, v)| base.get(k.as_str()) != Some(v))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    (!fields.is_empty()).then_some(serde_json::Value::Object(fields))
 }
 
 /// Checks a ghost-batch size against the batch.

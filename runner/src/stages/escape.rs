@@ -40,15 +40,22 @@ use std::fmt::Write as _;
 
 use samlab_data::{DatasetName, Loader, PipelineConfig};
 use samlab_models::Precision;
-use samlab_optim::{LrSchedule, Method, SamConfig, SgdConfig, StepSchedule, Trainer};
+use samlab_optim::{KindSettings, LrSchedule, Method, SamConfig, SgdConfig, StepSchedule, Trainer};
 use serde::{Deserialize, Serialize};
 
-use super::common::{Feed, Grid, SamPartial, check_bn_batch, SgdPartial, Subset, TrainingData, dep_model, evaluate_loader, forward_cost, inherit, merged_grid, positive, probe_indices, training_loader, whole};
-use super::link::{train_dep};
-use super::{Censoring, Done, Kind, KindPlan, Outcome, Partial, PlanInput, PlotOut, RunCtx, StageSpec, Summary,};
+use super::common::{
+    Feed, Grid, KindsPartial, SamPartial, SgdPartial, Subset, TrainingData, check_bn_batch,
+    dep_model, evaluate_loader, forward_cost, inherit, kinds_key, merged_grid, positive,
+    probe_indices, training_loader, whole,
+};
+use super::link::train_dep;
+use super::{
+    Censoring, Done, Kind, KindPlan, Outcome, Partial, PlanInput, PlotOut, RunCtx, StageSpec,
+    Summary,
+};
 use crate::cache::write_file;
-use crate::error::{Invalid, Result, stage_err, step_err};
 use crate::chart::{PALETTE, Series, line_chart, mean_std_points};
+use crate::error::{Invalid, Result, stage_err, step_err};
 
 /// Which training accuracy the escape threshold applies to (module docs).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,6 +92,8 @@ pub struct EscapePartial {
     /// `Sgd` or `Sam` at every step.
     pub method: Option<Method>,
     pub sam: Option<SamPartial>,
+    /// The step kinds' own settings, as for Train.
+    pub kinds: Option<KindsPartial>,
     /// Constant learning rate.
     pub lr: Option<f64>,
     pub batch: Option<usize>,
@@ -108,8 +117,13 @@ pub struct EscapePartial {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct EscapeSpec {
     pub method: Method,
-    /// `None` for SGD, so that SAM's settings do not split SGD's key.
+    /// `None` for a kind that does not use them (SGD), so that SAM's
+    /// settings do not split its key.
     pub sam: Option<SamConfig>,
+    /// The step kinds' own settings: in the key as `kinds` where the
+    /// method's differ from its defaults.
+    #[serde(skip)]
+    pub kinds: KindSettings,
     pub lr: f64,
     pub batch: usize,
     /// Ghost batches (`None`: the whole batch); left out of the key when unset.
@@ -138,8 +152,15 @@ pub struct EscapeSpec {
 
 impl Partial for EscapePartial {
     type Spec = EscapeSpec;
-    const GRID_FIELDS: &'static [&'static str] =
-        &["seed", "rho", "lr", "batch", "bn_batch", "probe", "threshold"];
+    const GRID_FIELDS: &'static [&'static str] = &[
+        "seed",
+        "rho",
+        "lr",
+        "batch",
+        "bn_batch",
+        "probe",
+        "threshold",
+    ];
 
     fn extends(&self) -> Option<&str> {
         self.extends.as_deref()
@@ -149,6 +170,7 @@ impl Partial for EscapePartial {
         inherit!(self, p; of, method, lr, batch, bn_batch, seed, probe, threshold, measure, max_steps, eval_batch, precision);
         self.extends = p.extends.clone();
         self.sam = SamPartial::merged(self.sam.take(), &p.sam);
+        self.kinds = KindsPartial::merged(self.kinds.take(), &p.kinds);
         self.optimizer = SgdPartial::merged(self.optimizer.take(), &p.optimizer);
         self.grid = merged_grid(self.grid.take(), &p.grid);
         self
@@ -211,13 +233,18 @@ impl Partial for EscapePartial {
                 "`threshold` {threshold} must lie in (0, 1]"
             )));
         }
-        let sam = match method {
-            Method::Sgd => None,
-            _ => Some(SamPartial::resolve(self.sam.as_ref(), batch, self.bn_batch)?),
+        let sam = match method.uses_sam() {
+            false => None,
+            true => Some(SamPartial::resolve(
+                self.sam.as_ref(),
+                batch,
+                self.bn_batch,
+            )?),
         };
         Ok(EscapeSpec {
             method,
             sam,
+            kinds: KindsPartial::resolve(self.kinds.as_ref())?,
             lr,
             batch,
             bn_batch: self.bn_batch,
@@ -284,8 +311,12 @@ impl Kind for EscapeSpec {
     /// Upper bound of the work: every step, plus the probe evaluations.
     fn plan(&self, _input: &PlanInput) -> Result<KindPlan, Invalid> {
         let probe = forward_cost(self.probe.div_ceil(self.batch)).max(1.0);
-        let cost = self.max_steps as f64 * (self.method.cost() + probe);
-        Ok(KindPlan::plain(self, cost))
+        let cost = self.max_steps as f64 * (self.kinds.cost(self.method) + probe);
+        let mut plan = KindPlan::plain(self, cost);
+        if let Some(k) = kinds_key(&self.kinds, std::iter::once(self.method)) {
+            plan.key_spec["kinds"] = k;
+        }
+        Ok(plan)
     }
 
     fn run(&self, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
@@ -298,9 +329,7 @@ impl Kind for EscapeSpec {
         let mut escape: BTreeMap<String, BTreeMap<u64, Vec<f64>>> = BTreeMap::new();
         for d in done {
             let rho = d.spec.sam.as_ref().map_or(0.0, |s| s.rho);
-            if let Some(steps) = d.summary
-                .and_then(|s| s.get("escape_steps"))
-            {
+            if let Some(steps) = d.summary.and_then(|s| s.get("escape_steps")) {
                 escape
                     .entry(d.name.to_string())
                     .or_default()
@@ -434,7 +463,8 @@ fn run(spec: &EscapeSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
         spe,
     )
     .map_err(step_err(ctx.stage))?
-    .with_bn_batch(spec.bn_batch)?;
+    .with_bn_batch(spec.bn_batch)?
+    .with_kinds(spec.kinds.clone())?;
 
     let (loss0, correct0, n0) = evaluate_loader(&model, &probe, ctx.device)?;
     let start_acc = correct0 as f64 / n0.max(1) as f64;
@@ -469,7 +499,9 @@ fn run(spec: &EscapeSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
             let (loss, correct, n) = evaluate_loader(&model, &probe, ctx.device)?;
             let samples = out.samples.max(1) as f64;
             let batch_acc = out.correct as f64 / samples;
-            let perturbed_acc = out.perturbed_correct.map_or(batch_acc, |k| k as f64 / samples);
+            let perturbed_acc = out
+                .perturbed_correct
+                .map_or(batch_acc, |k| k as f64 / samples);
             let probe_acc = correct as f64 / n.max(1) as f64;
             let _ = writeln!(
                 csv,
@@ -477,7 +509,10 @@ fn run(spec: &EscapeSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
                 trainer.step, out.loss
             );
             bar.inc(1);
-            for (c, acc) in crossed.iter_mut().zip([probe_acc, batch_acc, perturbed_acc]) {
+            for (c, acc) in crossed
+                .iter_mut()
+                .zip([probe_acc, batch_acc, perturbed_acc])
+            {
                 if c.is_none() && acc < spec.threshold {
                     *c = Some(trainer.step);
                 }

@@ -18,15 +18,18 @@ use std::time::Instant;
 use samlab_data::DatasetName;
 use samlab_models::{Arch, Model, Precision};
 use samlab_optim::{
-    LrSchedule, Method, Point, Resolved, SamConfig, SgdConfig, StepSchedule, Trainer,
+    KindSettings, LrSchedule, Method, Point, Resolved, SamConfig, SgdConfig, StepSchedule, Trainer,
 };
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    Feed, Grid, SamPartial, check_bn_batch, SgdPartial, SplitName, Subset, TrainingData, eval_loader, evaluate_loader,
-    inherit, merged_grid, positive, training_loader, whole,
+    Feed, Grid, KindsPartial, SamPartial, SgdPartial, SplitName, Subset, TrainingData,
+    check_bn_batch, eval_loader, evaluate_loader, inherit, kinds_key, merged_grid, non_default,
+    positive, training_loader, whole,
 };
-use super::{Kind, KindPlan, Outcome, Partial, PlanInput, RunCtx, StageSpec, Summary, Done, PlotOut};
+use super::{
+    Done, Kind, KindPlan, Outcome, Partial, PlanInput, PlotOut, RunCtx, StageSpec, Summary,
+};
 use crate::cache::{Verify, partial_name, resume_point, unix_time, write_file};
 use crate::error::{ErrorKind, Invalid, Result, io, stage_err, step_err};
 use crate::key::PrefixPlan;
@@ -52,6 +55,8 @@ pub struct TrainPartial {
     pub lr: Option<LrSchedule>,
     pub method: Option<StepSchedule>,
     pub sam: Option<SamPartial>,
+    /// The step kinds' own settings (`kinds: (look_sam: (k: 3))`).
+    pub kinds: Option<KindsPartial>,
     pub test_subset: Option<Subset>,
     pub eval_batch: Option<usize>,
     /// `F32` (the default, the thesis' setting) or `Bf16` autocast.
@@ -78,6 +83,10 @@ pub struct TrainSpec {
     pub lr: LrSchedule,
     pub method: StepSchedule,
     pub sam: SamConfig,
+    /// The step kinds' own settings: in the key as `kinds`, for the kinds
+    /// the run uses, where they differ from the defaults (`key_spec`).
+    #[serde(skip)]
+    pub kinds: KindSettings,
     /// Final evaluation on the test split (`Off`: none).
     pub test_subset: Subset,
     pub eval_batch: usize,
@@ -113,6 +122,7 @@ impl Partial for TrainPartial {
         self.extends = p.extends.clone();
         self.optimizer = SgdPartial::merged(self.optimizer.take(), &p.optimizer);
         self.sam = SamPartial::merged(self.sam.take(), &p.sam);
+        self.kinds = KindsPartial::merged(self.kinds.take(), &p.kinds);
         self.grid = merged_grid(self.grid.take(), &p.grid);
         self
     }
@@ -207,6 +217,7 @@ impl Partial for TrainPartial {
                 .clone()
                 .unwrap_or(StepSchedule::Always(Method::Sgd)),
             sam,
+            kinds: KindsPartial::resolve(self.kinds.as_ref())?,
             test_subset,
             eval_batch,
             classes: dataset.num_classes(),
@@ -232,23 +243,37 @@ impl TrainSpec {
         Ok(self.method.resolve(self.epochs * spe, spe)?)
     }
 
-    /// The spec as it goes into its key: the SGD/SAM schedule resolved to
-    /// steps (so equivalent ways of writing it agree), and the SAM settings
-    /// dropped when no step uses SAM.
+    /// The step kinds the run uses.
+    fn used(&self, resolved: &Resolved, spe: u64) -> impl Iterator<Item = Method> + '_ {
+        let (resolved, total) = (resolved.clone(), self.epochs * spe);
+        Method::ALL
+            .iter()
+            .copied()
+            .filter(move |m| resolved.count(*m, 0, total) > 0)
+    }
+
+    /// The spec as it goes into its key: the schedule resolved to steps (so
+    /// equivalent ways of writing it agree), the SAM settings dropped when
+    /// no step uses them, and the used kinds' own settings that differ
+    /// from their defaults (`kinds`, absent when none do).
     pub fn key_spec(&self, resolved: &Resolved, spe: u64) -> serde_json::Value {
         let total = self.epochs * spe;
         let mut v = serde_json::to_value(self).expect("specs serialise");
         v["method"] = crate::key::schedule_json(resolved, total);
-        if resolved.count(Method::Sgd, 0, total) == total {
+        if !self.used(resolved, spe).any(Method::uses_sam) {
             v["sam"] = serde_json::Value::Null;
+        }
+        if let Some(k) = kinds_key(&self.kinds, self.used(resolved, spe)) {
+            v["kinds"] = k;
         }
         v
     }
 
     /// What its shared prefixes are made of. Left out of their identity:
     /// the schedule (the methods of the steps go in instead), the final
-    /// evaluation, the SAM settings until the first SAM step (so SGD->SAM
-    /// runs with any rho share the SGD run's epochs), and `epochs` when the
+    /// evaluation, the SAM settings until the first step that uses them (so
+    /// SGD->SAM runs with any rho share the SGD run's epochs), each kind's
+    /// own settings until its first step, and `epochs` when the
     /// learning rate does not depend on the run's length.
     fn prefix_parts(&self, resolved: &Resolved, spe: u64) -> crate::key::PrefixParts {
         let mut v = serde_json::to_value(self).expect("specs serialise");
@@ -263,6 +288,11 @@ impl TrainSpec {
         crate::key::PrefixParts {
             spec: v,
             sam,
+            kinds: Method::ALL
+                .iter()
+                .filter_map(|m| Some((*m, non_default(&self.kinds, *m)?)))
+                .collect(),
+            costs: Method::ALL.iter().map(|m| self.kinds.cost(*m)).collect(),
             methods: (0..self.epochs * spe).map(|s| resolved.method(s)).collect(),
             epochs: self.epochs,
             spe,
@@ -569,7 +599,8 @@ pub fn run(spec: &TrainSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
         total,
         spe,
     )?
-    .with_bn_batch(spec.bn_batch)?;
+    .with_bn_batch(spec.bn_batch)?
+    .with_kinds(spec.kinds.clone())?;
 
     // Where to start: the latest rolling checkpoint or shared prefix.
     let mut outcome = Outcome::default();
@@ -781,8 +812,14 @@ mod tests {
         assert_eq!((t.bn_batch, t.sam.chunk), (None, None));
         assert!(serde_json::to_value(&t).unwrap().get("bn_batch").is_none());
         let e = train("bn_batch: 48").unwrap_err();
-        assert!(e.contains("`bn_batch` 48 does not divide the batch 64"), "{e}");
+        assert!(
+            e.contains("`bn_batch` 48 does not divide the batch 64"),
+            "{e}"
+        );
         let e = train("bn_batch: 32, sam: (chunk: 16)").unwrap_err();
-        assert!(e.contains("`bn_batch` 32 does not divide the m-sharpness chunk 16"), "{e}");
+        assert!(
+            e.contains("`bn_batch` 32 does not divide the m-sharpness chunk 16"),
+            "{e}"
+        );
     }
 }

@@ -1,0 +1,230 @@
+//! Step kinds: what one optimisation step does, one file per kind.
+//!
+//! A kind is a type implementing [`StepKind`]. It declares, once:
+//! - its own **settings** (`Settings`: a serde struct whose fields have
+//!   defaults; a study writes them as `kinds: (<field>: (...))`, and a
+//!   setting at its default is left out of the key);
+//! - whether its steps use SAM's settings ([`SamConfig`]: rho, m-sharpness
+//!   chunks, adaptive scaling), which then count in the run's key from its
+//!   first such step on;
+//! - its **planned cost** per step in SGD-step units, computed from its
+//!   settings (what the plan charges; the passes a step actually ran are
+//!   counted in [`StepOutput::passes`]);
+//! - its **persistent state**: the kind type itself is the state (fields
+//!   kept between steps, e.g. LookSAM's stored direction), saved with the
+//!   trainer's state as named tensors and restored for exact resume.
+//!
+//! `steps!` below lists the kinds. One line per kind makes the [`Method`]
+//! variant (the name a schedule writes: `Always(LookSam)`), the field of
+//! [`KindSettings`] and the slot of [`KindStates`]. Adding a kind is a new
+//! file here plus one line in the list (append: a kind's index is part of
+//! shared-prefix keys).
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+
+use candle_core::Tensor;
+use samlab_models::Model;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, ErrorKind, Result, bad};
+use crate::sam::{SamConfig, StepOutput};
+use crate::sgd::Sgd;
+
+pub mod look_sam;
+mod sam;
+mod sgd;
+
+/// What a step reads and changes besides its kind's settings and state.
+pub struct StepCtx<'a> {
+    pub model: &'a Model,
+    pub opt: &'a mut Sgd,
+    /// SAM's settings (read by kinds that use them).
+    pub sam: &'a SamConfig,
+    /// Ghost batches: BatchNorm over slices of this many images (`None`:
+    /// the whole batch, or the whole chunk).
+    pub bn_batch: Option<usize>,
+    pub x: &'a Tensor,
+    pub y: &'a Tensor,
+    pub lr: f64,
+}
+
+/// A kind of optimisation step (see the module docs).
+pub trait StepKind: Debug + Default {
+    /// The kind's own settings; `Default` gives each field its default.
+    type Settings: Clone + Debug + Default + PartialEq + Serialize + DeserializeOwned;
+
+    /// Whether the kind's steps read SAM's settings.
+    const USES_SAM: bool;
+
+    /// Checks the settings (called once, where a study is read).
+    fn check(_settings: &Self::Settings) -> Result<()> {
+        Ok(())
+    }
+
+    /// What one step costs on average, as a fraction of an SGD step
+    /// (forward+backward passes over the batch), from the settings.
+    fn cost(settings: &Self::Settings) -> f64;
+
+    /// Takes one step, updating the kind's state.
+    fn step(&mut self, settings: &Self::Settings, ctx: StepCtx<'_>) -> Result<StepOutput>;
+
+    /// The state kept between steps, as named tensors (empty: none).
+    fn state(&self) -> Result<Vec<(String, Tensor)>> {
+        Ok(Vec::new())
+    }
+
+    /// Restores what [`state`](Self::state) returned.
+    fn load_state(&mut self, tensors: BTreeMap<String, Tensor>) -> Result<()> {
+        match tensors.keys().next() {
+            None => Ok(()),
+            Some(k) => Err(bad(format!("this kind keeps no state, found `{k}`"))),
+        }
+    }
+}
+
+/// Settings of a kind that has none.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoSettings {}
+
+/// Defines [`Method`], [`KindSettings`] and [`KindStates`] from the list of
+/// step kinds: `Variant => type, settings field;`.
+macro_rules! steps {
+    ($($variant:ident => $kind:ty, settings $field:ident;)*) => {
+        /// The kinds of step, by the name a schedule writes.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        pub enum Method {
+            $($variant,)*
+        }
+
+        impl Method {
+            /// Every kind, in the order of the list (a kind's index is part
+            /// of shared-prefix keys: append, never reorder).
+            pub const ALL: &'static [Method] = &[$(Method::$variant),*];
+
+            /// Whether the kind's steps read SAM's settings.
+            pub fn uses_sam(self) -> bool {
+                match self { $(Method::$variant => <$kind as StepKind>::USES_SAM,)* }
+            }
+
+            /// The kind's field in [`KindSettings`] (`kinds: (<field>: ...)`).
+            pub fn field(self) -> &'static str {
+                match self { $(Method::$variant => stringify!($field),)* }
+            }
+        }
+
+        /// Every kind's own settings, each at its defaults unless a study
+        /// sets them (`kinds: (look_sam: (k: 5))`).
+        #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct KindSettings {
+            $(pub $field: <$kind as StepKind>::Settings,)*
+        }
+
+        impl KindSettings {
+            /// What one step of kind `m` costs on average, in SGD steps.
+            pub fn cost(&self, m: Method) -> f64 {
+                match m { $(Method::$variant => <$kind as StepKind>::cost(&self.$field),)* }
+            }
+
+            /// Checks every kind's settings; an error names the kind's field.
+            pub fn check(&self) -> Result<()> {
+                $(
+                    <$kind as StepKind>::check(&self.$field)
+                        .map_err(|e| within(&format!("kinds.{}", stringify!($field)), e))?;
+                )*
+                Ok(())
+            }
+        }
+
+        /// The state every kind keeps between steps.
+        #[derive(Debug, Default)]
+        pub struct KindStates {
+            $(pub $field: $kind,)*
+        }
+
+        impl KindStates {
+            /// Takes one step of kind `m` with `settings`.
+            pub fn step(&mut self, m: Method, settings: &KindSettings, ctx: StepCtx<'_>) -> Result<StepOutput> {
+                match m { $(Method::$variant => self.$field.step(&settings.$field, ctx),)* }
+            }
+
+            /// Every kind's state, named `<field>.<name>`.
+            pub fn tensors(&self) -> Result<Vec<(String, Tensor)>> {
+                let mut out = Vec::new();
+                $(
+                    for (name, t) in self.$field.state()? {
+                        out.push((format!("{}.{name}", stringify!($field)), t));
+                    }
+                )*
+                Ok(out)
+            }
+
+            /// Restores what [`tensors`](Self::tensors) returned; a name of
+            /// no kind is an error.
+            pub fn load(&mut self, tensors: BTreeMap<String, Tensor>) -> Result<()> {
+                let mut by_kind: BTreeMap<&str, BTreeMap<String, Tensor>> = BTreeMap::new();
+                for (name, t) in tensors {
+                    let (field, rest) = name
+                        .split_once('.')
+                        .ok_or_else(|| bad(format!("step-kind state `{name}` names no kind")))?;
+                    let field = Method::ALL
+                        .iter()
+                        .map(|m| m.field())
+                        .find(|f| *f == field)
+                        .ok_or_else(|| bad(format!("step-kind state `{name}` names no kind")))?;
+                    by_kind.entry(field).or_default().insert(rest.to_string(), t);
+                }
+                $(
+                    self.$field
+                        .load_state(by_kind.remove(stringify!($field)).unwrap_or_default())
+                        .map_err(|e| within(&format!("state of {}", stringify!($field)), e))?;
+                )*
+                Ok(())
+            }
+        }
+    };
+}
+
+steps! {
+    Sgd => sgd::SgdKind, settings sgd;
+    Sam => sam::SamKind, settings sam;
+    LookSam => look_sam::LookSam, settings look_sam;
+}
+
+impl Method {
+    /// The kind's position in [`Method::ALL`].
+    pub fn index(self) -> usize {
+        Method::ALL
+            .iter()
+            .position(|m| *m == self)
+            .expect("every kind is listed")
+    }
+}
+
+/// A state counter (a whole number below 2^53) as a tensor.
+pub(crate) fn counter_tensor(n: u64) -> Result<Tensor> {
+    Ok(Tensor::new(&[n as f64], &candle_core::Device::Cpu)?)
+}
+
+/// Reads a counter written by [`counter_tensor`].
+pub(crate) fn read_counter(t: &Tensor) -> Result<u64> {
+    let v = t
+        .to_dtype(candle_core::DType::F64)?
+        .flatten_all()?
+        .to_vec1::<f64>()?;
+    match v.as_slice() {
+        [c] if *c >= 0.0 && c.fract() == 0.0 && *c < 9.0e15 => Ok(*c as u64),
+        _ => Err(bad(format!("bad counter {v:?}"))),
+    }
+}
+
+/// `e` with `what` in front of its message, where it is a bad setting.
+fn within(what: &str, e: Error) -> Error {
+    match e.kind {
+        ErrorKind::BadConfig(m) => bad(format!("{what}: {m}")),
+        other => other.into(),
+    }
+}
