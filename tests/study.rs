@@ -351,8 +351,25 @@ fn signal(child: &std::process::Child, sig: &str) {
 /// never interrupted.
 #[test]
 fn sigterm_mid_epoch_saves_the_step_and_resumes_to_the_same_bits() {
+    sigterm_mid_epoch_resumes(STEPS);
+}
+
+/// The same with a step kind that keeps state between steps: PSAM whose
+/// SAM steps are LookSAM's (k = 2), so the checkpoint lands between a
+/// LookSAM step that stored its direction and one that reuses it.
+#[test]
+fn a_stateful_step_kind_resumes_mid_epoch_to_the_same_bits() {
+    let study = STEPS.replace(
+        "method: Psam(period: 3, until: Fraction(0.7))",
+        "method: Psam(period: 3, until: Fraction(0.7), with: LookSam), kinds: (look_sam: (k: 2))",
+    );
+    assert_ne!(study, STEPS);
+    sigterm_mid_epoch_resumes(&study);
+}
+
+fn sigterm_mid_epoch_resumes(study: &str) {
     let env = Env::new();
-    let study = env.write("steps.ron", STEPS);
+    let study = env.write("steps.ron", study);
     let s = study.to_str().unwrap();
     let child = started_past_epoch_1(&env, s, "cache");
     // A few steps into epoch 2 (of 50).
