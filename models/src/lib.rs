@@ -11,6 +11,8 @@
 //! This crate knows nothing about RON, study files or the runner's cache.
 
 mod cpu;
+#[doc(hidden)]
+pub use cpu::measure;
 pub mod device_conv;
 mod error;
 pub mod fixtures;

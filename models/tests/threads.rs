@@ -82,3 +82,44 @@ fn results_do_not_depend_on_the_thread_count() {
     assert_eq!(run(2), one);
     assert_eq!(run(3), one);
 }
+
+/// The strided input gradients' columnless kernel (`cpu/dgrad.rs`) gives
+/// the bits of gemm + col2im, the path before it (`SAMLAB_CPU_CONV=col2im`):
+/// a training step of ResNet-8 (3x3 and 1x1 strided convolutions with 32
+/// and 64 output channels) and of WRN-10-1 (strided second convolutions)
+/// has the same fingerprint both ways, so what results/ holds stays valid.
+/// On a CPU without AVX2 + FMA both children take gemm + col2im.
+#[test]
+fn the_strided_input_gradient_kernel_changes_no_bit() {
+    if std::env::var_os(CHILD).is_some() {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if !(std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma"))
+    {
+        eprintln!("no AVX2 + FMA: both paths are gemm + col2im here");
+    }
+    let exe = std::env::current_exe().unwrap();
+    let run = |path: &str| -> Vec<String> {
+        let out = Command::new(&exe)
+            .args([
+                "--exact",
+                "results_do_not_depend_on_the_thread_count",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
+            .env(CHILD, "1")
+            .env("SAMLAB_CPU_CONV", path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "child on path {path:?} failed");
+        let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.find("fingerprint ").map(|at| l[at..].to_string()))
+            .collect();
+        assert_eq!(lines.len(), 2, "child on path {path:?} printed {lines:?}");
+        lines
+    };
+    assert_eq!(run(""), run("col2im"));
+}

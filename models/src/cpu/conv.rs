@@ -68,6 +68,14 @@ fn direct_allowed(tiling: Tiling) -> bool {
         }
 }
 
+/// The most output channels a strided convolution may have for its input
+/// gradient to take [`StridedGrad`]: its one chain over the output
+/// channels per tile ran at 1.2-2.2x of gemm + col2im with 32 and 64 (the
+/// CIFAR ResNets' downsampling and shortcuts, WRN-16-2's first), at
+/// 0.8-1.1x with 128 and 512 (`layer_speed`'s in-process comparison,
+/// docs/cpu-profile.md).
+const STRIDED_DGRAD_MAX_COUT: usize = 64;
+
 thread_local! {
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
@@ -418,10 +426,11 @@ impl Geom {
 impl Geom {
     /// The columnless kernel for this convolution's input gradient
     /// ([`StridedGrad`]: strides of 2 or more, the same bits as
-    /// [`grad_input_col2im`](Self::grad_input_col2im)), where it applies
+    /// [`grad_input_col2im`](Self::grad_input_col2im)), where it applies,
+    /// measured faster (at most [`STRIDED_DGRAD_MAX_COUT`] output channels)
     /// and [`Path`] allows it (unset only).
     fn strided_grad(&self) -> Option<StridedGrad> {
-        if path() != Path::Auto {
+        if path() != Path::Auto || self.cout > STRIDED_DGRAD_MAX_COUT {
             return None;
         }
         StridedGrad::new(
@@ -486,6 +495,28 @@ impl Geom {
             });
         dx
     }
+}
+
+/// [`super::measure::strided_grad_input`].
+pub(crate) fn measure_strided_grad_input(
+    x: &Shape,
+    w_shape: &Shape,
+    stride: usize,
+    pad: usize,
+    dy: &[f32],
+    w: &[f32],
+    col2im: bool,
+) -> Option<Vec<f32>> {
+    let g = Geom::new(x, w_shape, stride, pad).ok()?;
+    let sg = StridedGrad::new(g.cin, g.h, g.w, g.cout, g.k, g.stride, g.pad, g.oh, g.ow)?;
+    if dy.len() != g.b * g.out_img() || w.len() != g.cout * g.kk() {
+        return None;
+    }
+    Some(if col2im {
+        g.grad_input_col2im(dy, w)
+    } else {
+        g.grad_input_strided(&sg, dy, w)
+    })
 }
 
 /// `dst (c, r) = src (r, c)`, both row-major (`rows` x `cols` in).

@@ -192,7 +192,8 @@ impl StridedGrad {
         out
     }
 
-    /// Scratch floats [`image`](Self::image) needs.
+    /// Scratch floats [`image`](Self::image) needs: the bordered copy and
+    /// one tile row of class sums.
     pub(crate) fn scratch_len(&self) -> usize {
         self.dyp_len + MR * self.qc
     }
@@ -223,22 +224,15 @@ impl StridedGrad {
                 dyp[at..at + ow].copy_from_slice(&dy[(co * oh + oy) * ow..][..ow]);
             }
         }
+        // Classes without a tap (a 1x1 kernel's pixels between its
+        // strides) are zero: the whole image is zeroed first then.
+        if self.classes.iter().any(|c| c.taps.is_empty()) {
+            dx[..self.cin * h * w].fill(MaybeUninit::new(0.0));
+        }
         for t in 0..ct {
-            for cl in &self.classes {
+            let rows = MR.min(self.cin - t * MR);
+            for cl in self.classes.iter().filter(|c| !c.taps.is_empty()) {
                 let q = (cl.nj * pitch).div_ceil(NR) * NR;
-                let rows = MR.min(self.cin - t * MR);
-                if cl.taps.is_empty() {
-                    for r in 0..rows {
-                        let c = t * MR + r;
-                        for j in 0..cl.nj {
-                            let row = &mut dx[(c * h + s * j + cl.a) * w..][..w];
-                            for i in 0..cl.ni {
-                                row[s * i + cl.b].write(0.0);
-                            }
-                        }
-                    }
-                    continue;
-                }
                 sums.fill(0.0);
                 for &(tap, at) in &cl.taps {
                     let wt = &packed[(tap * ct + t) * cout * MR..][..cout * MR];

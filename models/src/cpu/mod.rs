@@ -107,6 +107,29 @@ pub(crate) fn simd_transpose() -> bool {
     }
 }
 
+/// Two implementations of one pass, called side by side in one process by
+/// the `layer_speed` example to time them against each other (not part of
+/// the API).
+#[doc(hidden)]
+pub mod measure {
+    use candle_core::Shape;
+
+    /// The input gradient `dx` of a strided convolution (input shape `x`,
+    /// kernel `w_shape`) from `dy`, by [`super::dgrad`]'s kernel or, with
+    /// `col2im`, by gemm + col2im; `None` where the kernel does not apply.
+    pub fn strided_grad_input(
+        x: &Shape,
+        w_shape: &Shape,
+        stride: usize,
+        pad: usize,
+        dy: &[f32],
+        w: &[f32],
+        col2im: bool,
+    ) -> Option<Vec<f32>> {
+        super::conv::measure_strided_grad_input(x, w_shape, stride, pad, dy, w, col2im)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
