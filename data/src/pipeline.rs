@@ -138,24 +138,49 @@ pub fn subset_per_class(
     n_per_class: usize,
     seed: u64,
 ) -> Result<Vec<u32>> {
+    Ok(split_per_class(split, num_classes, Some(n_per_class), 0, seed)?.0)
+}
+
+/// A split divided into disjoint training and held-out images, per class:
+/// each class's images are shuffled by `seed` (the shuffle of
+/// [`subset_per_class`]); the training images are the first `n_train` of
+/// it (`None`: every image not held out) and the held-out images its last
+/// `n_held`. So a training subset of `n` per class is the same images
+/// whether or not images are held out. Sorted indices; fails when a class
+/// has fewer images than asked for.
+pub fn split_per_class(
+    split: &Split,
+    num_classes: usize,
+    n_train: Option<usize>,
+    n_held: usize,
+    seed: u64,
+) -> Result<(Vec<u32>, Vec<u32>)> {
     let mut by_class: Vec<Vec<u32>> = vec![Vec::new(); num_classes];
     for (i, &l) in split.labels.iter().enumerate() {
         by_class[l as usize].push(i as u32);
     }
-    let mut out = Vec::with_capacity(n_per_class * num_classes);
+    let (mut train, mut held) = (Vec::new(), Vec::with_capacity(n_held * num_classes));
     for (class, mut members) in by_class.into_iter().enumerate() {
-        if members.len() < n_per_class {
-            return Err(Error::config(format!(
-                "class {class} has {} images, fewer than the {n_per_class} per class asked for",
-                members.len()
-            )));
+        let len = members.len();
+        let n = n_train.unwrap_or(len.saturating_sub(n_held));
+        if n + n_held > len {
+            return Err(Error::config(match n_held {
+                0 => format!(
+                    "class {class} has {len} images, fewer than the {n} per class asked for"
+                ),
+                _ => format!(
+                    "class {class} has {len} images, fewer than the {n} for training and {n_held} held out asked for"
+                ),
+            }));
         }
         let mut rng = chacha(mix(seed, STREAM_SUBSET, class as u64));
         shuffle(&mut members, &mut rng);
-        out.extend_from_slice(&members[..n_per_class]);
+        train.extend_from_slice(&members[..n]);
+        held.extend_from_slice(&members[len - n_held..]);
     }
-    out.sort_unstable();
-    Ok(out)
+    train.sort_unstable();
+    held.sort_unstable();
+    Ok((train, held))
 }
 
 /// Produces the batches of a split (or of a subset of it), epoch by epoch.

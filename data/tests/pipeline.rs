@@ -161,6 +161,33 @@ fn last_batch_policy() {
     assert_eq!(all, (0..50).collect::<Vec<_>>());
 }
 
+/// Held-out images are disjoint from the training images, per class, and
+/// holding some out leaves a per-class training subset as it was.
+#[test]
+fn held_out_images_are_disjoint_and_leave_the_training_subset_alone() {
+    let s = split(100, 10);
+    let (train, held) = split_per_class(&s, 10, Some(4), 3, 7).unwrap();
+    assert_eq!(train, subset_per_class(&s, 10, 4, 7).unwrap());
+    assert_eq!(held.len(), 30);
+    assert!(held.iter().all(|i| !train.contains(i)));
+    let mut counts = [0; 10];
+    for &i in &held {
+        counts[s.labels[i as usize] as usize] += 1;
+    }
+    assert_eq!(counts, [3; 10]);
+    // Every image not held out trains; another seed holds out others.
+    let (rest, held2) = split_per_class(&s, 10, None, 3, 7).unwrap();
+    assert_eq!((rest.len(), held2), (70, held.clone()));
+    assert!(rest.iter().all(|i| !held.contains(i)));
+    assert_ne!(split_per_class(&s, 10, None, 3, 8).unwrap().1, held);
+    let err = split_per_class(&s, 10, Some(8), 3, 7).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("10 images, fewer than the 8 for training and 3 held out"),
+        "{err}"
+    );
+}
+
 #[test]
 fn subsets_are_per_class_deterministic_and_checked() {
     let s = split(100, 10);
