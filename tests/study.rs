@@ -724,3 +724,42 @@ fn report_rebuilds_results_from_the_cache_and_names_missing_stages() {
     );
     assert!(!env.path("r3").exists(), "nothing written");
 }
+
+/// A validation split holds training images out, disjoint from those a
+/// per-class training subset draws, and leaves that subset as it was: the
+/// run with one trains on the same images in the same order (the same
+/// training loss and test accuracy, to the bit) under another key, and
+/// reports `val_loss`/`val_acc`.
+#[test]
+fn a_validation_split_is_held_out_and_reported() {
+    let env = Env::new();
+    let study = env.write(
+        "val.ron",
+        r#"Study(version: 1, dataset: "cifar10", stages: {
+    "plain": Train(model: "resnet8", train_subset: PerClass(5), batch: 10, epochs: 1,
+                   lr: Cosine(lr: 0.05), test_subset: PerClass(2)),
+    "val": Train(model: "resnet8", train_subset: PerClass(5), val_subset: PerClass(3), batch: 10,
+                 epochs: 1, lr: Cosine(lr: 0.05), test_subset: PerClass(2)),
+})"#,
+    );
+    env.ok(&[study.to_str().unwrap(), "--results-dir", "r"], "cache");
+    let text = std::fs::read_to_string(env.path("r").join("summary.csv")).unwrap();
+    let head: Vec<&str> = text.lines().next().unwrap().split(',').collect();
+    let row = |stage: &str| -> Vec<String> {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{stage},")))
+            .unwrap()
+            .split(',')
+            .map(str::to_string)
+            .collect()
+    };
+    let col = |name: &str| head.iter().position(|h| *h == name).unwrap();
+    let (plain, val) = (row("plain"), row("val"));
+    for m in ["train_loss", "test_acc"] {
+        assert_eq!(plain[col(m)], val[col(m)], "{m}");
+    }
+    let acc: f64 = val[col("val_acc")].parse().unwrap();
+    assert!((0.0..=1.0).contains(&acc), "{acc}");
+    assert!(plain[col("val_acc")].is_empty(), "{plain:?}");
+    assert_ne!(plain[col("key")], val[col("key")]);
+}

@@ -43,6 +43,9 @@ pub struct TrainPartial {
     pub from: Option<String>,
     pub model: Option<String>,
     pub train_subset: Option<Subset>,
+    /// Training images held out for validation: `PerClass(n)`, disjoint
+    /// from the training images, drawn by `subset_seed` (default `Off`).
+    pub val_subset: Option<Subset>,
     pub subset_seed: Option<u64>,
     pub batch: Option<usize>,
     /// Ghost batches: BatchNorm over slices of this many images, SGD and
@@ -70,6 +73,10 @@ pub struct TrainSpec {
     /// Canonical architecture name.
     pub model: String,
     pub train_subset: Subset,
+    /// Held-out training images (`val_loss`, `val_acc`); left out of the
+    /// key when `Off`.
+    #[serde(skip_serializing_if = "is_off")]
+    pub val_subset: Subset,
     pub subset_seed: u64,
     pub batch: usize,
     /// Ghost batches (`None`: the whole batch); left out of the key when unset.
@@ -98,6 +105,10 @@ pub struct TrainSpec {
     pub precision: Precision,
 }
 
+fn is_off(s: &Subset) -> bool {
+    *s == Subset::Off
+}
+
 impl Partial for TrainPartial {
     type Spec = TrainSpec;
     const GRID_FIELDS: &'static [&'static str] = &[
@@ -118,7 +129,7 @@ impl Partial for TrainPartial {
     }
 
     fn merge(mut self, p: &TrainPartial) -> TrainPartial {
-        inherit!(self, p; from, model, train_subset, subset_seed, batch, bn_batch, epochs, seed, augment, lr, method, test_subset, eval_batch, precision);
+        inherit!(self, p; from, model, train_subset, val_subset, subset_seed, batch, bn_batch, epochs, seed, augment, lr, method, test_subset, eval_batch, precision);
         self.extends = p.extends.clone();
         self.optimizer = SgdPartial::merged(self.optimizer.take(), &p.optimizer);
         self.sam = SamPartial::merged(self.sam.take(), &p.sam);
@@ -201,9 +212,17 @@ impl Partial for TrainPartial {
             ));
         }
         let test_subset = self.test_subset.unwrap_or(Subset::All);
+        let val_subset = self.val_subset.unwrap_or(Subset::Off);
+        if matches!(val_subset, Subset::All | Subset::PerClass(0)) {
+            return Err(Invalid::Value(
+                "`val_subset` must be Off or PerClass(n) with n >= 1 (images held out of training)"
+                    .into(),
+            ));
+        }
         Ok(TrainSpec {
             model: arch.name(),
             train_subset,
+            val_subset,
             subset_seed: self.subset_seed.unwrap_or(0),
             batch,
             bn_batch: self.bn_batch,
@@ -233,9 +252,40 @@ impl TrainSpec {
             .expect("resolved specs hold valid model names")
     }
 
+    /// Training images of a training split of `train_len` images.
+    pub fn train_images(&self, train_len: usize) -> usize {
+        let held = self.val_subset.count(train_len, self.classes);
+        match self.train_subset {
+            Subset::All => train_len.saturating_sub(held),
+            s => s.count(train_len, self.classes),
+        }
+    }
+
     /// Steps per epoch on a training split of `train_len` images.
     pub fn steps_per_epoch(&self, train_len: usize) -> u64 {
-        (self.train_subset.count(train_len, self.classes) / self.batch) as u64
+        (self.train_images(train_len) / self.batch) as u64
+    }
+
+    /// The training images and the held-out ones (`None`: every image;
+    /// no validation), as indices into the training split.
+    fn split(&self, ds: &samlab_data::Dataset) -> Result<(Option<Vec<u32>>, Option<Vec<u32>>)> {
+        let classes = ds.num_classes();
+        Ok(match self.val_subset {
+            Subset::PerClass(v) => {
+                let n = match self.train_subset {
+                    Subset::PerClass(n) => Some(n),
+                    _ => None,
+                };
+                let (t, held) =
+                    samlab_data::split_per_class(&ds.train, classes, n, v, self.subset_seed)?;
+                (Some(t), Some(held))
+            }
+            _ => (
+                self.train_subset
+                    .indices(&ds.train, classes, self.subset_seed)?,
+                None,
+            ),
+        })
     }
 
     /// The SGD/SAM schedule resolved to steps.
@@ -355,7 +405,7 @@ impl Kind for TrainSpec {
         if spe == 0 {
             return Err(Invalid::Value(format!(
                 "{} training images make no full batch of {}",
-                self.train_subset.count(input.data.train_len, self.classes),
+                self.train_images(input.data.train_len),
                 self.batch
             )));
         }
@@ -568,9 +618,7 @@ fn column<'a>(rows: &'a [String], name: &str) -> impl Iterator<Item = f64> + 'a 
 /// Runs a Train stage.
 pub fn run(spec: &TrainSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
     let ds = ctx.dataset;
-    let indices = spec
-        .train_subset
-        .indices(&ds.train, ds.num_classes(), spec.subset_seed)?;
+    let (indices, held_out) = spec.split(ds)?;
     let loader = training_loader(ds, indices, spec.data(), ctx.stage)?;
     let spe = loader.batches_per_epoch() as u64;
     // The plan's prefix keys and costs were made for its steps per epoch.
@@ -759,6 +807,16 @@ pub fn run(spec: &TrainSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
     summary.insert("sam_steps".into(), column(&rows, "sam_steps").sum());
     let wall: f64 = column(&rows, "wall_s").sum();
     summary.insert("wall_s".into(), wall);
+    if let Some(held) = held_out {
+        let l = samlab_data::Loader::new(
+            ds.train.clone(),
+            Some(held),
+            samlab_data::PipelineConfig::eval(spec.eval_batch, ds.name.normalization()),
+        )?;
+        let (loss, correct, n) = evaluate_loader(&model, &l, ctx.device)?;
+        summary.insert("val_loss".into(), loss);
+        summary.insert("val_acc".into(), correct as f64 / n.max(1) as f64);
+    }
     if spec.test_subset != Subset::Off {
         let l = eval_loader(
             ds,
@@ -821,5 +879,31 @@ mod tests {
             e.contains("`bn_batch` 32 does not divide the m-sharpness chunk 16"),
             "{e}"
         );
+    }
+
+    /// A validation split is per class, never the whole training set, and
+    /// enters the key only when set.
+    #[test]
+    fn val_subset_is_checked_and_left_out_of_the_key_when_off() {
+        for bad in ["val_subset: All", "val_subset: PerClass(0)"] {
+            let e = train(bad).unwrap_err();
+            assert!(e.contains("`val_subset` must be Off or PerClass(n)"), "{e}");
+        }
+        let StageSpec::Train(t) = train("val_subset: Off").unwrap() else {
+            panic!()
+        };
+        assert!(
+            serde_json::to_value(&t)
+                .unwrap()
+                .get("val_subset")
+                .is_none()
+        );
+        let StageSpec::Train(t) = train("val_subset: PerClass(100)").unwrap() else {
+            panic!()
+        };
+        let v = serde_json::to_value(&t).unwrap();
+        assert_eq!(v["val_subset"], serde_json::json!({"PerClass": 100}));
+        // All training images but the held-out ones train.
+        assert_eq!(t.train_images(50_000), 50_000 - 1000);
     }
 }
