@@ -459,7 +459,7 @@ fn checkpoints_by_the_clock_change_no_bits() {
         &[s, "--results-dir", "r1", "--checkpoint-every", "0.05s"],
         "cache",
     );
-    assert!(o.status.success(), "{:?}", text(&o));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     env.ok(&[s, "--results-dir", "r2"], "clean");
     let k = key_of(&env.path("r1"), "steps");
     same_entry(&env, &k, "cache", "clean", "clock checkpoints");
@@ -762,4 +762,42 @@ fn a_validation_split_is_held_out_and_reported() {
     assert!((0.0..=1.0).contains(&acc), "{acc}");
     assert!(plain[col("val_acc")].is_empty(), "{plain:?}");
     assert_ne!(plain[col("key")], val[col("key")]);
+
+    // What computed each entry: its commit, numerics and precision, from
+    // its manifest, listed per entry and summed up on the page.
+    let prov = std::fs::read_to_string(env.path("r").join("provenance.csv")).unwrap();
+    let lines: Vec<&str> = prov.lines().collect();
+    assert_eq!(
+        lines[0],
+        "stage,key,commit,numerics,precision,device,created"
+    );
+    assert_eq!(lines.len(), 3, "{prov}");
+    for l in &lines[1..] {
+        assert!(l.contains(",\"cpu: "), "{l}");
+        assert!(l.contains(",f32,cpu,"), "{l}");
+        assert!(!l.contains("unrecorded"), "{l}");
+    }
+    let page = std::fs::read_to_string(env.path("r").join("README.md")).unwrap();
+    assert!(page.contains("**Computed by**"), "{page}");
+    assert!(page.contains(" 2 by commit `"), "{page}");
+    assert!(!page.contains("mixes numerics"), "{page}");
+
+    // One more stage computed on another kernel path, beside the cached
+    // ones: the page says the study mixes numerics.
+    let more = std::fs::read_to_string(&study).unwrap().replace(
+        "})",
+        r#"    "other": Train(model: "resnet8", train_subset: PerClass(5), batch: 10, epochs: 1,
+                   lr: Cosine(lr: 0.05), test_subset: PerClass(2), seed: 1),
+})"#,
+    );
+    let study2 = env.write("val2.ron", &more);
+    let o = env
+        .command(&[study2.to_str().unwrap(), "--results-dir", "r2"], "cache")
+        .env("SAMLAB_CPU_CONV", "im2col")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let page = std::fs::read_to_string(env.path("r2").join("README.md")).unwrap();
+    assert!(page.contains("SAMLAB_CPU_CONV=im2col"), "{page}");
+    assert!(page.contains("**This study mixes numerics**"), "{page}");
 }

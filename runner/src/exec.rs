@@ -227,6 +227,13 @@ pub fn run_study(
             info.insert("device".into(), opts.device_name.clone());
             info.insert("created".into(), unix_time());
             info.insert("runner".into(), env!("CARGO_PKG_VERSION").into());
+            // What computed it (results pages list these: `provenance.csv`).
+            info.insert("commit".into(), env!("SAMLAB_COMMIT").into());
+            info.insert("numerics".into(), crate::device::numerics(device));
+            info.insert(
+                "precision".into(),
+                format!("{:?}", stage.spec.precision()).to_lowercase(),
+            );
             if cache.commit(&staging, &entry, "entry", &key, &display, info)? {
                 // Its files were hashed for the manifest just now.
                 verified.insert(entry.clone());

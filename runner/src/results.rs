@@ -189,9 +189,14 @@ pub fn write(
         let (claims, claims_csv) = crate::claims::table(&study.report.claims, &rows);
         write_file(&dir.join("claims.md"), claims.as_bytes())?;
         write_file(&dir.join("claims.csv"), claims_csv.as_bytes())?;
-        comparison =
-            format!("**Claims** (paired 95% intervals over seeds)\n\n{claims}\n{comparison}");
+        comparison = format!(
+            "**Claims** (paired intervals over seeds; the notes under the table say how \
+             `Same` and Holm's correction decide)\n\n{claims}\n{comparison}"
+        );
     }
+    let (computed_by, computed_csv) = entry_provenance(reports, cache);
+    write_file(&dir.join("provenance.csv"), computed_csv.as_bytes())?;
+    comparison = format!("{computed_by}\n{comparison}");
     write_file(
         &dir.join("README.md"),
         page(study, reports, prov, &comparison, &plots).as_bytes(),
@@ -211,6 +216,66 @@ pub fn write(
             .as_bytes(),
     )?;
     Ok(())
+}
+
+/// What computed each complete stage, from its cache entry's manifest
+/// (commit, numerics, precision, device): `provenance.csv`, and a paragraph
+/// for the page that says which combinations computed how many entries and
+/// warns when a study mixes commits, numerics or devices (their numbers
+/// round differently; the key leaves them out).
+fn entry_provenance(reports: &[StageReport], cache: &Cache) -> (String, String) {
+    let field = |m: &Option<crate::cache::Manifest>, k: &str| {
+        m.as_ref()
+            .and_then(|m| m.info.get(k).cloned())
+            .unwrap_or_else(|| "unrecorded".into())
+    };
+    let quote = |v: &str| format!("\"{}\"", v.replace('"', "'"));
+    let mut csv = String::from("stage,key,commit,numerics,precision,device,created\n");
+    let mut groups: BTreeMap<(String, String, String), usize> = BTreeMap::new();
+    for r in reports.iter().filter(|r| r.summary.is_some()) {
+        let m = cache.manifest(&cache.entry_dir(&r.key));
+        let (commit, numerics, precision) = (
+            field(&m, "commit"),
+            field(&m, "numerics"),
+            field(&m, "precision"),
+        );
+        let _ = writeln!(
+            csv,
+            "{},{},{},{},{},{},{}",
+            quote(&r.display),
+            r.key,
+            commit,
+            quote(&numerics),
+            precision,
+            field(&m, "device"),
+            field(&m, "created")
+        );
+        *groups.entry((commit, numerics, precision)).or_default() += 1;
+    }
+    let mut md = String::from("**Computed by** (each entry's manifest; `provenance.csv`):");
+    for ((commit, numerics, precision), n) in &groups {
+        let short = commit.get(..12).unwrap_or(commit);
+        let _ = write!(md, " {n} by commit `{short}` on {numerics} ({precision});");
+    }
+    md.pop();
+    md.push_str(".\n");
+    let distinct = |f: fn(&(String, String, String)) -> &String| {
+        groups.keys().map(f).collect::<BTreeSet<_>>().len()
+    };
+    if distinct(|g| &g.1) > 1 {
+        md.push_str(
+            "\n**This study mixes numerics**: its entries were computed with different \
+             processors, instruction sets, kernel paths or devices, which round differently; \
+             a number may move in its last digits when recomputed elsewhere.\n",
+        );
+    }
+    if distinct(|g| &g.0) > 1 {
+        md.push_str(
+            "\n**This study mixes code versions**: its entries were computed by different \
+             commits (a cache entry is reused while its key holds).\n",
+        );
+    }
+    (md, csv)
 }
 
 /// The study's page (`README.md`, which GitHub renders): provenance, the
