@@ -801,3 +801,25 @@ fn a_validation_split_is_held_out_and_reported() {
     assert!(page.contains("SAMLAB_CPU_CONV=im2col"), "{page}");
     assert!(page.contains("**This study mixes numerics**"), "{page}");
 }
+
+/// `studies/escape.ron`, the laptop-sized escape study the README runs,
+/// shares its SGD minimum with `studies/quick/escape.ron`: one cache entry
+/// serves both (the same key in both plans).
+#[test]
+fn the_escape_study_shares_its_minimum_with_the_quick_one() {
+    let env = Env::new();
+    let studies = Path::new(env!("CARGO_MANIFEST_DIR")).join("../studies");
+    let pretrain_key = |study: &str| -> String {
+        let o = env.run(&["plan", studies.join(study).to_str().unwrap()], "cache");
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "{out}\n{err}");
+        let line = out
+            .lines()
+            .find(|l| l.starts_with("pretrain "))
+            .unwrap_or_else(|| panic!("no pretrain stage in\n{out}"));
+        line.split_whitespace().nth(5).unwrap().to_string()
+    };
+    let k = pretrain_key("escape.ron");
+    assert_eq!(k.len(), 12, "{k}");
+    assert_eq!(k, pretrain_key("quick/escape.ron"));
+}
