@@ -211,3 +211,39 @@ def write(name, generator, note, cases, extra=None):
     with open(path, "w") as f:
         json.dump(doc, f)
     print("wrote", path, os.path.getsize(path), "bytes")
+
+
+# --- f32 sensitivity (SAMLAB_REF_F32=1): not part of the reference ---
+# Run a script with SAMLAB_REF_F32=1 to compute its cases in f32 (weights and
+# batches rounded to f32, every operation in f32) and print, per case, how far
+# the f32 run lands from the f64 JSON: the largest relative difference of a
+# momentum tensor's norm, and of its first 8 entries relative to its largest
+# entry. Nothing is written. It says which cases are chaotic in f32 (where a
+# Rust f32 run cannot be held to a tight bound), as gen_step_reference.py's
+# docstring does for its cases.
+F32 = os.environ.get("SAMLAB_REF_F32") == "1"
+if F32:
+    _initial, _batch = initial, gsr.batch
+
+    def initial():  # noqa: F811
+        p, b = _initial()
+        return ({k: v.astype(jnp.float32) for k, v in p.items()}, {k: v.astype(jnp.float32) for k, v in b.items()})
+
+    def _batch32(k, n=8):
+        x, y = _batch(k, n)
+        return x.astype(jnp.float32), y
+
+    gsr.batch = _batch32
+
+
+def report_drift(name, cases):
+    """Print the f32 cases' distance from the stored f64 cases (same order)."""
+    with open(os.path.join(HERE, name)) as f:
+        stored = json.load(f)["cases"]
+    assert len(stored) == len(cases)
+    for got, want in zip(cases, stored):
+        dn = max(abs(got["momentum"][n]["norm"] - v["norm"]) / v["norm"] for n, v in want["momentum"].items())
+        dh = max(max(abs(a - b) for a, b in zip(got["momentum"][n]["head"], v["head"])) / v["max_abs"]
+                 for n, v in want["momentum"].items())
+        label = {k: v for k, v in want.items() if not isinstance(v, (dict, list))}
+        print(f"f32 against f64: momentum norms {dn:.1e}, heads {dh:.1e} of the largest entry; {label}")

@@ -145,6 +145,8 @@ next step, topk cutoff, strict >) with the deviations 1-3 above; the
 pinned values printed in the JSON ("hash_check").
 
     /work/scratch/venv-jax-looksam/bin/python optim/tests/reference/gen_esam_reference.py
+    (with SAMLAB_REF_F32=1 it runs the cases in f32 and prints how far each lands
+    from the f64 JSON, family_common.report_drift; it writes nothing then)
 """
 import family_common as fc
 from family_common import gsr, jax, jnp, np
@@ -341,6 +343,8 @@ def main():
         runs[label] = (losses, states)
         print("case", label, "losses", losses, "passes", case["passes"], "kept", case["swp_kept_fraction"],
               "selected", case["selected"])
+    if fc.F32:  # the f32 sensitivity run (family_common): print, write nothing
+        return fc.report_drift("esam_reference.json", cases)
     sam_losses, sam_states = fc.sam_run(0.05)
     fc.check_step_reference(sam_states, "sam", 0.05)
     fc.check_same(*runs["1 1"], sam_losses, sam_states, "beta = gamma = 1 and SAM (plain)")

@@ -77,6 +77,8 @@ FriendlySAM.first_step/second_step to 1e-12; sigma = 1 differs from
 sigma = 0 by more than 1e-6.
 
     /work/scratch/venv-jax-looksam/bin/python optim/tests/reference/gen_fsam_reference.py
+    (with SAMLAB_REF_F32=1 it runs the cases in f32 and prints how far each lands
+    from the f64 JSON, family_common.report_drift; it writes nothing then)
 """
 import family_common as fc
 from family_common import gsr
@@ -173,6 +175,8 @@ def main():
         cases.append(case)
         runs[label] = (losses, states, m)
         print("case", label, "losses", losses, "||d||", case["direction_norm"])
+    if fc.F32:  # the f32 sensitivity run (family_common): print, write nothing
+        return fc.report_drift("fsam_reference.json", cases)
     sam_losses, sam_states = fc.sam_run(0.05)
     fc.check_step_reference(sam_states, "sam", 0.05)
     fc.check_same(*runs["0"][:2], sam_losses, sam_states, "sigma = 0 and SAM (plain)")

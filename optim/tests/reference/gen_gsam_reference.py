@@ -90,6 +90,8 @@ requires) to 1e-12; alpha = 0.1 differs from alpha = 0 by more than 1e-6
 f64 operations in the same order; the script prints the largest difference.
 
     /work/scratch/venv-jax-looksam/bin/python optim/tests/reference/gen_gsam_reference.py
+    (with SAMLAB_REF_F32=1 it runs the cases in f32 and prints how far each lands
+    from the f64 JSON, family_common.report_drift; it writes nothing then)
     (or: pip install "jax[cpu]==0.10.2" numpy; python3 ...)
 """
 import family_common as fc
@@ -126,7 +128,8 @@ def gsam_direction(params, buffers, x, y, rho_t, alpha, chunk, bn, wd_loss):
         u = {k: gp[k] / gpn for k in gp}
         proj = fc.dot(u, g)
         perp = {k: g[k] - proj * u[k] for k in g}
-        assert abs(float(fc.dot(perp, gp))) <= 1e-12 * float(fc.norm(g) * gpn), "g_perp not orthogonal to g_p"
+        bound = 1e-5 if fc.F32 else 1e-12
+        assert abs(float(fc.dot(perp, gp))) <= bound * float(fc.norm(g) * gpn), "g_perp not orthogonal to g_p"
         dirs.append({k: gp[k] - perp[k] * alpha for k in gp})
         losses.append(loss)
         plosses.append(ploss)
@@ -205,8 +208,9 @@ def check_official(alpha, rho_max, rho_min, lr, lr_max, lr_min):
 
 
 def main():
-    check_official(0.3, 0.1, 0.1, fc.LR, fc.LR, fc.LR)
-    check_official(0.1, 0.1, 0.02, 0.07, 0.1, 0.01)
+    if not fc.F32:
+        check_official(0.3, 0.1, 0.1, fc.LR, fc.LR, fc.LR)
+        check_official(0.1, 0.1, 0.02, 0.07, 0.1, 0.01)
     schedule = dict(alpha=0.1, rho_max=0.1, rho_min=0.02, lr_t=[0.1, 0.07, 0.04], lr_max=0.1, lr_min=0.01)
     cases, runs = [], {}
     for label, args in [("a0.1", dict(alpha=0.1, rho_max=0.05)), ("a0.3", dict(alpha=0.3, rho_max=0.1)),
@@ -217,6 +221,8 @@ def main():
         cases.append(case)
         runs[label] = (losses, states)
         print("case", label, "rho_t", case["rho_t"], "losses", losses)
+    if fc.F32:  # the f32 sensitivity run (family_common): print, write nothing
+        return fc.report_drift("gsam_reference.json", cases)
     sam_losses, sam_states = fc.sam_run(0.05)
     fc.check_step_reference(sam_states, "sam", 0.05)
     fc.check_same(*runs["a0"], sam_losses, sam_states, "alpha = 0 and SAM (plain)")

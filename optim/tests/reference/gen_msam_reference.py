@@ -74,6 +74,8 @@ perturbed point, updated in place, moved back at the end) to 1e-12; rho = 0.3
 differs from rho = 0 by more than 1e-6.
 
     /work/scratch/venv-jax-looksam/bin/python optim/tests/reference/gen_msam_reference.py
+    (with SAMLAB_REF_F32=1 it runs the cases in f32 and prints how far each lands
+    from the f64 JSON, family_common.report_drift; it writes nothing then)
 """
 import family_common as fc
 from family_common import gsr
@@ -158,6 +160,8 @@ def main():
         cases.append(case)
         runs[label] = (losses, states)
         print("case", label, "losses", losses, "perturbation norms", case["perturbation_norm"])
+    if fc.F32:  # the f32 sensitivity run (family_common): print, write nothing
+        return fc.report_drift("msam_reference.json", cases)
     sgd_losses, sgd_states = fc.sgd_run()
     fc.check_step_reference(sgd_states, "sgd", 0.0)
     fc.check_same(*runs["0"], sgd_losses, sgd_states, "rho = 0 and SGD")
