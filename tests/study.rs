@@ -736,10 +736,12 @@ fn a_validation_split_is_held_out_and_reported() {
     let study = env.write(
         "val.ron",
         r#"Study(version: 1, dataset: "cifar10", stages: {
-    "plain": Train(model: "resnet8", train_subset: PerClass(5), batch: 10, epochs: 1,
+    "plain": Train(model: "resnet8", train_subset: PerClass(5), batch: 10, epochs: 2,
                    lr: Cosine(lr: 0.05), test_subset: PerClass(2)),
     "val": Train(model: "resnet8", train_subset: PerClass(5), val_subset: PerClass(3), batch: 10,
-                 epochs: 1, lr: Cosine(lr: 0.05), test_subset: PerClass(2)),
+                 epochs: 2, lr: Cosine(lr: 0.05), test_subset: PerClass(2)),
+    "curves": Train(model: "resnet8", train_subset: PerClass(5), val_subset: PerClass(3), batch: 10,
+                 epochs: 2, lr: Cosine(lr: 0.05), test_subset: PerClass(2), eval_every: 1),
 })"#,
     );
     env.ok(&[study.to_str().unwrap(), "--results-dir", "r"], "cache");
@@ -763,6 +765,27 @@ fn a_validation_split_is_held_out_and_reported() {
     assert!(plain[col("val_acc")].is_empty(), "{plain:?}");
     assert_ne!(plain[col("key")], val[col("key")]);
 
+    // Evaluation every epoch changes nothing of the training; its rows
+    // carry validation and test figures, the last ones the summary's.
+    let curves = row("curves");
+    for m in ["train_loss", "val_acc", "test_acc"] {
+        assert_eq!(curves[col(m)], val[col(m)], "{m}");
+    }
+    let rows = std::fs::read_to_string(env.path("r").join("stages/curves.csv")).unwrap();
+    let lines: Vec<&str> = rows.lines().collect();
+    assert!(
+        lines[0].ends_with(",wall_s,val_loss,val_acc,test_loss,test_acc"),
+        "{rows}"
+    );
+    assert_eq!(lines.len(), 3, "{rows}");
+    let last: Vec<&str> = lines[2].split(',').collect();
+    assert_eq!(last[9], curves[col("val_acc")]);
+    assert_eq!(last[11], curves[col("test_acc")]);
+    assert!(!lines[1].split(',').nth(9).unwrap().is_empty(), "{rows}");
+    let plots = env.path("r").join("plots");
+    assert!(plots.join("curves-val_acc.svg").is_file());
+    assert!(plots.join("curves-test_acc.svg").is_file());
+
     // What computed each entry: its commit, numerics and precision, from
     // its manifest, listed per entry and summed up on the page.
     let prov = std::fs::read_to_string(env.path("r").join("provenance.csv")).unwrap();
@@ -771,7 +794,7 @@ fn a_validation_split_is_held_out_and_reported() {
         lines[0],
         "stage,key,commit,numerics,precision,device,created"
     );
-    assert_eq!(lines.len(), 3, "{prov}");
+    assert_eq!(lines.len(), 4, "{prov}");
     for l in &lines[1..] {
         assert!(l.contains(",\"cpu: "), "{l}");
         assert!(l.contains(",f32,cpu,"), "{l}");
@@ -779,14 +802,14 @@ fn a_validation_split_is_held_out_and_reported() {
     }
     let page = std::fs::read_to_string(env.path("r").join("README.md")).unwrap();
     assert!(page.contains("**Computed by**"), "{page}");
-    assert!(page.contains(" 2 by commit `"), "{page}");
+    assert!(page.contains(" 3 by commit `"), "{page}");
     assert!(!page.contains("mixes numerics"), "{page}");
 
     // One more stage computed on another kernel path, beside the cached
     // ones: the page says the study mixes numerics.
     let more = std::fs::read_to_string(&study).unwrap().replace(
         "})",
-        r#"    "other": Train(model: "resnet8", train_subset: PerClass(5), batch: 10, epochs: 1,
+        r#"    "other": Train(model: "resnet8", train_subset: PerClass(5), batch: 10, epochs: 2,
                    lr: Cosine(lr: 0.05), test_subset: PerClass(2), seed: 1),
 })"#,
     );

@@ -12,6 +12,7 @@
 //! resumed run continues to the bits of an uninterrupted one.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Instant;
 
@@ -61,6 +62,9 @@ pub struct TrainPartial {
     /// The step kinds' own settings (`kinds: (look_sam: (k: 3))`).
     pub kinds: Option<KindsPartial>,
     pub test_subset: Option<Subset>,
+    /// Evaluate on the validation and test subsets every this many epochs
+    /// (and after the last), into the metric rows (default: only at the end).
+    pub eval_every: Option<u64>,
     pub eval_batch: Option<usize>,
     /// `F32` (the default, the thesis' setting) or `Bf16` autocast.
     pub precision: Option<Precision>,
@@ -96,6 +100,9 @@ pub struct TrainSpec {
     pub kinds: KindSettings,
     /// Final evaluation on the test split (`Off`: none).
     pub test_subset: Subset,
+    /// Evaluation every this many epochs; left out of the key when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_every: Option<u64>,
     pub eval_batch: usize,
     /// Classes of the dataset (the model's output width).
     pub classes: usize,
@@ -129,7 +136,7 @@ impl Partial for TrainPartial {
     }
 
     fn merge(mut self, p: &TrainPartial) -> TrainPartial {
-        inherit!(self, p; from, model, train_subset, val_subset, subset_seed, batch, bn_batch, epochs, seed, augment, lr, method, test_subset, eval_batch, precision);
+        inherit!(self, p; from, model, train_subset, val_subset, subset_seed, batch, bn_batch, epochs, seed, augment, lr, method, test_subset, eval_every, eval_batch, precision);
         self.extends = p.extends.clone();
         self.optimizer = SgdPartial::merged(self.optimizer.take(), &p.optimizer);
         self.sam = SamPartial::merged(self.sam.take(), &p.sam);
@@ -219,10 +226,14 @@ impl Partial for TrainPartial {
                     .into(),
             ));
         }
+        if let Some(k) = self.eval_every {
+            positive("eval_every", k)?;
+        }
         Ok(TrainSpec {
             model: arch.name(),
             train_subset,
             val_subset,
+            eval_every: self.eval_every,
             subset_seed: self.subset_seed.unwrap_or(0),
             batch,
             bn_batch: self.bn_batch,
@@ -426,7 +437,8 @@ impl Kind for TrainSpec {
         run(self, ctx)
     }
 
-    /// Training curves: train loss and accuracy per epoch, one series per
+    /// Training curves: train loss and accuracy per epoch (and validation
+    /// and test accuracy where `eval_every` recorded them), one series per
     /// row (a stage at one grid point besides the seed: mean over seeds,
     /// std as a band; the legend gives SAM's share of steps).
     fn plots(done: &[Done<'_, Self>], out: &PlotOut) -> Result<Vec<String>> {
@@ -450,9 +462,13 @@ impl Kind for TrainSpec {
         if rows.len() > PALETTE.len() * 2 || rows.is_empty() {
             return Ok(written);
         }
+        // The evaluation columns exist where a stage set `eval_every`; a
+        // column no run has gives no chart.
         for (col, what) in [
             ("train_loss", "train loss"),
             ("train_acc", "train accuracy"),
+            ("val_acc", "validation accuracy"),
+            ("test_acc", "test accuracy"),
         ] {
             let series: Vec<Series> = rows
                 .iter()
@@ -470,7 +486,14 @@ impl Kind for TrainSpec {
             let name = format!("curves-{col}.svg");
             line_chart(
                 &out.dir.join(&name),
-                &format!("{what} per epoch (mean over seeds, band ± std; training mode)"),
+                &format!(
+                    "{what} per epoch (mean over seeds, band ± std; {})",
+                    if col.starts_with("train") {
+                        "training mode"
+                    } else {
+                        "evaluation mode"
+                    }
+                ),
                 "epoch",
                 what,
                 &series,
@@ -482,6 +505,18 @@ impl Kind for TrainSpec {
 }
 
 const METRICS_HEADER: &str = "epoch,step,lr,train_loss,train_acc,sam_steps,passes,wall_s";
+/// The columns `eval_every` adds to every row (empty where an epoch was not
+/// evaluated or the split is off).
+const EVAL_HEADER: &str = "val_loss,val_acc,test_loss,test_acc";
+
+/// The header of `rows`: with the evaluation columns where they have them.
+fn header_of(rows: &[String]) -> String {
+    let base = METRICS_HEADER.split(',').count();
+    match rows.first() {
+        Some(r) if r.split(',').count() > base => format!("{METRICS_HEADER},{EVAL_HEADER}"),
+        _ => METRICS_HEADER.to_string(),
+    }
+}
 
 /// Where a checkpoint goes: its directory, what it is (`prefix`, `partial`) and its key.
 struct Target<'a> {
@@ -546,7 +581,7 @@ fn save_checkpoint(
 fn write_state(model: &Model, trainer: &Trainer, rows: &[String], dir: &Path) -> Result<()> {
     model.params.save(&dir.join("model.safetensors"))?;
     trainer.save(&dir.join("optim.safetensors"))?;
-    let mut csv = String::from(METRICS_HEADER);
+    let mut csv = header_of(rows);
     csv.push('\n');
     for r in rows {
         csv.push_str(r);
@@ -708,6 +743,26 @@ pub fn run(spec: &TrainSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
     );
     let passes_before = trainer.passes;
     let feed = Feed::new(loader.clone(), ctx.device)?;
+    // Evaluation during training: the held-out and the test images.
+    let val_loader = match &held_out {
+        Some(held) if spec.eval_every.is_some() => Some(samlab_data::Loader::new(
+            ds.train.clone(),
+            Some(held.clone()),
+            samlab_data::PipelineConfig::eval(spec.eval_batch, ds.name.normalization()),
+        )?),
+        _ => None,
+    };
+    let test_loader = match spec.test_subset {
+        Subset::Off => None,
+        _ if spec.eval_every.is_none() => None,
+        s => Some(eval_loader(
+            ds,
+            SplitName::Test,
+            s,
+            spec.subset_seed,
+            spec.eval_batch,
+        )?),
+    };
     let mut last_checkpoint = Instant::now();
     for epoch in outcome.start_epoch..spec.epochs {
         let t0 = Instant::now();
@@ -744,14 +799,28 @@ pub fn run(spec: &TrainSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
         }
         let wall = e.wall_s + t0.elapsed().as_secs_f64();
         let (mean_loss, acc) = (e.loss / e.seen as f64, e.correct as f64 / e.seen as f64);
-        rows.push(format!(
+        let mut row = format!(
             "{},{},{},{mean_loss},{acc},{},{},{wall:.3}",
             epoch + 1,
             trainer.step,
             e.lr,
             e.sam_steps,
             trainer.passes
-        ));
+        );
+        if let Some(k) = spec.eval_every {
+            // Evaluation mode changes no weight and no running statistic.
+            let due = (epoch + 1).is_multiple_of(k) || epoch + 1 == spec.epochs;
+            for l in [&val_loader, &test_loader] {
+                match l.as_ref().filter(|_| due) {
+                    Some(l) => {
+                        let (loss, correct, n) = evaluate_loader(&model, l, ctx.device)?;
+                        let _ = write!(row, ",{loss},{}", correct as f64 / n.max(1) as f64);
+                    }
+                    None => row.push_str(",,"),
+                }
+            }
+        }
+        rows.push(row);
         ctx.progress
             .epoch_line(ctx.stage, epoch + 1, spec.epochs, mean_loss, acc, &bar);
         let done = epoch + 1;
