@@ -20,7 +20,8 @@ mod trainer;
 pub use error::{Error, ErrorKind, Result};
 pub use lr::LrSchedule;
 pub use sam::{
-    SamConfig, StepOutput, StepSettings, sam_step, sam_step_with, sgd_step, sgd_step_with,
+    Progress, RhoSchedule, SamConfig, Scope, StepOutput, StepSettings, sam_step, sam_step_with,
+    sgd_step, sgd_step_with,
 };
 pub use schedule::{Point, Resolved, StepSchedule};
 pub use sgd::{Decay, Grads, Sgd, SgdConfig, collect_grads};

@@ -11,6 +11,11 @@
 //!    this pass are discarded;
 //! 4. `w` is restored bit for bit and the base optimiser steps with `g'`.
 //!
+//! **Scope** ([`Scope::Norm`], SAM-ON): every perturbing kind moves only
+//! the normalisation layers' parameters, with the norm over those alone.
+//! **rho schedules** ([`RhoSchedule`]): the trainer hands each step rho at
+//! that step; a step kind reads one rho.
+//!
 //! A step that fails (a NaN or infinite loss, say) changes nothing: the
 //! update comes last, and the running statistics of its passes are put back.
 //!
@@ -30,7 +35,7 @@
 //! statistics (cross-device averaged BatchNorm state). With SAM, `b` must
 //! divide the chunk m (a device's perturbation covers its own images).
 
-use candle_core::Tensor;
+use candle_core::{Tensor, Var};
 use samlab_models::{Model, ParamStore, cross_entropy};
 use serde::{Deserialize, Serialize};
 
@@ -40,7 +45,8 @@ use crate::steps::Method;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SamConfig {
-    /// Radius of the perturbation.
+    /// Radius of the perturbation (with a [`RhoSchedule`]: its value at
+    /// the run's first step).
     pub rho: f64,
     /// m-sharpness: the chunk size m (`None`: the whole batch).
     pub chunk: Option<usize>,
@@ -48,6 +54,75 @@ pub struct SamConfig {
     pub adaptive: bool,
     /// ASAM's eta.
     pub eta: f64,
+    /// Which parameters are perturbed (SAM-ON: the normalisation layers'
+    /// only); left out of serialised settings at `All`, so keys written
+    /// before there was a choice stay as they were.
+    #[serde(default, skip_serializing_if = "Scope::is_all")]
+    pub scope: Scope,
+    /// How rho changes over the run; left out at `Constant` (as `scope`).
+    #[serde(default, skip_serializing_if = "RhoSchedule::is_constant")]
+    pub rho_schedule: RhoSchedule,
+}
+
+/// Which parameters a perturbing step perturbs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Scope {
+    /// Every trainable parameter.
+    #[default]
+    All,
+    /// SAM-ON (Mueller, Vlaar, Rolnick and Hein, "Normalization Layers Are
+    /// All That Sharpness-Aware Minimization Needs", NeurIPS 2023): only
+    /// the normalisation layers' affine parameters, found by structure (a
+    /// `P.weight` or `P.bias` whose layer `P` keeps a `P.running_mean`
+    /// buffer: every BatchNorm, `bn*` and ResNet's `shortcut.1` alike);
+    /// the perturbation's norm runs over those parameters alone.
+    Norm,
+}
+
+impl Scope {
+    fn is_all(&self) -> bool {
+        *self == Scope::All
+    }
+}
+
+/// rho as a function of the run's progress (`t / T`, T the run's total
+/// steps, as the cosine learning rate counts it) and of the learning rate.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub enum RhoSchedule {
+    /// `rho` at every step.
+    #[default]
+    Constant,
+    /// From `rho` at step 0 to `to` at step T, linearly: `rho + (to - rho) t / T`.
+    Linear { to: f64 },
+    /// From `rho` to `to` as the cosine learning rate falls:
+    /// `to + (rho - to) (1 + cos(pi t / T)) / 2`.
+    Cosine { to: f64 },
+    /// GSAM's rule (Zhuang et al., ICLR 2022, Section 5.1; the authors'
+    /// `ProportionScheduler`): rho proportional to the learning rate,
+    /// `min + (rho - min) (lr_t - lr_min) / (lr_max - lr_min)`, with
+    /// `lr_max` and `lr_min` the schedule's largest and smallest rates
+    /// (cosine: `lr` and 0); `rho` where the rate is constant.
+    LrProportional { min: f64 },
+}
+
+impl RhoSchedule {
+    fn is_constant(&self) -> bool {
+        *self == RhoSchedule::Constant
+    }
+}
+
+/// Where a run is, for [`SamConfig::at`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Progress {
+    /// The global step.
+    pub step: u64,
+    /// The run's total steps.
+    pub total_steps: u64,
+    /// The learning rate at this step.
+    pub lr: f64,
+    /// The learning-rate schedule's largest and smallest rates.
+    pub lr_max: f64,
+    pub lr_min: f64,
 }
 
 impl SamConfig {
@@ -57,6 +132,8 @@ impl SamConfig {
             chunk: None,
             adaptive: false,
             eta: 0.01,
+            scope: Scope::All,
+            rho_schedule: RhoSchedule::Constant,
         }
     }
 
@@ -70,7 +147,62 @@ impl SamConfig {
         if self.chunk == Some(0) {
             return Err(bad("the m-sharpness chunk size must be at least 1"));
         }
+        let (what, end) = match self.rho_schedule {
+            RhoSchedule::Constant => return Ok(()),
+            RhoSchedule::Linear { to } => ("Linear's `to`", to),
+            RhoSchedule::Cosine { to } => ("Cosine's `to`", to),
+            RhoSchedule::LrProportional { min } => ("LrProportional's `min`", min),
+        };
+        if !(end >= 0.0 && end.is_finite()) {
+            return Err(bad(format!(
+                "rho_schedule: {what} must be finite and >= 0, got {end}"
+            )));
+        }
+        if matches!(self.rho_schedule, RhoSchedule::LrProportional { .. }) && end > self.rho {
+            return Err(bad(format!(
+                "rho_schedule: LrProportional's `min` {end} is above rho {} (rho is the radius at the largest learning rate)",
+                self.rho
+            )));
+        }
         Ok(())
+    }
+
+    /// The trainable parameters a perturbation under these settings moves
+    /// (every one, or under [`Scope::Norm`] the normalisation layers'), in
+    /// name order.
+    pub fn perturbed_names(&self, params: &ParamStore) -> Vec<String> {
+        scoped(params, self.scope)
+            .into_iter()
+            .map(|(n, _)| n.to_string())
+            .collect()
+    }
+
+    /// rho at a point of the run, as the schedule says.
+    pub fn rho_at(&self, p: Progress) -> f64 {
+        let frac = p.step as f64 / p.total_steps.max(1) as f64;
+        match self.rho_schedule {
+            RhoSchedule::Constant => self.rho,
+            RhoSchedule::Linear { to } => self.rho + (to - self.rho) * frac,
+            RhoSchedule::Cosine { to } => {
+                to + (self.rho - to) * (1.0 + (std::f64::consts::PI * frac).cos()) / 2.0
+            }
+            RhoSchedule::LrProportional { min } => {
+                if p.lr_max > p.lr_min {
+                    min + (self.rho - min) * (p.lr - p.lr_min) / (p.lr_max - p.lr_min)
+                } else {
+                    self.rho
+                }
+            }
+        }
+    }
+
+    /// The settings of one step: `rho` at `p` as the schedule says (the
+    /// same settings where it is constant).
+    pub fn at(&self, p: Progress) -> SamConfig {
+        SamConfig {
+            rho: self.rho_at(p),
+            ..self.clone()
+        }
     }
 }
 
@@ -132,7 +264,7 @@ fn pass(model: &Model, x: &Tensor, y: &Tensor) -> Result<(f64, usize, Grads)> {
 }
 
 /// The gradient of the loss plus `0.5 wd ||w + eps||^2`: `g + wd (w + eps)`
-/// (`eps` absent: at `w`).
+/// (`eps` absent, or absent for a parameter: at `w`).
 pub(crate) fn with_decay(
     params: &ParamStore,
     mut g: Grads,
@@ -144,8 +276,8 @@ pub(crate) fn with_decay(
     }
     for (name, var) in params.trainable() {
         let w = var.as_tensor().detach();
-        let at = match eps {
-            Some(e) => (&w + &e[name])?,
+        let at = match eps.and_then(|e| e.get(name)) {
+            Some(e) => (&w + e)?,
             None => w,
         };
         let v = g
@@ -157,7 +289,7 @@ pub(crate) fn with_decay(
 }
 
 /// `acc + g` by name (`acc` empty: `g`).
-fn add_grads(acc: Option<Grads>, g: Grads) -> Result<Grads> {
+pub(crate) fn add_grads(acc: Option<Grads>, g: Grads) -> Result<Grads> {
     Ok(match acc {
         None => g,
         Some(mut acc) => {
@@ -170,7 +302,7 @@ fn add_grads(acc: Option<Grads>, g: Grads) -> Result<Grads> {
 }
 
 /// `g / n` by name.
-fn mean_grads(mut g: Grads, n: usize) -> Result<Grads> {
+pub(crate) fn mean_grads(mut g: Grads, n: usize) -> Result<Grads> {
     if n > 1 {
         for v in g.values_mut() {
             *v = (&*v / n as f64)?;
@@ -181,7 +313,7 @@ fn mean_grads(mut g: Grads, n: usize) -> Result<Grads> {
 
 /// Rows `[i * len, (i + 1) * len)` of the batch (the batch itself when it
 /// is one part).
-fn part(x: &Tensor, y: &Tensor, i: usize, len: usize) -> Result<(Tensor, Tensor)> {
+pub(crate) fn part(x: &Tensor, y: &Tensor, i: usize, len: usize) -> Result<(Tensor, Tensor)> {
     if i == 0 && len == y.dim(0)? {
         return Ok((x.clone(), y.clone()));
     }
@@ -189,7 +321,7 @@ fn part(x: &Tensor, y: &Tensor, i: usize, len: usize) -> Result<(Tensor, Tensor)
 }
 
 /// How many parts of `len` make `n`, or why they do not.
-fn parts(n: usize, len: usize, what: &str) -> Result<usize> {
+pub(crate) fn parts(n: usize, len: usize, what: &str) -> Result<usize> {
     if len == 0 || !n.is_multiple_of(len) {
         return Err(bad(format!(
             "{what} {len} does not divide the batch of {n}"
@@ -200,7 +332,7 @@ fn parts(n: usize, len: usize, what: &str) -> Result<usize> {
 
 /// The mean of snapshots of the running statistics (one update per step:
 /// the mean of the updates each slice or chunk made from the same start).
-fn mean_buffers(snapshots: &[Vec<Tensor>]) -> Result<Vec<Tensor>> {
+pub(crate) fn mean_buffers(snapshots: &[Vec<Tensor>]) -> Result<Vec<Tensor>> {
     let n = snapshots.len() as f64;
     (0..snapshots[0].len())
         .map(|i| {
@@ -307,12 +439,49 @@ pub fn sgd_step_with(
     })
 }
 
+/// The parameters a perturbation covers: every trainable one, or (SAM-ON)
+/// those of the normalisation layers ([`Scope`]), in name order.
+pub(crate) fn scoped(params: &ParamStore, scope: Scope) -> Vec<(&str, &Var)> {
+    match scope {
+        Scope::All => params.trainable().collect(),
+        Scope::Norm => {
+            let norms: std::collections::BTreeSet<&str> = params
+                .buffers()
+                .filter_map(|(n, _)| n.strip_suffix(".running_mean"))
+                .collect();
+            params
+                .trainable()
+                .filter(|(n, _)| {
+                    n.rsplit_once('.').is_some_and(|(layer, p)| {
+                        (p == "weight" || p == "bias") && norms.contains(layer)
+                    })
+                })
+                .collect()
+        }
+    }
+}
+
 /// The perturbation for gradient `g` at the current weights.
-fn perturbation(params: &ParamStore, g: &Grads, cfg: &SamConfig) -> Result<Grads> {
+pub(crate) fn perturbation(params: &ParamStore, g: &Grads, cfg: &SamConfig) -> Result<Grads> {
+    perturbation_along(params, g, cfg, cfg.rho, 1e-12)
+}
+
+/// `rho T^2 d / (||T d|| + tiny)` over the parameters of `cfg.scope` (`T`:
+/// ASAM's `|w| + eta` on weights where `cfg.adaptive`, else 1); the
+/// parameters outside the scope have no entry (they are not moved).
+pub(crate) fn perturbation_along(
+    params: &ParamStore,
+    d: &Grads,
+    cfg: &SamConfig,
+    rho: f64,
+    tiny: f64,
+) -> Result<Grads> {
     let mut scaled = Grads::new();
     let mut sq = 0f64;
-    for (name, var) in params.trainable() {
-        let gi = &g[name];
+    for (name, var) in scoped(params, cfg.scope) {
+        let gi = d
+            .get(name)
+            .ok_or_else(|| bad(format!("no direction for `{name}`")))?;
         let t = if cfg.adaptive && name.ends_with("weight") {
             Some((var.as_tensor().detach().abs()? + cfg.eta)?)
         } else {
@@ -334,15 +503,16 @@ fn perturbation(params: &ParamStore, g: &Grads, cfg: &SamConfig) -> Result<Grads
         };
         scaled.insert(name.to_string(), dir);
     }
-    let scale = cfg.rho / (sq.sqrt() + 1e-12);
+    let scale = rho / (sq.sqrt() + tiny);
     for v in scaled.values_mut() {
         *v = (&*v * scale)?;
     }
     Ok(scaled)
 }
 
-/// Runs a pass at `w + eps` and puts `w` and the running statistics back exactly.
-fn perturbed_grads(
+/// Runs a pass at `w + eps` (`eps` absent for a parameter: not moved) and
+/// puts `w` and the running statistics back exactly.
+pub(crate) fn perturbed_grads(
     model: &Model,
     eps: &Grads,
     x: &Tensor,
@@ -356,7 +526,9 @@ fn perturbed_grads(
         .collect::<candle_core::Result<_>>()?;
     let buffers = params.snapshot_buffers()?;
     for (name, var) in params.trainable() {
-        var.set(&(var.as_tensor().detach() + &eps[name])?)?;
+        if let Some(e) = eps.get(name) {
+            var.set(&(var.as_tensor().detach() + e)?)?;
+        }
     }
     let result = ghost_pass(model, x, y, bn_batch);
     for ((_, var), w) in params.trainable().zip(&originals) {
@@ -365,6 +537,33 @@ fn perturbed_grads(
     params.restore_buffers(&buffers)?;
     let (_, correct, grads) = result?;
     Ok((correct, grads))
+}
+
+/// A training-mode pass at `w + eps` (`eps` absent for a parameter: not
+/// moved) whose running statistics are kept (the step's only pass, as
+/// Momentum-SAM's); `w` is put back exactly.
+pub(crate) fn pass_at(
+    model: &Model,
+    eps: &Grads,
+    x: &Tensor,
+    y: &Tensor,
+    bn_batch: Option<usize>,
+) -> Result<(f64, usize, Grads)> {
+    let params = &model.params;
+    let originals: Vec<Tensor> = params
+        .trainable()
+        .map(|(_, v)| v.as_tensor().detach().copy())
+        .collect::<candle_core::Result<_>>()?;
+    for (name, var) in params.trainable() {
+        if let Some(e) = eps.get(name) {
+            var.set(&(var.as_tensor().detach() + e)?)?;
+        }
+    }
+    let result = ghost_pass(model, x, y, bn_batch);
+    for ((_, var), w) in params.trainable().zip(&originals) {
+        var.set(w)?;
+    }
+    result
 }
 
 /// One SAM step (see the module docs).
@@ -413,7 +612,8 @@ pub(crate) struct SamGradient {
     pub correct: usize,
     pub perturbed_correct: usize,
     /// The mean of the chunks' gradients at `w + eps` (with the decay
-    /// term where the weight decay is in the loss).
+    /// term where the weight decay is in the loss); from [`sam_chunks`]:
+    /// the mean of the chunks' directions.
     pub perturbed: Grads,
     /// The mean of the chunks' first-pass gradients, the same way
     /// (`Clean::Keep` only).
@@ -436,6 +636,36 @@ pub(crate) fn sam_gradient(
     x: &Tensor,
     y: &Tensor,
     clean: Clean,
+) -> Result<SamGradient> {
+    sam_chunks(
+        model,
+        cfg,
+        bn_batch,
+        loss_decay,
+        x,
+        y,
+        |params, g| perturbation(params, g, cfg),
+        |g, g2| Ok((g2, (clean == Clean::Keep).then_some(g))),
+    )
+}
+
+/// The chunk loop of a SAM-type step on (x, y) (module docs): per chunk of
+/// m samples, a first pass at `w` (gradient `g`, with the decay term where
+/// the decay is in the loss), `eps = perturb(g)`, a pass at `w + eps`
+/// (`g2`, likewise) and `combine(g, g2)`: the chunk's direction and, if
+/// kept, its clean gradient; [`SamGradient`] holds the means over the
+/// chunks. The weights are left as they were, the running statistics as
+/// the first passes leave them.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn sam_chunks(
+    model: &Model,
+    cfg: &SamConfig,
+    bn_batch: Option<usize>,
+    loss_decay: Option<f64>,
+    x: &Tensor,
+    y: &Tensor,
+    mut perturb: impl FnMut(&ParamStore, &Grads) -> Result<Grads>,
+    mut combine: impl FnMut(Grads, Grads) -> Result<(Grads, Option<Grads>)>,
 ) -> Result<SamGradient> {
     let n = y.dim(0)?;
     let m = cfg.chunk.unwrap_or(n).min(n);
@@ -467,17 +697,18 @@ pub(crate) fn sam_gradient(
             Some(wd) => with_decay(&model.params, g, wd, None)?,
             None => g,
         };
-        let eps = perturbation(&model.params, &g, cfg)?;
-        if clean == Clean::Keep {
-            clean_total = Some(add_grads(clean_total, g)?);
-        }
+        let eps = perturb(&model.params, &g)?;
         let (k2, g2) = perturbed_grads(model, &eps, &xc, &yc, bn_batch)?;
         let g2 = match loss_decay {
             Some(wd) => with_decay(&model.params, g2, wd, Some(&eps))?,
             None => g2,
         };
         perturbed_correct += k2;
-        total = Some(add_grads(total, g2)?);
+        let (dir, keep) = combine(g, g2)?;
+        if let Some(g) = keep {
+            clean_total = Some(add_grads(clean_total, g)?);
+        }
+        total = Some(add_grads(total, dir)?);
     }
     if !running.is_empty() {
         model.params.restore_buffers(&mean_buffers(&running)?)?;

@@ -1,5 +1,9 @@
 //! A run's optimisation state: the base optimiser, SAM settings, the
 //! learning-rate and SGD/SAM schedules, the global step and the passes spent.
+//!
+//! Each step gets SAM's settings with rho at that step ([`Trainer::sam_at`]:
+//! the [`RhoSchedule`](crate::RhoSchedule) of the run's progress and
+//! learning rate), so a step kind reads one rho and knows no schedule.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -9,10 +13,10 @@ use samlab_models::Model;
 
 use crate::error::{ErrorKind, Result};
 use crate::lr::LrSchedule;
-use crate::sam::{SamConfig, StepOutput};
+use crate::sam::{Progress, SamConfig, StepOutput};
 use crate::schedule::{Resolved, StepSchedule};
 use crate::sgd::{Sgd, SgdConfig};
-use crate::steps::{KindSettings, KindStates, StepCtx};
+use crate::steps::{KindSettings, KindStates, Method, StepCtx};
 
 pub struct Trainer {
     pub sgd: Sgd,
@@ -60,10 +64,13 @@ impl Trainer {
         })
     }
 
-    /// The same run with the step kinds' settings `kinds`, checked.
+    /// The same run with the step kinds' settings `kinds`, checked, and
+    /// checked with SAM's settings and the ghost batch for every kind the
+    /// schedule uses ([`StepKind::check_run`](crate::StepKind::check_run)).
     pub fn with_kinds(mut self, kinds: KindSettings) -> Result<Trainer> {
         kinds.check()?;
         self.kinds = kinds;
+        self.check_kinds()?;
         Ok(self)
     }
 
@@ -73,17 +80,52 @@ impl Trainer {
             return Err(crate::error::bad("the BatchNorm batch must be at least 1"));
         }
         self.bn_batch = bn_batch;
+        self.check_kinds()?;
         Ok(self)
+    }
+
+    /// Checks each kind the schedule uses against SAM's settings and the
+    /// ghost batch (a kind whose step cannot take m-sharpness chunks, say).
+    fn check_kinds(&self) -> Result<()> {
+        for &m in Method::ALL {
+            if self.schedule.count(m, 0, self.total_steps) > 0 {
+                self.kinds.check_run(m, &self.sam, self.bn_batch)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The learning-rate schedule's largest and smallest rates (what
+    /// [`RhoSchedule::LrProportional`](crate::RhoSchedule) relates rho to).
+    pub fn lr_range(&self) -> (f64, f64) {
+        match self.lr {
+            LrSchedule::Constant { lr } => (lr, lr),
+            // lr (1 + cos(pi t / T)) / 2: lr at t = 0, 0 at t = T.
+            LrSchedule::Cosine { lr } => (lr, 0.0),
+        }
+    }
+
+    /// SAM's settings at global step `t`: rho as its schedule says.
+    pub fn sam_at(&self, t: u64) -> SamConfig {
+        let (lr_max, lr_min) = self.lr_range();
+        self.sam.at(Progress {
+            step: t,
+            total_steps: self.total_steps,
+            lr: self.lr.at(t, self.total_steps),
+            lr_max,
+            lr_min,
+        })
     }
 
     /// One step on batch (x, y): the method and rate of the current global step.
     pub fn train_step(&mut self, model: &Model, x: &Tensor, y: &Tensor) -> Result<StepOutput> {
         let t = self.step;
         let lr = self.lr.at(t, self.total_steps);
+        let sam = self.sam_at(t);
         let ctx = StepCtx {
             model,
             opt: &mut self.sgd,
-            sam: &self.sam,
+            sam: &sam,
             bn_batch: self.bn_batch,
             x,
             y,

@@ -32,7 +32,10 @@ use crate::error::{Error, ErrorKind, Result, bad};
 use crate::sam::{SamConfig, StepOutput};
 use crate::sgd::Sgd;
 
+pub mod fsam;
+pub mod gsam;
 pub mod look_sam;
+pub mod msam;
 mod sam;
 mod sgd;
 
@@ -60,6 +63,19 @@ pub trait StepKind: Debug + Default {
 
     /// Checks the settings (called once, where a study is read).
     fn check(_settings: &Self::Settings) -> Result<()> {
+        Ok(())
+    }
+
+    /// Checks the settings with the run's SAM settings and ghost batch,
+    /// for a run that takes steps of this kind: a kind whose step cannot
+    /// take one of them (m-sharpness chunks, say) says so here, naming the
+    /// setting ([`Trainer`](crate::Trainer) calls it for every kind its
+    /// schedule uses, and the step calls it again).
+    fn check_run(
+        _settings: &Self::Settings,
+        _sam: &SamConfig,
+        _bn_batch: Option<usize>,
+    ) -> Result<()> {
         Ok(())
     }
 
@@ -129,6 +145,15 @@ macro_rules! steps {
                 match m { $(Method::$variant => <$kind as StepKind>::cost(&self.$field),)* }
             }
 
+            /// Checks kind `m`'s settings with SAM's settings and the ghost
+            /// batch of a run that takes its steps ([`StepKind::check_run`]).
+            pub fn check_run(&self, m: Method, sam: &SamConfig, bn_batch: Option<usize>) -> Result<()> {
+                match m {
+                    $(Method::$variant => <$kind as StepKind>::check_run(&self.$field, sam, bn_batch)
+                        .map_err(|e| within(&format!("kinds.{}", stringify!($field)), e)),)*
+                }
+            }
+
             /// Checks every kind's settings; an error names the kind's field.
             pub fn check(&self) -> Result<()> {
                 $(
@@ -192,6 +217,9 @@ steps! {
     Sgd => sgd::SgdKind, settings sgd;
     Sam => sam::SamKind, settings sam;
     LookSam => look_sam::LookSam, settings look_sam;
+    Gsam => gsam::Gsam, settings gsam;
+    Msam => msam::Msam, settings msam;
+    Fsam => fsam::Fsam, settings fsam;
 }
 
 impl Method {
@@ -202,6 +230,22 @@ impl Method {
             .position(|m| *m == self)
             .expect("every kind is listed")
     }
+}
+
+/// `sum_i <a_i, b_i>` over the tensors of `a` (each tensor's sum in its
+/// dtype, the sum over tensors in f64, in name order).
+pub(crate) fn dot(a: &crate::Grads, b: &crate::Grads) -> Result<f64> {
+    let mut s = 0f64;
+    for (name, t) in a {
+        let u = b
+            .get(name)
+            .ok_or_else(|| bad(format!("no tensor `{name}` to pair with")))?;
+        s += (t * u)?
+            .sum_all()?
+            .to_dtype(candle_core::DType::F64)?
+            .to_scalar::<f64>()?;
+    }
+    Ok(s)
 }
 
 /// A state counter (a whole number below 2^53) as a tensor.

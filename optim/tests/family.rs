@@ -1,0 +1,572 @@
+//! The SAM family's step kinds (GSAM, Momentum-SAM, Friendly SAM) against
+//! their JAX references (`reference/gen_{gsam,msam,fsam}_reference.py`,
+//! written from the papers and the official code), their reductions to
+//! SAM and SGD bit for bit, their costs, their resume and their errors.
+
+mod common;
+
+use candle_core::{DType, Device, Tensor};
+use common::*;
+use samlab_models::Model;
+use samlab_optim::steps::NoSettings;
+use samlab_optim::steps::fsam::{Fsam, FsamSettings};
+use samlab_optim::steps::gsam::{Gsam, GsamSettings};
+use samlab_optim::steps::msam::Msam;
+use samlab_optim::*;
+use serde_json::Value;
+
+fn fixture(text: &str) -> Vec<Value> {
+    let v: Value = serde_json::from_str(text).unwrap();
+    assert_eq!(v["dtype"], "f64");
+    v["cases"].as_array().unwrap().clone()
+}
+
+fn label(case: &Value, dtype: DType) -> String {
+    format!(
+        "{dtype:?} {} rho {} chunk {} bn_batch {} decay {} nesterov {} {}",
+        case["method"].as_str().unwrap(),
+        case["rho"],
+        case["chunk"],
+        case["bn_batch"],
+        case["decay"],
+        case["nesterov"],
+        ["alpha", "sigma", "lambda", "beta", "gamma"]
+            .iter()
+            .filter(|k| !case[**k].is_null())
+            .map(|k| format!("{k} {}", case[*k]))
+            .collect::<Vec<_>>()
+            .join(" ")
+    )
+}
+
+fn ctx<'a>(
+    model: &'a Model,
+    opt: &'a mut Sgd,
+    sam: &'a SamConfig,
+    bn_batch: Option<usize>,
+    x: &'a Tensor,
+    y: &'a Tensor,
+) -> StepCtx<'a> {
+    StepCtx {
+        model,
+        opt,
+        sam,
+        bn_batch,
+        x,
+        y,
+        lr: 0.1,
+    }
+}
+
+fn bn_batch(case: &Value) -> Option<usize> {
+    case["bn_batch"].as_u64().map(|b| b as usize)
+}
+
+/// GSAM: six cases (alpha 0.1, 0.3, 0; rho_t tied to a falling lr; m = 4
+/// on ghost batches of 4; the decay in the loss), rho_t per step from the
+/// JSON.
+#[test]
+fn gsam_matches_the_jax_reference() {
+    let cases = fixture(include_str!("reference/gsam_reference.json"));
+    assert_eq!(cases.len(), 6);
+    for dtype in [DType::F64, DType::F32] {
+        for case in &cases {
+            let l = label(case, dtype);
+            let settings = GsamSettings {
+                alpha: case["alpha"].as_f64().unwrap(),
+            };
+            let rho_t = floats(&case["rho_t"]);
+            let mut kind = Gsam;
+            let (_, _, w) = run_case(case, dtype, &l, |k, model, opt, x, y| {
+                let mut cfg = sam_config(case);
+                cfg.rho = rho_t[k];
+                let out = kind
+                    .step(&settings, ctx(model, opt, &cfg, bn_batch(case), x, y))
+                    .unwrap();
+                assert!(out.perturbed());
+                out
+            });
+            report(&l, &w);
+        }
+    }
+}
+
+/// Momentum-SAM: six cases (rho 0.3, 0.05, 3, 0; the official optimiser:
+/// heavy ball with the decay at the perturbed weights; ghost batches of 4).
+#[test]
+fn msam_matches_the_jax_reference() {
+    let cases = fixture(include_str!("reference/msam_reference.json"));
+    assert_eq!(cases.len(), 6);
+    assert!(
+        cases
+            .iter()
+            .any(|c| c["nesterov"] == false && c["decay"] == "Loss")
+    );
+    for dtype in [DType::F64, DType::F32] {
+        for case in &cases {
+            let l = label(case, dtype);
+            let cfg = sam_config(case);
+            let mut kind = Msam;
+            let (_, _, w) = run_case(case, dtype, &l, |k, model, opt, x, y| {
+                let out = kind
+                    .step(&NoSettings {}, ctx(model, opt, &cfg, bn_batch(case), x, y))
+                    .unwrap();
+                // The first step has no momentum to perturb along.
+                assert_eq!(out.perturbed(), k > 0, "{l}: step {k}");
+                out
+            });
+            report(&l, &w);
+        }
+    }
+}
+
+/// Friendly SAM: five cases (sigma 1 with lambda 0.9 and run.sh's 0.6,
+/// sigma 0, m = 4 on ghost batches of 4, sigma 0.5 with the decay in the
+/// loss) and the moving average `m` after the last step.
+#[test]
+fn fsam_matches_the_jax_reference() {
+    let cases = fixture(include_str!("reference/fsam_reference.json"));
+    assert_eq!(cases.len(), 5);
+    for dtype in [DType::F64, DType::F32] {
+        for case in &cases {
+            let l = label(case, dtype);
+            let cfg = sam_config(case);
+            let settings = FsamSettings {
+                sigma: case["sigma"].as_f64().unwrap(),
+                lambda: case["lambda"].as_f64().unwrap(),
+            };
+            let mut kind = Fsam::default();
+            let (_, _, mut w) = run_case(case, dtype, &l, |_, model, opt, x, y| {
+                kind.step(&settings, ctx(model, opt, &cfg, bn_batch(case), x, y))
+                    .unwrap()
+            });
+            // m is a mean of gradients (not a difference of them): its
+            // error is the gradients', within `tol` of its own norm.
+            let tol = tolerance(case, dtype);
+            let mine = kind.average().expect("an average after three steps");
+            for (name, want) in case["m"].as_object().unwrap() {
+                let v = f64_flat(&mine[name]);
+                let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+                let wn = want["norm"].as_f64().unwrap();
+                w.state = w.state.max((norm - wn).abs() / (tol * wn));
+                assert!(
+                    (norm - wn).abs() <= tol * wn,
+                    "{l} m {name}: norm {norm} vs {wn}"
+                );
+                let max_head = floats(&want["head"])
+                    .iter()
+                    .fold(0f64, |a, b| a.max(b.abs()));
+                for (i, (a, b)) in v.iter().zip(floats(&want["head"])).enumerate() {
+                    let bound = tol * wn.max(max_head);
+                    w.state = w.state.max((a - b).abs() / bound);
+                    assert!((a - b).abs() <= bound, "{l} m {name}[{i}]: {a} vs {b}");
+                }
+            }
+            report(&l, &w);
+        }
+    }
+}
+
+/// Three steps of `a` and `b` on the same batches from the same start,
+/// with `settings` (SAM's) and ghost batches `bn`: the bits of both.
+fn same_bits(
+    cfg: &SamConfig,
+    bn: Option<usize>,
+    decay: Decay,
+    mut a: impl FnMut(StepCtx<'_>) -> StepOutput,
+    mut b: impl FnMut(StepCtx<'_>) -> StepOutput,
+) {
+    let (ma, mb) = (resnet8(), resnet8());
+    let sgd = || {
+        Sgd::new(SgdConfig {
+            decay,
+            ..SgdConfig::default()
+        })
+        .unwrap()
+    };
+    let (mut oa, mut ob) = (sgd(), sgd());
+    for k in 0..3 {
+        let (x, y) = batch(k);
+        let sa = a(ctx(&ma, &mut oa, cfg, bn, &x, &y));
+        let sb = b(ctx(&mb, &mut ob, cfg, bn, &x, &y));
+        assert_eq!(sa.loss.to_bits(), sb.loss.to_bits(), "loss of step {k}");
+        assert_eq!(sa.passes, sb.passes);
+    }
+    assert!(
+        state_bits(&ma, &oa) == state_bits(&mb, &ob),
+        "not the same bits"
+    );
+}
+
+fn sam(c: StepCtx<'_>) -> StepOutput {
+    let settings = StepSettings {
+        sam: c.sam,
+        bn_batch: c.bn_batch,
+    };
+    sam_step_with(c.model, c.opt, &settings, c.x, c.y, c.lr).unwrap()
+}
+
+/// The settings the reductions run in: plain, m = 4 on ghost batches of 4,
+/// the decay in the loss.
+fn reduction_settings() -> Vec<(SamConfig, Option<usize>, Decay)> {
+    let mut m4 = SamConfig::new(0.05);
+    m4.chunk = Some(4);
+    vec![
+        (SamConfig::new(0.05), None, Decay::Update),
+        (m4, Some(4), Decay::Update),
+        (SamConfig::new(0.05), None, Decay::Loss),
+    ]
+}
+
+#[test]
+fn gsam_with_alpha_0_is_sam_bit_for_bit() {
+    for (cfg, bn, decay) in reduction_settings() {
+        let s = GsamSettings { alpha: 0.0 };
+        same_bits(&cfg, bn, decay, sam, |c| Gsam.step(&s, c).unwrap());
+    }
+}
+
+#[test]
+fn fsam_with_sigma_0_is_sam_bit_for_bit() {
+    for (cfg, bn, decay) in reduction_settings() {
+        let s = FsamSettings {
+            sigma: 0.0,
+            lambda: 0.6,
+        };
+        let mut kind = Fsam::default();
+        same_bits(&cfg, bn, decay, sam, |c| kind.step(&s, c).unwrap());
+    }
+}
+
+#[test]
+fn msam_with_rho_0_is_sgd_bit_for_bit() {
+    let sgd = |c: StepCtx<'_>| {
+        let settings = StepSettings {
+            sam: c.sam,
+            bn_batch: c.bn_batch,
+        };
+        sgd_step_with(c.model, c.opt, &settings, c.x, c.y, c.lr).unwrap()
+    };
+    for (bn, decay) in [
+        (None, Decay::Update),
+        (Some(4), Decay::Update),
+        (None, Decay::Loss),
+    ] {
+        same_bits(&SamConfig::new(0.0), bn, decay, sgd, |c| {
+            Msam.step(&NoSettings {}, c).unwrap()
+        });
+    }
+}
+
+/// The planned costs against hand counts: GSAM and F-SAM two passes
+/// (clean and perturbed), Momentum-SAM one; each step reports what it ran.
+#[test]
+fn costs_are_the_passes_counted_by_hand() {
+    let kinds = KindSettings::default();
+    assert_eq!(kinds.cost(Method::Gsam), 2.0);
+    assert_eq!(kinds.cost(Method::Fsam), 2.0);
+    assert_eq!(kinds.cost(Method::Msam), 1.0);
+    // A run: 2 SGD steps, then 4 Momentum-SAM steps: 6 passes planned and run.
+    let schedule = StepSchedule::Switch {
+        from: Method::Sgd,
+        to: Method::Msam,
+        at: Point::Step(2),
+    };
+    let mut t = Trainer::new(
+        SgdConfig::default(),
+        SamConfig::new(0.3),
+        LrSchedule::Cosine { lr: 0.1 },
+        &schedule,
+        6,
+        2,
+    )
+    .unwrap();
+    let m = resnet8();
+    let mut perturbed = Vec::new();
+    for k in 0..6 {
+        let (x, y) = batch(k % 3);
+        perturbed.push(t.train_step(&m, &x, &y).unwrap().perturbed());
+    }
+    assert_eq!(t.passes, 6.0);
+    assert_eq!(t.schedule.cost(&KindSettings::default(), 0, 6), 6.0);
+    // MSAM's first step perturbs along the SGD steps' momentum.
+    assert_eq!(perturbed, [false, false, true, true, true, true]);
+}
+
+fn fsam_trainer(total: u64) -> Trainer {
+    Trainer::new(
+        SgdConfig::default(),
+        SamConfig::new(0.1),
+        LrSchedule::Cosine { lr: 0.1 },
+        &StepSchedule::Psam {
+            period: 2,
+            until: Point::Step(4),
+            with: Method::Fsam,
+        },
+        total,
+        2,
+    )
+    .unwrap()
+}
+
+/// An F-SAM run (PSAM with F-SAM steps) stopped after its third F-SAM step
+/// and resumed from its checkpoint ends on the bits of the uninterrupted
+/// run: the moving average is part of the checkpoint. Without it the
+/// resumed run differs.
+#[test]
+fn fsam_resumes_bit_identically() {
+    let total = 7;
+    let a = resnet8();
+    let mut ta = fsam_trainer(total);
+    for k in 0..total as usize {
+        let (x, y) = batch(k % 3);
+        ta.train_step(&a, &x, &y).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let b = resnet8();
+    let mut tb = fsam_trainer(total);
+    for k in 0..5 {
+        let (x, y) = batch(k % 3);
+        tb.train_step(&b, &x, &y).unwrap();
+    }
+    b.params
+        .save(&dir.path().join("model.safetensors"))
+        .unwrap();
+    tb.save(&dir.path().join("optim.safetensors")).unwrap();
+    let resume = |with_state: bool| {
+        let c = Model::new(&"resnet8".parse().unwrap(), 10, 99, &Device::Cpu).unwrap();
+        c.params
+            .load(&dir.path().join("model.safetensors"))
+            .unwrap();
+        let mut tc = fsam_trainer(total);
+        tc.load(&c, &dir.path().join("optim.safetensors")).unwrap();
+        if !with_state {
+            tc.states = KindStates::default();
+        }
+        for k in 5..total as usize {
+            let (x, y) = batch(k % 3);
+            tc.train_step(&c, &x, &y).unwrap();
+        }
+        (c, tc)
+    };
+    let (c, tc) = resume(true);
+    assert_eq!((ta.step, ta.passes), (tc.step, tc.passes));
+    assert!(state_bits(&a, &ta.sgd) == state_bits(&c, &tc.sgd));
+    let bits = |t: &Trainer| -> Vec<Vec<u32>> {
+        let m = t.states.fsam.average().unwrap();
+        m.values()
+            .map(|v| flat(v).iter().map(|f| f.to_bits()).collect())
+            .collect()
+    };
+    assert_eq!(bits(&ta), bits(&tc));
+    let (d, td) = resume(false);
+    assert!(state_bits(&a, &ta.sgd) != state_bits(&d, &td.sgd));
+}
+
+#[test]
+fn bad_settings_are_errors_that_name_them() {
+    let check = |kinds: &KindSettings, want: &str| {
+        let err = kinds.check().unwrap_err().to_string();
+        assert!(err.contains(want), "{err}");
+    };
+    let mut kinds = KindSettings::default();
+    kinds.gsam.alpha = -0.1;
+    check(
+        &kinds,
+        "kinds.gsam: GSAM's alpha must be finite and >= 0, got -0.1",
+    );
+    kinds.gsam.alpha = f64::NAN;
+    assert!(kinds.check().is_err());
+    let mut kinds = KindSettings::default();
+    kinds.fsam.sigma = -1.0;
+    check(
+        &kinds,
+        "kinds.fsam: F-SAM's sigma must be finite and >= 0, got -1",
+    );
+    kinds.fsam.sigma = 1.0;
+    kinds.fsam.lambda = 1.0;
+    check(
+        &kinds,
+        "kinds.fsam: F-SAM's lambda must be in [0, 1), got 1",
+    );
+    // Unknown fields are errors, and the defaults are the papers' CIFAR settings.
+    assert!(
+        serde_json::from_str::<KindSettings>(r#"{"gsam": {"alpha": 0.1, "beta": 1}}"#).is_err()
+    );
+    let d = KindSettings::default();
+    assert_eq!((d.gsam.alpha, d.fsam.sigma, d.fsam.lambda), (0.4, 1.0, 0.6));
+    // Momentum-SAM takes no m-sharpness chunks and no ASAM: the run says so.
+    let mut chunked = SamConfig::new(0.3);
+    chunked.chunk = Some(4);
+    let msam_run = |sam: SamConfig| {
+        Trainer::new(
+            SgdConfig::default(),
+            sam,
+            LrSchedule::Constant { lr: 0.1 },
+            &StepSchedule::Always(Method::Msam),
+            4,
+            2,
+        )
+        .unwrap()
+        .with_kinds(KindSettings::default())
+    };
+    let err = msam_run(chunked.clone()).err().unwrap().to_string();
+    assert!(
+        err.contains("kinds.msam: Momentum-SAM perturbs along the momentum"),
+        "{err}"
+    );
+    assert!(err.contains("sam.chunk (4) must be unset"), "{err}");
+    let mut adaptive = SamConfig::new(0.3);
+    adaptive.adaptive = true;
+    let err = msam_run(adaptive).err().unwrap().to_string();
+    assert!(err.contains("sam.adaptive must be false"), "{err}");
+    // A run that never takes an MSAM step is not refused for its chunks.
+    assert!(
+        Trainer::new(
+            SgdConfig::default(),
+            chunked,
+            LrSchedule::Constant { lr: 0.1 },
+            &StepSchedule::Always(Method::Sam),
+            4,
+            2,
+        )
+        .unwrap()
+        .with_kinds(KindSettings::default())
+        .is_ok()
+    );
+}
+
+/// SAM-ON's scope: the normalisation layers' weights and biases, found by
+/// structure (ResNet's `shortcut.1` is a BatchNorm too), and nothing else.
+#[test]
+fn the_norm_scope_perturbs_the_normalisation_layers_only() {
+    let m = resnet8();
+    let mut cfg = SamConfig::new(0.05);
+    assert_eq!(
+        cfg.perturbed_names(&m.params).len(),
+        m.params.trainable().count()
+    );
+    cfg.scope = Scope::Norm;
+    let names = cfg.perturbed_names(&m.params);
+    let want: Vec<String> = m
+        .params
+        .buffers()
+        .filter_map(|(n, _)| n.strip_suffix(".running_mean"))
+        .flat_map(|l| [format!("{l}.bias"), format!("{l}.weight")])
+        .collect();
+    let mut sorted = want.clone();
+    sorted.sort();
+    assert_eq!(names, sorted);
+    assert!(names.iter().any(|n| n.contains("shortcut.1.")), "{names:?}");
+    assert!(
+        names
+            .iter()
+            .all(|n| !n.contains("conv") && !n.contains("linear"))
+    );
+    // A step with the scope differs from SAM's and from SGD's.
+    let step = |cfg: &SamConfig| {
+        let m = resnet8();
+        let mut opt = Sgd::new(SgdConfig::default()).unwrap();
+        let (x, y) = batch(0);
+        sam_step(&m, &mut opt, cfg, &x, &y, 0.1).unwrap();
+        state_bits(&m, &opt)
+    };
+    let (all, norm, sgd) = (
+        step(&SamConfig::new(0.05)),
+        step(&cfg),
+        step(&SamConfig::new(0.0)),
+    );
+    assert!(norm != all && norm != sgd);
+    // Every perturbing kind takes it: GSAM's step with the scope differs too.
+    let m = resnet8();
+    let mut opt = Sgd::new(SgdConfig::default()).unwrap();
+    let (x, y) = batch(0);
+    Gsam.step(
+        &GsamSettings { alpha: 0.0 },
+        ctx(&m, &mut opt, &cfg, None, &x, &y),
+    )
+    .unwrap();
+    assert!(
+        state_bits(&m, &opt) == norm,
+        "GSAM alpha 0 with the scope is SAM with it"
+    );
+}
+
+/// The rho schedules at their ends and GSAM's rule on the reference's
+/// numbers; the trainer hands each step its rho.
+#[test]
+fn rho_schedules_follow_their_rules() {
+    let at = |s: RhoSchedule, step: u64, lr: f64| {
+        let mut c = SamConfig::new(0.1);
+        c.rho_schedule = s;
+        c.check().unwrap();
+        c.rho_at(Progress {
+            step,
+            total_steps: 10,
+            lr,
+            lr_max: 0.1,
+            lr_min: 0.0,
+        })
+    };
+    assert_eq!(at(RhoSchedule::Constant, 7, 0.02), 0.1);
+    assert_eq!(at(RhoSchedule::Linear { to: 0.3 }, 0, 0.1), 0.1);
+    assert!((at(RhoSchedule::Linear { to: 0.3 }, 5, 0.1) - 0.2).abs() < 1e-15);
+    assert!((at(RhoSchedule::Linear { to: 0.3 }, 10, 0.1) - 0.3).abs() < 1e-15);
+    assert_eq!(at(RhoSchedule::Cosine { to: 0.02 }, 0, 0.1), 0.1);
+    assert!((at(RhoSchedule::Cosine { to: 0.02 }, 5, 0.1) - 0.06).abs() < 1e-15);
+    assert!((at(RhoSchedule::Cosine { to: 0.02 }, 10, 0.1) - 0.02).abs() < 1e-15);
+    // GSAM's rule against the reference's schedule case.
+    let cases = fixture(include_str!("reference/gsam_reference.json"));
+    let case = cases.iter().find(|c| c["rho_min"] != c["rho_max"]).unwrap();
+    let mut c = SamConfig::new(case["rho_max"].as_f64().unwrap());
+    c.rho_schedule = RhoSchedule::LrProportional {
+        min: case["rho_min"].as_f64().unwrap(),
+    };
+    for (lr, want) in floats(&case["lr_t"])
+        .into_iter()
+        .zip(floats(&case["rho_t"]))
+    {
+        let got = c.rho_at(Progress {
+            step: 0,
+            total_steps: 3,
+            lr,
+            lr_max: case["lr_max"].as_f64().unwrap(),
+            lr_min: case["lr_min"].as_f64().unwrap(),
+        });
+        assert!((got - want).abs() <= 1e-15 * want, "rho_t {got} vs {want}");
+    }
+    // The trainer: cosine lr from 0.1 to 0 over 4 steps, rho 0.1 down to 0.02.
+    let t = Trainer::new(
+        SgdConfig::default(),
+        c.clone(),
+        LrSchedule::Cosine { lr: 0.1 },
+        &StepSchedule::Always(Method::Gsam),
+        4,
+        2,
+    )
+    .unwrap();
+    assert_eq!(t.sam_at(0).rho, 0.1);
+    assert!((t.sam_at(2).rho - 0.06).abs() < 1e-15);
+    assert!((t.sam_at(4).rho - 0.02).abs() < 1e-15);
+    // Bad schedules are errors; new fields at their defaults are not
+    // serialised (existing keys unchanged).
+    c.rho_schedule = RhoSchedule::LrProportional { min: 0.5 };
+    assert!(c.check().unwrap_err().to_string().contains("above rho 0.1"));
+    c.rho_schedule = RhoSchedule::Linear { to: -1.0 };
+    assert!(
+        c.check()
+            .unwrap_err()
+            .to_string()
+            .contains("Linear's `to` must be finite and >= 0")
+    );
+    let json = serde_json::to_string(&SamConfig::new(0.05)).unwrap();
+    assert_eq!(
+        json,
+        r#"{"rho":0.05,"chunk":null,"adaptive":false,"eta":0.01}"#
+    );
+    let mut c = SamConfig::new(0.05);
+    c.scope = Scope::Norm;
+    c.rho_schedule = RhoSchedule::Cosine { to: 0.01 };
+    let back: SamConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+    assert_eq!(back, c);
+}
