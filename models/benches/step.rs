@@ -16,8 +16,9 @@
 //! steps (samlab's first steps grow per-thread buffers and the allocator's
 //! pages; JAX's first compiles). Set `SAMLAB_BENCH_STEPS` and
 //! `SAMLAB_BENCH_WARMUP` to change them (defaults: 5 and 3 for the small
-//! nets, 2 and 2 for ResNet-18), and `SAMLAB_BENCH_PYTHON` for the Python
-//! that has torch and jax (default `python3`).
+//! nets, 2 and 2 for ResNet-18), `SAMLAB_BENCH_PYTHON` for the Python
+//! that has torch and jax (default `python3`), and `SAMLAB_BENCH_NETS`
+//! (comma-separated, e.g. `resnet8,resnet18`) to run only some nets.
 //!
 //! A second table gives the distance to the machine's limit: each side's
 //! achieved GFLOP/s and its fraction of the f32 FMA peak measured in the
@@ -110,6 +111,9 @@ fn main() {
     let env = |k: &str| std::env::var(k).ok().and_then(|s| s.parse::<usize>().ok());
     let (steps_env, warmup_env) = (env("SAMLAB_BENCH_STEPS"), env("SAMLAB_BENCH_WARMUP"));
     let rounds = env("SAMLAB_BENCH_ROUNDS").unwrap_or(3).max(1);
+    let nets: Option<Vec<String>> = std::env::var("SAMLAB_BENCH_NETS")
+        .ok()
+        .map(|v| v.split(',').map(|n| n.trim().to_string()).collect());
     let peak_before = fma::measure(0.2, 3);
     let mut rates: Vec<Rates> = Vec::new();
     println!(
@@ -138,7 +142,10 @@ fn main() {
         ("resnet20", 5, 3),
         ("wrn16-2", 5, 3),
         ("resnet18", 2, 2),
-    ] {
+    ]
+    .into_iter()
+    .filter(|(name, _, _)| nets.as_ref().is_none_or(|n| n.iter().any(|m| m == name)))
+    {
         let steps = steps_env.unwrap_or(default_steps).max(1);
         let warmup = warmup_env.unwrap_or(default_warmup).max(1);
         let m = Model::new(&name.parse::<Arch>().unwrap(), 10, 0, &Device::Cpu).unwrap();
