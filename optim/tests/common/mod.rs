@@ -79,22 +79,20 @@ pub fn state_bits(model: &Model, opt: &Sgd) -> Vec<(String, Vec<u32>)> {
 /// gradients' rounding (a few units of `u = 2^-24` relative to their norm)
 /// carried through three steps into the momentum and the weights. Chaotic
 /// cases: m-sharpness chunks of 4, ghost batches of 4, adaptive scaling,
-/// and a case a ReLU flip makes chaotic (an f32 input near zero crosses
-/// it: a discrete jump no rounding model sizes; the GSAM case whose rho_t
-/// falls with the learning rate reads 4.6e-2 on the momentum where its
-/// neighbours read 1.5e-6, so it is one): 1e-1, measured, not modelled.
+/// and every GSAM case (in f32 a ReLU input near zero flips: a discrete
+/// jump no rounding model sizes; GSAM's cases without chunks flip on some
+/// kernel paths, the one whose rho_t falls with the lr on all of them,
+/// reading 4.6e-2 on the momentum where the SAM-like cases read ~1e-6):
+/// 1e-1, measured over the four `SAMLAB_CPU_CONV` paths, not modelled.
 /// Each case prints its error / bound (`cargo test -p samlab-optim --test
-/// family -- --nocapture`), the worst the margin is set against being
+/// family -- --nocapture`); the worst, which the margin is set against, is
 /// Momentum-SAM on ghost batches of 4. The f64 run checks every case to
 /// 1e-9 (f64 rounding, ~1e-16 an operation, stays below 1e-13).
 pub fn f32_tolerance(case: &Value) -> f64 {
-    let lr_moves = case["lr_t"]
-        .as_array()
-        .is_some_and(|l| l.windows(2).any(|w| w[0] != w[1]));
     let chaotic = case["chunk"].as_u64().is_some()
         || case["bn_batch"].as_u64().is_some()
         || case["adaptive"].as_bool() == Some(true)
-        || lr_moves;
+        || case["method"] == "gsam";
     if chaotic { 1e-1 } else { 1e-5 }
 }
 
