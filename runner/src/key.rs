@@ -580,6 +580,8 @@ mod pinned {
             "look-k5": Train(extends: "recipe", method: Always(LookSam), kinds: (look_sam: (k: 5))),
             "look-k3": Train(extends: "recipe", method: Always(LookSam), kinds: (look_sam: (k: 3))),
             "sgd-k3": Train(extends: "recipe", kinds: (look_sam: (k: 3))),
+            "grid": Train(extends: "recipe", method: Always(LookSam),
+                grid: {"kinds.look_sam.k": [3, 5]}),
             "sam-k3": Train(extends: "recipe", method: Always(Sam), kinds: (look_sam: (k: 3))),
             "sam": Train(extends: "recipe", method: Always(Sam)),
             "sw-k3": Train(extends: "recipe", method: Switch(from: Sgd, to: LookSam, at: Epoch(2)),
@@ -624,6 +626,10 @@ mod pinned {
             serde_json::json!({"look_sam": {"k": 3}})
         );
         assert!(get("look").doc.unwrap()["spec"].get("kinds").is_none());
+        // A grid over a kind's setting by path: the points are the stages
+        // written out.
+        assert_eq!(key("grid[kinds.look_sam.k=3]"), key("look-k3"));
+        assert_eq!(key("grid[kinds.look_sam.k=5]"), key("look"));
         let (a, b) = (prefixes("sw-k3"), prefixes("sw-k2"));
         assert_eq!(a[..=2], b[..=2], "the SGD epochs are shared");
         assert_eq!(a[..=2], prefixes("sgd")[..=2]);

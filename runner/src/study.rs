@@ -429,11 +429,14 @@ fn resolve(raw: RawStudy, ctx: &Ctx, path: &Path) -> Result<Study> {
                 return Err(ctx.err(Some(&name), format!("grid field `{field}` has no values")));
             }
             let valid = stage.grid_fields();
-            if !valid.contains(&field.as_str()) {
+            if !valid.contains(field) {
+                let hint = closest(field, &valid)
+                    .map(|c| format!("did you mean `{c}`? "))
+                    .unwrap_or_default();
                 return Err(ctx.err(
                     Some(&name),
                     format!(
-                        "`{field}` cannot be a grid field of a {} stage; valid choices: {}",
+                        "`{field}` cannot be a grid field of a {} stage; {hint}valid choices: {}",
                         stage.kind(),
                         valid.join(", ")
                     ),
@@ -883,4 +886,15 @@ pub enum Censored {
     Refuse,
     /// As the steps they ran (a lower bound on their escape steps).
     AsBudget,
+}
+
+/// The choice nearest to `word` by edit distance, where it is near: at
+/// most a third of the word's length away (a typo, not another name).
+fn closest<'a>(word: &str, choices: &'a [String]) -> Option<&'a str> {
+    choices
+        .iter()
+        .map(|c| (strsim::levenshtein(word, c), c.as_str()))
+        .filter(|(d, _)| *d <= (word.chars().count() / 3).max(1))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
 }

@@ -154,6 +154,7 @@ impl SamPartial {
             chunk: s.chunk.or(bn_batch),
             adaptive: s.adaptive.unwrap_or(ds.adaptive),
             eta: s.eta.unwrap_or(ds.eta),
+            ..ds
         };
         sam.check()?;
         if let Some(m) = sam.chunk
@@ -205,6 +206,56 @@ impl KindsPartial {
                 Some(a)
             }
             (a, b) => a.or_else(|| b.clone()),
+        }
+    }
+
+    /// Every numeric setting of every kind, as a grid path
+    /// (`kinds.look_sam.k`).
+    pub fn grid_paths() -> Vec<String> {
+        let d = serde_json::to_value(KindSettings::default()).expect("settings serialise");
+        let mut out = Vec::new();
+        for (kind, fields) in d.as_object().into_iter().flatten() {
+            for (name, v) in fields.as_object().into_iter().flatten() {
+                if v.is_number() {
+                    out.push(format!("kinds.{kind}.{name}"));
+                }
+            }
+        }
+        out
+    }
+
+    /// Sets grid path `kinds.KIND.NAME` (one of [`grid_paths`](Self::grid_paths))
+    /// to `v`: a whole number where the setting is one.
+    pub fn set(own: &mut Option<KindsPartial>, path: &str, v: f64) -> Result<(), Invalid> {
+        let d = serde_json::to_value(KindSettings::default()).expect("settings serialise");
+        let parts: Vec<&str> = path.split('.').collect();
+        let [_, kind, name] = parts[..] else {
+            return Err(Invalid::UnknownGridField(path.to_string()));
+        };
+        let value = match d.get(kind).and_then(|k| k.get(name)) {
+            Some(x) if x.is_u64() => serde_json::Value::from(whole(v)?),
+            Some(x) if x.is_number() => serde_json::Value::from(v),
+            _ => return Err(Invalid::UnknownGridField(path.to_string())),
+        };
+        let root = &mut own
+            .get_or_insert_with(|| KindsPartial(serde_json::json!({})))
+            .0;
+        if !root.is_object() {
+            *root = serde_json::json!({});
+        }
+        let k = root
+            .as_object_mut()
+            .expect("an object")
+            .entry(kind)
+            .or_insert_with(|| serde_json::json!({}));
+        match k.as_object_mut() {
+            Some(m) => {
+                m.insert(name.to_string(), value);
+                Ok(())
+            }
+            None => Err(Invalid::Value(format!(
+                "`kinds.{kind}` must be a block of settings to vary `{path}`"
+            ))),
         }
     }
 

@@ -184,6 +184,10 @@ impl Partial for EscapePartial {
         self.grid.as_ref()
     }
 
+    fn grid_paths() -> Vec<String> {
+        KindsPartial::grid_paths()
+    }
+
     fn set_grid(&mut self, field: &str, v: f64) -> Result<(), Invalid> {
         match field {
             "seed" => self.seed = Some(whole(v)?),
@@ -193,6 +197,7 @@ impl Partial for EscapePartial {
             "bn_batch" => self.bn_batch = Some(whole(v)? as usize),
             "probe" => self.probe = Some(whole(v)? as usize),
             "threshold" => self.threshold = Some(v),
+            p if p.starts_with("kinds.") => KindsPartial::set(&mut self.kinds, p, v)?,
             _ => return Err(Invalid::UnknownGridField(field.to_string())),
         }
         Ok(())

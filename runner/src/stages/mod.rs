@@ -48,7 +48,13 @@ pub trait Partial: Clone + Debug + Default + DeserializeOwned {
         Vec::new()
     }
     fn grid(&self) -> Option<&Grid>;
-    /// Sets one grid field (one of [`GRID_FIELDS`](Self::GRID_FIELDS)) to `v`.
+    /// Grid fields named by path besides [`GRID_FIELDS`](Self::GRID_FIELDS)
+    /// (`kinds.look_sam.k`: every numeric setting of the step kinds).
+    fn grid_paths() -> Vec<String> {
+        Vec::new()
+    }
+    /// Sets one grid field (one of [`GRID_FIELDS`](Self::GRID_FIELDS) or
+    /// [`grid_paths`](Self::grid_paths)) to `v`.
     fn set_grid(&mut self, field: &str, v: f64) -> Result<(), Invalid>;
     /// The resolved spec, or what is missing or wrong.
     fn finish(&self, dataset: DatasetName) -> Result<Self::Spec, Invalid>;
@@ -228,8 +234,18 @@ macro_rules! registry {
             pub fn grid(&self) -> Option<&Grid> {
                 match self { $(RawStage::$variant(p) => p.grid(),)* }
             }
-            pub fn grid_fields(&self) -> &'static [&'static str] {
-                match self { $(RawStage::$variant(_) => <$module::$partial as Partial>::GRID_FIELDS,)* }
+            /// Every field a grid of this stage may vary, by name or path.
+            pub fn grid_fields(&self) -> Vec<String> {
+                match self {
+                    $(RawStage::$variant(_) => {
+                        let mut v: Vec<String> = <$module::$partial as Partial>::GRID_FIELDS
+                            .iter()
+                            .map(|f| f.to_string())
+                            .collect();
+                        v.extend(<$module::$partial as Partial>::grid_paths());
+                        v
+                    })*
+                }
             }
             pub fn set_grid(&mut self, field: &str, v: f64) -> Result<(), Invalid> {
                 match self { $(RawStage::$variant(p) => p.set_grid(field, v),)* }

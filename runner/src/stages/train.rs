@@ -112,6 +112,9 @@ pub struct TrainSpec {
     pub precision: Precision,
 }
 
+/// Indices into a split.
+type Indices = Vec<u32>;
+
 fn is_off(s: &Subset) -> bool {
     *s == Subset::Off
 }
@@ -153,6 +156,10 @@ impl Partial for TrainPartial {
         self.grid.as_ref()
     }
 
+    fn grid_paths() -> Vec<String> {
+        KindsPartial::grid_paths()
+    }
+
     fn set_grid(&mut self, field: &str, v: f64) -> Result<(), Invalid> {
         match field {
             "seed" => self.seed = Some(whole(v)?),
@@ -180,6 +187,7 @@ impl Partial for TrainPartial {
                     ));
                 }
             },
+            p if p.starts_with("kinds.") => KindsPartial::set(&mut self.kinds, p, v)?,
             _ => return Err(Invalid::UnknownGridField(field.to_string())),
         }
         Ok(())
@@ -279,7 +287,7 @@ impl TrainSpec {
 
     /// The training images and the held-out ones (`None`: every image;
     /// no validation), as indices into the training split.
-    fn split(&self, ds: &samlab_data::Dataset) -> Result<(Option<Vec<u32>>, Option<Vec<u32>>)> {
+    fn split(&self, ds: &samlab_data::Dataset) -> Result<(Option<Indices>, Option<Indices>)> {
         let classes = ds.num_classes();
         Ok(match self.val_subset {
             Subset::PerClass(v) => {
