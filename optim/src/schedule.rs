@@ -77,6 +77,15 @@ pub enum Resolved {
 }
 
 impl StepSchedule {
+    /// The kinds its steps may be of.
+    pub fn kinds(&self) -> Vec<Method> {
+        match *self {
+            StepSchedule::Always(m) => vec![m],
+            StepSchedule::Switch { from, to, .. } => vec![from, to],
+            StepSchedule::Psam { with, .. } => vec![Method::Sgd, with],
+        }
+    }
+
     pub fn resolve(&self, total_steps: u64, steps_per_epoch: u64) -> Result<Resolved> {
         Ok(match self {
             StepSchedule::Always(m) => Resolved::Always(*m),

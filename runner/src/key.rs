@@ -584,6 +584,9 @@ mod pinned {
                 grid: {"kinds.look_sam.k": [3, 5]}),
             "sam-k3": Train(extends: "recipe", method: Always(Sam), kinds: (look_sam: (k: 3))),
             "sam": Train(extends: "recipe", method: Always(Sam)),
+            "sam-all": Train(extends: "recipe", method: Always(Sam), sam: (scope: All, rho_schedule: Constant)),
+            "sam-on": Train(extends: "recipe", method: Always(Sam), sam: (scope: Norm)),
+            "sam-cos": Train(extends: "recipe", method: Always(Sam), sam: (rho_schedule: Cosine(to: 0.01))),
             "sw-k3": Train(extends: "recipe", method: Switch(from: Sgd, to: LookSam, at: Epoch(2)),
                 kinds: (look_sam: (k: 3))),
             "sw-k2": Train(extends: "recipe", method: Switch(from: Sgd, to: LookSam, at: Epoch(2)),
@@ -615,6 +618,10 @@ mod pinned {
         assert_ne!(key("look"), key("look-k3"));
         assert_ne!(key("look"), key("sam"));
         assert_eq!(key("sgd"), key("sgd-k3"));
+        // SAM's newer settings at their defaults key as before they existed.
+        assert_eq!(key("sam"), key("sam-all"));
+        assert_ne!(key("sam"), key("sam-on"));
+        assert_ne!(key("sam"), key("sam-cos"));
         assert_eq!(key("sam"), key("sam-k3"));
         assert_eq!(key("psam"), key("psam-sam"));
         assert_ne!(key("psam"), key("psam-look"));

@@ -12,7 +12,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use samlab_data::{Dataset, Loader, PipelineConfig, Split, subset_per_class};
 use samlab_models::Model;
-use samlab_optim::{Decay, KindSettings, Method, SamConfig, SgdConfig};
+use samlab_optim::{Decay, KindSettings, Method, RhoSchedule, SamConfig, Scope, SgdConfig};
 use serde::{Deserialize, Serialize};
 
 use super::RunCtx;
@@ -98,6 +98,12 @@ pub struct SamPartial {
     pub chunk: Option<usize>,
     pub adaptive: Option<bool>,
     pub eta: Option<f64>,
+    /// `All` (default) or `Norm`: SAM-ON, only the normalisation layers'
+    /// parameters perturbed.
+    pub scope: Option<Scope>,
+    /// `Constant` (default), `Linear(to: x)`, `Cosine(to: x)` or
+    /// `LrProportional(min: x)` (GSAM's rule).
+    pub rho_schedule: Option<RhoSchedule>,
 }
 
 impl SgdPartial {
@@ -132,7 +138,7 @@ impl SamPartial {
     pub fn merged(own: Option<SamPartial>, parent: &Option<SamPartial>) -> Option<SamPartial> {
         match (own, parent) {
             (Some(mut a), Some(b)) => {
-                inherit!(a, b; rho, chunk, adaptive, eta);
+                inherit!(a, b; rho, chunk, adaptive, eta, scope, rho_schedule);
                 Some(a)
             }
             (a, b) => a.or_else(|| b.clone()),
@@ -154,7 +160,8 @@ impl SamPartial {
             chunk: s.chunk.or(bn_batch),
             adaptive: s.adaptive.unwrap_or(ds.adaptive),
             eta: s.eta.unwrap_or(ds.eta),
-            ..ds
+            scope: s.scope.unwrap_or(ds.scope),
+            rho_schedule: s.rho_schedule.unwrap_or(ds.rho_schedule),
         };
         sam.check()?;
         if let Some(m) = sam.chunk

@@ -246,10 +246,13 @@ impl Partial for EscapePartial {
                 self.bn_batch,
             )?),
         };
+        let kinds = KindsPartial::resolve(self.kinds.as_ref())?;
+        let plain = SamConfig::new(0.0);
+        kinds.check_run(method, sam.as_ref().unwrap_or(&plain), self.bn_batch)?;
         Ok(EscapeSpec {
             method,
             sam,
-            kinds: KindsPartial::resolve(self.kinds.as_ref())?,
+            kinds,
             lr,
             batch,
             bn_batch: self.bn_batch,

@@ -237,6 +237,15 @@ impl Partial for TrainPartial {
         if let Some(k) = self.eval_every {
             positive("eval_every", k)?;
         }
+        let method = self
+            .method
+            .clone()
+            .unwrap_or(StepSchedule::Always(Method::Sgd));
+        let kinds = KindsPartial::resolve(self.kinds.as_ref())?;
+        // A kind that cannot take a setting of this run says so here.
+        for m in method.kinds() {
+            kinds.check_run(m, &sam, self.bn_batch)?;
+        }
         Ok(TrainSpec {
             model: arch.name(),
             train_subset,
@@ -250,12 +259,9 @@ impl Partial for TrainPartial {
             augment: self.augment.unwrap_or(true),
             optimizer,
             lr,
-            method: self
-                .method
-                .clone()
-                .unwrap_or(StepSchedule::Always(Method::Sgd)),
+            method,
             sam,
-            kinds: KindsPartial::resolve(self.kinds.as_ref())?,
+            kinds,
             test_subset,
             eval_batch,
             classes: dataset.num_classes(),
@@ -342,8 +348,8 @@ impl TrainSpec {
     /// the schedule (the methods of the steps go in instead), the final
     /// evaluation, the SAM settings until the first step that uses them (so
     /// SGD->SAM runs with any rho share the SGD run's epochs), each kind's
-    /// own settings until its first step, and `epochs` when the
-    /// learning rate does not depend on the run's length.
+    /// own settings until its first step, and `epochs` when neither the
+    /// learning rate nor rho depends on the run's length.
     fn prefix_parts(&self, resolved: &Resolved, spe: u64) -> crate::key::PrefixParts {
         let mut v = serde_json::to_value(self).expect("specs serialise");
         let m = v.as_object_mut().expect("an object");
@@ -351,7 +357,10 @@ impl TrainSpec {
         m.remove("test_subset");
         m.remove("eval_batch");
         let sam = m.remove("sam").expect("specs have SAM settings");
-        if matches!(self.lr, LrSchedule::Constant { .. }) {
+        // A rho schedule follows the run's length, as the cosine rate does.
+        if matches!(self.lr, LrSchedule::Constant { .. })
+            && self.sam.rho_schedule == samlab_optim::RhoSchedule::Constant
+        {
             m.remove("epochs");
         }
         crate::key::PrefixParts {
