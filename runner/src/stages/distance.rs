@@ -5,8 +5,10 @@
 use samlab_data::DatasetName;
 use serde::{Deserialize, Serialize};
 
-use super::common::{Grid, dep_model, dep_tensors, distance, inherit, merged_grid, model_tensors, pair_refs};
-use super::link::{pair_model};
+use super::common::{
+    Grid, dep_model, dep_tensors, distance, inherit, merged_grid, model_tensors, pair_refs,
+};
+use super::link::pair_model;
 use super::{Kind, KindPlan, Outcome, Partial, PlanInput, RunCtx, StageSpec, Summary};
 use crate::error::{Invalid, Result};
 

@@ -6,8 +6,11 @@
 use samlab_data::DatasetName;
 use serde::{Deserialize, Serialize};
 
-use super::common::{EvalFields, Grid, SplitName, Subset, dep_model, evaluate_loader, forward_cost, inherit, merged_grid, set_eval_grid};
-use super::link::{train_dep};
+use super::common::{
+    EvalFields, Grid, SplitName, Subset, dep_model, evaluate_loader, forward_cost, inherit,
+    merged_grid, set_eval_grid,
+};
+use super::link::train_dep;
 use super::{Kind, KindPlan, Outcome, Partial, PlanInput, RunCtx, StageSpec, Summary};
 use crate::cache::write_file;
 use crate::error::{Invalid, Result};

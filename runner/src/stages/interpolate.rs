@@ -24,14 +24,18 @@ use samlab_data::{DatasetName, Loader, PipelineConfig};
 use samlab_models::Model;
 use serde::{Deserialize, Serialize};
 
-use super::common::{AlphaGrid, EvalFields, Grid, SplitName, Subset, dep_model, dep_tensors, distance, evaluate_loader, forward_cost, inherit, merged_grid, model_tensors, pair_refs, positive, set_eval_grid};
-use super::link::{pair_model};
+use super::common::{
+    AlphaGrid, EvalFields, Grid, SplitName, Subset, dep_model, dep_tensors, distance,
+    evaluate_loader, forward_cost, inherit, merged_grid, model_tensors, pair_refs, positive,
+    set_eval_grid,
+};
+use super::link::pair_model;
 use super::{
     Done, Kind, KindPlan, Outcome, Partial, PlanInput, PlotOut, RunCtx, StageSpec, Summary,
 };
 use crate::cache::write_file;
-use crate::error::{Invalid, Result};
 use crate::chart::{Series, line_chart};
+use crate::error::{Invalid, Result};
 
 /// How BatchNorm's running statistics are set at each `a`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -411,7 +415,11 @@ mod tests {
         assert!((rise(&curve, 0.0).unwrap() - 0.25).abs() < 1e-9);
         assert!((rise(&curve, 1.0).unwrap() - 0.625).abs() < 1e-9);
         // a grid that ends at a = 1 has no right side there
-        let short: Vec<(f64, f64)> = curve.iter().copied().filter(|p| p.0 <= 1.0 + 1e-9).collect();
+        let short: Vec<(f64, f64)> = curve
+            .iter()
+            .copied()
+            .filter(|p| p.0 <= 1.0 + 1e-9)
+            .collect();
         assert_eq!(rise(&short, 1.0), None);
     }
 }

@@ -32,12 +32,16 @@ use samlab_data::DatasetName;
 use samlab_optim::curvature::{Flat, LossSurface, filter_normalized_random, norm};
 use serde::{Deserialize, Serialize};
 
-use super::common::{AlphaGrid, Grid, dep_file, dep_model, forward_cost, inherit, merged_grid, whole};
+use super::common::{
+    AlphaGrid, Grid, dep_file, dep_model, forward_cost, inherit, merged_grid, whole,
+};
 use super::link::{Probe, train_dep};
-use super::{Done, Kind, KindPlan, Outcome, Partial, PlanInput, PlotOut, RunCtx, StageSpec, Summary};
+use super::{
+    Done, Kind, KindPlan, Outcome, Partial, PlanInput, PlotOut, RunCtx, StageSpec, Summary,
+};
 use crate::cache::write_file;
-use crate::error::{Invalid, Result, stage_err};
 use crate::chart::{Series, heat_map, line_chart};
+use crate::error::{Invalid, Result, stage_err};
 
 /// A direction in weight space (module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,8 +96,7 @@ impl Partial for LandscapePartial {
     }
 
     fn refs(&self) -> Vec<(&'static str, &str)> {
-        let mut r: Vec<(&'static str, &str)> =
-            self.of.iter().map(|f| ("of", f.as_str())).collect();
+        let mut r: Vec<(&'static str, &str)> = self.of.iter().map(|f| ("of", f.as_str())).collect();
         if let Some(s) = &self.sharpness {
             r.push(("sharpness", s.as_str()));
         }
@@ -165,7 +168,12 @@ impl Partial for LandscapePartial {
 
 impl LandscapeSpec {
     fn points(&self) -> usize {
-        self.range.points * if self.y.is_some() { self.range.points } else { 1 }
+        self.range.points
+            * if self.y.is_some() {
+                self.range.points
+            } else {
+                1
+            }
     }
 }
 
@@ -175,7 +183,11 @@ impl Kind for LandscapeSpec {
     const SWEEPS: bool = false;
 
     fn link(&mut self, deps: &[(&'static str, &StageSpec)]) -> Result<(), Invalid> {
-        let train = deps.iter().filter(|(r, _)| *r == "of").copied().collect::<Vec<_>>();
+        let train = deps
+            .iter()
+            .filter(|(r, _)| *r == "of")
+            .copied()
+            .collect::<Vec<_>>();
         let t = train_dep(&train)?;
         self.probe.link(t);
         if let Some((role, d)) = deps.iter().find(|(r, _)| *r == "sharpness") {
@@ -291,7 +303,10 @@ impl Kind for LandscapeSpec {
                 heat_map(
                     &out.dir.join(&name),
                     &format!("{}: train loss", d.display),
-                    (&format!("a ({:?})", d.spec.x), &format!("b ({:?})", d.spec.y.unwrap_or(Direction::Random))),
+                    (
+                        &format!("a ({:?})", d.spec.x),
+                        &format!("b ({:?})", d.spec.y.unwrap_or(Direction::Random)),
+                    ),
                     &xs,
                     &ys,
                     &grid,
@@ -331,8 +346,7 @@ impl Eigenvectors {
         let tensors = candle_core::safetensors::load(&path, &candle_core::Device::Cpu)?;
         let eig = Eigenvectors { path, tensors };
         let at = eig.get(ctx, "w")?;
-        let same =
-            at.len() == w.len() && at.iter().zip(w).all(|(a, b)| (*a as f32) == (*b as f32));
+        let same = at.len() == w.len() && at.iter().zip(w).all(|(a, b)| (*a as f32) == (*b as f32));
         if !same {
             return Err(stage_err(
                 ctx.stage,
@@ -344,7 +358,10 @@ impl Eigenvectors {
 
     fn get(&self, ctx: &RunCtx, name: &str) -> Result<Flat> {
         let t = self.tensors.get(name).ok_or_else(|| {
-            stage_err(ctx.stage, format!("{} holds no `{name}`", self.path.display()))
+            stage_err(
+                ctx.stage,
+                format!("{} holds no `{name}`", self.path.display()),
+            )
         })?;
         Ok(t.to_dtype(DType::F64)?.to_vec1::<f64>()?)
     }
@@ -409,7 +426,9 @@ fn run(spec: &LandscapeSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
     let centre = surface.read(false)?;
     let xs = spec.range.values();
     let ys = if dy.is_some() { xs.clone() } else { vec![0.0] };
-    let bar = ctx.progress.stage_bar(ctx.stage, (xs.len() * ys.len()) as u64, 0);
+    let bar = ctx
+        .progress
+        .stage_bar(ctx.stage, (xs.len() * ys.len()) as u64, 0);
     let mut csv = String::from("a,b,loss,error\n");
     let mut loss = vec![vec![0.0; ys.len()]; xs.len()];
     let mut d = vec![0.0; w.len()];
@@ -433,7 +452,11 @@ fn run(spec: &LandscapeSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
     let mut summary = Summary::new();
     summary.insert("loss_centre".into(), centre.loss);
     summary.insert("error_centre".into(), 1.0 - centre.accuracy);
-    let max = loss.iter().flatten().copied().fold(f64::NEG_INFINITY, f64::max);
+    let max = loss
+        .iter()
+        .flatten()
+        .copied()
+        .fold(f64::NEG_INFINITY, f64::max);
     summary.insert("loss_rise_max".into(), max - centre.loss);
     let centre_j = ys.iter().position(|&b| b == 0.0);
     if let Some(j) = centre_j {

@@ -281,7 +281,10 @@ fn run(spec: &SharpnessSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
         // the weights they belong to, for a Landscape stage's check
         let w: Vec<f32> = surface.weights()?.iter().map(|&x| x as f32).collect();
         let n = w.len();
-        vectors.insert("w".into(), Tensor::from_vec(w, n, &candle_core::Device::Cpu)?);
+        vectors.insert(
+            "w".into(),
+            Tensor::from_vec(w, n, &candle_core::Device::Cpu)?,
+        );
         let path = ctx.out.join("eigenvectors.safetensors");
         candle_core::safetensors::save(&vectors, &path)?;
     }
