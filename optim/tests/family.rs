@@ -1,5 +1,5 @@
-//! The SAM family's step kinds (GSAM, Momentum-SAM, Friendly SAM) against
-//! their JAX references (`reference/gen_{gsam,msam,fsam}_reference.py`,
+//! The SAM family's step kinds (GSAM, Momentum-SAM, Friendly SAM, ESAM)
+//! against their JAX references (`reference/gen_{gsam,msam,fsam,esam}_reference.py`,
 //! written from the papers and the official code), their reductions to
 //! SAM and SGD bit for bit, their costs, their resume and their errors.
 
@@ -9,6 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use common::*;
 use samlab_models::Model;
 use samlab_optim::steps::NoSettings;
+use samlab_optim::steps::esam::{Esam, EsamSettings, kept_tensors, splitmix64, swp_keep};
 use samlab_optim::steps::fsam::{Fsam, FsamSettings};
 use samlab_optim::steps::gsam::{Gsam, GsamSettings};
 use samlab_optim::steps::msam::Msam;
@@ -569,4 +570,379 @@ fn rho_schedules_follow_their_rules() {
     c.rho_schedule = RhoSchedule::Cosine { to: 0.01 };
     let back: SamConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
     assert_eq!(back, c);
+}
+
+fn esam_settings(case: &Value) -> EsamSettings {
+    EsamSettings {
+        beta: case["beta"].as_f64().unwrap(),
+        gamma: case["gamma"].as_f64().unwrap(),
+        seed: case["seed"].as_u64().unwrap(),
+    }
+}
+
+/// ESAM: five cases (the official CIFAR setting beta 0.6 gamma 0.5; beta =
+/// gamma = 1; SWP alone, beta 0.5 with rho 0.1; SDS alone, gamma 0.5; m = 4
+/// on ghost batches of 4 with gamma 0.75). Besides `run_case`'s checks:
+/// each step's SWP mask (the tensors kept) and selected samples equal the
+/// JSON's, and its loss rises are within the tolerance of the per-sample
+/// losses (f64: 1e-9 of a loss ~2.3, as the losses; f32: below half the
+/// case's `selection_margin`, the gap between the smallest selected rise
+/// and the cutoff, so a run within it selects the same samples, asserted
+/// above it); the step counter (the state) ends at the JSON's `count`.
+#[test]
+fn esam_matches_the_jax_reference() {
+    let text = include_str!("reference/esam_reference.json");
+    let cases = fixture(text);
+    assert_eq!(cases.len(), 5);
+    for dtype in [DType::F64, DType::F32] {
+        for case in &cases {
+            let l = label(case, dtype);
+            let cfg = sam_config(case);
+            let s = esam_settings(case);
+            let margin = case["selection_margin"].as_f64();
+            let mut kind = Esam::default();
+            let mut rise_err = 0f64;
+            let (model, _, mut w) = run_case(case, dtype, &l, |k, model, opt, x, y| {
+                let tensors = model.params.trainable().count();
+                let want_kept: Vec<usize> = case["swp_kept"][k]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_u64().unwrap() as usize)
+                    .collect();
+                assert_eq!(
+                    kept_tensors(&s, kind.steps(), tensors),
+                    want_kept,
+                    "{l}: SWP mask of step {k}"
+                );
+                let out = kind
+                    .step(&s, ctx(model, opt, &cfg, bn_batch(case), x, y))
+                    .unwrap();
+                assert!(out.perturbed());
+                let want_sel: Vec<Vec<usize>> =
+                    serde_json::from_value(case["selected"][k].clone()).unwrap();
+                assert_eq!(kind.last_selected(), want_sel, "{l}: selected at step {k}");
+                let want_rises = case["rises"][k].as_array().unwrap();
+                for (c, (mine, want)) in kind.last_rises().iter().zip(want_rises).enumerate() {
+                    match (mine, want.is_null()) {
+                        (None, true) => {}
+                        (Some(mine), false) => {
+                            for (a, b) in mine.iter().zip(floats(want)) {
+                                rise_err = rise_err.max((a - b).abs());
+                            }
+                        }
+                        _ => panic!("{l}: rises of step {k} chunk {c}: {mine:?} vs {want}"),
+                    }
+                }
+                out
+            });
+            if let Some(margin) = margin {
+                let bound = match dtype {
+                    DType::F64 => 1e-9 * 2.3,
+                    _ => margin / 2.0,
+                };
+                w.state = rise_err / bound;
+                assert!(
+                    rise_err <= bound,
+                    "{l}: rises off by {rise_err:e} (bound {bound:e})"
+                );
+            }
+            assert_eq!(kind.steps(), case["count"].as_u64().unwrap());
+            assert_eq!(
+                model.params.trainable().count(),
+                case["swp_kept"][0].as_array().unwrap().len()
+            );
+            report(&l, &w);
+        }
+    }
+}
+
+/// The mask hash against the values the generator pins (`hash_check`).
+#[test]
+fn esam_mask_hash_matches_the_reference() {
+    let v: Value = serde_json::from_str(include_str!("reference/esam_reference.json")).unwrap();
+    let h = &v["hash_check"];
+    assert_eq!(splitmix64(0), h["splitmix64(0)"].as_u64().unwrap());
+    assert_eq!(splitmix64(0), 0xE220_A839_7B1D_CDAF);
+    assert_eq!(splitmix64(1), h["splitmix64(1)"].as_u64().unwrap());
+    let want: Vec<bool> = h["swp_keep(7, 1, i, 0.6) for i < 29"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b.as_bool().unwrap())
+        .collect();
+    assert_eq!(want.len(), 29);
+    let mine: Vec<bool> = (0..29).map(|i| swp_keep(7, 1, i, 0.6)).collect();
+    assert_eq!(mine, want);
+    // The first step keeps every tensor; beta 1 keeps every tensor always.
+    let s = EsamSettings {
+        beta: 0.6,
+        gamma: 0.5,
+        seed: 7,
+    };
+    assert_eq!(kept_tensors(&s, 0, 29).len(), 29);
+    assert!(kept_tensors(&s, 1, 29).len() < 29);
+    let all = EsamSettings { beta: 1.0, ..s };
+    assert_eq!(kept_tensors(&all, 5, 29).len(), 29);
+}
+
+#[test]
+fn esam_with_beta_1_gamma_1_is_sam_bit_for_bit() {
+    for (cfg, bn, decay) in reduction_settings() {
+        let s = EsamSettings {
+            beta: 1.0,
+            gamma: 1.0,
+            seed: 7,
+        };
+        let mut kind = Esam::default();
+        same_bits(&cfg, bn, decay, sam, |c| kind.step(&s, c).unwrap());
+    }
+    // With ghost batches smaller than the chunk (SDS off): SAM's too.
+    let mut m4 = SamConfig::new(0.05);
+    m4.chunk = Some(4);
+    let s = EsamSettings {
+        beta: 1.0,
+        gamma: 1.0,
+        seed: 0,
+    };
+    let mut kind = Esam::default();
+    same_bits(&m4, Some(2), Decay::Update, sam, |c| {
+        kind.step(&s, c).unwrap()
+    });
+}
+
+/// ESAM's planned cost: 1 + gamma (2 with SDS off); what a step ran: 1 +
+/// the selected fraction (batch of 8, gamma 0.5: floor(4) - 1 = 3 samples
+/// without ties, 1.375), counted by a trainer.
+#[test]
+fn esam_costs_are_the_passes_counted_by_hand() {
+    let mut kinds = KindSettings::default();
+    assert_eq!(kinds.cost(Method::Esam), 1.5);
+    kinds.esam.gamma = 1.0;
+    assert_eq!(kinds.cost(Method::Esam), 2.0);
+    kinds.esam.gamma = 0.99;
+    assert_eq!(kinds.cost(Method::Esam), 2.0);
+    kinds.esam.gamma = 0.75;
+    assert_eq!(kinds.cost(Method::Esam), 1.75);
+    let kinds = KindSettings::default();
+    let mut t = Trainer::new(
+        SgdConfig::default(),
+        SamConfig::new(0.05),
+        LrSchedule::Cosine { lr: 0.1 },
+        &StepSchedule::Switch {
+            from: Method::Sgd,
+            to: Method::Esam,
+            at: Point::Step(1),
+        },
+        4,
+        2,
+    )
+    .unwrap()
+    .with_kinds(kinds.clone())
+    .unwrap();
+    let m = resnet8();
+    let mut passes = Vec::new();
+    for k in 0..4 {
+        let (x, y) = batch(k % 3);
+        passes.push(t.train_step(&m, &x, &y).unwrap().passes);
+    }
+    assert_eq!(passes, [1.0, 1.375, 1.375, 1.375]);
+    assert_eq!(t.passes, 1.0 + 3.0 * 1.375);
+    assert_eq!(t.schedule.cost(&kinds, 0, 4), 1.0 + 3.0 * 1.5);
+    assert_eq!(t.states.esam.steps(), 3);
+}
+
+fn esam_trainer(total: u64) -> Trainer {
+    let kinds = KindSettings {
+        esam: EsamSettings {
+            beta: 0.6,
+            gamma: 0.5,
+            seed: 7,
+        },
+        ..KindSettings::default()
+    };
+    Trainer::new(
+        SgdConfig::default(),
+        SamConfig::new(0.05),
+        LrSchedule::Cosine { lr: 0.1 },
+        &StepSchedule::Psam {
+            period: 2,
+            until: Point::Step(6),
+            with: Method::Esam,
+        },
+        total,
+        2,
+    )
+    .unwrap()
+    .with_kinds(kinds)
+    .unwrap()
+}
+
+/// An ESAM run (PSAM with ESAM steps) stopped after its third ESAM step and
+/// resumed from its checkpoint ends on the bits of the uninterrupted run:
+/// the step counter is part of the checkpoint, so the resumed run draws the
+/// same SWP masks. Without it the resumed run (whose next step is then its
+/// "first", unmasked) differs.
+#[test]
+fn esam_resumes_bit_identically() {
+    let total = 8;
+    let a = resnet8();
+    let mut ta = esam_trainer(total);
+    for k in 0..total as usize {
+        let (x, y) = batch(k % 3);
+        ta.train_step(&a, &x, &y).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let b = resnet8();
+    let mut tb = esam_trainer(total);
+    for k in 0..5 {
+        let (x, y) = batch(k % 3);
+        tb.train_step(&b, &x, &y).unwrap();
+    }
+    assert_eq!(tb.states.esam.steps(), 3);
+    b.params
+        .save(&dir.path().join("model.safetensors"))
+        .unwrap();
+    tb.save(&dir.path().join("optim.safetensors")).unwrap();
+    let resume = |with_state: bool| {
+        let c = Model::new(&"resnet8".parse().unwrap(), 10, 99, &Device::Cpu).unwrap();
+        c.params
+            .load(&dir.path().join("model.safetensors"))
+            .unwrap();
+        let mut tc = esam_trainer(total);
+        tc.load(&c, &dir.path().join("optim.safetensors")).unwrap();
+        if !with_state {
+            tc.states = KindStates::default();
+        }
+        for k in 5..total as usize {
+            let (x, y) = batch(k % 3);
+            tc.train_step(&c, &x, &y).unwrap();
+        }
+        (c, tc)
+    };
+    let (c, tc) = resume(true);
+    assert_eq!((ta.step, ta.passes), (tc.step, tc.passes));
+    assert_eq!(ta.states.esam.steps(), tc.states.esam.steps());
+    assert!(state_bits(&a, &ta.sgd) == state_bits(&c, &tc.sgd));
+    let (d, td) = resume(false);
+    assert!(state_bits(&a, &ta.sgd) != state_bits(&d, &td.sgd));
+}
+
+#[test]
+fn esam_bad_settings_are_errors_that_name_them() {
+    let check = |kinds: &KindSettings, want: &str| {
+        let err = kinds.check().unwrap_err().to_string();
+        assert!(err.contains(want), "{err}");
+    };
+    for beta in [0.0, -0.5, 1.5, f64::NAN] {
+        let mut kinds = KindSettings::default();
+        kinds.esam.beta = beta;
+        check(
+            &kinds,
+            &format!("kinds.esam: ESAM's beta must be in (0, 1], got {beta}"),
+        );
+    }
+    for gamma in [0.0, 1.2, f64::INFINITY] {
+        let mut kinds = KindSettings::default();
+        kinds.esam.gamma = gamma;
+        check(
+            &kinds,
+            &format!("kinds.esam: ESAM's gamma must be in (0, 1], got {gamma}"),
+        );
+    }
+    let d = KindSettings::default();
+    assert_eq!((d.esam.beta, d.esam.gamma, d.esam.seed), (0.6, 0.5, 0));
+    assert!(serde_json::from_str::<KindSettings>(r#"{"esam": {"beta": 0.5, "rho": 1}}"#).is_err());
+    // What a run cannot take, refused when the trainer is built.
+    let run = |sam: SamConfig, bn: Option<usize>, gamma: f64| {
+        let mut kinds = KindSettings::default();
+        kinds.esam.gamma = gamma;
+        Trainer::new(
+            SgdConfig::default(),
+            sam,
+            LrSchedule::Constant { lr: 0.1 },
+            &StepSchedule::Always(Method::Esam),
+            4,
+            2,
+        )
+        .unwrap()
+        .with_kinds(kinds)
+        .and_then(|t| t.with_bn_batch(bn))
+        .err()
+        .map(|e| e.to_string())
+    };
+    let mut adaptive = SamConfig::new(0.05);
+    adaptive.adaptive = true;
+    let err = run(adaptive, None, 0.5).unwrap();
+    assert!(
+        err.contains("kinds.esam: ESAM does not take ASAM scaling"),
+        "{err}"
+    );
+    assert!(err.contains("sam.adaptive must be false"), "{err}");
+    let mut m4 = SamConfig::new(0.05);
+    m4.chunk = Some(4);
+    let err = run(m4.clone(), None, 0.25).unwrap();
+    assert!(
+        err.contains(
+            "kinds.esam: ESAM's gamma 0.25 selects no sample of a chunk of 4 (floor(gamma * 4) = 1"
+        ),
+        "{err}"
+    );
+    let err = run(m4.clone(), Some(2), 0.5).unwrap();
+    assert!(err.contains("bn_batch 2 is below sam.chunk 4"), "{err}");
+    // SDS off: chunks of any size and ghost batches below them are SAM's.
+    assert_eq!(run(m4.clone(), Some(2), 1.0), None);
+    assert_eq!(run(m4, Some(4), 0.5), None);
+    // Without chunks the batch size is known only at the step: the step says so.
+    let step_err = |gamma: f64, bn: Option<usize>| {
+        let m = resnet8();
+        let mut opt = Sgd::new(SgdConfig::default()).unwrap();
+        let (x, y) = batch(0);
+        let s = EsamSettings {
+            gamma,
+            ..EsamSettings::default()
+        };
+        let cfg = SamConfig::new(0.05);
+        let before = state_bits(&m, &opt);
+        let err = Esam::default()
+            .step(&s, ctx(&m, &mut opt, &cfg, bn, &x, &y))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            state_bits(&m, &opt) == before,
+            "a refused step changed nothing"
+        );
+        err
+    };
+    let err = step_err(0.2, None);
+    assert!(
+        err.contains("ESAM's gamma 0.2 selects no sample of a chunk of 8 (floor(gamma * 8) = 1"),
+        "{err}"
+    );
+    let err = step_err(0.5, Some(4));
+    assert!(err.contains("bn_batch 4 is below the chunk of 8"), "{err}");
+    // rho 0: every rise is 0, the cutoff ties them all: no sample, an error.
+    let m = resnet8();
+    let mut opt = Sgd::new(SgdConfig::default()).unwrap();
+    let (x, y) = batch(0);
+    let before = state_bits(&m, &opt);
+    let err = Esam::default()
+        .step(
+            &EsamSettings::default(),
+            ctx(&m, &mut opt, &SamConfig::new(0.0), None, &x, &y),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("ESAM selected no sample of chunk 0"), "{err}");
+    assert!(state_bits(&m, &opt) == before);
+    // A saved state with a stray tensor is refused.
+    let mut states = KindStates::default();
+    let t = Tensor::new(&[1f64], &Device::Cpu).unwrap();
+    let bad: std::collections::BTreeMap<String, Tensor> =
+        [("esam.other".to_string(), t)].into_iter().collect();
+    let err = states.load(bad).unwrap_err().to_string();
+    assert!(
+        err.contains("state of esam: unexpected tensor `other`"),
+        "{err}"
+    );
 }

@@ -32,6 +32,7 @@ use crate::error::{Error, ErrorKind, Result, bad};
 use crate::sam::{SamConfig, StepOutput};
 use crate::sgd::Sgd;
 
+pub mod esam;
 pub mod fsam;
 pub mod gsam;
 pub mod look_sam;
@@ -220,6 +221,7 @@ steps! {
     Gsam => gsam::Gsam, settings gsam;
     Msam => msam::Msam, settings msam;
     Fsam => fsam::Fsam, settings fsam;
+    Esam => esam::Esam, settings esam;
 }
 
 impl Method {
