@@ -5,31 +5,8 @@ use samlab_models::{Arch, Model, fixtures};
 use samlab_optim::*;
 use serde_json::Value;
 
-fn resnet8() -> Model {
-    let m = Model::new(&"resnet8".parse::<Arch>().unwrap(), 10, 0, &Device::Cpu).unwrap();
-    fixtures::set_fixed(&m).unwrap();
-    m
-}
-
-fn batch(k: usize) -> (Tensor, Tensor) {
-    let y: Vec<u32> = (0..8).map(|i| ((3 * i + k) % 10) as u32).collect();
-    (
-        fixtures::images(8, 1000 + k as u32, &Device::Cpu).unwrap(),
-        Tensor::from_vec(y, 8, &Device::Cpu).unwrap(),
-    )
-}
-
-fn flat(t: &Tensor) -> Vec<f32> {
-    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
-}
-
-fn floats(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
-}
+mod common;
+use common::{batch, f64_flat, flat, floats, resnet8, state_bits};
 
 /// Relative tolerance of the f32 run against the f64 reference. Smooth
 /// cases: two steps carry the f32 gradients' rounding (a few units of
@@ -50,10 +27,6 @@ fn f32_tolerance(chunk: Option<usize>, adaptive: bool, bn_batch: Option<usize>) 
     } else {
         1e-5
     }
-}
-
-fn f64_flat(t: &Tensor) -> Vec<f64> {
-    samlab_models::fixtures::f64s(t).unwrap()
 }
 
 #[test]
@@ -256,27 +229,6 @@ fn check_steps(case: &Value, dtype: DType) {
         "{label}: error / bound: loss {:.2e}, momentum {:.2e}, weights {:.2e}, running {:.2e}",
         worst[0], worst[1], worst[2], worst[3]
     );
-}
-
-fn state_bits(model: &Model, opt: &Sgd) -> Vec<(String, Vec<u32>)> {
-    let mut out: Vec<(String, Vec<u32>)> = model
-        .params
-        .all()
-        .into_iter()
-        .map(|(k, v)| {
-            (
-                k.to_string(),
-                flat(v.as_tensor()).iter().map(|f| f.to_bits()).collect(),
-            )
-        })
-        .collect();
-    for (k, v) in opt.state() {
-        out.push((
-            format!("momentum.{k}"),
-            flat(v).iter().map(|f| f.to_bits()).collect(),
-        ));
-    }
-    out
 }
 
 #[test]

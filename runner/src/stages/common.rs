@@ -285,20 +285,43 @@ pub fn kinds_key(
     kinds: &KindSettings,
     used: impl Iterator<Item = Method>,
 ) -> Option<serde_json::Value> {
+    let (mine, base) = kinds_json(kinds);
     let mut out = serde_json::Map::new();
     for m in used {
-        if let Some(v) = non_default(kinds, m) {
+        if let Some(v) = non_default_in(&mine, &base, m) {
             out.insert(m.field().to_string(), v);
         }
     }
     (!out.is_empty()).then_some(serde_json::Value::Object(out))
 }
 
-/// Kind `m`'s settings that differ from their defaults, as an object
+/// Every kind whose settings differ from its defaults, with those settings
+/// (what a prefix identity records from the kind's first step).
+pub fn non_default_kinds(
+    kinds: &KindSettings,
+) -> std::collections::BTreeMap<Method, serde_json::Value> {
+    let (mine, base) = kinds_json(kinds);
+    Method::ALL
+        .iter()
+        .filter_map(|m| Some((*m, non_default_in(&mine, &base, *m)?)))
+        .collect()
+}
+
+/// `kinds` and the defaults, as JSON (serialised once per call above).
+fn kinds_json(kinds: &KindSettings) -> (serde_json::Value, serde_json::Value) {
+    (
+        serde_json::to_value(kinds).expect("settings serialise"),
+        serde_json::to_value(KindSettings::default()).expect("settings serialise"),
+    )
+}
+
+/// Kind `m`'s settings in `mine` that differ from `base`, as an object
 /// (`None`: all at their defaults).
-pub fn non_default(kinds: &KindSettings, m: Method) -> Option<serde_json::Value> {
-    let mine = serde_json::to_value(kinds).expect("settings serialise");
-    let base = serde_json::to_value(KindSettings::default()).expect("settings serialise");
+fn non_default_in(
+    mine: &serde_json::Value,
+    base: &serde_json::Value,
+    m: Method,
+) -> Option<serde_json::Value> {
     let (mine, base) = (&mine[m.field()], &base[m.field()]);
     let fields: serde_json::Map<String, serde_json::Value> = mine
         .as_object()?

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use super::common::{
     Feed, Grid, KindsPartial, SamPartial, SgdPartial, SplitName, Subset, TrainingData,
-    check_bn_batch, eval_loader, evaluate_loader, inherit, kinds_key, merged_grid, non_default,
+    check_bn_batch, eval_loader, evaluate_loader, inherit, kinds_key, merged_grid, non_default_kinds,
     positive, training_loader, whole,
 };
 use super::{
@@ -366,10 +366,7 @@ impl TrainSpec {
         crate::key::PrefixParts {
             spec: v,
             sam,
-            kinds: Method::ALL
-                .iter()
-                .filter_map(|m| Some((*m, non_default(&self.kinds, *m)?)))
-                .collect(),
+            kinds: non_default_kinds(&self.kinds),
             costs: Method::ALL.iter().map(|m| self.kinds.cost(*m)).collect(),
             methods: (0..self.epochs * spe).map(|s| resolved.method(s)).collect(),
             epochs: self.epochs,
