@@ -890,28 +890,49 @@ pub fn run(spec: &TrainSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
     summary.insert("sam_steps".into(), column(&rows, "sam_steps").sum());
     let wall: f64 = column(&rows, "wall_s").sum();
     summary.insert("wall_s".into(), wall);
+    // With `eval_every`, the last row already holds the final model's
+    // figures (evaluated after the last epoch): taken from there, not
+    // computed again.
+    let header = header_of(&rows);
+    let from_rows = |name: &str| -> Option<f64> {
+        spec.eval_every?;
+        let i = header.split(',').position(|c| c == name)?;
+        rows.last()?.split(',').nth(i)?.parse().ok()
+    };
     if let Some(held) = held_out {
-        let l = samlab_data::Loader::new(
-            ds.train.clone(),
-            Some(held),
-            samlab_data::PipelineConfig::eval(spec.eval_batch, ds.name.normalization()),
-        )?;
-        let (loss, correct, n) = evaluate_loader(&model, &l, ctx.device)?;
+        let (loss, acc) = match (from_rows("val_loss"), from_rows("val_acc")) {
+            (Some(l), Some(a)) => (l, a),
+            _ => {
+                let l = samlab_data::Loader::new(
+                    ds.train.clone(),
+                    Some(held),
+                    samlab_data::PipelineConfig::eval(spec.eval_batch, ds.name.normalization()),
+                )?;
+                let (loss, correct, n) = evaluate_loader(&model, &l, ctx.device)?;
+                (loss, correct as f64 / n.max(1) as f64)
+            }
+        };
         summary.insert("val_loss".into(), loss);
-        summary.insert("val_acc".into(), correct as f64 / n.max(1) as f64);
+        summary.insert("val_acc".into(), acc);
     }
     if spec.test_subset != Subset::Off {
-        let l = eval_loader(
-            ds,
-            SplitName::Test,
-            spec.test_subset,
-            spec.subset_seed,
-            spec.eval_batch,
-        )?;
-        let (loss, correct, n) = evaluate_loader(&model, &l, ctx.device)?;
+        let (loss, acc) = match (from_rows("test_loss"), from_rows("test_acc")) {
+            (Some(l), Some(a)) => (l, a),
+            _ => {
+                let l = eval_loader(
+                    ds,
+                    SplitName::Test,
+                    spec.test_subset,
+                    spec.subset_seed,
+                    spec.eval_batch,
+                )?;
+                let (loss, correct, n) = evaluate_loader(&model, &l, ctx.device)?;
+                (loss, correct as f64 / n.max(1) as f64)
+            }
+        };
         summary.insert("test_loss".into(), loss);
-        summary.insert("test_acc".into(), correct as f64 / n.max(1) as f64);
-        summary.insert("test_error".into(), 1.0 - correct as f64 / n.max(1) as f64);
+        summary.insert("test_acc".into(), acc);
+        summary.insert("test_error".into(), 1.0 - acc);
     }
     write_state(&model, &trainer, &rows, ctx.out)?;
     Ok((summary, outcome))
