@@ -19,11 +19,11 @@ mod trainer;
 
 pub use error::{Error, ErrorKind, Result};
 pub use lr::LrSchedule;
-pub use sam::{
-    Progress, RhoSchedule, SamConfig, Scope, StepOutput, StepSettings, sam_step, sam_step_with,
-    sgd_step, sgd_step_with,
-};
+pub use sam::{Progress, RhoSchedule, SamConfig, Scope};
 pub use schedule::{Point, Resolved, StepSchedule};
 pub use sgd::{Decay, Grads, Sgd, SgdConfig, collect_grads};
-pub use steps::{KindSettings, KindStates, Method, StepCtx, StepKind};
+pub use steps::{
+    KindSettings, KindStates, Method, StepCtx, StepKind, StepOutput, StepSettings, sam_step,
+    sam_step_with, sgd_step, sgd_step_with,
+};
 pub use trainer::Trainer;

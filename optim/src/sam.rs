@@ -19,12 +19,16 @@
 //! A step that fails (a NaN or infinite loss, say) changes nothing: the
 //! update comes last, and the running statistics of its passes are put back.
 //!
+//! This module holds SAM's settings and the passes the perturbing step kinds
+//! build on; the steps themselves (`sam_step`, `sgd_step`, what a step did)
+//! live with their kinds in [`crate::steps`], which this module does not import.
+//!
 //! With m-sharpness (`chunk = Some(m)`, m dividing the batch) steps 1-3 run
 //! per chunk of m samples, each with its own `eps`, and `g'` is the mean of
 //! the chunks' second-pass gradients. Without ghost batches each chunk's
 //! first pass updates the running statistics in turn.
 //!
-//! **Ghost batches** (`bn_batch = Some(b)`, [`StepSettings`]): every pass,
+//! **Ghost batches** (`bn_batch = Some(b)`, [`StepSettings`](crate::StepSettings)): every pass,
 //! of SGD and SAM steps alike, runs as devices that each hold `b` images
 //! would run it (the thesis' 8 GPUs of 32 images, Section 5.1): BatchNorm
 //! normalises over each slice of `b` images, each slice's gradient is
@@ -41,7 +45,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ErrorKind, Result, bad};
 use crate::sgd::{Decay, Grads, Sgd, collect_grads};
-use crate::steps::Method;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SamConfig {
@@ -206,41 +209,6 @@ impl SamConfig {
     }
 }
 
-/// What a step reads besides the model, the optimiser and the batch.
-#[derive(Clone, Copy, Debug)]
-pub struct StepSettings<'a> {
-    pub sam: &'a SamConfig,
-    /// Ghost batches: BatchNorm over slices of this many images (`None`:
-    /// the whole batch, or the whole chunk).
-    pub bn_batch: Option<usize>,
-}
-
-/// What one step did.
-#[derive(Clone, Debug, PartialEq)]
-pub struct StepOutput {
-    pub method: Method,
-    /// Mean training loss of the batch (first pass).
-    pub loss: f64,
-    /// Correctly classified samples of the batch (first pass: at the
-    /// weights before the step, training mode).
-    pub correct: usize,
-    /// SAM: correctly classified samples of the perturbed passes at
-    /// `w + eps` (what SAM's reference code logs as training accuracy);
-    /// `None` for a step without a perturbed pass.
-    pub perturbed_correct: Option<usize>,
-    pub samples: usize,
-    /// Forward+backward passes over the whole batch, in SGD-step units.
-    pub passes: f64,
-}
-
-impl StepOutput {
-    /// Whether the step took a perturbed pass (a SAM-type step): what
-    /// counts it as one, whatever its kind is called.
-    pub fn perturbed(&self) -> bool {
-        self.perturbed_correct.is_some()
-    }
-}
-
 /// Loss, number of correct predictions and gradients of one training-mode pass.
 fn pass(model: &Model, x: &Tensor, y: &Tensor) -> Result<(f64, usize, Grads)> {
     let logits = model.forward(x, true)?;
@@ -384,10 +352,7 @@ pub(crate) fn ghost_pass(
 /// Runs one step; if it fails, puts back the running statistics its passes
 /// changed. Weights and momentum change only in the step's final update, so
 /// a failed step leaves the model and the optimiser as they were.
-pub(crate) fn rollback_on_error(
-    model: &Model,
-    step: impl FnOnce() -> Result<StepOutput>,
-) -> Result<StepOutput> {
+pub(crate) fn rollback_on_error<T>(model: &Model, step: impl FnOnce() -> Result<T>) -> Result<T> {
     // Running statistics are a few floats per channel: cheap to keep.
     let buffers = model.params.snapshot_buffers()?;
     let out = step();
@@ -395,48 +360,6 @@ pub(crate) fn rollback_on_error(
         model.params.restore_buffers(&buffers)?;
     }
     out
-}
-
-/// One SGD step: a training-mode pass and an update.
-pub fn sgd_step(
-    model: &Model,
-    opt: &mut Sgd,
-    x: &Tensor,
-    y: &Tensor,
-    lr: f64,
-) -> Result<StepOutput> {
-    let sam = SamConfig::new(0.0);
-    let whole_batch = StepSettings {
-        sam: &sam,
-        bn_batch: None,
-    };
-    sgd_step_with(model, opt, &whole_batch, x, y, lr)
-}
-
-/// [`sgd_step`] with the settings every step kind takes: in ghost batches
-/// of `settings.bn_batch` images (module docs); SAM's settings are unused.
-/// The SGD step kind.
-pub fn sgd_step_with(
-    model: &Model,
-    opt: &mut Sgd,
-    settings: &StepSettings,
-    x: &Tensor,
-    y: &Tensor,
-    lr: f64,
-) -> Result<StepOutput> {
-    rollback_on_error(model, || {
-        let (loss, correct, grads) = ghost_pass(model, x, y, settings.bn_batch)?;
-        opt.step(&model.params, &grads, lr)?;
-        Ok(StepOutput {
-            method: Method::Sgd,
-            loss,
-            correct,
-            perturbed_correct: None,
-            samples: y.dim(0)?,
-            // One pass over the batch.
-            passes: 1.0,
-        })
-    })
 }
 
 /// The parameters a perturbation covers: every trainable one, or (SAM-ON)
@@ -564,38 +487,6 @@ pub(crate) fn pass_at(
         var.set(w)?;
     }
     result
-}
-
-/// One SAM step (see the module docs).
-pub fn sam_step(
-    model: &Model,
-    opt: &mut Sgd,
-    cfg: &SamConfig,
-    x: &Tensor,
-    y: &Tensor,
-    lr: f64,
-) -> Result<StepOutput> {
-    let whole_batch = StepSettings {
-        sam: cfg,
-        bn_batch: None,
-    };
-    sam_step_with(model, opt, &whole_batch, x, y, lr)
-}
-
-/// [`sam_step`] with the settings every step kind takes: SAM's and the
-/// ghost-batch size (module docs). The SAM step kind.
-pub fn sam_step_with(
-    model: &Model,
-    opt: &mut Sgd,
-    settings: &StepSettings,
-    x: &Tensor,
-    y: &Tensor,
-    lr: f64,
-) -> Result<StepOutput> {
-    settings.sam.check()?;
-    rollback_on_error(model, || {
-        sam_update(model, opt, settings.sam, settings.bn_batch, x, y, lr)
-    })
 }
 
 /// Whether [`sam_gradient`] also returns the mean first-pass gradient.
@@ -729,26 +620,4 @@ pub(crate) fn update(model: &Model, opt: &mut Sgd, grads: &Grads, lr: f64) -> Re
         None => opt.step(&model.params, grads, lr),
         Some(_) => opt.step_decayed(&model.params, grads, lr),
     }
-}
-
-fn sam_update(
-    model: &Model,
-    opt: &mut Sgd,
-    cfg: &SamConfig,
-    bn_batch: Option<usize>,
-    x: &Tensor,
-    y: &Tensor,
-    lr: f64,
-) -> Result<StepOutput> {
-    let r = sam_gradient(model, cfg, bn_batch, loss_decay(opt), x, y, Clean::Drop)?;
-    update(model, opt, &r.perturbed, lr)?;
-    Ok(StepOutput {
-        method: Method::Sam,
-        loss: r.loss,
-        correct: r.correct,
-        perturbed_correct: Some(r.perturbed_correct),
-        samples: y.dim(0)?,
-        // Two passes over the batch.
-        passes: 2.0,
-    })
 }

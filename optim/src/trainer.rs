@@ -13,10 +13,10 @@ use samlab_models::Model;
 
 use crate::error::{ErrorKind, Result};
 use crate::lr::LrSchedule;
-use crate::sam::{Progress, SamConfig, StepOutput};
+use crate::sam::{Progress, SamConfig};
 use crate::schedule::{Resolved, StepSchedule};
 use crate::sgd::{Sgd, SgdConfig};
-use crate::steps::{KindSettings, KindStates, Method, StepCtx};
+use crate::steps::{KindSettings, KindStates, Method, StepCtx, StepOutput};
 
 pub struct Trainer {
     pub sgd: Sgd,

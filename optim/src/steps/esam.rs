@@ -74,11 +74,11 @@ use candle_core::{DType, Tensor};
 use samlab_models::Model;
 use serde::{Deserialize, Serialize};
 
-use super::{Method, StepCtx, StepKind, counter_tensor, read_counter};
+use super::{Method, StepCtx, StepKind, StepOutput, counter_tensor, read_counter};
 use crate::error::{ErrorKind, Result, bad};
 use crate::sam::{
-    SamConfig, StepOutput, add_grads, loss_decay, mean_buffers, mean_grads, part, parts,
-    perturbation_along, perturbed_grads, rollback_on_error, sam_chunks, update, with_decay,
+    SamConfig, add_grads, loss_decay, mean_buffers, mean_grads, part, parts, perturbation_along,
+    perturbed_grads, rollback_on_error, sam_chunks, update, with_decay,
 };
 use crate::sgd::{Grads, collect_grads};
 

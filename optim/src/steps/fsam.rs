@@ -35,11 +35,9 @@ use std::collections::BTreeMap;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::{Method, StepCtx, StepKind};
+use super::{Method, StepCtx, StepKind, StepOutput};
 use crate::error::{Result, bad};
-use crate::sam::{
-    StepOutput, loss_decay, perturbation_along, rollback_on_error, sam_chunks, update,
-};
+use crate::sam::{loss_decay, perturbation_along, rollback_on_error, sam_chunks, update};
 use crate::sgd::Grads;
 
 /// F-SAM's own settings (rho and chunks come from SAM's settings).

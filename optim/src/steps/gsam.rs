@@ -38,9 +38,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Method, StepCtx, StepKind, dot};
+use super::{Method, StepCtx, StepKind, StepOutput, dot};
 use crate::error::{Result, bad};
-use crate::sam::{StepOutput, loss_decay, perturbation, rollback_on_error, sam_chunks, update};
+use crate::sam::{loss_decay, perturbation, rollback_on_error, sam_chunks, update};
 use crate::sgd::Grads;
 
 /// GSAM's own settings (rho and its schedule come from SAM's settings).

@@ -32,10 +32,10 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::{Method, StepCtx, StepKind, counter_tensor, read_counter};
+use super::{Method, StepCtx, StepKind, StepOutput, counter_tensor, read_counter};
 use crate::error::{Result, bad};
 use crate::sam::{
-    Clean, StepOutput, ghost_pass, loss_decay, rollback_on_error, sam_gradient, update, with_decay,
+    Clean, ghost_pass, loss_decay, rollback_on_error, sam_gradient, update, with_decay,
 };
 use crate::sgd::Grads;
 

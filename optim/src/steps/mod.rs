@@ -29,7 +29,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind, Result, bad};
-use crate::sam::{SamConfig, StepOutput};
+use crate::sam::SamConfig;
 use crate::sgd::Sgd;
 
 pub mod esam;
@@ -39,6 +39,44 @@ pub mod look_sam;
 pub mod msam;
 mod sam;
 mod sgd;
+
+pub use sam::{sam_step, sam_step_with};
+pub use sgd::{sgd_step, sgd_step_with};
+
+/// What a step reads besides the model, the optimiser and the batch.
+#[derive(Clone, Copy, Debug)]
+pub struct StepSettings<'a> {
+    pub sam: &'a SamConfig,
+    /// Ghost batches: BatchNorm over slices of this many images (`None`:
+    /// the whole batch, or the whole chunk).
+    pub bn_batch: Option<usize>,
+}
+
+/// What one step did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepOutput {
+    pub method: Method,
+    /// Mean training loss of the batch (first pass).
+    pub loss: f64,
+    /// Correctly classified samples of the batch (first pass: at the
+    /// weights before the step, training mode).
+    pub correct: usize,
+    /// SAM: correctly classified samples of the perturbed passes at
+    /// `w + eps` (what SAM's reference code logs as training accuracy);
+    /// `None` for a step without a perturbed pass.
+    pub perturbed_correct: Option<usize>,
+    pub samples: usize,
+    /// Forward+backward passes over the whole batch, in SGD-step units.
+    pub passes: f64,
+}
+
+impl StepOutput {
+    /// Whether the step took a perturbed pass (a SAM-type step): what
+    /// counts it as one, whatever its kind is called.
+    pub fn perturbed(&self) -> bool {
+        self.perturbed_correct.is_some()
+    }
+}
 
 /// What a step reads and changes besides its kind's settings and state.
 pub struct StepCtx<'a> {

@@ -34,11 +34,10 @@
 //! 780fa4f623fe0c99760fd7cfb1a94d14f00179ee). Test reference:
 //! `optim/tests/reference/gen_msam_reference.py`.
 
-use super::{Method, NoSettings, StepCtx, StepKind};
+use super::{Method, NoSettings, StepCtx, StepKind, StepOutput};
 use crate::error::{Result, bad};
 use crate::sam::{
-    SamConfig, StepOutput, loss_decay, pass_at, perturbation_along, rollback_on_error, update,
-    with_decay,
+    SamConfig, loss_decay, pass_at, perturbation_along, rollback_on_error, update, with_decay,
 };
 use crate::sgd::Grads;
 

@@ -1,9 +1,13 @@
 //! The SGD step kind: one training-mode pass and an update
-//! ([`crate::sgd_step_with`]).
+//! ([`sgd_step_with`]).
 
-use super::{NoSettings, StepCtx, StepKind};
+use candle_core::Tensor;
+use samlab_models::Model;
+
+use super::{Method, NoSettings, StepCtx, StepKind, StepOutput, StepSettings};
 use crate::error::Result;
-use crate::sam::{StepOutput, StepSettings, sgd_step_with};
+use crate::sam::{SamConfig, ghost_pass, rollback_on_error};
+use crate::sgd::Sgd;
 
 #[derive(Debug, Default)]
 pub struct SgdKind;
@@ -23,4 +27,46 @@ impl StepKind for SgdKind {
         };
         sgd_step_with(c.model, c.opt, &settings, c.x, c.y, c.lr)
     }
+}
+
+/// One SGD step: a training-mode pass and an update.
+pub fn sgd_step(
+    model: &Model,
+    opt: &mut Sgd,
+    x: &Tensor,
+    y: &Tensor,
+    lr: f64,
+) -> Result<StepOutput> {
+    let sam = SamConfig::new(0.0);
+    let whole_batch = StepSettings {
+        sam: &sam,
+        bn_batch: None,
+    };
+    sgd_step_with(model, opt, &whole_batch, x, y, lr)
+}
+
+/// [`sgd_step`] with the settings every step kind takes: in ghost batches
+/// of `settings.bn_batch` images (module docs); SAM's settings are unused.
+/// The SGD step kind.
+pub fn sgd_step_with(
+    model: &Model,
+    opt: &mut Sgd,
+    settings: &StepSettings,
+    x: &Tensor,
+    y: &Tensor,
+    lr: f64,
+) -> Result<StepOutput> {
+    rollback_on_error(model, || {
+        let (loss, correct, grads) = ghost_pass(model, x, y, settings.bn_batch)?;
+        opt.step(&model.params, &grads, lr)?;
+        Ok(StepOutput {
+            method: Method::Sgd,
+            loss,
+            correct,
+            perturbed_correct: None,
+            samples: y.dim(0)?,
+            // One pass over the batch.
+            passes: 1.0,
+        })
+    })
 }
