@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use samlab_data::{Cifar100Labels, DatasetName, LoadOptions};
 
-use crate::cache::Cache;
+use crate::cache::{Cache, Lookup, Verify};
 use crate::error::{ErrorKind, Result};
 use crate::exec::{self, State, Tally};
 use crate::options::{DataArgs, Executor, RunArgs, job_args};
@@ -653,6 +653,77 @@ pub fn run_study(
         ),
         complete: tally.complete(),
     })
+}
+
+/// `runner export STUDY STAGE FILE`: copies the network a stage left in
+/// the cache (a Train stage's final weights, an Import stage's checkpoint)
+/// to `file`, as safetensors with samlab's names (PyTorch's, without
+/// `num_batches_tracked`, which `load_state_dict` fills in). `stage` is a
+/// run as `runner plan` shows it (`sgd[seed=1]`).
+pub fn export(data: &DataArgs, path: &Path, stage: &str, file: &Path) -> Result<String> {
+    let study = study::load(path)?;
+    let i = study
+        .find(stage)
+        .map_err(|m| ErrorKind::Usage(format!("{}: {m}", path.display())))?;
+    let s = &study.stages[i];
+    if s.spec.weights().is_none() {
+        return Err(ErrorKind::Usage(format!(
+            "{}: `{}` is a {} stage, which leaves no network; export a Train or Import stage",
+            path.display(),
+            s.display(),
+            s.spec.kind()
+        ))
+        .into());
+    }
+    let planned = keyed(data, path, "export")?;
+    let key = planned[i]
+        .key
+        .clone()
+        .expect("keys are known with the dataset");
+    let root = data.cache_dir();
+    let not_cached = || -> crate::Error {
+        ErrorKind::Usage(format!(
+            "`{}` (key {}) is not in the cache {}: run `runner {}` first",
+            s.display(),
+            &key[..12],
+            root.display(),
+            path.display()
+        ))
+        .into()
+    };
+    let cache = Cache::existing(&root).ok_or_else(not_cached)?;
+    // Every file re-hashed: a damaged checkpoint is never copied out.
+    let source = match cache.check_with(&cache.entry_dir(&key), Verify::Full) {
+        Lookup::Valid(dir, _) => dir.join("model.safetensors"),
+        Lookup::Missing => return Err(not_cached()),
+        Lookup::Damaged(_, why) => {
+            return Err(ErrorKind::Usage(format!(
+                "`{}` is damaged in the cache ({why}): run `runner {}` to recompute it",
+                s.display(),
+                path.display()
+            ))
+            .into());
+        }
+    };
+    if file.exists() {
+        return Err(ErrorKind::Usage(format!(
+            "{} exists; export writes a new file only (remove it or name another)",
+            file.display()
+        ))
+        .into());
+    }
+    std::fs::copy(&source, file).map_err(|e| ErrorKind::Io {
+        path: file.to_path_buf(),
+        source: e,
+    })?;
+    Ok(format!(
+        "{}: {} ({}, key {}) -> {}\n",
+        path.display(),
+        s.display(),
+        s.spec.model(),
+        &key[..12],
+        file.display()
+    ))
 }
 
 /// `runner report STUDY`: rebuilds the study's results folder from the

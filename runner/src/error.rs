@@ -101,7 +101,7 @@ pub enum Invalid {
     #[error("unknown grid field `{0}`")]
     UnknownGridField(String),
     /// A reference names a stage of the wrong kind.
-    #[error("`{role}` must name a Train stage, not {found}")]
+    #[error("`{role}` must name a Train or Import stage, not {found}")]
     NotTrain {
         role: &'static str,
         found: &'static str,

@@ -11,6 +11,7 @@
 //! | the keys of the stages it depends on (`from`, `of`), by role | absolute paths, mtimes, host names, user names |
 //! | the dataset's name and content fingerprint (decoded pixels and labels, not the file it came from) | where the dataset was read from (official archive, folder, JPEG tree: only content counts) |
 //! | [`SEMANTICS`], bumped by hand whenever training or evaluation semantics change | the device (a checkpoint trained on CUDA is reused on the CPU; the entry records where it was computed), thread counts, progress settings |
+//! | an Import stage's file by the SHA-256 of its content | the file's path and name (a moved checkpoint keeps its key) |
 //! | fields added later, when set away from their default (`bn_batch`, Escape's `measure`, `precision: Bf16`) | the same fields at their default (unset `bn_batch`, `measure: Probe`, `precision: F32`), so caches from before they existed stay valid |
 //!
 //! The key document is built once, here, when the study is planned; the
@@ -432,6 +433,9 @@ mod pinned {
                 trace: (samples: 4), rho: 0.05, ascent: 2),
             "plane": Landscape(of: "sgd", sharpness: "sharp", x: Eigenvector(1), y: Random,
                 images: 40, batch: 20, range: (start: -0.5, end: 0.5, points: 3)),
+            "torch": Import(model: "resnet8",
+                file: "../tests/reference/import/resnet8-torch.safetensors"),
+            "torch-eval": Evaluate(of: "torch", splits: [Test], test_subset: PerClass(10)),
         },
     )"#;
 
@@ -466,6 +470,7 @@ mod pinned {
     /// The first 16 hex digits of each stage key and of each prefix key
     /// (epochs 1..=4), computed by the code before the key documents moved
     /// into this module (the move changed no key); Sharpness and Landscape,
+    /// and Import (its key holds the committed PyTorch checkpoint's SHA-256),
     /// pinned later, by the code of the commit that pinned them.
     const PINNED: &[(&str, &str, &[&str])] = &[
         (
@@ -515,6 +520,8 @@ mod pinned {
         ("dist", "c54588749b508f62", &[]),
         ("sharp", "4fa0a1884c3da5ea", &[]),
         ("plane", "030271ed3e795ea6", &[]),
+        ("torch", "790a5b29952062db", &[]),
+        ("torch-eval", "7a320955e3eb8ade", &[]),
     ];
 
     /// Every kind in the registry has a stage among the pinned ones: a new

@@ -109,6 +109,15 @@ enum Command {
         #[arg(long)]
         results_dir: Option<PathBuf>,
     },
+    /// Write the network a Train or Import stage left in the cache to a
+    /// safetensors file (PyTorch-style names; `load_state_dict` reads it).
+    Export {
+        study: PathBuf,
+        /// The run, as `runner plan` shows it: `sgd`, `sgd[seed=1]`.
+        stage: String,
+        /// The file to write (a new one).
+        file: PathBuf,
+    },
     /// Summarise the cache: entries, shared prefixes, rolling checkpoints;
     /// with a study, each stage's cache state and Slurm job.
     Status { study: Option<PathBuf> },
@@ -231,6 +240,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         (Some(Command::Report { study, results_dir }), _) => {
             commands::report(data, &study, results_dir, &argv())?
+        }
+        (Some(Command::Export { study, stage, file }), _) => {
+            commands::export(data, &study, &stage, &file)?
         }
         (Some(Command::Status { study: None }), _) => commands::cache_status(data)?,
         (Some(Command::Status { study: Some(study) }), _) => commands::study_status(data, &study)?,

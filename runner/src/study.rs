@@ -199,6 +199,74 @@ impl Study {
         }
         .into()
     }
+
+    /// The index of the run that `which` names: a stage's name with its
+    /// grid point as `runner plan` shows it (`sam[rho=0.1,seed=2]`, fields
+    /// in any order), or with part of it, or none, where that leaves one run.
+    /// The error says what is wrong and lists the choices.
+    pub fn find(&self, which: &str) -> std::result::Result<usize, String> {
+        let (name, coords) = match which.split_once('[') {
+            None => (which, Coords::new()),
+            Some((name, rest)) => {
+                let inner = rest.strip_suffix(']').ok_or_else(|| {
+                    format!("`{which}`: a grid point is written `name[field=value,...]`")
+                })?;
+                let mut c = Coords::new();
+                for part in inner.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                    let (k, v) = part
+                        .split_once('=')
+                        .ok_or_else(|| format!("`{which}`: `{part}` is not `field=value`"))?;
+                    let v: f64 = v
+                        .trim()
+                        .parse()
+                        .map_err(|_| format!("`{which}`: `{}` is not a number", v.trim()))?;
+                    c.insert(k.trim().to_string(), v);
+                }
+                (name, c)
+            }
+        };
+        let runs: Vec<usize> = (0..self.stages.len())
+            .filter(|&i| self.stages[i].name == name)
+            .collect();
+        if runs.is_empty() {
+            let mut names: Vec<String> = self.stages.iter().map(|s| s.name.clone()).collect();
+            names.dedup();
+            let hint = closest(name, &names)
+                .map(|c| format!("did you mean `{c}`? "))
+                .unwrap_or_default();
+            return Err(format!(
+                "the study has no stage `{name}`; {hint}its stages: {}",
+                names.join(", ")
+            ));
+        }
+        let matching: Vec<usize> = runs
+            .iter()
+            .copied()
+            .filter(|&i| {
+                coords
+                    .iter()
+                    .all(|(k, v)| self.stages[i].coords.get(k) == Some(v))
+            })
+            .collect();
+        let list = |ix: &[usize]| {
+            ix.iter()
+                .map(|&i| self.stages[i].display())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match matching.as_slice() {
+            [one] => Ok(*one),
+            [] => Err(format!(
+                "`{which}` is no run of `{name}`; its runs: {}",
+                list(&runs)
+            )),
+            many => Err(format!(
+                "`{which}` names {} runs: {}; name one",
+                many.len(),
+                list(many)
+            )),
+        }
+    }
 }
 
 /// Where a study-level problem is, for messages.
@@ -498,6 +566,7 @@ fn resolve(raw: RawStudy, ctx: &Ctx, path: &Path) -> Result<Study> {
             let mut spec = s
                 .finish(dataset)
                 .map_err(|m| ctx.err(Some(&name), format!("stage `{name}`: {m}")))?;
+            spec.resolve_paths(path.parent().unwrap_or(Path::new(".")));
             let deps: Vec<(&'static str, usize)> = refs
                 .iter()
                 .map(|(role, target)| {

@@ -48,7 +48,7 @@ use super::common::{
     dep_model, evaluate_loader, forward_cost, inherit, kinds_key, merged_grid, positive,
     probe_indices, training_loader, whole,
 };
-use super::link::train_dep;
+use super::link::weights_dep;
 use super::{
     Censoring, Done, Kind, KindPlan, Outcome, Partial, PlanInput, PlotOut, RunCtx, StageSpec,
     Summary,
@@ -292,8 +292,8 @@ impl Kind for EscapeSpec {
     });
 
     fn link(&mut self, deps: &[(&'static str, &StageSpec)]) -> Result<(), Invalid> {
-        let t = train_dep(deps)?;
-        self.model = t.model.clone();
+        let t = weights_dep(deps)?;
+        self.model = t.model.to_string();
         self.train_subset = t.train_subset;
         self.subset_seed = t.subset_seed;
         self.augment = t.augment;

@@ -10,7 +10,7 @@ use super::common::{
     EvalFields, Grid, SplitName, Subset, dep_model, evaluate_loader, forward_cost, inherit,
     merged_grid, set_eval_grid,
 };
-use super::link::train_dep;
+use super::link::weights_dep;
 use super::{Kind, KindPlan, Outcome, Partial, PlanInput, RunCtx, StageSpec, Summary};
 use crate::cache::write_file;
 use crate::error::{Invalid, Result};
@@ -102,7 +102,7 @@ impl Kind for EvalSpec {
     const HEADLINE: &'static [&'static str] = &["test_acc"];
 
     fn link(&mut self, deps: &[(&'static str, &StageSpec)]) -> Result<(), Invalid> {
-        self.model = train_dep(deps)?.model.clone();
+        self.model = weights_dep(deps)?.model.to_string();
         Ok(())
     }
 

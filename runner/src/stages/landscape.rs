@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use super::common::{
     AlphaGrid, Grid, dep_file, dep_model, forward_cost, inherit, merged_grid, whole,
 };
-use super::link::{Probe, train_dep};
+use super::link::{Probe, weights_dep};
 use super::{
     Done, Kind, KindPlan, Outcome, Partial, PlanInput, PlotOut, RunCtx, StageSpec, Summary,
 };
@@ -188,7 +188,7 @@ impl Kind for LandscapeSpec {
             .filter(|(r, _)| *r == "of")
             .copied()
             .collect::<Vec<_>>();
-        let t = train_dep(&train)?;
+        let t = weights_dep(&train)?;
         self.probe.link(t);
         if let Some((role, d)) = deps.iter().find(|(r, _)| *r == "sharpness") {
             match d {

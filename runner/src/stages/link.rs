@@ -1,24 +1,23 @@
-//! What a stage takes from the Train stages it depends on: the one it
-//! reads (`of`), the pair it compares (`w1`/`w2`), the probe of a curvature
-//! stage. Kept apart from `common` (which the Train kind itself uses), so
-//! the kinds' modules import one another in one direction only.
+//! What a stage takes from the stages whose weights it reads (a Train
+//! stage, or an Import stage: [`Kind::weights`](super::Kind::weights)): the
+//! one it reads (`of`), the pair it compares (`w1`/`w2`), the probe of a
+//! curvature stage. Kept apart from `common` (which the Train kind itself
+//! uses), so the kinds' modules import one another in one direction only.
 
 use candle_core::{DType, Tensor};
 use samlab_data::{Loader, PipelineConfig};
 use serde::Serialize;
 
 use super::common::{Subset, positive, probe_indices};
-use super::train::TrainSpec;
-use super::{RunCtx, StageSpec};
+use super::{RunCtx, StageSpec, Weights};
 use crate::error::{Invalid, Result};
 
-/// The Train stage a single-dependency stage (`of`) reads.
-pub fn train_dep<'a>(deps: &[(&'static str, &'a StageSpec)]) -> Result<&'a TrainSpec, Invalid> {
+/// The weights a single-dependency stage (`of`) reads.
+pub fn weights_dep<'a>(deps: &[(&'static str, &'a StageSpec)]) -> Result<Weights<'a>, Invalid> {
     match deps {
-        [(_, StageSpec::Train(t))] => Ok(t),
-        [(role, other)] => Err(Invalid::NotTrain {
+        [(role, d)] => d.weights().ok_or(Invalid::NotTrain {
             role,
-            found: other.kind(),
+            found: d.kind(),
         }),
         _ => Err(Invalid::Missing {
             field: "of",
@@ -27,19 +26,15 @@ pub fn train_dep<'a>(deps: &[(&'static str, &'a StageSpec)]) -> Result<&'a Train
     }
 }
 
-/// The model that both Train stages of a `w1`/`w2` pair train.
+/// The model that both stages of a `w1`/`w2` pair leave.
 pub fn pair_model(deps: &[(&'static str, &StageSpec)]) -> Result<String, Invalid> {
     let mut models = Vec::new();
     for (role, d) in deps {
-        match d {
-            StageSpec::Train(t) => models.push(t.model.clone()),
-            other => {
-                return Err(Invalid::NotTrain {
-                    role,
-                    found: other.kind(),
-                });
-            }
-        }
+        let w = d.weights().ok_or(Invalid::NotTrain {
+            role,
+            found: d.kind(),
+        })?;
+        models.push(w.model.to_string());
     }
     match models.as_slice() {
         [a, b] if a == b => Ok(a.clone()),
@@ -47,20 +42,20 @@ pub fn pair_model(deps: &[(&'static str, &StageSpec)]) -> Result<String, Invalid
             "`w1` trains {a} and `w2` {b}: both must be one model"
         ))),
         _ => Err(Invalid::Value(
-            "`w1` and `w2` must name two Train stages".into(),
+            "`w1` and `w2` must name two Train or Import stages".into(),
         )),
     }
 }
 
 /// The probe of a curvature stage (Sharpness, Landscape): the first
-/// `images` of its Train stage's training images in a fixed random order
+/// `images` of its weights' (Train or Import stage's) training images in a fixed random order
 /// (`probe_indices`), read in batches of `batch`. Flattened into the stage's
 /// spec, so its fields keep their names in the stage key.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Probe {
     pub images: usize,
     pub batch: usize,
-    /// Filled from the Train stage ([`Probe::link`]).
+    /// Filled from the weights measured ([`Probe::link`]).
     pub model: String,
     pub train_subset: Subset,
     pub subset_seed: u64,
@@ -68,7 +63,7 @@ pub struct Probe {
 
 impl Probe {
     /// A probe of `images` (default 512) in batches of `batch` (default
-    /// `default_batch`), both positive; linked to its Train stage later.
+    /// `default_batch`), both positive; linked to its weights later.
     pub fn new(
         images: Option<usize>,
         batch: Option<usize>,
@@ -87,9 +82,9 @@ impl Probe {
         })
     }
 
-    /// Takes the model and training images of the Train stage measured.
-    pub fn link(&mut self, t: &TrainSpec) {
-        self.model = t.model.clone();
+    /// Takes the model and training images of the weights measured.
+    pub fn link(&mut self, t: Weights<'_>) {
+        self.model = t.model.to_string();
         self.train_subset = t.train_subset;
         self.subset_seed = t.subset_seed;
     }
@@ -110,7 +105,9 @@ impl Probe {
         if images > available {
             return Err(crate::error::stage_err(
                 ctx.stage,
-                format!("`images: {images}`, but the Train stage has {available} training images"),
+                format!(
+                    "`images: {images}`, but the stage it measures has {available} training images"
+                ),
             ));
         }
         let idx = probe_indices(train_idx, ds.train.len(), images, self.subset_seed);

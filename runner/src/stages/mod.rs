@@ -77,8 +77,17 @@ pub trait Kind: Clone + Debug + PartialEq + Serialize {
     /// Fills in what it takes from the stages it depends on (an Evaluate
     /// stage's model comes from the Train stage it evaluates).
     fn link(&mut self, deps: &[(&'static str, &StageSpec)]) -> Result<(), Invalid>;
+    /// Makes the paths it names absolute: a relative path is read from
+    /// `study_dir`, the study file's folder (an Import stage's `file`).
+    fn resolve_paths(&mut self, _study_dir: &Path) {}
     /// The model it trains or reads.
     fn model(&self) -> &str;
+    /// The network it leaves behind as `model.safetensors`, for the stages
+    /// that read one (`of`, `w1`/`w2`): a Train stage's final weights, an
+    /// Import stage's file; `None` for kinds that leave measurements only.
+    fn weights(&self) -> Option<Weights<'_>> {
+        None
+    }
     /// Images in one of its SGD-step equivalents, for GPU-hours from a
     /// measured images/s: a training or escape step's batch; `None` for
     /// kinds whose work is not training steps.
@@ -102,6 +111,18 @@ pub trait Kind: Clone + Debug + PartialEq + Serialize {
     fn plots(_done: &[Done<'_, Self>], _out: &PlotOut) -> Result<Vec<String>> {
         Ok(Vec::new())
     }
+}
+
+/// A network a stage leaves behind, and what the stages that read it take
+/// from it: the model, and the training images it was trained on (Escape
+/// steps on them, Sharpness and Landscape probe them).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Weights<'a> {
+    pub model: &'a str,
+    pub train_subset: Subset,
+    pub subset_seed: u64,
+    /// Whether its training augmented the images (Escape's steps do the same).
+    pub augment: bool,
 }
 
 /// A measure whose runs may end without reaching what it measures (Escape's
@@ -276,6 +297,12 @@ macro_rules! registry {
             pub fn model(&self) -> &str {
                 match self { $(StageSpec::$variant(s) => s.model(),)* }
             }
+            pub fn weights(&self) -> Option<Weights<'_>> {
+                match self { $(StageSpec::$variant(s) => s.weights(),)* }
+            }
+            pub fn resolve_paths(&mut self, study_dir: &Path) {
+                match self { $(StageSpec::$variant(s) => s.resolve_paths(study_dir),)* }
+            }
             pub fn length(&self) -> String {
                 match self { $(StageSpec::$variant(s) => s.length(),)* }
             }
@@ -327,6 +354,7 @@ macro_rules! registry {
 
 registry! {
     Train => train::TrainPartial,
+    Import => import::ImportPartial,
     Evaluate => evaluate::EvalPartial,
     Escape => escape::EscapePartial,
     Interpolate => interpolate::InterpPartial,

@@ -32,7 +32,7 @@ use samlab_optim::curvature::{
 use serde::{Deserialize, Serialize};
 
 use super::common::{Grid, dep_model_as, inherit, merged_grid, whole};
-use super::link::{Probe, train_dep};
+use super::link::{Probe, weights_dep};
 use super::{Kind, KindPlan, Outcome, Partial, PlanInput, RunCtx, StageSpec, Summary};
 use crate::cache::write_file;
 use crate::error::{Invalid, Result};
@@ -208,7 +208,7 @@ impl Kind for SharpnessSpec {
     const HEADLINE: &'static [&'static str] = &["lambda_max", "trace", "sam_sharpness"];
 
     fn link(&mut self, deps: &[(&'static str, &StageSpec)]) -> Result<(), Invalid> {
-        self.probe.link(train_dep(deps)?);
+        self.probe.link(weights_dep(deps)?);
         Ok(())
     }
 

@@ -413,6 +413,15 @@ impl Kind for TrainSpec {
         &self.model
     }
 
+    fn weights(&self) -> Option<super::Weights<'_>> {
+        Some(super::Weights {
+            model: &self.model,
+            train_subset: self.train_subset,
+            subset_seed: self.subset_seed,
+            augment: self.augment,
+        })
+    }
+
     fn images_per_step(&self) -> Option<usize> {
         Some(self.batch)
     }
