@@ -254,7 +254,11 @@ fn entry_provenance(reports: &[StageReport], cache: &Cache) -> (String, String) 
     }
     let mut md = String::from("**Computed by** (each entry's manifest; `provenance.csv`):");
     for ((commit, numerics, precision), n) in &groups {
-        let short = commit.get(..12).unwrap_or(commit);
+        // Twelve digits, and the build's `+dirty` mark where it has one.
+        let short = match commit.split_once('+') {
+            Some((c, mark)) => format!("{}+{mark}", c.get(..12).unwrap_or(c)),
+            None => commit.get(..12).unwrap_or(commit).to_string(),
+        };
         let _ = write!(md, " {n} by commit `{short}` on {numerics} ({precision});");
     }
     md.pop();
