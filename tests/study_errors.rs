@@ -151,7 +151,10 @@ fn cycles_missing_fields_and_bad_values_are_named() {
     let e = err(&with_stages(&format!(
         "        \"a\": Train({TRAIN}),\n        \"e\": Evaluate(of: \"a\"),\n        \"f\": Evaluate(of: \"e\"),"
     )));
-    assert!(e.contains("must name a Train or Import stage, not evaluate"), "{e}");
+    assert!(
+        e.contains("must name a Train or Import stage, not evaluate"),
+        "{e}"
+    );
     let e = err(&format!(
         "Study(version: 9, dataset: \"cifar10\", stages: {{ \"a\": Train({TRAIN}) }})"
     ));

@@ -7,13 +7,18 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use crate::pipeline::Normalization;
-
 /// The datasets of the thesis.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum DatasetName {
     Cifar10,
     Cifar100,
+}
+
+/// Per-channel normalisation: `(pixel / 255 - mean) / std`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Normalization {
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
 }
 
 impl DatasetName {

@@ -128,8 +128,9 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::dataset::Normalization;
     use crate::dataset::{ImageShape, Split};
-    use crate::pipeline::{Normalization, PipelineConfig};
+    use crate::pipeline::PipelineConfig;
 
     fn split() -> Arc<Split> {
         let shape = ImageShape {

@@ -34,14 +34,13 @@ pub use cifar_bin::{
 };
 pub use dataset::{
     CIFAR10_CLASSES, CIFAR100_COARSE_CLASSES, CIFAR100_FINE_CLASSES, Dataset, DatasetName,
-    Fingerprint, ImageShape, Split,
+    Fingerprint, ImageShape, Normalization, Split,
 };
 pub use device::DeviceLoader;
 pub use download::{OFFICIAL_BASE_URL, Remote, download, md5_hex, official_remote};
 pub use error::{Error, ErrorKind, Result};
 pub use locate::{DataConfig, default_data_dir, locate};
 pub use pipeline::{
-    Augment, Batch, EpochIter, LastBatch, Loader, Normalization, PipelineConfig, split_per_class,
-    subset_per_class,
+    Augment, Batch, EpochIter, LastBatch, Loader, PipelineConfig, split_per_class, subset_per_class,
 };
 pub use source::{LoadOptions, LoadReport, Source, SourceFormat, decode, load, source_digest};

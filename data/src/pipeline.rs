@@ -19,15 +19,8 @@ use std::thread::JoinHandle;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
-use crate::dataset::Split;
+use crate::dataset::{Normalization, Split};
 use crate::error::{Error, Result};
-
-/// Per-channel normalisation: `(pixel / 255 - mean) / std`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Normalization {
-    pub mean: Vec<f32>,
-    pub std: Vec<f32>,
-}
 
 /// Training augmentation: a random crop of the zero-padded image and a
 /// random horizontal flip (the standard CIFAR recipe is padding 4, flip on).
