@@ -465,8 +465,13 @@ impl Kind for TrainSpec {
     /// row (a stage at one grid point besides the seed: mean over seeds,
     /// std as a band; the legend gives SAM's share of steps).
     fn plots(done: &[Done<'_, Self>], out: &PlotOut) -> Result<Vec<String>> {
-        use crate::chart::{PALETTE, Series, Table, line_chart, mean_curve, table};
-        let mut rows: Vec<(String, Vec<Table>, f64)> = Vec::new();
+        use crate::chart::{
+            Mark, PALETTE, Series, Table, line_chart_marked, mean_curve, number_label, table,
+        };
+        // Per row: its label, its runs, SAM's share of steps and the epoch
+        // where its schedule changes method (a switch, PSAM's E), if any.
+        type Row = (String, Vec<Table>, f64, Option<(f64, &'static str)>);
+        let mut rows: Vec<Row> = Vec::new();
         for d in done {
             let i = match rows.iter().position(|r| r.0 == d.label) {
                 Some(i) => i,
@@ -475,7 +480,23 @@ impl Kind for TrainSpec {
                         .summary
                         .and_then(|m| Some(m.get("sam_steps")? / m.get("steps")?))
                         .unwrap_or(0.0);
-                    rows.push((d.label.clone(), Vec::new(), share));
+                    // Steps per epoch from the run's own count; the switch
+                    // as the run resolved it, in epochs.
+                    let spe = d
+                        .summary
+                        .and_then(|m| m.get("steps"))
+                        .map(|s| *s as u64 / d.spec.epochs.max(1))
+                        .unwrap_or(0);
+                    let total = spe * d.spec.epochs;
+                    let switch = match d.spec.resolved(spe) {
+                        _ if spe == 0 => None,
+                        Ok(Resolved::Switch { at, .. }) => Some((at, "switch")),
+                        Ok(Resolved::Psam { until, .. }) => Some((until, "PSAM E")),
+                        _ => None,
+                    }
+                    .filter(|(at, _)| *at > 0 && *at < total)
+                    .map(|(at, what)| (at as f64 / spe as f64, what));
+                    rows.push((d.label.clone(), Vec::new(), share, switch));
                     rows.len() - 1
                 }
             };
@@ -485,6 +506,18 @@ impl Kind for TrainSpec {
         if rows.len() > PALETTE.len() * 2 || rows.is_empty() {
             return Ok(written);
         }
+        let marks: Vec<Mark> = rows
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| {
+                let (epoch, what) = r.3?;
+                Some(Mark {
+                    x: epoch,
+                    label: format!("{what} @ {}", number_label(epoch)),
+                    color: PALETTE[i % PALETTE.len()],
+                })
+            })
+            .collect();
         // The evaluation columns exist where a stage set `eval_every`; a
         // column no run has gives no chart.
         for (col, what) in [
@@ -496,7 +529,7 @@ impl Kind for TrainSpec {
             let series: Vec<Series> = rows
                 .iter()
                 .enumerate()
-                .map(|(i, (label, runs, share))| Series {
+                .map(|(i, (label, runs, share, _))| Series {
                     name: format!("{label} (SAM {:.0}% of steps)", 100.0 * share),
                     color: PALETTE[i % PALETTE.len()],
                     points: mean_curve(runs, "epoch", col),
@@ -507,7 +540,7 @@ impl Kind for TrainSpec {
                 continue;
             }
             let name = format!("curves-{col}.svg");
-            line_chart(
+            line_chart_marked(
                 &out.dir.join(&name),
                 &format!(
                     "{what} per epoch (mean over seeds, band ± std; {})",
@@ -520,6 +553,7 @@ impl Kind for TrainSpec {
                 "epoch",
                 what,
                 &series,
+                &marks,
             )?;
             written.push(name);
         }
