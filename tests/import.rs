@@ -51,6 +51,11 @@ Study(
             of: "torch", method: Sgd, lr: 0.01, batch: 20, probe: 20,
             threshold: 0.01, max_steps: 2,
         ),
+        "tune": Train(
+            from: "torch", model: "resnet8", train_subset: PerClass(2), batch: 20,
+            epochs: 1, lr: Constant(lr: 0.01), test_subset: Off,
+        ),
+        "moved": Distance(w1: "torch", w2: "tune"),
     }},
 )
 "#
@@ -67,6 +72,17 @@ fn planned_key(env: &Env, study: &str, cache: &str, stage: &str) -> String {
         .and_then(|l| l.split_whitespace().nth(5))
         .unwrap_or_else(|| panic!("no `{stage}` in\n{out}"))
         .to_string()
+}
+
+/// A stage's `distance` in a results folder's `summary.csv`.
+fn distance_of(csv: &str, stage: &str) -> f64 {
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let col = header.iter().position(|h| *h == "distance").unwrap();
+    let row = lines
+        .find(|l| l.split(',').next() == Some(stage))
+        .unwrap_or_else(|| panic!("no {stage} in {csv}"));
+    row.split(',').nth(col).unwrap().parse().unwrap()
 }
 
 fn f64s(t: &Tensor) -> Vec<f64> {
@@ -89,9 +105,16 @@ fn an_imported_pytorch_checkpoint_exports_to_pytorchs_logits() {
     .unwrap();
     env.write("s.ron", &study("weights/resnet8.safetensors", ""));
     let runs = env.ok(&["s.ron", "--results-dir", "out"], "cache");
-    for stage in ["torch", "eval", "escape"] {
+    for stage in ["torch", "eval", "escape", "tune", "moved"] {
         assert_eq!(runs[stage][0], "ran", "{stage}: {:?}", runs[stage]);
     }
+
+    // Fine-tuning starts from the imported weights (`from`): its step
+    // moves them, a little (from an unrelated initialisation the distance
+    // is of the order of the weights' norm: 15 between two PyTorch inits).
+    let summary = std::fs::read_to_string(env.path("out/summary.csv")).unwrap();
+    let distance = distance_of(&summary, "moved");
+    assert!(distance > 0.0 && distance < 1.0, "distance {distance}");
 
     let o = env.run(
         &["export", "s.ron", "torch", "exported.safetensors"],

@@ -563,10 +563,6 @@ fn resolve(raw: RawStudy, ctx: &Ctx, path: &Path) -> Result<Study> {
                         .map_err(|m| ctx.err(Some(&name), format!("grid `{field}`: {m}")))?;
                 }
             }
-            let mut spec = s
-                .finish(dataset)
-                .map_err(|m| ctx.err(Some(&name), format!("stage `{name}`: {m}")))?;
-            spec.resolve_paths(path.parent().unwrap_or(Path::new(".")));
             let deps: Vec<(&'static str, usize)> = refs
                 .iter()
                 .map(|(role, target)| {
@@ -580,8 +576,10 @@ fn resolve(raw: RawStudy, ctx: &Ctx, path: &Path) -> Result<Study> {
                 .collect();
             let dep_specs: Vec<(&'static str, &StageSpec)> =
                 deps.iter().map(|(r, t)| (*r, &stages[*t].spec)).collect();
-            spec.link(&dep_specs)
+            let mut spec = s
+                .finish(dataset, &dep_specs)
                 .map_err(|m| ctx.err(Some(&name), format!("stage `{name}`: {m}")))?;
+            spec.resolve_paths(path.parent().unwrap_or(Path::new(".")));
             mine.push(stages.len());
             stages.push(Stage {
                 name: name.clone(),

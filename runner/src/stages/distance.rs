@@ -9,7 +9,7 @@ use super::common::{
     Grid, dep_model, dep_tensors, distance, inherit, merged_grid, model_tensors, pair_refs,
 };
 use super::link::pair_model;
-use super::{Kind, KindPlan, Outcome, Partial, PlanInput, RunCtx, StageSpec, Summary};
+use super::{Deps, Kind, KindPlan, Outcome, Partial, PlanInput, RunCtx, Summary};
 use crate::error::{Invalid, Result};
 
 /// A Distance stage as written.
@@ -24,7 +24,7 @@ pub struct DistancePartial {
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct DistanceSpec {
-    /// Filled from the Train stages.
+    /// The model of both stages compared.
     pub model: String,
     pub classes: usize,
 }
@@ -56,14 +56,14 @@ impl Partial for DistancePartial {
         Err(Invalid::UnknownGridField(field.to_string()))
     }
 
-    fn finish(&self, dataset: DatasetName) -> Result<DistanceSpec, Invalid> {
+    fn finish(&self, dataset: DatasetName, deps: &Deps) -> Result<DistanceSpec, Invalid> {
         if self.w1.is_none() || self.w2.is_none() {
             return Err(Invalid::Value(
                 "`w1` and `w2` must name the two Train stages to compare".into(),
             ));
         }
         Ok(DistanceSpec {
-            model: String::new(),
+            model: pair_model(deps)?,
             classes: dataset.num_classes(),
         })
     }
@@ -72,11 +72,6 @@ impl Partial for DistancePartial {
 impl Kind for DistanceSpec {
     const NAME: &'static str = "distance";
     const HEADLINE: &'static [&'static str] = &["distance"];
-
-    fn link(&mut self, deps: &[(&'static str, &StageSpec)]) -> Result<(), Invalid> {
-        self.model = pair_model(deps)?;
-        Ok(())
-    }
 
     fn model(&self) -> &str {
         &self.model

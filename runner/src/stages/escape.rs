@@ -50,7 +50,7 @@ use super::common::{
 };
 use super::link::weights_dep;
 use super::{
-    Censoring, Done, Kind, KindPlan, Outcome, Partial, PlanInput, PlotOut, RunCtx, StageSpec,
+    Censoring, Deps, Done, Kind, KindPlan, Outcome, Partial, PlanInput, PlotOut, RunCtx,
     Summary,
 };
 use crate::cache::write_file;
@@ -203,7 +203,7 @@ impl Partial for EscapePartial {
         Ok(())
     }
 
-    fn finish(&self, dataset: DatasetName) -> Result<EscapeSpec, Invalid> {
+    fn finish(&self, dataset: DatasetName, deps: &Deps) -> Result<EscapeSpec, Invalid> {
         if self.of.is_none() {
             return Err(Invalid::Missing {
                 field: "of",
@@ -249,6 +249,7 @@ impl Partial for EscapePartial {
         let kinds = KindsPartial::resolve(self.kinds.as_ref())?;
         let plain = SamConfig::new(0.0);
         kinds.check_run(method, sam.as_ref().unwrap_or(&plain), self.bn_batch)?;
+        let minimum = weights_dep(deps)?;
         Ok(EscapeSpec {
             method,
             sam,
@@ -264,11 +265,11 @@ impl Partial for EscapePartial {
             max_steps,
             eval_batch,
             precision: self.precision.unwrap_or_default(),
-            model: String::new(),
+            model: minimum.model.to_string(),
             classes: dataset.num_classes(),
-            train_subset: Subset::All,
-            subset_seed: 0,
-            augment: true,
+            train_subset: minimum.train_subset,
+            subset_seed: minimum.subset_seed,
+            augment: minimum.augment,
         })
     }
 }
@@ -290,15 +291,6 @@ impl Kind for EscapeSpec {
         budget: "steps",
         verb: "escaped",
     });
-
-    fn link(&mut self, deps: &[(&'static str, &StageSpec)]) -> Result<(), Invalid> {
-        let t = weights_dep(deps)?;
-        self.model = t.model.to_string();
-        self.train_subset = t.train_subset;
-        self.subset_seed = t.subset_seed;
-        self.augment = t.augment;
-        Ok(())
-    }
 
     fn model(&self) -> &str {
         &self.model

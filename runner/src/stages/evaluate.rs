@@ -11,7 +11,7 @@ use super::common::{
     merged_grid, set_eval_grid,
 };
 use super::link::weights_dep;
-use super::{Kind, KindPlan, Outcome, Partial, PlanInput, RunCtx, StageSpec, Summary};
+use super::{Deps, Kind, KindPlan, Outcome, Partial, PlanInput, RunCtx, Summary};
 use crate::cache::write_file;
 use crate::error::{Invalid, Result};
 
@@ -36,7 +36,7 @@ pub struct EvalSpec {
     #[serde(flatten)]
     pub eval: EvalFields,
     pub subset_seed: u64,
-    /// Filled from the evaluated stage.
+    /// The evaluated stage's.
     pub model: String,
     pub classes: usize,
 }
@@ -75,7 +75,7 @@ impl Partial for EvalPartial {
         )
     }
 
-    fn finish(&self, dataset: DatasetName) -> Result<EvalSpec, Invalid> {
+    fn finish(&self, dataset: DatasetName, deps: &Deps) -> Result<EvalSpec, Invalid> {
         if self.of.is_none() {
             return Err(Invalid::Missing {
                 field: "of",
@@ -91,7 +91,7 @@ impl Partial for EvalPartial {
         Ok(EvalSpec {
             eval,
             subset_seed: self.subset_seed.unwrap_or(0),
-            model: String::new(),
+            model: weights_dep(deps)?.model.to_string(),
             classes: dataset.num_classes(),
         })
     }
@@ -100,11 +100,6 @@ impl Partial for EvalPartial {
 impl Kind for EvalSpec {
     const NAME: &'static str = "evaluate";
     const HEADLINE: &'static [&'static str] = &["test_acc"];
-
-    fn link(&mut self, deps: &[(&'static str, &StageSpec)]) -> Result<(), Invalid> {
-        self.model = weights_dep(deps)?.model.to_string();
-        Ok(())
-    }
 
     fn model(&self) -> &str {
         &self.model

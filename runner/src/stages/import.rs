@@ -29,7 +29,7 @@ use samlab_models::{Arch, Model};
 use serde::{Deserialize, Serialize};
 
 use super::common::{Subset, inherit};
-use super::{Kind, KindPlan, Outcome, PlanInput, RunCtx, StageSpec, Summary, Weights};
+use super::{Deps, Kind, KindPlan, Outcome, PlanInput, RunCtx, Summary, Weights};
 use crate::cache::file_sha256;
 use crate::error::{Invalid, Result, stage_err};
 
@@ -95,7 +95,7 @@ impl super::Partial for ImportPartial {
         )))
     }
 
-    fn finish(&self, dataset: DatasetName) -> Result<ImportSpec, Invalid> {
+    fn finish(&self, dataset: DatasetName, _deps: &Deps) -> Result<ImportSpec, Invalid> {
         let model = self.model.as_deref().ok_or(Invalid::Missing {
             field: "model",
             hint: " (the model the file holds, e.g. model: \"resnet18\")",
@@ -127,10 +127,6 @@ impl super::Partial for ImportPartial {
 impl Kind for ImportSpec {
     const NAME: &'static str = "import";
     const HEADLINE: &'static [&'static str] = &[];
-
-    fn link(&mut self, _deps: &[(&'static str, &StageSpec)]) -> Result<(), Invalid> {
-        Ok(())
-    }
 
     fn resolve_paths(&mut self, study_dir: &Path) {
         if self.file.is_relative() {

@@ -31,7 +31,7 @@ use super::common::{
 };
 use super::link::pair_model;
 use super::{
-    Done, Kind, KindPlan, Outcome, Partial, PlanInput, PlotOut, RunCtx, StageSpec, Summary,
+    Deps, Done, Kind, KindPlan, Outcome, Partial, PlanInput, PlotOut, RunCtx, Summary,
 };
 use crate::cache::write_file;
 use crate::chart::{Series, line_chart};
@@ -112,7 +112,7 @@ impl Partial for InterpPartial {
         )
     }
 
-    fn finish(&self, dataset: DatasetName) -> Result<InterpSpec, Invalid> {
+    fn finish(&self, dataset: DatasetName, deps: &Deps) -> Result<InterpSpec, Invalid> {
         if self.w1.is_none() || self.w2.is_none() {
             return Err(Invalid::Value(
                 "`w1` and `w2` must name the two Train stages to interpolate".into(),
@@ -138,15 +138,25 @@ impl Partial for InterpPartial {
             self.test_subset,
             self.batch,
         )?;
+        let model = pair_model(deps)?;
+        // BatchNorm statistics are recomputed on `w1`'s training images.
+        let w1 = deps
+            .iter()
+            .find(|(r, _)| *r == "w1")
+            .and_then(|(_, d)| d.weights())
+            .ok_or(Invalid::Missing {
+                field: "w1",
+                hint: "",
+            })?;
         Ok(InterpSpec {
             alpha,
             bn,
             eval,
             subset_seed: self.subset_seed.unwrap_or(0),
-            model: String::new(),
+            model,
             classes: dataset.num_classes(),
-            w1_train_subset: Subset::All,
-            w1_subset_seed: 0,
+            w1_train_subset: w1.train_subset,
+            w1_subset_seed: w1.subset_seed,
         })
     }
 }
@@ -158,15 +168,6 @@ impl Kind for InterpSpec {
         "test_error_max_between",
         "distance",
     ];
-
-    fn link(&mut self, deps: &[(&'static str, &StageSpec)]) -> Result<(), Invalid> {
-        self.model = pair_model(deps)?;
-        if let Some((_, StageSpec::Train(t))) = deps.iter().find(|(r, _)| *r == "w1") {
-            self.w1_train_subset = t.train_subset;
-            self.w1_subset_seed = t.subset_seed;
-        }
-        Ok(())
-    }
 
     fn model(&self) -> &str {
         &self.model

@@ -37,7 +37,7 @@ use super::common::{
 };
 use super::link::{Probe, weights_dep};
 use super::{
-    Done, Kind, KindPlan, Outcome, Partial, PlanInput, PlotOut, RunCtx, StageSpec, Summary,
+    Deps, Done, Kind, KindPlan, Outcome, Partial, PlanInput, PlotOut, RunCtx, StageSpec, Summary,
 };
 use crate::cache::write_file;
 use crate::chart::{Series, heat_map, line_chart};
@@ -116,7 +116,7 @@ impl Partial for LandscapePartial {
         Ok(())
     }
 
-    fn finish(&self, _dataset: DatasetName) -> Result<LandscapeSpec, Invalid> {
+    fn finish(&self, _dataset: DatasetName, deps: &Deps) -> Result<LandscapeSpec, Invalid> {
         if self.of.is_none() {
             return Err(Invalid::Missing {
                 field: "of",
@@ -155,7 +155,9 @@ impl Partial for LandscapePartial {
                 "`range` needs finite `start` and `end` and `points` >= 2, not {range:?}"
             )));
         }
-        let probe = Probe::new(self.images, self.batch, 500)?;
+        let centre: Vec<_> = deps.iter().filter(|(r, _)| *r == "of").copied().collect();
+        let probe = Probe::new(self.images, self.batch, 500, weights_dep(&centre)?)?;
+        check_sharpness(x, self.y, &probe.model, deps)?;
         Ok(LandscapeSpec {
             x,
             y: self.y,
@@ -166,40 +168,24 @@ impl Partial for LandscapePartial {
     }
 }
 
-impl LandscapeSpec {
-    fn points(&self) -> usize {
-        self.range.points
-            * if self.y.is_some() {
-                self.range.points
-            } else {
-                1
-            }
-    }
-}
-
-impl Kind for LandscapeSpec {
-    const NAME: &'static str = "landscape";
-    const HEADLINE: &'static [&'static str] = &["asymmetry_x", "loss_rise_max"];
-    const SWEEPS: bool = false;
-
-    fn link(&mut self, deps: &[(&'static str, &StageSpec)]) -> Result<(), Invalid> {
-        let train = deps
-            .iter()
-            .filter(|(r, _)| *r == "of")
-            .copied()
-            .collect::<Vec<_>>();
-        let t = weights_dep(&train)?;
-        self.probe.link(t);
+/// The Sharpness stage `sharpness` names (if any) measures the same
+/// weights (`model`) and keeps every eigenvector `x` and `y` use.
+fn check_sharpness(
+    x: Direction,
+    y: Option<Direction>,
+    model: &str,
+    deps: &Deps,
+) -> Result<(), Invalid> {
         if let Some((role, d)) = deps.iter().find(|(r, _)| *r == "sharpness") {
             match d {
                 StageSpec::Sharpness(s) => {
-                    if s.probe.model != t.model {
+                    if s.probe.model != model {
                         return Err(Invalid::Value(format!(
                             "`sharpness` measures {} and `of` trains {}: the eigenvectors must be of the same weights",
-                            s.probe.model, t.model
+                            s.probe.model, model
                         )));
                     }
-                    let k = [Some(self.x), self.y]
+                    let k = [Some(x), y]
                         .into_iter()
                         .flatten()
                         .filter_map(|d| match d {
@@ -225,6 +211,22 @@ impl Kind for LandscapeSpec {
         }
         Ok(())
     }
+
+impl LandscapeSpec {
+    fn points(&self) -> usize {
+        self.range.points
+            * if self.y.is_some() {
+                self.range.points
+            } else {
+                1
+            }
+    }
+}
+
+impl Kind for LandscapeSpec {
+    const NAME: &'static str = "landscape";
+    const HEADLINE: &'static [&'static str] = &["asymmetry_x", "loss_rise_max"];
+    const SWEEPS: bool = false;
 
     fn model(&self) -> &str {
         &self.probe.model

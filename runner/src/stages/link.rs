@@ -55,19 +55,20 @@ pub fn pair_model(deps: &[(&'static str, &StageSpec)]) -> Result<String, Invalid
 pub struct Probe {
     pub images: usize,
     pub batch: usize,
-    /// Filled from the weights measured ([`Probe::link`]).
+    /// The measured weights' model and training images.
     pub model: String,
     pub train_subset: Subset,
     pub subset_seed: u64,
 }
 
 impl Probe {
-    /// A probe of `images` (default 512) in batches of `batch` (default
-    /// `default_batch`), both positive; linked to its weights later.
+    /// A probe of `images` (default 512) of the training images of `of`,
+    /// in batches of `batch` (default `default_batch`), both positive.
     pub fn new(
         images: Option<usize>,
         batch: Option<usize>,
         default_batch: usize,
+        of: Weights<'_>,
     ) -> Result<Probe, Invalid> {
         let images = images.unwrap_or(512);
         positive("images", images as u64)?;
@@ -76,17 +77,10 @@ impl Probe {
         Ok(Probe {
             images,
             batch,
-            model: String::new(),
-            train_subset: Subset::All,
-            subset_seed: 0,
+            model: of.model.to_string(),
+            train_subset: of.train_subset,
+            subset_seed: of.subset_seed,
         })
-    }
-
-    /// Takes the model and training images of the weights measured.
-    pub fn link(&mut self, t: Weights<'_>) {
-        self.model = t.model.to_string();
-        self.train_subset = t.train_subset;
-        self.subset_seed = t.subset_seed;
     }
 
     /// Batches per pass over the probe.

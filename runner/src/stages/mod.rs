@@ -3,8 +3,8 @@
 //! - [`Partial`] for the stage as a study writes it (every field optional,
 //!   so stages can `extends` each other): merging with what it extends, its
 //!   references to other stages, its grid fields, and resolution into a spec;
-//! - [`Kind`] for the resolved spec: linking to the specs it depends on, what
-//!   goes into its key, its cost for `runner plan`, how it runs, the measures
+//! - [`Kind`] for the resolved spec (built by `finish` with the resolved
+//!   specs it refers to, so nothing is filled in later): what goes into its key, its cost for `runner plan`, how it runs, the measures
 //!   its tables show and its plots.
 //!
 //! `registry!` below turns the list of kinds into [`RawStage`] and
@@ -56,9 +56,15 @@ pub trait Partial: Clone + Debug + Default + DeserializeOwned {
     /// Sets one grid field (one of [`GRID_FIELDS`](Self::GRID_FIELDS) or
     /// [`grid_paths`](Self::grid_paths)) to `v`.
     fn set_grid(&mut self, field: &str, v: f64) -> Result<(), Invalid>;
-    /// The resolved spec, or what is missing or wrong.
-    fn finish(&self, dataset: DatasetName) -> Result<Self::Spec, Invalid>;
+    /// The resolved spec, or what is missing or wrong, built with the
+    /// resolved stages it refers to ([`refs`](Self::refs), by role): what it
+    /// takes from them (an Evaluate stage's model) is there from the start.
+    fn finish(&self, dataset: DatasetName, deps: &Deps) -> Result<Self::Spec, Invalid>;
 }
+
+/// The resolved stages a stage refers to, by role (`of`, `w1`), in the
+/// order of [`Partial::refs`].
+pub type Deps<'a> = [(&'static str, &'a StageSpec)];
 
 /// A stage with every field resolved: what its key is made of, and how it runs.
 pub trait Kind: Clone + Debug + PartialEq + Serialize {
@@ -74,9 +80,6 @@ pub trait Kind: Clone + Debug + PartialEq + Serialize {
     /// Its censored measure, if it has one (Escape: a run may end its
     /// budget without escaping): tables and claims read censoring from it.
     const CENSORING: Option<Censoring> = None;
-    /// Fills in what it takes from the stages it depends on (an Evaluate
-    /// stage's model comes from the Train stage it evaluates).
-    fn link(&mut self, deps: &[(&'static str, &StageSpec)]) -> Result<(), Invalid>;
     /// Makes the paths it names absolute: a relative path is read from
     /// `study_dir`, the study file's folder (an Import stage's `file`).
     fn resolve_paths(&mut self, _study_dir: &Path) {}
@@ -272,8 +275,8 @@ macro_rules! registry {
                 match self { $(RawStage::$variant(p) => p.set_grid(field, v),)* }
             }
             /// The resolved spec, or what is missing or wrong.
-            pub fn finish(&self, dataset: DatasetName) -> Result<StageSpec, Invalid> {
-                match self { $(RawStage::$variant(p) => p.finish(dataset).map(StageSpec::$variant),)* }
+            pub fn finish(&self, dataset: DatasetName, deps: &Deps) -> Result<StageSpec, Invalid> {
+                match self { $(RawStage::$variant(p) => p.finish(dataset, deps).map(StageSpec::$variant),)* }
             }
         }
 
@@ -311,9 +314,6 @@ macro_rules! registry {
             }
             pub fn precision(&self) -> Precision {
                 match self { $(StageSpec::$variant(s) => s.precision(),)* }
-            }
-            pub fn link(&mut self, deps: &[(&'static str, &StageSpec)]) -> Result<(), Invalid> {
-                match self { $(StageSpec::$variant(s) => s.link(deps),)* }
             }
             pub fn plan(&self, input: &PlanInput) -> Result<KindPlan, Invalid> {
                 match self { $(StageSpec::$variant(s) => s.plan(input),)* }

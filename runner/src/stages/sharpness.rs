@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use super::common::{Grid, dep_model_as, inherit, merged_grid, whole};
 use super::link::{Probe, weights_dep};
-use super::{Kind, KindPlan, Outcome, Partial, PlanInput, RunCtx, StageSpec, Summary};
+use super::{Deps, Kind, KindPlan, Outcome, Partial, PlanInput, RunCtx, Summary};
 use crate::cache::write_file;
 use crate::error::{Invalid, Result};
 
@@ -150,14 +150,14 @@ impl Partial for SharpnessPartial {
         Ok(())
     }
 
-    fn finish(&self, _dataset: DatasetName) -> Result<SharpnessSpec, Invalid> {
+    fn finish(&self, _dataset: DatasetName, deps: &Deps) -> Result<SharpnessSpec, Invalid> {
         if self.of.is_none() {
             return Err(Invalid::Missing {
                 field: "of",
                 hint: ": name the Train stage to measure",
             });
         }
-        let probe = Probe::new(self.images, self.batch, 128)?;
+        let probe = Probe::new(self.images, self.batch, 128, weights_dep(deps)?)?;
         let precision = self.precision.unwrap_or(Precision::F32);
         let fd_step = self.fd_step.unwrap_or(precision.default_step());
         if !(fd_step > 0.0 && fd_step.is_finite()) {
@@ -206,11 +206,6 @@ impl SharpnessSpec {
 impl Kind for SharpnessSpec {
     const NAME: &'static str = "sharpness";
     const HEADLINE: &'static [&'static str] = &["lambda_max", "trace", "sam_sharpness"];
-
-    fn link(&mut self, deps: &[(&'static str, &StageSpec)]) -> Result<(), Invalid> {
-        self.probe.link(weights_dep(deps)?);
-        Ok(())
-    }
 
     fn model(&self) -> &str {
         &self.probe.model

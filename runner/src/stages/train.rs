@@ -29,7 +29,7 @@ use super::common::{
     positive, training_loader, whole,
 };
 use super::{
-    Done, Kind, KindPlan, Outcome, Partial, PlanInput, PlotOut, RunCtx, StageSpec, Summary,
+    Deps, Done, Kind, KindPlan, Outcome, Partial, PlanInput, PlotOut, RunCtx, Summary,
 };
 use crate::cache::{Verify, partial_name, resume_point, unix_time, write_file};
 use crate::error::{ErrorKind, Invalid, Result, io, stage_err, step_err};
@@ -40,7 +40,8 @@ use crate::key::PrefixPlan;
 #[serde(deny_unknown_fields, rename = "Train")]
 pub struct TrainPartial {
     pub extends: Option<String>,
-    /// Another Train stage whose final weights this run starts from.
+    /// A Train or Import stage whose final weights this run starts from
+    /// (fine-tuning a network imported from PyTorch, say).
     pub from: Option<String>,
     pub model: Option<String>,
     pub train_subset: Option<Subset>,
@@ -193,12 +194,27 @@ impl Partial for TrainPartial {
         Ok(())
     }
 
-    fn finish(&self, dataset: DatasetName) -> Result<TrainSpec, Invalid> {
+    fn finish(&self, dataset: DatasetName, deps: &Deps) -> Result<TrainSpec, Invalid> {
         let model_name = self.model.as_deref().ok_or(Invalid::Missing {
             field: "model",
             hint: " (e.g. model: \"resnet18\")",
         })?;
         let arch: Arch = model_name.parse()?;
+        // `from` starts from the final weights of a Train or Import stage
+        // of the same model.
+        for (role, d) in deps {
+            let w = d.weights().ok_or(Invalid::NotTrain {
+                role,
+                found: d.kind(),
+            })?;
+            if w.model != arch.name() {
+                return Err(Invalid::Value(format!(
+                    "`{role}` names a {} network, but this stage trains {}",
+                    w.model,
+                    arch.name()
+                )));
+            }
+        }
         let epochs = self.epochs.ok_or(Invalid::Missing {
             field: "epochs",
             hint: "",
@@ -387,27 +403,6 @@ impl TrainSpec {
 impl Kind for TrainSpec {
     const NAME: &'static str = "train";
     const HEADLINE: &'static [&'static str] = &["test_acc", "passes_per_step"];
-
-    fn link(&mut self, deps: &[(&'static str, &StageSpec)]) -> Result<(), Invalid> {
-        for (role, d) in deps {
-            match d {
-                StageSpec::Train(t) if t.model == self.model => {}
-                StageSpec::Train(t) => {
-                    return Err(Invalid::Value(format!(
-                        "`{role}` names a {} run, but this stage trains {}",
-                        t.model, self.model
-                    )));
-                }
-                other => {
-                    return Err(Invalid::NotTrain {
-                        role,
-                        found: other.kind(),
-                    });
-                }
-            }
-        }
-        Ok(())
-    }
 
     fn model(&self) -> &str {
         &self.model
