@@ -141,6 +141,15 @@ fn cycles_missing_fields_and_bad_values_are_named() {
         e.contains("`kinds`") && e.contains("unknown field `kk`"),
         "{e}"
     );
+    // A kind's settings checked against the run's batch where the study
+    // is read: ESAM's gamma 0.1 selects no sample of a batch of 10.
+    let e = err(&with_stages(&format!(
+        r#"        "a": Train({TRAIN}, batch: 10, method: Always(Esam), kinds: (esam: (gamma: 0.1))),"#
+    )));
+    assert!(
+        e.contains("kinds.esam") && e.contains("selects no sample of a batch of 10"),
+        "{e}"
+    );
     let e = err(&with_stages(&format!(
         r#"        "a": Train({TRAIN}, kinds: (look_sam: (k: 0))),"#
     )));

@@ -16,7 +16,7 @@ use crate::lr::LrSchedule;
 use crate::sam::{Progress, SamConfig};
 use crate::schedule::{Resolved, StepSchedule};
 use crate::sgd::{Sgd, SgdConfig};
-use crate::steps::{KindSettings, KindStates, Method, StepCtx, StepOutput};
+use crate::steps::{KindSettings, KindStates, Method, RunShape, StepCtx, StepOutput};
 
 pub struct Trainer {
     pub sgd: Sgd,
@@ -89,7 +89,12 @@ impl Trainer {
     fn check_kinds(&self) -> Result<()> {
         for &m in Method::ALL {
             if self.schedule.count(m, 0, self.total_steps) > 0 {
-                self.kinds.check_run(m, &self.sam, self.bn_batch)?;
+                let run = RunShape {
+                    sam: &self.sam,
+                    bn_batch: self.bn_batch,
+                    batch: None,
+                };
+                self.kinds.check_run(m, &run)?;
             }
         }
         Ok(())

@@ -74,10 +74,10 @@ use candle_core::{DType, Tensor};
 use samlab_models::Model;
 use serde::{Deserialize, Serialize};
 
-use super::{Method, StepCtx, StepKind, StepOutput, counter_tensor, read_counter};
+use super::{Method, RunShape, StepCtx, StepKind, StepOutput, counter_tensor, read_counter};
 use crate::error::{ErrorKind, Result, bad};
 use crate::sam::{
-    SamConfig, add_grads, loss_decay, mean_buffers, mean_grads, part, parts, perturbation_along,
+    add_grads, loss_decay, mean_buffers, mean_grads, part, parts, perturbation_along,
     perturbed_grads, rollback_on_error, sam_chunks, update, with_decay,
 };
 use crate::sgd::{Grads, collect_grads};
@@ -291,7 +291,8 @@ impl StepKind for Esam {
         Ok(())
     }
 
-    fn check_run(s: &EsamSettings, sam: &SamConfig, bn_batch: Option<usize>) -> Result<()> {
+    fn check_run(s: &EsamSettings, run: &RunShape) -> Result<()> {
+        let (sam, bn_batch) = (run.sam, run.bn_batch);
         if sam.adaptive {
             return Err(bad(
                 "ESAM does not take ASAM scaling (the official code's adaptive variant is not samlab's ASAM): sam.adaptive must be false",
@@ -300,20 +301,28 @@ impl StepKind for Esam {
         if s.gamma >= ALL_SAMPLES {
             return Ok(());
         }
-        if let Some(m) = sam.chunk {
+        // SDS selects within each chunk, or within the batch without one.
+        let group = match (sam.chunk, run.batch) {
+            (Some(m), _) => Some(("a chunk", m)),
+            (None, Some(b)) => Some(("a batch", b)),
+            (None, None) => None,
+        };
+        if let Some((what, m)) = group {
             let p = position(s.gamma, m);
             if p <= 1 {
                 return Err(bad(format!(
-                    "ESAM's gamma {} selects no sample of a chunk of {m} (floor(gamma * {m}) = {p}; the official rule keeps the samples above the floor(gamma n)-th largest rise, so it needs at least 2)",
+                    "ESAM's gamma {} selects no sample of {what} of {m} (floor(gamma * {m}) = {p}; the official rule keeps the samples above the floor(gamma n)-th largest rise, so it needs at least 2)",
                     s.gamma
                 )));
             }
-            if let Some(b) = bn_batch.filter(|&b| b < m) {
-                return Err(bad(format!(
-                    "ESAM with gamma {} < 0.99 needs ghost batches of at least the chunk: bn_batch {b} is below sam.chunk {m} (a selected subset has no split into ghost batches)",
-                    s.gamma
-                )));
-            }
+        }
+        if let Some(m) = sam.chunk
+            && let Some(b) = bn_batch.filter(|&b| b < m)
+        {
+            return Err(bad(format!(
+                "ESAM with gamma {} < 0.99 needs ghost batches of at least the chunk: bn_batch {b} is below sam.chunk {m} (a selected subset has no split into ghost batches)",
+                s.gamma
+            )));
         }
         Ok(())
     }
@@ -329,7 +338,12 @@ impl StepKind for Esam {
     fn step(&mut self, s: &EsamSettings, c: StepCtx<'_>) -> Result<StepOutput> {
         Self::check(s)?;
         c.sam.check()?;
-        Self::check_run(s, c.sam, c.bn_batch)?;
+        let run = RunShape {
+            sam: c.sam,
+            bn_batch: c.bn_batch,
+            batch: Some(c.y.dim(0)?),
+        };
+        Self::check_run(s, &run)?;
         let StepCtx {
             model,
             opt,

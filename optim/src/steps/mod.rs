@@ -52,6 +52,18 @@ pub struct StepSettings<'a> {
     pub bn_batch: Option<usize>,
 }
 
+/// What a step kind's settings are checked against for a run
+/// ([`StepKind::check_run`]): SAM's settings, the ghost batch and, where
+/// known, the batch size.
+#[derive(Clone, Copy, Debug)]
+pub struct RunShape<'a> {
+    pub sam: &'a SamConfig,
+    pub bn_batch: Option<usize>,
+    /// Images per step (`None` where not known yet: a
+    /// [`Trainer`](crate::Trainer) is built without its data).
+    pub batch: Option<usize>,
+}
+
 /// What one step did.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StepOutput {
@@ -105,16 +117,13 @@ pub trait StepKind: Debug + Default {
         Ok(())
     }
 
-    /// Checks the settings with the run's SAM settings and ghost batch,
-    /// for a run that takes steps of this kind: a kind whose step cannot
-    /// take one of them (m-sharpness chunks, say) says so here, naming the
-    /// setting ([`Trainer`](crate::Trainer) calls it for every kind its
-    /// schedule uses, and the step calls it again).
-    fn check_run(
-        _settings: &Self::Settings,
-        _sam: &SamConfig,
-        _bn_batch: Option<usize>,
-    ) -> Result<()> {
+    /// Checks the settings with the run's SAM settings, ghost batch and
+    /// batch size, for a run that takes steps of this kind: a kind whose
+    /// step cannot take one of them (m-sharpness chunks, say) says so
+    /// here, naming the setting (a study's stage calls it where it is read,
+    /// [`Trainer`](crate::Trainer) for every kind its schedule uses, and the
+    /// step again with its batch).
+    fn check_run(_settings: &Self::Settings, _run: &RunShape) -> Result<()> {
         Ok(())
     }
 
@@ -184,11 +193,11 @@ macro_rules! steps {
                 match m { $(Method::$variant => <$kind as StepKind>::cost(&self.$field),)* }
             }
 
-            /// Checks kind `m`'s settings with SAM's settings and the ghost
-            /// batch of a run that takes its steps ([`StepKind::check_run`]).
-            pub fn check_run(&self, m: Method, sam: &SamConfig, bn_batch: Option<usize>) -> Result<()> {
+            /// Checks kind `m`'s settings with the shape of a run that
+            /// takes its steps ([`StepKind::check_run`]).
+            pub fn check_run(&self, m: Method, run: &RunShape) -> Result<()> {
                 match m {
-                    $(Method::$variant => <$kind as StepKind>::check_run(&self.$field, sam, bn_batch)
+                    $(Method::$variant => <$kind as StepKind>::check_run(&self.$field, run)
                         .map_err(|e| within(&format!("kinds.{}", stringify!($field)), e)),)*
                 }
             }

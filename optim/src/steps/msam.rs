@@ -34,11 +34,9 @@
 //! 780fa4f623fe0c99760fd7cfb1a94d14f00179ee). Test reference:
 //! `optim/tests/reference/gen_msam_reference.py`.
 
-use super::{Method, NoSettings, StepCtx, StepKind, StepOutput};
+use super::{Method, NoSettings, RunShape, StepCtx, StepKind, StepOutput};
 use crate::error::{Result, bad};
-use crate::sam::{
-    SamConfig, loss_decay, pass_at, perturbation_along, rollback_on_error, update, with_decay,
-};
+use crate::sam::{loss_decay, pass_at, perturbation_along, rollback_on_error, update, with_decay};
 use crate::sgd::Grads;
 
 #[derive(Debug, Default)]
@@ -48,7 +46,8 @@ impl StepKind for Msam {
     type Settings = NoSettings;
     const USES_SAM: bool = true;
 
-    fn check_run(_: &NoSettings, sam: &SamConfig, _bn_batch: Option<usize>) -> Result<()> {
+    fn check_run(_: &NoSettings, run: &RunShape) -> Result<()> {
+        let sam = run.sam;
         if let Some(m) = sam.chunk {
             return Err(bad(format!(
                 "Momentum-SAM perturbs along the momentum, the same for every chunk: sam.chunk ({m}) must be unset"
@@ -68,7 +67,12 @@ impl StepKind for Msam {
 
     fn step(&mut self, s: &NoSettings, c: StepCtx<'_>) -> Result<StepOutput> {
         c.sam.check()?;
-        Self::check_run(s, c.sam, c.bn_batch)?;
+        let run = RunShape {
+            sam: c.sam,
+            bn_batch: c.bn_batch,
+            batch: Some(c.y.dim(0)?),
+        };
+        Self::check_run(s, &run)?;
         let StepCtx {
             model,
             opt,

@@ -40,7 +40,7 @@ use std::fmt::Write as _;
 
 use samlab_data::{DatasetName, Loader, PipelineConfig};
 use samlab_models::Precision;
-use samlab_optim::{KindSettings, LrSchedule, Method, SamConfig, SgdConfig, StepSchedule, Trainer};
+use samlab_optim::{KindSettings, LrSchedule, Method, RunShape, SamConfig, SgdConfig, StepSchedule, Trainer};
 use serde::{Deserialize, Serialize};
 
 use super::common::{
@@ -248,7 +248,12 @@ impl Partial for EscapePartial {
         };
         let kinds = KindsPartial::resolve(self.kinds.as_ref())?;
         let plain = SamConfig::new(0.0);
-        kinds.check_run(method, sam.as_ref().unwrap_or(&plain), self.bn_batch)?;
+        let run = RunShape {
+            sam: sam.as_ref().unwrap_or(&plain),
+            bn_batch: self.bn_batch,
+            batch: Some(batch),
+        };
+        kinds.check_run(method, &run)?;
         let minimum = weights_dep(deps)?;
         Ok(EscapeSpec {
             method,

@@ -19,7 +19,7 @@ use std::time::Instant;
 use samlab_data::DatasetName;
 use samlab_models::{Arch, Model, Precision};
 use samlab_optim::{
-    KindSettings, LrSchedule, Method, Point, Resolved, SamConfig, SgdConfig, StepSchedule, Trainer,
+    KindSettings, LrSchedule, Method, Point, Resolved, RunShape, SamConfig, SgdConfig, StepSchedule, Trainer,
 };
 use serde::{Deserialize, Serialize};
 
@@ -260,7 +260,12 @@ impl Partial for TrainPartial {
         let kinds = KindsPartial::resolve(self.kinds.as_ref())?;
         // A kind that cannot take a setting of this run says so here.
         for m in method.kinds() {
-            kinds.check_run(m, &sam, self.bn_batch)?;
+            let run = RunShape {
+                sam: &sam,
+                bn_batch: self.bn_batch,
+                batch: Some(batch),
+            };
+            kinds.check_run(m, &run)?;
         }
         Ok(TrainSpec {
             model: arch.name(),
