@@ -161,7 +161,7 @@ pub fn show_plan(data: &DataArgs, path: &Path, view: &PlanView) -> Result<String
             "{:<36} {:<11} {:<16} {:>7} {:>10}  {:<12} {}",
             s.display(),
             s.spec.kind(),
-            s.spec.model(),
+            s.spec.model().name(),
             s.spec.length(),
             show_cost(p.cost),
             key,

@@ -133,18 +133,20 @@ pub fn estimate(study: &Study, planned: &[Planned], rates: &Rates, device: &str)
             continue;
         }
         match s.spec.images_per_step() {
-            Some(images) => match rates.sgd_img_s(device, s.spec.model(), s.spec.precision()) {
-                Some(rate) => e.hours += p.cost * images as f64 / rate / 3600.0,
-                None => {
-                    let m = match s.spec.precision() {
-                        Precision::F32 => s.spec.model().to_string(),
-                        p => format!("{} {p}", s.spec.model()),
-                    };
-                    if !e.unmeasured.contains(&m) {
-                        e.unmeasured.push(m);
+            Some(images) => {
+                match rates.sgd_img_s(device, &s.spec.model().name(), s.spec.precision()) {
+                    Some(rate) => e.hours += p.cost * images as f64 / rate / 3600.0,
+                    None => {
+                        let m = match s.spec.precision() {
+                            Precision::F32 => s.spec.model().to_string(),
+                            p => format!("{} {p}", s.spec.model()),
+                        };
+                        if !e.unmeasured.contains(&m) {
+                            e.unmeasured.push(m);
+                        }
                     }
                 }
-            },
+            }
             None => e.left_out += p.cost,
         }
     }

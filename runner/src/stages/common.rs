@@ -11,7 +11,7 @@ use indexmap::IndexMap;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use samlab_data::{Dataset, Loader, PipelineConfig, Split, subset_per_class};
-use samlab_models::Model;
+use samlab_models::{Arch, Model};
 use samlab_optim::{Decay, KindSettings, Method, RhoSchedule, SamConfig, Scope, SgdConfig};
 use serde::{Deserialize, Serialize};
 
@@ -378,11 +378,16 @@ pub fn pair_refs<'a>(
     r
 }
 
-/// A model of `name` for the dataset, holding the final weights (and
+/// A specs' model, serialised as its canonical name (`resnet18`): how keys
+/// hold it.
+pub fn arch_name<S: serde::Serializer>(arch: &Arch, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&arch.name())
+}
+
+/// A model `arch` for the dataset, holding the final weights (and
 /// BatchNorm buffers) of the dependency `role`.
-pub fn dep_model(ctx: &RunCtx, name: &str, role: &str) -> Result<Model> {
-    let arch = name.parse()?;
-    let model = Model::new(&arch, ctx.dataset.num_classes(), 0, ctx.device)?;
+pub fn dep_model(ctx: &RunCtx, arch: &Arch, role: &str) -> Result<Model> {
+    let model = Model::new(arch, ctx.dataset.num_classes(), 0, ctx.device)?;
     model
         .params
         .load(&dep_file(ctx, role, "model.safetensors")?)?;
@@ -391,8 +396,8 @@ pub fn dep_model(ctx: &RunCtx, name: &str, role: &str) -> Result<Model> {
 
 /// [`dep_model`] with parameters and buffers of `dtype` (the checkpoint's
 /// f32 values converted).
-pub fn dep_model_as(ctx: &RunCtx, name: &str, role: &str, dtype: DType) -> Result<Model> {
-    let f32_model = dep_model(ctx, name, role)?;
+pub fn dep_model_as(ctx: &RunCtx, arch: &Arch, role: &str, dtype: DType) -> Result<Model> {
+    let f32_model = dep_model(ctx, arch, role)?;
     if dtype == DType::F32 {
         return Ok(f32_model);
     }

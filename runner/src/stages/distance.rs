@@ -6,8 +6,10 @@ use samlab_data::DatasetName;
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    Grid, dep_model, dep_tensors, distance, inherit, merged_grid, model_tensors, pair_refs,
+    Grid, arch_name, dep_model, dep_tensors, distance, inherit, merged_grid, model_tensors,
+    pair_refs,
 };
+use samlab_models::Arch;
 use super::link::pair_model;
 use super::{Deps, Kind, KindPlan, Outcome, Partial, PlanInput, RunCtx, Summary};
 use crate::error::{Invalid, Result};
@@ -25,7 +27,8 @@ pub struct DistancePartial {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct DistanceSpec {
     /// The model of both stages compared.
-    pub model: String,
+    #[serde(serialize_with = "arch_name")]
+    pub model: Arch,
     pub classes: usize,
 }
 
@@ -73,7 +76,7 @@ impl Kind for DistanceSpec {
     const NAME: &'static str = "distance";
     const HEADLINE: &'static [&'static str] = &["distance"];
 
-    fn model(&self) -> &str {
+    fn model(&self) -> &Arch {
         &self.model
     }
 

@@ -39,12 +39,12 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use samlab_data::{DatasetName, Loader, PipelineConfig};
-use samlab_models::Precision;
+use samlab_models::{Arch, Precision};
 use samlab_optim::{KindSettings, LrSchedule, Method, RunShape, SamConfig, SgdConfig, StepSchedule, Trainer};
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    Feed, Grid, KindsPartial, SamPartial, SgdPartial, Subset, TrainingData, check_bn_batch,
+    Feed, Grid, KindsPartial, SamPartial, SgdPartial, Subset, TrainingData, arch_name, check_bn_batch,
     dep_model, evaluate_loader, forward_cost, inherit, kinds_key, merged_grid, positive,
     probe_indices, training_loader, whole,
 };
@@ -142,8 +142,9 @@ pub struct EscapeSpec {
     /// Left out of the key when f32 (keys from before bf16 stay valid).
     #[serde(skip_serializing_if = "Precision::is_f32")]
     pub precision: Precision,
-    /// Filled from the Train stage.
-    pub model: String,
+    /// The minimum's model.
+    #[serde(serialize_with = "arch_name")]
+    pub model: Arch,
     pub classes: usize,
     pub train_subset: Subset,
     pub subset_seed: u64,
@@ -270,7 +271,7 @@ impl Partial for EscapePartial {
             max_steps,
             eval_batch,
             precision: self.precision.unwrap_or_default(),
-            model: minimum.model.to_string(),
+            model: minimum.model.clone(),
             classes: dataset.num_classes(),
             train_subset: minimum.train_subset,
             subset_seed: minimum.subset_seed,
@@ -297,7 +298,7 @@ impl Kind for EscapeSpec {
         verb: "escaped",
     });
 
-    fn model(&self) -> &str {
+    fn model(&self) -> &Arch {
         &self.model
     }
 

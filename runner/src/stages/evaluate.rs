@@ -4,10 +4,11 @@
 //! Writes `metrics.csv` (one row per split) and `summary.json`.
 
 use samlab_data::DatasetName;
+use samlab_models::Arch;
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    EvalFields, Grid, SplitName, Subset, dep_model, evaluate_loader, forward_cost, inherit,
+    EvalFields, Grid, SplitName, Subset, arch_name, dep_model, evaluate_loader, forward_cost, inherit,
     merged_grid, set_eval_grid,
 };
 use super::link::weights_dep;
@@ -37,7 +38,8 @@ pub struct EvalSpec {
     pub eval: EvalFields,
     pub subset_seed: u64,
     /// The evaluated stage's.
-    pub model: String,
+    #[serde(serialize_with = "arch_name")]
+    pub model: Arch,
     pub classes: usize,
 }
 
@@ -91,7 +93,7 @@ impl Partial for EvalPartial {
         Ok(EvalSpec {
             eval,
             subset_seed: self.subset_seed.unwrap_or(0),
-            model: weights_dep(deps)?.model.to_string(),
+            model: weights_dep(deps)?.model.clone(),
             classes: dataset.num_classes(),
         })
     }
@@ -101,7 +103,7 @@ impl Kind for EvalSpec {
     const NAME: &'static str = "evaluate";
     const HEADLINE: &'static [&'static str] = &["test_acc"];
 
-    fn model(&self) -> &str {
+    fn model(&self) -> &Arch {
         &self.model
     }
 

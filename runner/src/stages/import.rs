@@ -28,7 +28,7 @@ use samlab_data::DatasetName;
 use samlab_models::{Arch, Model};
 use serde::{Deserialize, Serialize};
 
-use super::common::{Subset, inherit};
+use super::common::{Subset, arch_name, inherit};
 use super::{Deps, Kind, KindPlan, Outcome, PlanInput, RunCtx, Summary, Weights};
 use crate::cache::file_sha256;
 use crate::error::{Invalid, Result, stage_err};
@@ -57,8 +57,9 @@ pub struct ImportPartial {
 /// A resolved Import stage.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ImportSpec {
-    /// The canonical model name.
-    pub model: String,
+    /// The model the file holds.
+    #[serde(serialize_with = "arch_name")]
+    pub model: Arch,
     /// The file; resolved against the study's folder, and left out of the
     /// key (its SHA-256 goes in instead).
     #[serde(skip)]
@@ -113,7 +114,7 @@ impl super::Partial for ImportPartial {
             ));
         }
         Ok(ImportSpec {
-            model: arch.name(),
+            model: arch,
             file: PathBuf::from(file),
             strip_prefix: self.strip_prefix.clone().filter(|p| !p.is_empty()),
             train_subset,
@@ -134,7 +135,7 @@ impl Kind for ImportSpec {
         }
     }
 
-    fn model(&self) -> &str {
+    fn model(&self) -> &Arch {
         &self.model
     }
 
@@ -192,8 +193,7 @@ impl Kind for ImportSpec {
             kept.push((name, t));
         }
         kept.sort_by(|a, b| a.0.cmp(&b.0));
-        let arch: Arch = self.model.parse()?;
-        let model = Model::new(&arch, self.classes, 0, &Device::Cpu)?;
+        let model = Model::new(&self.model, self.classes, 0, &Device::Cpu)?;
         let hint = prefix_hint(&kept, &model);
         let staged = ctx.out.join("model.safetensors");
         let tensors: std::collections::HashMap<String, Tensor> = kept.iter().cloned().collect();

@@ -21,11 +21,11 @@ use std::fmt::Write as _;
 use candle_core::{Device, Tensor};
 use plotters::style::{BLUE, RED};
 use samlab_data::{DatasetName, Loader, PipelineConfig};
-use samlab_models::Model;
+use samlab_models::{Arch, Model};
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    AlphaGrid, EvalFields, Grid, SplitName, Subset, dep_model, dep_tensors, distance,
+    AlphaGrid, EvalFields, Grid, SplitName, Subset, arch_name, dep_model, dep_tensors, distance,
     evaluate_loader, forward_cost, inherit, merged_grid, model_tensors, pair_refs, positive,
     set_eval_grid,
 };
@@ -70,8 +70,9 @@ pub struct InterpSpec {
     #[serde(flatten)]
     pub eval: EvalFields,
     pub subset_seed: u64,
-    /// Filled from the Train stages.
-    pub model: String,
+    /// The model of both stages.
+    #[serde(serialize_with = "arch_name")]
+    pub model: Arch,
     pub classes: usize,
     /// The first solution's training images (for `Recomputed`).
     pub w1_train_subset: Subset,
@@ -169,7 +170,7 @@ impl Kind for InterpSpec {
         "distance",
     ];
 
-    fn model(&self) -> &str {
+    fn model(&self) -> &Arch {
         &self.model
     }
 

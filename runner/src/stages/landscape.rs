@@ -29,6 +29,7 @@ use std::fmt::Write as _;
 
 use candle_core::DType;
 use samlab_data::DatasetName;
+use samlab_models::Arch;
 use samlab_optim::curvature::{Flat, LossSurface, filter_normalized_random, norm};
 use serde::{Deserialize, Serialize};
 
@@ -173,13 +174,13 @@ impl Partial for LandscapePartial {
 fn check_sharpness(
     x: Direction,
     y: Option<Direction>,
-    model: &str,
+    model: &Arch,
     deps: &Deps,
 ) -> Result<(), Invalid> {
         if let Some((role, d)) = deps.iter().find(|(r, _)| *r == "sharpness") {
             match d {
                 StageSpec::Sharpness(s) => {
-                    if s.probe.model != model {
+                    if s.probe.model != *model {
                         return Err(Invalid::Value(format!(
                             "`sharpness` measures {} and `of` trains {}: the eigenvectors must be of the same weights",
                             s.probe.model, model
@@ -228,7 +229,7 @@ impl Kind for LandscapeSpec {
     const HEADLINE: &'static [&'static str] = &["asymmetry_x", "loss_rise_max"];
     const SWEEPS: bool = false;
 
-    fn model(&self) -> &str {
+    fn model(&self) -> &Arch {
         &self.probe.model
     }
 

@@ -6,9 +6,10 @@
 
 use candle_core::{DType, Tensor};
 use samlab_data::{Loader, PipelineConfig};
+use samlab_models::Arch;
 use serde::Serialize;
 
-use super::common::{Subset, positive, probe_indices};
+use super::common::{Subset, arch_name, positive, probe_indices};
 use super::{RunCtx, StageSpec, Weights};
 use crate::error::{Invalid, Result};
 
@@ -27,14 +28,14 @@ pub fn weights_dep<'a>(deps: &[(&'static str, &'a StageSpec)]) -> Result<Weights
 }
 
 /// The model that both stages of a `w1`/`w2` pair leave.
-pub fn pair_model(deps: &[(&'static str, &StageSpec)]) -> Result<String, Invalid> {
+pub fn pair_model(deps: &[(&'static str, &StageSpec)]) -> Result<Arch, Invalid> {
     let mut models = Vec::new();
     for (role, d) in deps {
         let w = d.weights().ok_or(Invalid::NotTrain {
             role,
             found: d.kind(),
         })?;
-        models.push(w.model.to_string());
+        models.push(w.model.clone());
     }
     match models.as_slice() {
         [a, b] if a == b => Ok(a.clone()),
@@ -56,7 +57,8 @@ pub struct Probe {
     pub images: usize,
     pub batch: usize,
     /// The measured weights' model and training images.
-    pub model: String,
+    #[serde(serialize_with = "arch_name")]
+    pub model: Arch,
     pub train_subset: Subset,
     pub subset_seed: u64,
 }
@@ -77,7 +79,7 @@ impl Probe {
         Ok(Probe {
             images,
             batch,
-            model: of.model.to_string(),
+            model: of.model.clone(),
             train_subset: of.train_subset,
             subset_seed: of.subset_seed,
         })

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use samlab_data::{Dataset, DatasetName};
-use samlab_models::Precision;
+use samlab_models::{Arch, Precision};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -84,7 +84,7 @@ pub trait Kind: Clone + Debug + PartialEq + Serialize {
     /// `study_dir`, the study file's folder (an Import stage's `file`).
     fn resolve_paths(&mut self, _study_dir: &Path) {}
     /// The model it trains or reads.
-    fn model(&self) -> &str;
+    fn model(&self) -> &Arch;
     /// The network it leaves behind as `model.safetensors`, for the stages
     /// that read one (`of`, `w1`/`w2`): a Train stage's final weights, an
     /// Import stage's file; `None` for kinds that leave measurements only.
@@ -121,7 +121,7 @@ pub trait Kind: Clone + Debug + PartialEq + Serialize {
 /// steps on them, Sharpness and Landscape probe them).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Weights<'a> {
-    pub model: &'a str,
+    pub model: &'a Arch,
     pub train_subset: Subset,
     pub subset_seed: u64,
     /// Whether its training augmented the images (Escape's steps do the same).
@@ -297,7 +297,7 @@ macro_rules! registry {
             pub fn sweeps(&self) -> bool {
                 match self { $(StageSpec::$variant(_) => <<$module::$partial as Partial>::Spec as Kind>::SWEEPS,)* }
             }
-            pub fn model(&self) -> &str {
+            pub fn model(&self) -> &Arch {
                 match self { $(StageSpec::$variant(s) => s.model(),)* }
             }
             pub fn weights(&self) -> Option<Weights<'_>> {

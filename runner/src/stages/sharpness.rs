@@ -26,6 +26,7 @@ use std::fmt::Write as _;
 
 use candle_core::{DType, Tensor};
 use samlab_data::DatasetName;
+use samlab_models::Arch;
 use samlab_optim::curvature::{
     LanczosConfig, LossSurface, hutchinson, lanczos, norm, sam_sharpness,
 };
@@ -207,7 +208,7 @@ impl Kind for SharpnessSpec {
     const NAME: &'static str = "sharpness";
     const HEADLINE: &'static [&'static str] = &["lambda_max", "trace", "sam_sharpness"];
 
-    fn model(&self) -> &str {
+    fn model(&self) -> &Arch {
         &self.probe.model
     }
 

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use super::common::{
     Feed, Grid, KindsPartial, SamPartial, SgdPartial, SplitName, Subset, TrainingData,
-    check_bn_batch, eval_loader, evaluate_loader, inherit, kinds_key, merged_grid, non_default_kinds,
+    arch_name, check_bn_batch, eval_loader, evaluate_loader, inherit, kinds_key, merged_grid, non_default_kinds,
     positive, training_loader, whole,
 };
 use super::{
@@ -75,8 +75,9 @@ pub struct TrainPartial {
 /// A fully resolved Train stage: what its key is made of.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct TrainSpec {
-    /// Canonical architecture name.
-    pub model: String,
+    /// The model it trains.
+    #[serde(serialize_with = "arch_name")]
+    pub model: Arch,
     pub train_subset: Subset,
     /// Held-out training images (`val_loss`, `val_acc`); left out of the
     /// key when `Off`.
@@ -207,11 +208,10 @@ impl Partial for TrainPartial {
                 role,
                 found: d.kind(),
             })?;
-            if w.model != arch.name() {
+            if *w.model != arch {
                 return Err(Invalid::Value(format!(
-                    "`{role}` names a {} network, but this stage trains {}",
-                    w.model,
-                    arch.name()
+                    "`{role}` names a {} network, but this stage trains {arch}",
+                    w.model
                 )));
             }
         }
@@ -268,7 +268,7 @@ impl Partial for TrainPartial {
             kinds.check_run(m, &run)?;
         }
         Ok(TrainSpec {
-            model: arch.name(),
+            model: arch,
             train_subset,
             val_subset,
             eval_every: self.eval_every,
@@ -292,11 +292,6 @@ impl Partial for TrainPartial {
 }
 
 impl TrainSpec {
-    pub fn arch(&self) -> Arch {
-        self.model
-            .parse()
-            .expect("resolved specs hold valid model names")
-    }
 
     /// Training images of a training split of `train_len` images.
     pub fn train_images(&self, train_len: usize) -> usize {
@@ -409,7 +404,7 @@ impl Kind for TrainSpec {
     const NAME: &'static str = "train";
     const HEADLINE: &'static [&'static str] = &["test_acc", "passes_per_step"];
 
-    fn model(&self) -> &str {
+    fn model(&self) -> &Arch {
         &self.model
     }
 
@@ -726,7 +721,7 @@ pub fn run(spec: &TrainSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
         ));
     }
     let total = spec.epochs * spe;
-    let mut model = Model::new(&spec.arch(), ds.num_classes(), spec.seed, ctx.device)?;
+    let mut model = Model::new(&spec.model, ds.num_classes(), spec.seed, ctx.device)?;
     model.precision = spec.precision;
     if let Some((_, dir)) = ctx.deps.iter().find(|(r, _)| *r == "from") {
         model.params.load(&dir.join("model.safetensors"))?;
