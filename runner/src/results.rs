@@ -137,7 +137,7 @@ pub fn write(
         }
     }
     write_file(&dir.join("summary.csv"), csv.as_bytes())?;
-    let tables = stage_tables(reports, cache)?;
+    let tables = stage_tables(study, reports, cache)?;
     let long = dir.join(LONG_FILE);
     write_file(
         &long,
@@ -457,12 +457,6 @@ pub const LONG_FILE: &str = "metrics-long.csv";
 /// The folder of the study's TensorBoard runs, one per completed stage.
 pub const TENSORBOARD_DIR: &str = "tensorboard";
 
-/// Columns of an entry's `metrics.csv` that say which row it is rather
-/// than measure something (Evaluate's and Interpolate's `split`,
-/// Interpolate's `alpha`, Landscape's `a` and `b`, Sharpness' `measure`
-/// and `index`). A column holding anything but numbers indexes rows too.
-const INDEX_COLUMNS: &[&str] = &["split", "measure", "index", "alpha", "a", "b"];
-
 /// A completed stage's `metrics.csv`, its columns sorted by role.
 #[derive(Debug)]
 struct StageTable {
@@ -470,7 +464,7 @@ struct StageTable {
     rows: Vec<Vec<String>>,
     step: Option<usize>,
     epoch: Option<usize>,
-    /// Columns that index the rows ([`INDEX_COLUMNS`] and any non-number).
+    /// Columns that index the rows (its kind's `Kind::INDEX` and any non-number).
     keys: Vec<usize>,
     /// The measured columns (numbers or empty), `step` and `epoch` excluded.
     values: Vec<usize>,
@@ -478,7 +472,7 @@ struct StageTable {
 
 impl StageTable {
     /// `path`, or `None` when the stage writes no table (Distance).
-    fn read(path: &Path) -> Result<Option<StageTable>> {
+    fn read(path: &Path, index: &[&str]) -> Result<Option<StageTable>> {
         if !path.is_file() {
             return Ok(None);
         }
@@ -509,7 +503,7 @@ impl StageTable {
             let text = rows
                 .iter()
                 .any(|r| !r[i].is_empty() && r[i].parse::<f64>().is_err());
-            if text || INDEX_COLUMNS.contains(&h.as_str()) {
+            if text || index.contains(&h.as_str()) {
                 keys.push(i);
             } else {
                 values.push(i);
@@ -553,11 +547,18 @@ impl StageTable {
 }
 
 /// Each completed stage's table, in the order of `reports`.
-fn stage_tables(reports: &[StageReport], cache: &Cache) -> Result<Vec<Option<StageTable>>> {
+fn stage_tables(
+    study: &Study,
+    reports: &[StageReport],
+    cache: &Cache,
+) -> Result<Vec<Option<StageTable>>> {
     reports
         .iter()
         .map(|r| match r.summary {
-            Some(_) => StageTable::read(&cache.entry_dir(&r.key).join("metrics.csv")),
+            Some(_) => StageTable::read(
+                &cache.entry_dir(&r.key).join("metrics.csv"),
+                study.stages[r.index].spec.index_columns(),
+            ),
             None => Ok(None),
         })
         .collect()
@@ -776,7 +777,12 @@ fn write_tensorboard(
                 .keys
                 .iter()
                 .copied()
-                .filter(|&i| INDEX_COLUMNS.contains(&t.header[i].as_str()))
+                .filter(|&i| {
+                    study.stages[r.index]
+                        .spec
+                        .index_columns()
+                        .contains(&t.header[i].as_str())
+                })
                 .collect();
             let mut scalars: Vec<usize> = t.values.clone();
             if t.step.is_some() {
@@ -853,14 +859,19 @@ mod tests {
             b"alpha,split,images,loss,error\n-0.5,train,20,1.5,0.5\n-0.5,test,20,1.6,\n",
         )
         .unwrap();
-        let t = StageTable::read(&p).unwrap().unwrap();
+        // Interpolate's index columns: `alpha` is a number, but indexes.
+        let interpolate = <crate::stages::interpolate::InterpSpec as crate::stages::Kind>::INDEX;
+        let t = StageTable::read(&p, interpolate).unwrap().unwrap();
         assert_eq!((t.step, t.epoch, t.is_series()), (None, None, false));
         assert_eq!(t.keys, [0, 1]);
         assert_eq!(t.values, [2, 3, 4]);
+        // Read as another kind's table, it is a measure.
+        let t = StageTable::read(&p, &[]).unwrap().unwrap();
+        assert_eq!(t.keys, [1]);
         assert_eq!(t.last(), (String::new(), String::new()));
 
         write_file(&p, b"epoch,step,method,loss\n1,10,sgd,2.5\n2,20.0,sam,\n").unwrap();
-        let t = StageTable::read(&p).unwrap().unwrap();
+        let t = StageTable::read(&p, &[]).unwrap().unwrap();
         assert!(t.is_series());
         // A column of words indexes rows; the step may be written as a float.
         assert_eq!((t.keys.clone(), t.values.clone()), (vec![2], vec![3]));
@@ -868,12 +879,12 @@ mod tests {
         assert_eq!(t.last(), ("20.0".into(), "2".into()));
 
         assert!(
-            StageTable::read(&dir.path().join("none.csv"))
+            StageTable::read(&dir.path().join("none.csv"), &[])
                 .unwrap()
                 .is_none()
         );
         write_file(&p, b"step,loss\n1,2\n2\n").unwrap();
-        let e = StageTable::read(&p).unwrap_err().to_string();
+        let e = StageTable::read(&p, &[]).unwrap_err().to_string();
         assert!(e.contains("metrics.csv") && e.contains("line: 3"), "{e}");
     }
 

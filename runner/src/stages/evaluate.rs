@@ -102,6 +102,7 @@ impl Partial for EvalPartial {
 impl Kind for EvalSpec {
     const NAME: &'static str = "evaluate";
     const HEADLINE: &'static [&'static str] = &["test_acc"];
+    const INDEX: &'static [&'static str] = &["split"];
 
     fn model(&self) -> &Arch {
         &self.model

@@ -164,6 +164,7 @@ impl Partial for InterpPartial {
 
 impl Kind for InterpSpec {
     const NAME: &'static str = "interpolate";
+    const INDEX: &'static [&'static str] = &["split", "alpha"];
     const HEADLINE: &'static [&'static str] = &[
         "train_error_max_between",
         "test_error_max_between",

@@ -227,6 +227,7 @@ impl LandscapeSpec {
 impl Kind for LandscapeSpec {
     const NAME: &'static str = "landscape";
     const HEADLINE: &'static [&'static str] = &["asymmetry_x", "loss_rise_max"];
+    const INDEX: &'static [&'static str] = &["a", "b"];
     const SWEEPS: bool = false;
 
     fn model(&self) -> &Arch {

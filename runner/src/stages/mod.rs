@@ -77,6 +77,11 @@ pub trait Kind: Clone + Debug + PartialEq + Serialize {
     /// generic sweep plots of its headline measures; a kind that draws its
     /// sweeps itself (Escape: steps against rho) says no.
     const SWEEPS: bool = true;
+    /// The columns of its `metrics.csv` that say which row it is rather
+    /// than measure something (Evaluate's `split`, Landscape's `a` and
+    /// `b`): the long metrics table keeps them as the row's coordinates. A
+    /// column holding anything but numbers is one too, whatever it is named.
+    const INDEX: &'static [&'static str] = &[];
     /// Its censored measure, if it has one (Escape: a run may end its
     /// budget without escaping): tables and claims read censoring from it.
     const CENSORING: Option<Censoring> = None;
@@ -290,6 +295,9 @@ macro_rules! registry {
             }
             pub fn headline(&self) -> &'static [&'static str] {
                 match self { $(StageSpec::$variant(_) => <<$module::$partial as Partial>::Spec as Kind>::HEADLINE,)* }
+            }
+            pub fn index_columns(&self) -> &'static [&'static str] {
+                match self { $(StageSpec::$variant(_) => <<$module::$partial as Partial>::Spec as Kind>::INDEX,)* }
             }
             pub fn censoring(&self) -> Option<Censoring> {
                 match self { $(StageSpec::$variant(_) => <<$module::$partial as Partial>::Spec as Kind>::CENSORING,)* }

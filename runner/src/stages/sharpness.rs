@@ -207,6 +207,7 @@ impl SharpnessSpec {
 impl Kind for SharpnessSpec {
     const NAME: &'static str = "sharpness";
     const HEADLINE: &'static [&'static str] = &["lambda_max", "trace", "sam_sharpness"];
+    const INDEX: &'static [&'static str] = &["measure", "index"];
 
     fn model(&self) -> &Arch {
         &self.probe.model
