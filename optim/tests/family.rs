@@ -7,7 +7,6 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use common::*;
-use samlab_models::Model;
 use samlab_optim::steps::NoSettings;
 use samlab_optim::steps::esam::{Esam, EsamSettings, kept_tensors, splitmix64, swp_keep};
 use samlab_optim::steps::fsam::{Fsam, FsamSettings};
@@ -16,10 +15,20 @@ use samlab_optim::steps::msam::Msam;
 use samlab_optim::*;
 use serde_json::Value;
 
+/// A reference's cases; every one gives the passes of each step (which
+/// `run_case` checks where a case has them).
 fn fixture(text: &str) -> Vec<Value> {
     let v: Value = serde_json::from_str(text).unwrap();
     assert_eq!(v["dtype"], "f64");
-    v["cases"].as_array().unwrap().clone()
+    let cases = v["cases"].as_array().unwrap().clone();
+    for c in &cases {
+        assert_eq!(
+            c["passes"].as_array().map(|p| p.len()),
+            c["losses"].as_array().map(|l| l.len()),
+            "a case without the passes of each step"
+        );
+    }
+    cases
 }
 
 fn label(case: &Value, dtype: DType) -> String {
@@ -40,29 +49,6 @@ fn label(case: &Value, dtype: DType) -> String {
     )
 }
 
-fn ctx<'a>(
-    model: &'a Model,
-    opt: &'a mut Sgd,
-    sam: &'a SamConfig,
-    bn_batch: Option<usize>,
-    x: &'a Tensor,
-    y: &'a Tensor,
-) -> StepCtx<'a> {
-    StepCtx {
-        model,
-        opt,
-        sam,
-        bn_batch,
-        x,
-        y,
-        lr: 0.1,
-    }
-}
-
-fn bn_batch(case: &Value) -> Option<usize> {
-    case["bn_batch"].as_u64().map(|b| b as usize)
-}
-
 /// GSAM: six cases (alpha 0.1, 0.3, 0; rho_t tied to a falling lr; m = 4
 /// on ghost batches of 4; the decay in the loss), rho_t per step from the
 /// JSON.
@@ -78,7 +64,8 @@ fn gsam_matches_the_jax_reference() {
             };
             let rho_t = floats(&case["rho_t"]);
             let mut kind = Gsam;
-            let (_, _, w) = run_case(case, dtype, &l, |k, model, opt, x, y| {
+            let tol = tolerance(case, dtype);
+            let (_, _, w) = run_case(case, dtype, tol, &l, |k, model, opt, x, y| {
                 let mut cfg = sam_config(case);
                 cfg.rho = rho_t[k];
                 let out = kind
@@ -108,7 +95,8 @@ fn msam_matches_the_jax_reference() {
             let l = label(case, dtype);
             let cfg = sam_config(case);
             let mut kind = Msam;
-            let (_, _, w) = run_case(case, dtype, &l, |k, model, opt, x, y| {
+            let tol = tolerance(case, dtype);
+            let (_, _, w) = run_case(case, dtype, tol, &l, |k, model, opt, x, y| {
                 let out = kind
                     .step(&NoSettings {}, ctx(model, opt, &cfg, bn_batch(case), x, y))
                     .unwrap();
@@ -137,13 +125,13 @@ fn fsam_matches_the_jax_reference() {
                 lambda: case["lambda"].as_f64().unwrap(),
             };
             let mut kind = Fsam::default();
-            let (_, _, mut w) = run_case(case, dtype, &l, |_, model, opt, x, y| {
+            let tol = tolerance(case, dtype);
+            let (_, _, mut w) = run_case(case, dtype, tol, &l, |_, model, opt, x, y| {
                 kind.step(&settings, ctx(model, opt, &cfg, bn_batch(case), x, y))
                     .unwrap()
             });
             // m is a mean of gradients (not a difference of them): its
             // error is the gradients', within `tol` of its own norm.
-            let tol = tolerance(case, dtype);
             let mine = kind.average().expect("an average after three steps");
             for (name, want) in case["m"].as_object().unwrap() {
                 let v = f64_flat(&mine[name]);
@@ -166,45 +154,6 @@ fn fsam_matches_the_jax_reference() {
             report(&l, &w);
         }
     }
-}
-
-/// Three steps of `a` and `b` on the same batches from the same start,
-/// with `settings` (SAM's) and ghost batches `bn`: the bits of both.
-fn same_bits(
-    cfg: &SamConfig,
-    bn: Option<usize>,
-    decay: Decay,
-    mut a: impl FnMut(StepCtx<'_>) -> StepOutput,
-    mut b: impl FnMut(StepCtx<'_>) -> StepOutput,
-) {
-    let (ma, mb) = (resnet8(), resnet8());
-    let sgd = || {
-        Sgd::new(SgdConfig {
-            decay,
-            ..SgdConfig::default()
-        })
-        .unwrap()
-    };
-    let (mut oa, mut ob) = (sgd(), sgd());
-    for k in 0..3 {
-        let (x, y) = batch(k);
-        let sa = a(ctx(&ma, &mut oa, cfg, bn, &x, &y));
-        let sb = b(ctx(&mb, &mut ob, cfg, bn, &x, &y));
-        assert_eq!(sa.loss.to_bits(), sb.loss.to_bits(), "loss of step {k}");
-        assert_eq!(sa.passes, sb.passes);
-    }
-    assert!(
-        state_bits(&ma, &oa) == state_bits(&mb, &ob),
-        "not the same bits"
-    );
-}
-
-fn sam(c: StepCtx<'_>) -> StepOutput {
-    let settings = StepSettings {
-        sam: c.sam,
-        bn_batch: c.bn_batch,
-    };
-    sam_step_with(c.model, c.opt, &settings, c.x, c.y, c.lr).unwrap()
 }
 
 /// The settings the reductions run in: plain, m = 4 on ghost batches of 4,
@@ -295,19 +244,7 @@ fn costs_are_the_passes_counted_by_hand() {
 }
 
 fn fsam_trainer(total: u64) -> Trainer {
-    Trainer::new(
-        SgdConfig::default(),
-        SamConfig::new(0.1),
-        LrSchedule::Cosine { lr: 0.1 },
-        &StepSchedule::Psam {
-            period: 2,
-            until: Point::Step(4),
-            with: Method::Fsam,
-        },
-        total,
-        2,
-    )
-    .unwrap()
+    psam_trainer(total, 0.1, Method::Fsam, 4, KindSettings::default())
 }
 
 /// An F-SAM run (PSAM with F-SAM steps) stopped after its third F-SAM step
@@ -317,51 +254,13 @@ fn fsam_trainer(total: u64) -> Trainer {
 #[test]
 fn fsam_resumes_bit_identically() {
     let total = 7;
-    let a = resnet8();
-    let mut ta = fsam_trainer(total);
-    for k in 0..total as usize {
-        let (x, y) = batch(k % 3);
-        ta.train_step(&a, &x, &y).unwrap();
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let b = resnet8();
-    let mut tb = fsam_trainer(total);
-    for k in 0..5 {
-        let (x, y) = batch(k % 3);
-        tb.train_step(&b, &x, &y).unwrap();
-    }
-    b.params
-        .save(&dir.path().join("model.safetensors"))
-        .unwrap();
-    tb.save(&dir.path().join("optim.safetensors")).unwrap();
-    let resume = |with_state: bool| {
-        let c = Model::new(&"resnet8".parse().unwrap(), 10, 99, &Device::Cpu).unwrap();
-        c.params
-            .load(&dir.path().join("model.safetensors"))
-            .unwrap();
-        let mut tc = fsam_trainer(total);
-        tc.load(&c, &dir.path().join("optim.safetensors")).unwrap();
-        if !with_state {
-            tc.states = KindStates::default();
-        }
-        for k in 5..total as usize {
-            let (x, y) = batch(k % 3);
-            tc.train_step(&c, &x, &y).unwrap();
-        }
-        (c, tc)
-    };
-    let (c, tc) = resume(true);
-    assert_eq!((ta.step, ta.passes), (tc.step, tc.passes));
-    assert!(state_bits(&a, &ta.sgd) == state_bits(&c, &tc.sgd));
-    let bits = |t: &Trainer| -> Vec<Vec<u32>> {
-        let m = t.states.fsam.average().unwrap();
-        m.values()
-            .map(|v| flat(v).iter().map(|f| f.to_bits()).collect())
-            .collect()
-    };
+    let (a, ta, _) = uninterrupted(fsam_trainer, total, cycled_batch);
+    let saved = Checkpoint::save(fsam_trainer, total, 5, cycled_batch);
+    let (c, tc) = saved.resume(true);
+    assert_same_end(&a, &ta, &c, &tc);
+    let bits = |t: &Trainer| grads_bits(t.states.fsam.average().unwrap());
     assert_eq!(bits(&ta), bits(&tc));
-    let (d, td) = resume(false);
-    assert!(state_bits(&a, &ta.sgd) != state_bits(&d, &td.sgd));
+    saved.assert_state_matters(&a, &ta);
 }
 
 #[test]
@@ -602,7 +501,8 @@ fn esam_matches_the_jax_reference() {
             let margin = case["selection_margin"].as_f64();
             let mut kind = Esam::default();
             let mut rise_err = 0f64;
-            let (model, _, mut w) = run_case(case, dtype, &l, |k, model, opt, x, y| {
+            let tol = tolerance(case, dtype);
+            let (model, _, mut w) = run_case(case, dtype, tol, &l, |k, model, opt, x, y| {
                 let tensors = model.params.trainable().count();
                 let want_kept: Vec<usize> = case["swp_kept"][k]
                     .as_array()
@@ -761,21 +661,7 @@ fn esam_trainer(total: u64) -> Trainer {
         },
         ..KindSettings::default()
     };
-    Trainer::new(
-        SgdConfig::default(),
-        SamConfig::new(0.05),
-        LrSchedule::Cosine { lr: 0.1 },
-        &StepSchedule::Psam {
-            period: 2,
-            until: Point::Step(6),
-            with: Method::Esam,
-        },
-        total,
-        2,
-    )
-    .unwrap()
-    .with_kinds(kinds)
-    .unwrap()
+    psam_trainer(total, 0.05, Method::Esam, 6, kinds)
 }
 
 /// An ESAM run (PSAM with ESAM steps) stopped after its third ESAM step and
@@ -786,46 +672,13 @@ fn esam_trainer(total: u64) -> Trainer {
 #[test]
 fn esam_resumes_bit_identically() {
     let total = 8;
-    let a = resnet8();
-    let mut ta = esam_trainer(total);
-    for k in 0..total as usize {
-        let (x, y) = batch(k % 3);
-        ta.train_step(&a, &x, &y).unwrap();
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let b = resnet8();
-    let mut tb = esam_trainer(total);
-    for k in 0..5 {
-        let (x, y) = batch(k % 3);
-        tb.train_step(&b, &x, &y).unwrap();
-    }
-    assert_eq!(tb.states.esam.steps(), 3);
-    b.params
-        .save(&dir.path().join("model.safetensors"))
-        .unwrap();
-    tb.save(&dir.path().join("optim.safetensors")).unwrap();
-    let resume = |with_state: bool| {
-        let c = Model::new(&"resnet8".parse().unwrap(), 10, 99, &Device::Cpu).unwrap();
-        c.params
-            .load(&dir.path().join("model.safetensors"))
-            .unwrap();
-        let mut tc = esam_trainer(total);
-        tc.load(&c, &dir.path().join("optim.safetensors")).unwrap();
-        if !with_state {
-            tc.states = KindStates::default();
-        }
-        for k in 5..total as usize {
-            let (x, y) = batch(k % 3);
-            tc.train_step(&c, &x, &y).unwrap();
-        }
-        (c, tc)
-    };
-    let (c, tc) = resume(true);
-    assert_eq!((ta.step, ta.passes), (tc.step, tc.passes));
+    let (a, ta, _) = uninterrupted(esam_trainer, total, cycled_batch);
+    let saved = Checkpoint::save(esam_trainer, total, 5, cycled_batch);
+    assert_eq!(saved.saved.states.esam.steps(), 3);
+    let (c, tc) = saved.resume(true);
+    assert_same_end(&a, &ta, &c, &tc);
     assert_eq!(ta.states.esam.steps(), tc.states.esam.steps());
-    assert!(state_bits(&a, &ta.sgd) == state_bits(&c, &tc.sgd));
-    let (d, td) = resume(false);
-    assert!(state_bits(&a, &ta.sgd) != state_bits(&d, &td.sgd));
+    saved.assert_state_matters(&a, &ta);
 }
 
 #[test]
@@ -893,7 +746,8 @@ fn esam_bad_settings_are_errors_that_name_them() {
     // SDS off: chunks of any size and ghost batches below them are SAM's.
     assert_eq!(run(m4.clone(), Some(2), 1.0), None);
     assert_eq!(run(m4, Some(4), 0.5), None);
-    // Without chunks the batch size is known only at the step: the step says so.
+    // Without chunks SDS selects within the batch: the step checks its batch
+    // (a study's stage checks the same with its batch size when it is read).
     let step_err = |gamma: f64, bn: Option<usize>| {
         let m = resnet8();
         let mut opt = Sgd::new(SgdConfig::default()).unwrap();
@@ -916,7 +770,7 @@ fn esam_bad_settings_are_errors_that_name_them() {
     };
     let err = step_err(0.2, None);
     assert!(
-        err.contains("ESAM's gamma 0.2 selects no sample of a chunk of 8 (floor(gamma * 8) = 1"),
+        err.contains("ESAM's gamma 0.2 selects no sample of a batch of 8 (floor(gamma * 8) = 1"),
         "{err}"
     );
     let err = step_err(0.5, Some(4));

@@ -1,12 +1,17 @@
 //! SGD and SAM steps against a JAX reference, and the exactness properties.
 
 use candle_core::{DType, Device, Tensor};
-use samlab_models::{Arch, Model, fixtures};
+use samlab_models::Model;
+use samlab_optim::steps::look_sam::{LookSam, LookSamSettings};
 use samlab_optim::*;
 use serde_json::Value;
 
 mod common;
-use common::{batch, f64_flat, flat, floats, resnet8, state_bits};
+use common::{
+    Checkpoint, assert_same_end, batch, bn_batch, ctx, cycled_batch, f64_flat, flat, floats,
+    grads_bits, psam_trainer, report, resnet8, run_case, sam, sam_config, same_bits, state_bits,
+    uninterrupted,
+};
 
 /// Relative tolerance of the f32 run against the f64 reference. Smooth
 /// cases: two steps carry the f32 gradients' rounding (a few units of
@@ -76,17 +81,17 @@ fn looksam_steps_match_the_jax_reference() {
     }
 }
 
+/// One reference case's steps in `dtype` by `common::run_case` at this
+/// file's tolerance, and LookSAM's stored direction after the last.
 fn check_steps(case: &Value, dtype: DType) {
     let method = case["method"].as_str().unwrap();
-    let mut looksam = samlab_optim::steps::look_sam::LookSam::default();
-    let looksam_settings = samlab_optim::steps::look_sam::LookSamSettings {
+    let mut looksam = LookSam::default();
+    let looksam_settings = LookSamSettings {
         k: case["k"].as_u64().unwrap_or(1),
         alpha: case["alpha"].as_f64().unwrap_or(0.0),
     };
-    let mut cfg = SamConfig::new(case["rho"].as_f64().unwrap());
-    cfg.chunk = case["chunk"].as_u64().map(|c| c as usize);
-    cfg.adaptive = case["adaptive"].as_bool().unwrap();
-    let bn_batch = case["bn_batch"].as_u64().map(|b| b as usize);
+    let cfg = sam_config(case);
+    let bn_batch = bn_batch(case);
     let tol = match dtype {
         DType::F64 => 1e-9,
         _ => f32_tolerance(cfg.chunk, cfg.adaptive, bn_batch),
@@ -95,116 +100,30 @@ fn check_steps(case: &Value, dtype: DType) {
         "{dtype:?} {method} rho {} chunk {:?} adaptive {} bn_batch {bn_batch:?} decay {}",
         cfg.rho, cfg.chunk, cfg.adaptive, case["decay"]
     );
-    // The largest error / bound of each kind: loss, momentum, weights,
-    // running statistics (docs/numerics.md records them per kernel path).
-    let mut worst = [0f64; 4];
-    let mut note = |k: usize, err: f64, bound: f64| worst[k] = worst[k].max(err / bound);
-    let model = Model::with_dtype(
-        &"resnet8".parse::<Arch>().unwrap(),
-        10,
-        0,
-        &Device::Cpu,
-        dtype,
-    )
-    .unwrap();
-    fixtures::set_fixed(&model).unwrap();
-    let decay = match case["decay"].as_str().unwrap() {
-        "Loss" => Decay::Loss,
-        _ => Decay::Update,
-    };
-    let mut opt = Sgd::new(SgdConfig {
-        decay,
-        ..SgdConfig::default()
-    })
-    .unwrap();
-    for (k, want_loss) in floats(&case["losses"]).into_iter().enumerate() {
-        let (x, y) = batch(k);
-        let x = x.to_dtype(dtype).unwrap();
+    // run_case checks each step's loss, then the momentum, weights and
+    // running statistics at `tol` (its docs and comments say why each
+    // bound); the worst error / bound of each kind is printed
+    // (docs/numerics.md records them per kernel path).
+    let (_, _, mut worst) = run_case(case, dtype, tol, &label, |k, model, opt, x, y| {
         let settings = StepSettings {
             sam: &cfg,
             bn_batch,
         };
-        let out = match method {
-            "sgd" => sgd_step_with(&model, &mut opt, &settings, &x, &y, 0.1).unwrap(),
-            "sam" => sam_step_with(&model, &mut opt, &settings, &x, &y, 0.1).unwrap(),
+        match method {
+            "sgd" => sgd_step_with(model, opt, &settings, x, y, 0.1).unwrap(),
+            "sam" => sam_step_with(model, opt, &settings, x, y, 0.1).unwrap(),
             "looksam" => {
-                let ctx = StepCtx {
-                    model: &model,
-                    opt: &mut opt,
-                    sam: &cfg,
-                    bn_batch,
-                    x: &x,
-                    y: &y,
-                    lr: 0.1,
-                };
-                let out = looksam.step(&looksam_settings, ctx).unwrap();
+                let out = looksam
+                    .step(&looksam_settings, ctx(model, opt, &cfg, bn_batch, x, y))
+                    .unwrap();
+                // run_case checks the passes against the case's.
                 let want = case["passes"][k].as_f64().unwrap();
-                assert_eq!(out.passes, want, "{label}: passes of step {k}");
                 assert_eq!(out.perturbed(), want == 2.0, "{label}: step {k}");
                 out
             }
             other => panic!("a reference case of unknown method {other}"),
-        };
-        // The first step's loss is computed before any step's chaos sets
-        // in: f32 rounding of a forward pass, a few u relative
-        // (docs/numerics.md). A later step's loss is taken at weights that
-        // carry the earlier steps' error (bounded below by tol / 10 of
-        // their size); at losses ~2.3 with gradient norms ~1 the loss moves
-        // by at most that fraction.
-        let loss_tol = match dtype {
-            DType::F64 => 1e-9,
-            _ if k == 0 => 1e-5,
-            _ => (tol / 10.0).max(1e-5),
-        };
-        note(0, (out.loss - want_loss).abs(), loss_tol * want_loss);
-        assert!(
-            (out.loss - want_loss).abs() <= loss_tol * want_loss,
-            "{label}: loss {} vs {want_loss}",
-            out.loss
-        );
-    }
-    for (name, want) in case["momentum"].as_object().unwrap() {
-        let v = f64_flat(&opt.state()[name]);
-        let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
-        let wn = want["norm"].as_f64().unwrap();
-        note(1, (norm - wn).abs(), tol * wn);
-        assert!(
-            (norm - wn).abs() <= tol * wn,
-            "{label} momentum {name}: norm {norm} vs {wn}"
-        );
-        let max_abs = want["max_abs"].as_f64().unwrap();
-        for (i, (a, b)) in v.iter().zip(floats(&want["head"])).enumerate() {
-            note(1, (a - b).abs(), tol * max_abs);
-            assert!(
-                (a - b).abs() <= tol * max_abs,
-                "{label} momentum {name}[{i}]: {a} vs {b}"
-            );
         }
-    }
-    // f32 rounding of values of order 1 (none in f64).
-    let floor = if dtype == DType::F64 { 1e-12 } else { 1e-6 };
-    // Weights change by lr * momentum per step: their error is the momentum
-    // error times 0.1 or less, on values of order 1.
-    for (name, want) in case["weights_head"].as_object().unwrap() {
-        let w = f64_flat(model.params.get(name).unwrap().as_tensor());
-        for (i, (a, b)) in w.iter().zip(floats(want)).enumerate() {
-            note(2, (a - b).abs(), (tol / 10.0).max(floor) * b.abs().max(1.0));
-            assert!(
-                (a - b).abs() <= (tol / 10.0).max(floor) * b.abs().max(1.0),
-                "{label} weight {name}[{i}]: {a} vs {b}"
-            );
-        }
-    }
-    for (name, want) in case["running_head"].as_object().unwrap() {
-        let r = f64_flat(model.params.get(name).unwrap().as_tensor());
-        for (i, (a, b)) in r.iter().zip(floats(want)).enumerate() {
-            note(3, (a - b).abs(), tol.max(10.0 * floor) * b.abs().max(1.0));
-            assert!(
-                (a - b).abs() <= tol.max(10.0 * floor) * b.abs().max(1.0),
-                "{label} running {name}[{i}]: {a} vs {b}"
-            );
-        }
-    }
+    });
     // LookSAM's stored direction g_v = g_s - c g: a difference, so its
     // error is that of g_s and c g, each within `tol` of ||g_s|| (|c| ||g||
     // <= ||g_s||), not a fraction of g_v's own, smaller, norm: 2 tol ||g_s||
@@ -218,17 +137,14 @@ fn check_steps(case: &Value, dtype: DType) {
             let v = f64_flat(&mine[name]);
             let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
             let wn = want["norm"].as_f64().unwrap();
-            note(1, (norm - wn).abs(), 2.0 * tol * gs);
+            worst.state = worst.state.max((norm - wn).abs() / (2.0 * tol * gs));
             assert!(
                 (norm - wn).abs() <= 2.0 * tol * gs,
                 "{label} g_v {name}: norm {norm} vs {wn}"
             );
         }
     }
-    eprintln!(
-        "{label}: error / bound: loss {:.2e}, momentum {:.2e}, weights {:.2e}, running {:.2e}",
-        worst[0], worst[1], worst[2], worst[3]
-    );
+    report(&label, &worst);
 }
 
 #[test]
@@ -352,38 +268,14 @@ fn trainer(total: u64) -> Trainer {
 fn resuming_from_a_checkpoint_is_bit_identical() {
     let total = 5;
     // Uninterrupted.
-    let a = resnet8();
-    let mut ta = trainer(total);
-    for k in 0..total as usize {
-        let (x, y) = batch(k);
-        ta.train_step(&a, &x, &y).unwrap();
-    }
+    let (a, ta, _) = uninterrupted(trainer, total, batch);
     // Interrupted after 3 steps, saved, loaded into fresh objects.
-    let dir = tempfile::tempdir().unwrap();
-    let b = resnet8();
-    let mut tb = trainer(total);
-    for k in 0..3 {
-        let (x, y) = batch(k);
-        tb.train_step(&b, &x, &y).unwrap();
-    }
-    b.params
-        .save(&dir.path().join("model.safetensors"))
-        .unwrap();
-    tb.save(&dir.path().join("optim.safetensors")).unwrap();
-    let c = Model::new(&"resnet8".parse().unwrap(), 10, 99, &Device::Cpu).unwrap();
-    c.params
-        .load(&dir.path().join("model.safetensors"))
-        .unwrap();
-    let mut tc = trainer(total);
-    tc.load(&c, &dir.path().join("optim.safetensors")).unwrap();
+    let saved = Checkpoint::save(trainer, total, 3, batch);
+    let (c, mut tc) = saved.load(true);
     assert_eq!((tc.step, tc.passes), (3, 1.0 + 1.0 + 2.0));
-    for k in 3..total as usize {
-        let (x, y) = batch(k);
-        tc.train_step(&c, &x, &y).unwrap();
-    }
-    assert_eq!((ta.step, ta.passes), (tc.step, tc.passes));
+    saved.finish(&c, &mut tc);
+    assert_same_end(&a, &ta, &c, &tc);
     assert_eq!(ta.passes, 2.0 + 2.0 * 3.0);
-    assert_eq!(state_bits(&a, &ta.sgd), state_bits(&c, &tc.sgd));
 }
 
 #[test]
@@ -461,24 +353,10 @@ fn a_failing_chunk_undoes_the_earlier_chunks_running_statistics() {
 /// 4 on are LookSAM's, and of those every other one takes SAM's gradient.
 fn looksam_trainer(total: u64) -> Trainer {
     let kinds = KindSettings {
-        look_sam: samlab_optim::steps::look_sam::LookSamSettings { k: 2, alpha: 0.7 },
+        look_sam: LookSamSettings { k: 2, alpha: 0.7 },
         ..KindSettings::default()
     };
-    Trainer::new(
-        SgdConfig::default(),
-        SamConfig::new(0.1),
-        LrSchedule::Cosine { lr: 0.1 },
-        &StepSchedule::Psam {
-            period: 2,
-            until: Point::Step(4),
-            with: Method::LookSam,
-        },
-        total,
-        2,
-    )
-    .unwrap()
-    .with_kinds(kinds)
-    .unwrap()
+    psam_trainer(total, 0.1, Method::LookSam, 4, kinds)
 }
 
 /// A LookSAM run stopped between a SAM-gradient step and a reuse step and
@@ -488,87 +366,33 @@ fn looksam_trainer(total: u64) -> Trainer {
 #[test]
 fn a_stateful_kind_resumes_bit_identically() {
     let total = 7;
-    let a = resnet8();
-    let mut ta = looksam_trainer(total);
-    let mut passes = Vec::new();
-    for k in 0..total as usize {
-        let (x, y) = batch(k % 3);
-        passes.push(ta.train_step(&a, &x, &y).unwrap().passes);
-    }
+    let (a, ta, passes) = uninterrupted(looksam_trainer, total, cycled_batch);
     // Steps 0, 2 (LookSAM: SAM gradient, reuse), 1, 3 SGD, 4, 5, 6 LookSAM
     // (SAM gradient, reuse, SAM gradient): counted from what each step ran.
     assert_eq!(passes, [2.0, 1.0, 1.0, 1.0, 2.0, 1.0, 2.0]);
     assert_eq!(ta.passes, passes.iter().sum::<f64>());
     assert_eq!(ta.states.look_sam.steps(), 5);
 
-    let dir = tempfile::tempdir().unwrap();
-    let b = resnet8();
-    let mut tb = looksam_trainer(total);
     // After step 4 (a SAM-gradient step): the next LookSAM step reuses.
-    for k in 0..5 {
-        let (x, y) = batch(k % 3);
-        tb.train_step(&b, &x, &y).unwrap();
-    }
-    b.params
-        .save(&dir.path().join("model.safetensors"))
-        .unwrap();
-    tb.save(&dir.path().join("optim.safetensors")).unwrap();
-    let resume = |with_state: bool| {
-        let c = Model::new(&"resnet8".parse().unwrap(), 10, 99, &Device::Cpu).unwrap();
-        c.params
-            .load(&dir.path().join("model.safetensors"))
-            .unwrap();
-        let mut tc = looksam_trainer(total);
-        tc.load(&c, &dir.path().join("optim.safetensors")).unwrap();
-        if !with_state {
-            tc.states = KindStates::default();
-        }
-        for k in 5..total as usize {
-            let (x, y) = batch(k % 3);
-            tc.train_step(&c, &x, &y).unwrap();
-        }
-        (c, tc)
-    };
-    let (c, tc) = resume(true);
-    assert_eq!((ta.step, ta.passes), (tc.step, tc.passes));
-    assert_eq!(state_bits(&a, &ta.sgd), state_bits(&c, &tc.sgd));
-    let bits = |t: &Trainer| -> Vec<Vec<u32>> {
-        let g = t.states.look_sam.stored().unwrap();
-        g.values()
-            .map(|v| flat(v).iter().map(|f| f.to_bits()).collect())
-            .collect()
-    };
+    let saved = Checkpoint::save(looksam_trainer, total, 5, cycled_batch);
+    let (c, tc) = saved.resume(true);
+    assert_same_end(&a, &ta, &c, &tc);
+    let bits = |t: &Trainer| grads_bits(t.states.look_sam.stored().unwrap());
     assert_eq!(bits(&ta), bits(&tc));
-    let (d, td) = resume(false);
-    assert_ne!(state_bits(&a, &ta.sgd), state_bits(&d, &td.sgd));
+    saved.assert_state_matters(&a, &ta);
 }
 
-/// LookSAM with k = 1 takes SAM's gradient every step: SAM's bits.
+/// LookSAM with k = 1 takes SAM's gradient every step (two passes): SAM's
+/// bits.
 #[test]
 fn looksam_with_k_1_is_sam_bit_for_bit() {
-    let (a, b) = (resnet8(), resnet8());
-    let (mut oa, mut ob) = (
-        Sgd::new(SgdConfig::default()).unwrap(),
-        Sgd::new(SgdConfig::default()).unwrap(),
-    );
-    let cfg = SamConfig::new(0.1);
-    let mut look = samlab_optim::steps::look_sam::LookSam::default();
-    let settings = samlab_optim::steps::look_sam::LookSamSettings { k: 1, alpha: 0.7 };
-    for k in 0..3 {
-        let (x, y) = batch(k);
-        sam_step(&a, &mut oa, &cfg, &x, &y, 0.1).unwrap();
-        let ctx = StepCtx {
-            model: &b,
-            opt: &mut ob,
-            sam: &cfg,
-            bn_batch: None,
-            x: &x,
-            y: &y,
-            lr: 0.1,
-        };
-        assert_eq!(look.step(&settings, ctx).unwrap().passes, 2.0);
-    }
-    assert_eq!(state_bits(&a, &oa), state_bits(&b, &ob));
+    let mut look = LookSam::default();
+    let settings = LookSamSettings { k: 1, alpha: 0.7 };
+    same_bits(&SamConfig::new(0.1), None, Decay::Update, sam, |c| {
+        let out = look.step(&settings, c).unwrap();
+        assert_eq!(out.passes, 2.0);
+        out
+    });
 }
 
 #[test]
@@ -590,7 +414,7 @@ fn bad_kind_settings_are_errors_that_name_them() {
     kinds.look_sam.alpha = f64::NAN;
     assert!(kinds.check().is_err());
     // The planned cost follows the settings: 1 + 1/k.
-    kinds.look_sam = samlab_optim::steps::look_sam::LookSamSettings { k: 4, alpha: 0.7 };
+    kinds.look_sam = LookSamSettings { k: 4, alpha: 0.7 };
     assert_eq!(kinds.cost(Method::LookSam), 1.25);
     assert_eq!(kinds.cost(Method::Sam), 2.0);
     assert_eq!(kinds.cost(Method::Sgd), 1.0);

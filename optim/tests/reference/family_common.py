@@ -1,4 +1,5 @@
-"""Shared pieces of the SAM-family references (gen_gsam/msam/fsam/esam_reference.py).
+"""Shared pieces of the SAM-family references (gen_gsam/msam/fsam/esam_reference.py),
+which gen_looksam_reference.py takes its helpers from too.
 
 The network, weights, batches, passes and base optimiser are those of
 gen_step_reference.py and gen_looksam_reference.py: ResNet-8 of

@@ -89,21 +89,9 @@ tensor's largest entry (the script prints by how much).
     pip install "jax[cpu]==0.10.2" numpy
     python3 optim/tests/reference/gen_looksam_reference.py
 """
-import json
-import os
-import sys
+import family_common as fc  # the helpers it shares with the SAM-family references
+from family_common import PERTURB_EPS, STEPS, dot, gsr, jnp, norm, np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-import gen_step_reference as gsr  # noqa: E402  (turns jax_enable_x64 on)
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-ref = gsr.ref
-STEPS = 3
-PERTURB_EPS = 1e-12
 NOTE = (
     "Follows LookSAM Algorithm 1 (Liu et al., CVPR 2022) as reproduced by secondary sources (the paper's PDF "
     "text was not readable here). Differences from the paper, deliberate: (1) eps = rho g/(||g|| + 1e-12), the "
@@ -115,78 +103,28 @@ NOTE = (
 )
 
 
-def dot(a, b):
-    return sum(jnp.sum(a[n] * b[n]) for n in sorted(a))
-
-
-def norm(a):
-    return jnp.sqrt(dot(a, a))
-
-
 def sam_pass(params, buffers, x, y, rho, chunk, bn, wd_loss):
     """The two passes of a SAM-gradient step. Returns the mean first-pass loss,
     g (mean of the chunks' first-pass gradients), g_s (mean of the chunks'
     gradients at their perturbed weights) and the running statistics, the
-    latter exactly as gen_step_reference.step_grads leaves them."""
-    n = x.shape[0]
-    m = chunk or n
-    firsts, seconds, losses = [], [], []
-    start, running = buffers, []
-    for c in range(n // m):
-        xc, yc = x[c * m:(c + 1) * m], y[c * m:(c + 1) * m]
-        if bn is None:
-            loss, g, buffers = gsr.grads(params, buffers, xc, yc)  # chunks update the statistics in turn
-        else:
-            loss, g, r = gsr.ghost_grads(params, start, xc, yc, bn)  # every chunk from the step's statistics
-            running.append(r)
-        losses.append(loss)
+    latter exactly as gen_step_reference.step_grads leaves them
+    (family_common.first_passes)."""
+    chunks, buffers = fc.first_passes(params, buffers, x, y, chunk, bn)
+    firsts, seconds = [], []
+    for xc, yc, _, g in chunks:
         if wd_loss:
             g = {k: g[k] + gsr.WD * params[k] for k in g}
         gn = norm(g)
         pw = {k: params[k] + rho * g[k] / (gn + PERTURB_EPS) for k in params}
-        _, g2, _ = gsr.ghost_grads(pw, buffers, xc, yc, bn)  # the second pass's statistics are dropped
-        if wd_loss:
-            g2 = {k: g2[k] + gsr.WD * pw[k] for k in g2}
+        _, g2 = fc.perturbed_grad(pw, buffers, xc, yc, bn, wd_loss)  # its running statistics are dropped
         firsts.append(g)
         seconds.append(g2)
-    if bn is not None:
-        buffers = gsr.mean_trees(running)
+    losses = [loss for _, _, loss, _ in chunks]
     return float(np.mean(losses)), gsr.mean_trees(firsts), gsr.mean_trees(seconds), buffers
 
 
-def initial():
-    sh = ref.shapes(16, gsr.STAGES, 10)
-    names = sorted(sh)
-    t = {k: jnp.asarray(ref.value(k, sh[k], p).astype(np.float64)) for p, k in enumerate(names)}
-    params = {k: v for k, v in t.items() if not k.endswith(("running_mean", "running_var"))}
-    buffers = {k: v for k, v in t.items() if k not in params}
-    return params, buffers
-
-
-def base_step(params, mom, g, wd_loss):
-    """Nesterov SGD with PyTorch semantics, as gen_step_reference.run."""
-    if not wd_loss:
-        g = {n: g[n] + gsr.WD * params[n] for n in params}
-    mom = {n: (gsr.MU * mom[n] + g[n]) if n in mom else g[n] for n in params}
-    params = {n: params[n] - gsr.LR * (g[n] + gsr.MU * mom[n]) for n in params}
-    return params, mom
-
-
-def head(v, k=8):
-    return np.asarray(v).reshape(-1)[:k].tolist()
-
-
-def summary(mom, params, buffers):
-    return {
-        "momentum": {n: {"norm": float(jnp.linalg.norm(v)), "max_abs": float(jnp.max(jnp.abs(v))), "head": head(v)}
-                     for n, v in sorted(mom.items())},
-        "weights_head": {n: head(v, 4) for n, v in sorted(params.items())},
-        "running_head": {n: head(v, 4) for n, v in sorted(buffers.items())},
-    }
-
-
 def looksam(k, alpha, rho, chunk=None, bn=None, wd_loss=False, steps=STEPS):
-    params, buffers = initial()
+    params, buffers = fc.initial()
     mom, gv, count = {}, None, 0
     losses, passes, gs_norms, states = [], [], [], []
     for t in range(steps):
@@ -210,65 +148,20 @@ def looksam(k, alpha, rho, chunk=None, bn=None, wd_loss=False, steps=STEPS):
         count += 1
         losses.append(loss)
         gs_norms.append(float(norm(gs)))
-        params, mom = base_step(params, mom, gs, wd_loss)
+        params, mom = fc.base_step(params, mom, gs, wd_loss)
         states.append((params, mom, buffers))
     case = {
         "method": "looksam", "rho": rho, "chunk": chunk, "adaptive": False, "bn_batch": bn,
         "decay": "Loss" if wd_loss else "Update", "k": k, "alpha": alpha,
         "losses": losses, "passes": passes, "gs_norm": gs_norms,
-        **summary(mom, params, buffers),
-        "g_v": {n: {"norm": float(jnp.linalg.norm(v)), "head": head(v)} for n, v in sorted(gv.items())},
+        **fc.summary(mom, params, buffers),
+        "g_v": fc.tensor_stats(gv),
     }
     return case, losses, states
 
 
-def sam(rho, chunk=None, bn=None, wd_loss=False, steps=STEPS):
-    """SAM by gen_step_reference.step_grads, in gen_step_reference.run's loop."""
-    params, buffers = initial()
-    mom, losses, states = {}, [], []
-    for t in range(steps):
-        x, y = gsr.batch(t)
-        loss, g, buffers = gsr.step_grads("sam", params, buffers, x, y, rho, chunk, False, bn, wd_loss)
-        losses.append(loss)
-        params, mom = base_step(params, mom, g, wd_loss)
-        states.append((params, mom, buffers))
-    return losses, states
-
-
-def rel_diff(a, b):
-    """The largest |a - b| of any tensor, relative to that tensor's largest |a| entry."""
-    return max(float(jnp.max(jnp.abs(a[n] - b[n]))) / max(float(jnp.max(jnp.abs(a[n]))), 1e-300) for n in a)
-
-
-def check_k1(sam_losses, sam_states, ls_losses, ls_states, label):
-    """LookSAM k = 1 and SAM agree to 1e-12 (see the docstring for the bound)."""
-    worst = 0.0
-    for t, ((p1, m1, b1), (p2, m2, b2)) in enumerate(zip(ls_states, sam_states)):
-        for what, a, b in [("weights", p1, p2), ("momentum", m1, m2), ("running statistics", b1, b2)]:
-            d = rel_diff(a, b)
-            assert d <= 1e-12, f"{label} step {t} {what}: differs by {d:.3e} of the largest entry"
-            worst = max(worst, d)
-    for l1, l2 in zip(ls_losses, sam_losses):
-        assert abs(l1 - l2) <= 1e-12 * abs(l2), f"{label} losses {l1} vs {l2}"
-        worst = max(worst, abs(l1 - l2) / abs(l2))
-    print(f"k = 1 equals SAM ({label}) for {len(ls_states)} steps; largest relative difference {worst:.3e}")
-
-
-def check_step_reference(sam_states):
-    """gen_step_reference.run's SAM after 2 steps, from step_reference.json."""
-    with open(os.path.join(HERE, "step_reference.json")) as f:
-        stored = [c for c in json.load(f)["cases"]
-                  if c["method"] == "sam" and c["rho"] == 0.05 and c["chunk"] is None and not c["adaptive"]
-                  and c["bn_batch"] is None and c["decay"] == "Update"]
-    assert len(stored) == 1
-    params, mom, buffers = sam_states[1]
-    got = summary(mom, params, buffers)
-    for n, v in stored[0]["momentum"].items():
-        assert abs(got["momentum"][n]["norm"] - v["norm"]) <= 1e-12 * v["norm"], n
-    print("the SAM loop reproduces step_reference.json's sam case after 2 steps")
-
-
 def main():
+    assert not fc.F32, "gen_looksam_reference.py has no f32 mode (SAMLAB_REF_F32)"
     cases, finals = [], {}
     for args in [dict(k=2, alpha=0.7, rho=0.05), dict(k=1, alpha=0.7, rho=0.05), dict(k=3, alpha=0.5, rho=0.1),
                  dict(k=2, alpha=0.7, rho=0.05, chunk=4, bn=4), dict(k=2, alpha=0.7, rho=0.05, wd_loss=True)]:
@@ -278,23 +171,19 @@ def main():
         if len(args) == 3:
             finals[args["k"], args["rho"]] = states[-1]
         if args["k"] == 1:
-            sam_losses, sam_states = sam(0.05)
-            check_step_reference(sam_states)
-            check_k1(sam_losses, sam_states, losses, states, "plain")
+            sam_losses, sam_states = fc.sam_run(0.05)
+            fc.check_step_reference(sam_states, "sam", 0.05)
+            fc.check_same(losses, states, sam_losses, sam_states, "k = 1 against SAM (plain)")
     # The tolerance discriminates: reusing g_v (k = 2) is not SAM (k = 1).
-    d = rel_diff(finals[1, 0.05][1], finals[2, 0.05][1])
+    d = fc.rel_diff(finals[1, 0.05][1], finals[2, 0.05][1])
     assert d > 1e-6, f"k = 2 and k = 1 momentum differ by only {d:.3e}"
     print(f"k = 2 and k = 1 momentum after {STEPS} steps differ by {d:.3e} of the largest entry")
     # k = 1 against SAM in the other two settings of the cases (not written to the JSON).
     for label, extra in [("m = 4, ghost batches of 4", dict(chunk=4, bn=4)), ("decay in the loss", dict(wd_loss=True))]:
         _, losses, states = looksam(1, 0.7, 0.05, **extra)
-        sam_losses, sam_states = sam(0.05, **extra)
-        check_k1(sam_losses, sam_states, losses, states, label)
-    path = os.path.join(HERE, "looksam_reference.json")
-    with open(path, "w") as f:
-        json.dump({"generator": "gen_looksam_reference.py", "jax": jax.__version__, "dtype": "f64",
-                   "steps": STEPS, "note": NOTE, "cases": cases}, f)
-    print("wrote", path, os.path.getsize(path), "bytes")
+        sam_losses, sam_states = fc.sam_run(0.05, **extra)
+        fc.check_same(losses, states, sam_losses, sam_states, f"k = 1 against SAM ({label})")
+    fc.write("looksam_reference.json", "gen_looksam_reference.py", NOTE, cases)
 
 
 if __name__ == "__main__":
