@@ -427,7 +427,10 @@ fn imports_share_blocks_across_files() {
     let samlab_runner::stages::StageSpec::Train(t) = &s.stages[0].spec else {
         panic!()
     };
-    assert_eq!((t.model.name().as_str(), t.epochs, t.batch), ("resnet8", 2, 64));
+    assert_eq!(
+        (t.model.name().as_str(), t.epochs, t.batch),
+        ("resnet8", 2, 64)
+    );
     w(
         "dup.ron",
         r#"Study(version: 1, dataset: "cifar10", imports: ["base.ron"],
