@@ -700,6 +700,15 @@ fn report_rebuilds_results_from_the_cache_and_names_missing_stages() {
     assert!(page.contains("vs sgd, paired"), "{page}");
     assert!(page.contains("curves-train_loss.svg"), "{page}");
     assert!(env.path("r2/plots/curves-train_loss.svg").is_file());
+    // Cost against accuracy, a point per row with its seeds counted.
+    for f in ["cost-accuracy.svg", "time-accuracy.svg"] {
+        assert!(page.contains(f), "{page}");
+        let svg = std::fs::read_to_string(env.path("r2/plots").join(f)).unwrap();
+        assert!(
+            svg.contains("sgd (n=2)") && svg.contains("sam (n=2)"),
+            "{f}"
+        );
+    }
     // The same tables as the run wrote.
     for f in ["summary.csv", "comparison.csv"] {
         assert_eq!(

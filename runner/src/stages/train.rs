@@ -552,8 +552,72 @@ impl Kind for TrainSpec {
             )?;
             written.push(name);
         }
+        written.extend(cost_accuracy(done, out)?);
         Ok(written)
     }
+}
+
+/// What a row costs against what it reaches: one point per row (a stage at
+/// one grid point), x its mean cost over seeds (SGD-step equivalents, or
+/// wall time), y its mean final test accuracy with a 95% t interval over
+/// seeds (none at n = 1); for two or more rows with a final test accuracy.
+/// Wall time is every epoch's, shared-prefix epochs included: what the
+/// run costs alone.
+/// The cost-accuracy figure a comparison of SAM variants prints.
+fn cost_accuracy(done: &[Done<'_, TrainSpec>], out: &PlotOut) -> Result<Vec<String>> {
+    use crate::chart::{PALETTE, Series, line_chart};
+    // Per row: its label, and each run's (passes, wall_s, test_acc).
+    let mut rows: Vec<(String, Vec<[f64; 3]>)> = Vec::new();
+    for d in done {
+        let Some(m) = d.summary else { continue };
+        let (Some(&passes), Some(&wall), Some(&acc)) =
+            (m.get("passes"), m.get("wall_s"), m.get("test_acc"))
+        else {
+            continue;
+        };
+        match rows.iter_mut().find(|r| r.0 == d.label) {
+            Some(r) => r.1.push([passes, wall, acc]),
+            None => rows.push((d.label.clone(), vec![[passes, wall, acc]])),
+        }
+    }
+    if rows.len() < 2 || rows.len() > 2 * PALETTE.len() {
+        return Ok(Vec::new());
+    }
+    let mut written = Vec::new();
+    for (x, x_label, name) in [
+        (0, "cost: SGD-step equivalents (forward+backward passes)", "cost-accuracy.svg"),
+        (1, "wall time (s)", "time-accuracy.svg"),
+    ] {
+        let series: Vec<Series> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, (label, runs))| {
+                let xs: Vec<f64> = runs.iter().map(|r| r[x]).collect();
+                let accs: Vec<f64> = runs.iter().map(|r| r[2]).collect();
+                let (acc, sd) = crate::stats::mean_std(&accs);
+                let n = accs.len() as f64;
+                let half = if accs.len() > 1 {
+                    crate::stats::t_quantile(0.975, n - 1.0) * sd / n.sqrt()
+                } else {
+                    0.0
+                };
+                Series {
+                    name: format!("{label} (n={})", accs.len()),
+                    color: PALETTE[i % PALETTE.len()],
+                    points: vec![(crate::stats::mean_std(&xs).0, acc, half)],
+                }
+            })
+            .collect();
+        line_chart(
+            &out.dir.join(name),
+            "final test accuracy against cost (mean over seeds, 95% t interval)",
+            x_label,
+            "test accuracy",
+            &series,
+        )?;
+        written.push(name.to_string());
+    }
+    Ok(written)
 }
 
 const METRICS_HEADER: &str = "epoch,step,lr,train_loss,train_acc,sam_steps,passes,wall_s";
