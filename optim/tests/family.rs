@@ -316,6 +316,23 @@ fn bad_settings_are_errors_that_name_them() {
         "{err}"
     );
     assert!(err.contains("sam.chunk (4) must be unset"), "{err}");
+    // Chunks of the ghost batch are the devices of one step: accepted.
+    assert!(msam_run(chunked.clone()).is_err());
+    assert!(
+        Trainer::new(
+            SgdConfig::default(),
+            chunked.clone(),
+            LrSchedule::Constant { lr: 0.1 },
+            &StepSchedule::Always(Method::Msam),
+            4,
+            2,
+        )
+        .unwrap()
+        .with_bn_batch(Some(4))
+        .unwrap()
+        .with_kinds(KindSettings::default())
+        .is_ok()
+    );
     let mut adaptive = SamConfig::new(0.3);
     adaptive.adaptive = true;
     let err = msam_run(adaptive).err().unwrap().to_string();

@@ -48,9 +48,15 @@ impl StepKind for Msam {
 
     fn check_run(_: &NoSettings, run: &RunShape) -> Result<()> {
         let sam = run.sam;
-        if let Some(m) = sam.chunk {
+        // Chunks the size of the ghost batch (the default a study's
+        // per-device BatchNorm gives) are the devices of one step: each
+        // would perturb along the same, all-reduced momentum, which is the
+        // step as it runs. Other chunks would normalise differently.
+        if let Some(m) = sam.chunk
+            && Some(m) != run.bn_batch
+        {
             return Err(bad(format!(
-                "Momentum-SAM perturbs along the momentum, the same for every chunk: sam.chunk ({m}) must be unset"
+                "Momentum-SAM perturbs along the momentum, the same for every chunk: sam.chunk ({m}) must be unset or the ghost batch (bn_batch)"
             )));
         }
         if sam.adaptive {
