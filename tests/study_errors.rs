@@ -122,6 +122,18 @@ fn cycles_missing_fields_and_bad_values_are_named() {
         r#"        "a": Train({TRAIN}, grid: {{"rhoo": [0.1]}}),"#
     )));
     assert!(e.contains("did you mean `rho`?"), "{e}");
+    // Any numeric setting by its path; a misspelt one names the nearest.
+    let e = err(&with_stages(&format!(
+        r#"        "a": Train({TRAIN}, grid: {{"sam.rhoo": [0.1]}}),"#
+    )));
+    assert!(
+        e.contains("`sam.rhoo` cannot be a grid field") && e.contains("did you mean `sam.rho`?"),
+        "{e}"
+    );
+    let e = err(&with_stages(&format!(
+        r#"        "a": Train({TRAIN}, grid: {{"epochs": [1.5]}}),"#
+    )));
+    assert!(e.contains("`epochs`") && e.contains("1.5"), "{e}");
     let e = err(&with_stages(&format!(
         r#"        "a": Train({TRAIN}, grid: {{"kinds.look_sam.kk": [2]}}),"#
     )));

@@ -579,6 +579,48 @@ mod pinned {
     /// prefix keys from the kind's first step (SGD epochs before a switch
     /// to LookSAM are shared whatever its k), and its planned cost follows
     /// them. PSAM `with: Sam` written out keys as the default does.
+    /// A grid axis by path is the stage written out with that value, and
+    /// the short names are aliases of the same paths: equal keys.
+    #[test]
+    fn grid_paths_are_the_stages_written_out() {
+        let study = STUDY.replace(
+            r#""dist": Distance"#,
+            r#""rho-path": Train(extends: "recipe", method: Always(Sam), grid: {"sam.rho": [0.2]}),
+            "rho-alias": Train(extends: "recipe", method: Always(Sam), grid: {"rho": [0.2]}),
+            "rho-set": Train(extends: "recipe", method: Always(Sam), sam: (rho: 0.2)),
+            "wd-path": Train(extends: "recipe", grid: {"optimizer.weight_decay": [0.001]}),
+            "wd-set": Train(extends: "recipe", optimizer: (weight_decay: 0.001)),
+            "lr-path": Train(extends: "recipe", grid: {"lr.lr": [0.05]}),
+            "lr-set": Train(extends: "recipe", lr: Cosine(lr: 0.05)),
+            "at-path": Train(extends: "recipe", method: Switch(from: Sgd, to: Sam, at: Fraction(0.25)),
+                grid: {"method.at": [0.5]}),
+            "at-set": Train(extends: "recipe", method: Switch(from: Sgd, to: Sam, at: Fraction(0.5))),
+            "esc-path": Escape(of: "sgd", method: Sam, lr: 0.03, batch: 50, probe: 100, max_steps: 20,
+                grid: {"sam.chunk": [25]}),
+            "esc-set": Escape(of: "sgd", method: Sam, lr: 0.03, batch: 50, probe: 100, max_steps: 20,
+                sam: (chunk: 25)),
+            "dist": Distance"#,
+        );
+        let study = crate::study::parse(&study, std::path::Path::new("paths.ron")).unwrap();
+        let info = DataInfo {
+            fingerprint: "f".repeat(64),
+            train_len: 50_000,
+            test_len: 10_000,
+        };
+        let planned = plan(&study, Some(&info), None).unwrap();
+        let key = |n: &str| {
+            let i = study.stages.iter().position(|s| s.display() == n).unwrap();
+            planned[i].key.clone().unwrap()
+        };
+        assert_eq!(key("rho-path[sam.rho=0.2]"), key("rho-set"));
+        assert_eq!(key("rho-alias[rho=0.2]"), key("rho-set"));
+        assert_eq!(key("wd-path[optimizer.weight_decay=0.001]"), key("wd-set"));
+        assert_eq!(key("lr-path[lr.lr=0.05]"), key("lr-set"));
+        assert_eq!(key("at-path[method.at=0.5]"), key("at-set"));
+        assert_eq!(key("esc-path[sam.chunk=25]"), key("esc-set"));
+        assert_ne!(key("rho-set"), key("sgd"));
+    }
+
     #[test]
     fn step_kind_settings_enter_keys_where_the_kind_runs() {
         let study = STUDY.replace(

@@ -497,14 +497,21 @@ fn resolve(raw: RawStudy, ctx: &Ctx, path: &Path) -> Result<Study> {
                 return Err(ctx.err(Some(&name), format!("grid field `{field}` has no values")));
             }
             let valid = stage.grid_fields();
-            if !valid.contains(field) {
+            // A short name, or the path of any numeric setting: tried on
+            // the stage with the axis' first value.
+            let by_path = if valid.contains(field) {
+                Ok(())
+            } else {
+                stage.clone().set_grid(field, values[0])
+            };
+            if let Err(why) = by_path {
                 let hint = closest(field, &valid)
                     .map(|c| format!("did you mean `{c}`? "))
                     .unwrap_or_default();
                 return Err(ctx.err(
                     Some(&name),
                     format!(
-                        "`{field}` cannot be a grid field of a {} stage; {hint}valid choices: {}",
+                        "`{field}` cannot be a grid field of a {} stage: {why}; {hint}short names: {}, or any numeric setting by its path (`sam.rho`)",
                         stage.kind(),
                         valid.join(", ")
                     ),

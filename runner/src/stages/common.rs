@@ -79,7 +79,7 @@ impl Subset {
 }
 
 /// SGD settings as written (unset fields: the thesis' recipe).
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename = "Sgd")]
 pub struct SgdPartial {
     pub momentum: Option<f64>,
@@ -90,7 +90,7 @@ pub struct SgdPartial {
 }
 
 /// SAM settings as written.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename = "Sam")]
 pub struct SamPartial {
     pub rho: Option<f64>,
@@ -185,7 +185,7 @@ impl SamPartial {
 /// The step kinds' own settings as written (`kinds: (look_sam: (k: 3))`),
 /// kept as a value: `extends` merges it field by field, and it becomes
 /// [`KindSettings`] once, with the kinds' defaults, in `finish`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(transparent)]
 pub struct KindsPartial(serde_json::Value);
 

@@ -15,7 +15,7 @@ use super::{Deps, Kind, KindPlan, Outcome, Partial, PlanInput, RunCtx, Summary};
 use crate::error::{Invalid, Result};
 
 /// A Distance stage as written.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename = "Distance")]
 pub struct DistancePartial {
     pub extends: Option<String>,

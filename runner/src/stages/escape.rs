@@ -83,7 +83,7 @@ impl Measure {
 }
 
 /// An Escape stage as written.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename = "Escape")]
 pub struct EscapePartial {
     pub extends: Option<String>,

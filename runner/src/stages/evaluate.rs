@@ -17,7 +17,7 @@ use crate::cache::write_file;
 use crate::error::{Invalid, Result};
 
 /// An Evaluate stage as written.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename = "Evaluate")]
 pub struct EvalPartial {
     pub extends: Option<String>,

@@ -34,7 +34,7 @@ use crate::cache::file_sha256;
 use crate::error::{Invalid, Result, stage_err};
 
 /// An Import stage as written.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename = "Import")]
 pub struct ImportPartial {
     pub extends: Option<String>,

@@ -45,7 +45,7 @@ pub enum BnStats {
 }
 
 /// An Interpolate stage as written.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename = "Interpolate")]
 pub struct InterpPartial {
     pub extends: Option<String>,

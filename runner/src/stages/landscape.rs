@@ -52,7 +52,7 @@ pub enum Direction {
 }
 
 /// A Landscape stage as written.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename = "Landscape")]
 pub struct LandscapePartial {
     pub extends: Option<String>,

@@ -14,6 +14,7 @@
 
 pub mod common;
 pub mod link;
+pub mod path;
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -33,10 +34,12 @@ use crate::progress::Progress;
 pub use common::{Grid, Subset};
 
 /// A stage as written in a study.
-pub trait Partial: Clone + Debug + Default + DeserializeOwned {
+pub trait Partial: Clone + Debug + Default + DeserializeOwned + Serialize {
     /// The resolved form.
     type Spec: Kind;
-    /// The fields a `grid` may vary.
+    /// The fields a `grid` may vary by a short name (`rho`,
+    /// `train_per_class`): the alias table over the paths every numeric
+    /// setting has (`sam.rho`; [`path`]).
     const GRID_FIELDS: &'static [&'static str];
     /// The block or stage it extends.
     fn extends(&self) -> Option<&str>;
@@ -225,7 +228,7 @@ macro_rules! registry {
         $(pub mod $module;)*
 
         /// A stage as written in a study.
-        #[derive(Clone, Debug, serde::Deserialize)]
+        #[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
         #[serde(rename = "Stage")]
         pub enum RawStage {
             $($variant($module::$partial),)*
@@ -276,8 +279,27 @@ macro_rules! registry {
                     })*
                 }
             }
+            /// Sets one grid field: a kind's own name for it (its alias
+            /// table, `GRID_FIELDS`, and `grid_paths`) or any numeric
+            /// setting by path ([`path::set`]).
             pub fn set_grid(&mut self, field: &str, v: f64) -> Result<(), Invalid> {
-                match self { $(RawStage::$variant(p) => p.set_grid(field, v),)* }
+                match self {
+                    $(RawStage::$variant(p) => {
+                        // A kind that lists the paths under a setting
+                        // (`kinds.*`) sets and checks them itself.
+                        let head = field.split('.').next();
+                        let own = <$module::$partial as Partial>::GRID_FIELDS.contains(&field)
+                            || <$module::$partial as Partial>::grid_paths()
+                                .iter()
+                                .any(|g| g.split('.').next() == head);
+                        if own {
+                            p.set_grid(field, v)
+                        } else {
+                            *p = path::set(p, field, v)?;
+                            Ok(())
+                        }
+                    })*
+                }
             }
             /// The resolved spec, or what is missing or wrong.
             pub fn finish(&self, dataset: DatasetName, deps: &Deps) -> Result<StageSpec, Invalid> {

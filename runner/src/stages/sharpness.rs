@@ -79,7 +79,7 @@ pub struct TracePartial {
 }
 
 /// A Sharpness stage as written.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename = "Sharpness")]
 pub struct SharpnessPartial {
     pub extends: Option<String>,

@@ -36,7 +36,7 @@ use crate::error::{ErrorKind, Invalid, Result, io, stage_err, step_err};
 use crate::key::PrefixPlan;
 
 /// A Train stage as written; every field may come from what it extends.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename = "Train")]
 pub struct TrainPartial {
     pub extends: Option<String>,
