@@ -5,12 +5,9 @@
 use samlab_data::DatasetName;
 use serde::{Deserialize, Serialize};
 
-use super::common::{
-    Grid, arch_name, dep_model, dep_tensors, distance, inherit, merged_grid, model_tensors,
-    pair_refs,
-};
+use super::settings::{Grid, arch_name, inherit, merged_grid, pair_refs};
 use samlab_models::Arch;
-use super::link::pair_model;
+use super::link::{pair_model, dep_model, dep_tensors, distance, model_tensors};
 use super::{Deps, Kind, KindPlan, Outcome, Partial, PlanInput, RunCtx, Summary};
 use crate::error::{Invalid, Result};
 

@@ -43,12 +43,9 @@ use samlab_models::{Arch, Precision};
 use samlab_optim::{KindSettings, LrSchedule, Method, RunShape, SamConfig, SgdConfig, StepSchedule, Trainer};
 use serde::{Deserialize, Serialize};
 
-use super::common::{
-    Feed, Grid, KindsPartial, SamPartial, SgdPartial, Subset, TrainingData, arch_name, check_bn_batch,
-    dep_model, evaluate_loader, forward_cost, inherit, kinds_key, merged_grid, positive,
-    probe_indices, training_loader, whole,
-};
-use super::link::weights_dep;
+use super::data::{Feed, Subset, TrainingData, evaluate_loader, forward_cost, probe_indices, training_loader};
+use super::settings::{Grid, KindsPartial, SamPartial, SgdPartial, arch_name, check_bn_batch, inherit, kinds_key, merged_grid, positive, whole};
+use super::link::{weights_dep, dep_model};
 use super::{
     Censoring, Deps, Done, Kind, KindPlan, Outcome, Partial, PlanInput, PlotOut, RunCtx,
     Summary,

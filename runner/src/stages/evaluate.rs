@@ -7,11 +7,9 @@ use samlab_data::DatasetName;
 use samlab_models::Arch;
 use serde::{Deserialize, Serialize};
 
-use super::common::{
-    EvalFields, Grid, SplitName, Subset, arch_name, dep_model, evaluate_loader, forward_cost, inherit,
-    merged_grid, set_eval_grid,
-};
-use super::link::weights_dep;
+use super::data::{EvalFields, SplitName, Subset, evaluate_loader, forward_cost, set_eval_grid};
+use super::settings::{Grid, arch_name, inherit, merged_grid};
+use super::link::{weights_dep, dep_model};
 use super::{Deps, Kind, KindPlan, Outcome, Partial, PlanInput, RunCtx, Summary};
 use crate::cache::write_file;
 use crate::error::{Invalid, Result};

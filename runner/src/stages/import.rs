@@ -28,7 +28,8 @@ use samlab_data::DatasetName;
 use samlab_models::{Arch, Model};
 use serde::{Deserialize, Serialize};
 
-use super::common::{Subset, arch_name, inherit};
+use super::data::{Subset};
+use super::settings::{arch_name, inherit};
 use super::{Deps, Kind, KindPlan, Outcome, PlanInput, RunCtx, Summary, Weights};
 use crate::cache::file_sha256;
 use crate::error::{Invalid, Result, stage_err};

@@ -24,12 +24,9 @@ use samlab_data::{DatasetName, Loader, PipelineConfig};
 use samlab_models::{Arch, Model};
 use serde::{Deserialize, Serialize};
 
-use super::common::{
-    AlphaGrid, EvalFields, Grid, SplitName, Subset, arch_name, dep_model, dep_tensors, distance,
-    evaluate_loader, forward_cost, inherit, merged_grid, model_tensors, pair_refs, positive,
-    set_eval_grid,
-};
-use super::link::pair_model;
+use super::data::{EvalFields, SplitName, Subset, evaluate_loader, forward_cost, set_eval_grid};
+use super::settings::{AlphaGrid, Grid, arch_name, inherit, merged_grid, pair_refs, positive};
+use super::link::{pair_model, dep_model, dep_tensors, distance, model_tensors};
 use super::{
     Deps, Done, Kind, KindPlan, Outcome, Partial, PlanInput, PlotOut, RunCtx, Summary,
 };

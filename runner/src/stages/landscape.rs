@@ -33,10 +33,9 @@ use samlab_models::Arch;
 use samlab_optim::curvature::{Flat, LossSurface, filter_normalized_random, norm};
 use serde::{Deserialize, Serialize};
 
-use super::common::{
-    AlphaGrid, Grid, dep_file, dep_model, forward_cost, inherit, merged_grid, whole,
-};
-use super::link::{Probe, weights_dep};
+use super::data::{forward_cost};
+use super::settings::{AlphaGrid, Grid, inherit, merged_grid, whole};
+use super::link::{Probe, weights_dep, dep_file, dep_model};
 use super::{
     Deps, Done, Kind, KindPlan, Outcome, Partial, PlanInput, PlotOut, RunCtx, StageSpec, Summary,
 };

@@ -1,15 +1,20 @@
 //! What a stage takes from the stages whose weights it reads (a Train
 //! stage, or an Import stage: [`Kind::weights`](super::Kind::weights)): the
 //! one it reads (`of`), the pair it compares (`w1`/`w2`), the probe of a
-//! curvature stage. Kept apart from `common` (which the Train kind itself
+//! curvature stage, and the dependencies' files and weights loaded into a
+//! model. Kept apart from `settings` and `data` (which the Train kind itself
 //! uses), so the kinds' modules import one another in one direction only.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
 
 use candle_core::{DType, Tensor};
 use samlab_data::{Loader, PipelineConfig};
-use samlab_models::Arch;
+use samlab_models::{Arch, Model};
 use serde::Serialize;
 
-use super::common::{Subset, arch_name, positive, probe_indices};
+use super::data::{Subset, probe_indices};
+use super::settings::{arch_name, positive};
 use super::{RunCtx, StageSpec, Weights};
 use crate::error::{Invalid, Result};
 
@@ -119,4 +124,81 @@ impl Probe {
         }
         Ok(out)
     }
+}
+
+/// A model `arch` for the dataset, holding the final weights (and
+/// BatchNorm buffers) of the dependency `role`.
+pub fn dep_model(ctx: &RunCtx, arch: &Arch, role: &str) -> Result<Model> {
+    let model = Model::new(arch, ctx.dataset.num_classes(), 0, ctx.device)?;
+    model
+        .params
+        .load(&dep_file(ctx, role, "model.safetensors")?)?;
+    Ok(model)
+}
+
+/// [`dep_model`] with parameters and buffers of `dtype` (the checkpoint's
+/// f32 values converted).
+pub fn dep_model_as(ctx: &RunCtx, arch: &Arch, role: &str, dtype: DType) -> Result<Model> {
+    let f32_model = dep_model(ctx, arch, role)?;
+    if dtype == DType::F32 {
+        return Ok(f32_model);
+    }
+    let model = Model::with_dtype(
+        &f32_model.arch,
+        ctx.dataset.num_classes(),
+        0,
+        ctx.device,
+        dtype,
+    )?;
+    let source = f32_model.params.all();
+    for (name, var) in model.params.all() {
+        var.set(&source[name].as_tensor().to_dtype(dtype)?)?;
+    }
+    Ok(model)
+}
+
+/// Loads the dependency `role`'s weights into `model` (checked against
+/// its names and shapes) and returns a copy of every tensor by name.
+pub fn dep_tensors(ctx: &RunCtx, model: &Model, role: &str) -> Result<HashMap<String, Tensor>> {
+    model
+        .params
+        .load(&dep_file(ctx, role, "model.safetensors")?)?;
+    model_tensors(model)
+}
+
+/// A copy of every tensor of `model` by name.
+pub fn model_tensors(model: &Model) -> Result<HashMap<String, Tensor>> {
+    Ok(model
+        .params
+        .all()
+        .into_iter()
+        .map(|(k, v)| Ok((k.to_string(), v.as_tensor().copy()?)))
+        .collect::<candle_core::Result<_>>()?)
+}
+
+/// L2 distance between two checkpoints over the model's trainable
+/// parameters (BatchNorm's running statistics left out).
+pub fn distance(
+    model: &Model,
+    a: &HashMap<String, Tensor>,
+    b: &HashMap<String, Tensor>,
+) -> Result<f64> {
+    let mut sq = 0.0f64;
+    for (name, _) in model.params.trainable() {
+        let (x, y) = (&a[name], &b[name]);
+        sq += (x.to_dtype(DType::F64)? - y.to_dtype(DType::F64)?)?
+            .sqr()?
+            .sum_all()?
+            .to_scalar::<f64>()?;
+    }
+    Ok(sq.sqrt())
+}
+
+/// The file `name` in the cache entry of the dependency `role`.
+pub fn dep_file(ctx: &RunCtx, role: &str, name: &str) -> Result<PathBuf> {
+    ctx.deps
+        .iter()
+        .find(|(r, _)| *r == role)
+        .map(|(_, d)| d.join(name))
+        .ok_or_else(|| crate::error::stage_err(ctx.stage, format!("no `{role}` stage")))
 }

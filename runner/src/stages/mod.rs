@@ -10,11 +10,14 @@
 //! `registry!` below turns the list of kinds into [`RawStage`] and
 //! [`StageSpec`] and forwards every call through the traits. Adding a kind
 //! is one new module plus one line in that list (ARCHITECTURE.md walks
-//! through it). What several kinds use lives in [`common`].
+//! through it). What several kinds use lives in [`settings`] (settings as
+//! written), [`data`] (the images a stage reads) and [`link`] (what a stage
+//! takes from the stages it reads), and grid paths in [`path`].
 
-pub mod common;
+pub mod data;
 pub mod link;
 pub mod path;
+pub mod settings;
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -31,7 +34,8 @@ use crate::error::{Invalid, Result};
 use crate::key::PrefixPlan;
 use crate::progress::Progress;
 
-pub use common::{Grid, Subset};
+pub use data::Subset;
+pub use settings::Grid;
 
 /// A stage as written in a study.
 pub trait Partial: Clone + Debug + Default + DeserializeOwned + Serialize {

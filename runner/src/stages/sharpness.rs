@@ -32,8 +32,8 @@ use samlab_optim::curvature::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::common::{Grid, dep_model_as, inherit, merged_grid, whole};
-use super::link::{Probe, weights_dep};
+use super::settings::{Grid, inherit, merged_grid, whole};
+use super::link::{Probe, weights_dep, dep_model_as};
 use super::{Deps, Kind, KindPlan, Outcome, Partial, PlanInput, RunCtx, Summary};
 use crate::cache::write_file;
 use crate::error::{Invalid, Result};

@@ -23,11 +23,8 @@ use samlab_optim::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::common::{
-    Feed, Grid, KindsPartial, SamPartial, SgdPartial, SplitName, Subset, TrainingData,
-    arch_name, check_bn_batch, eval_loader, evaluate_loader, inherit, kinds_key, merged_grid, non_default_kinds,
-    positive, training_loader, whole,
-};
+use super::data::{Feed, SplitName, Subset, TrainingData, eval_loader, evaluate_loader, training_loader};
+use super::settings::{Grid, KindsPartial, SamPartial, SgdPartial, arch_name, check_bn_batch, inherit, kinds_key, merged_grid, non_default_kinds, positive, whole};
 use super::{
     Deps, Done, Kind, KindPlan, Outcome, Partial, PlanInput, PlotOut, RunCtx, Summary,
 };
