@@ -5,7 +5,7 @@
 use samlab_data::DatasetName;
 use serde::{Deserialize, Serialize};
 
-use super::settings::{Grid, arch_name, inherit, merged_grid, pair_refs};
+use super::settings::{Grid, arch_name, pair_refs};
 use samlab_models::Arch;
 use super::link::{pair_model, dep_model, dep_tensors, distance, model_tensors};
 use super::{Deps, Kind, KindPlan, Outcome, Partial, PlanInput, RunCtx, Summary};
@@ -35,13 +35,6 @@ impl Partial for DistancePartial {
 
     fn extends(&self) -> Option<&str> {
         self.extends.as_deref()
-    }
-
-    fn merge(mut self, p: &DistancePartial) -> DistancePartial {
-        inherit!(self, p; w1, w2);
-        self.extends = p.extends.clone();
-        self.grid = merged_grid(self.grid.take(), &p.grid);
-        self
     }
 
     fn refs(&self) -> Vec<(&'static str, &str)> {

@@ -44,7 +44,7 @@ use samlab_optim::{KindSettings, LrSchedule, Method, RunShape, SamConfig, SgdCon
 use serde::{Deserialize, Serialize};
 
 use super::data::{Feed, Subset, TrainingData, evaluate_loader, forward_cost, probe_indices, training_loader};
-use super::settings::{Grid, KindsPartial, SamPartial, SgdPartial, arch_name, check_bn_batch, inherit, kinds_key, merged_grid, positive, whole};
+use super::settings::{Grid, KindsPartial, SamPartial, SgdPartial, arch_name, check_bn_batch, kinds_key, positive, whole};
 use super::link::{weights_dep, dep_model};
 use super::{
     Censoring, Deps, Done, Kind, KindPlan, Outcome, Partial, PlanInput, PlotOut, RunCtx,
@@ -162,16 +162,6 @@ impl Partial for EscapePartial {
 
     fn extends(&self) -> Option<&str> {
         self.extends.as_deref()
-    }
-
-    fn merge(mut self, p: &EscapePartial) -> EscapePartial {
-        inherit!(self, p; of, method, lr, batch, bn_batch, seed, probe, threshold, measure, max_steps, eval_batch, precision);
-        self.extends = p.extends.clone();
-        self.sam = SamPartial::merged(self.sam.take(), &p.sam);
-        self.kinds = KindsPartial::merged(self.kinds.take(), &p.kinds);
-        self.optimizer = SgdPartial::merged(self.optimizer.take(), &p.optimizer);
-        self.grid = merged_grid(self.grid.take(), &p.grid);
-        self
     }
 
     fn refs(&self) -> Vec<(&'static str, &str)> {

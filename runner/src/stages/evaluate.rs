@@ -8,7 +8,7 @@ use samlab_models::Arch;
 use serde::{Deserialize, Serialize};
 
 use super::data::{EvalFields, SplitName, Subset, evaluate_loader, forward_cost, set_eval_grid};
-use super::settings::{Grid, arch_name, inherit, merged_grid};
+use super::settings::{Grid, arch_name};
 use super::link::{weights_dep, dep_model};
 use super::{Deps, Kind, KindPlan, Outcome, Partial, PlanInput, RunCtx, Summary};
 use crate::cache::write_file;
@@ -48,13 +48,6 @@ impl Partial for EvalPartial {
 
     fn extends(&self) -> Option<&str> {
         self.extends.as_deref()
-    }
-
-    fn merge(mut self, p: &EvalPartial) -> EvalPartial {
-        inherit!(self, p; of, splits, train_subset, test_subset, subset_seed, batch);
-        self.extends = p.extends.clone();
-        self.grid = merged_grid(self.grid.take(), &p.grid);
-        self
     }
 
     fn refs(&self) -> Vec<(&'static str, &str)> {

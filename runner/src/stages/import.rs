@@ -29,7 +29,7 @@ use samlab_models::{Arch, Model};
 use serde::{Deserialize, Serialize};
 
 use super::data::{Subset};
-use super::settings::{arch_name, inherit};
+use super::settings::{arch_name};
 use super::{Deps, Kind, KindPlan, Outcome, PlanInput, RunCtx, Summary, Weights};
 use crate::cache::file_sha256;
 use crate::error::{Invalid, Result, stage_err};
@@ -79,12 +79,6 @@ impl super::Partial for ImportPartial {
 
     fn extends(&self) -> Option<&str> {
         self.extends.as_deref()
-    }
-
-    fn merge(mut self, p: &ImportPartial) -> ImportPartial {
-        inherit!(self, p; model, file, strip_prefix, train_subset, subset_seed, augment);
-        self.extends = p.extends.clone();
-        self
     }
 
     fn grid(&self) -> Option<&super::Grid> {

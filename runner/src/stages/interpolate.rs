@@ -25,7 +25,7 @@ use samlab_models::{Arch, Model};
 use serde::{Deserialize, Serialize};
 
 use super::data::{EvalFields, SplitName, Subset, evaluate_loader, forward_cost, set_eval_grid};
-use super::settings::{AlphaGrid, Grid, arch_name, inherit, merged_grid, pair_refs, positive};
+use super::settings::{AlphaGrid, Grid, arch_name, pair_refs, positive};
 use super::link::{pair_model, dep_model, dep_tensors, distance, model_tensors};
 use super::{
     Deps, Done, Kind, KindPlan, Outcome, Partial, PlanInput, PlotOut, RunCtx, Summary,
@@ -83,13 +83,6 @@ impl Partial for InterpPartial {
 
     fn extends(&self) -> Option<&str> {
         self.extends.as_deref()
-    }
-
-    fn merge(mut self, p: &InterpPartial) -> InterpPartial {
-        inherit!(self, p; w1, w2, alpha, bn, splits, train_subset, test_subset, subset_seed, batch);
-        self.extends = p.extends.clone();
-        self.grid = merged_grid(self.grid.take(), &p.grid);
-        self
     }
 
     fn refs(&self) -> Vec<(&'static str, &str)> {

@@ -34,7 +34,7 @@ use samlab_optim::curvature::{Flat, LossSurface, filter_normalized_random, norm}
 use serde::{Deserialize, Serialize};
 
 use super::data::{forward_cost};
-use super::settings::{AlphaGrid, Grid, inherit, merged_grid, whole};
+use super::settings::{AlphaGrid, Grid, whole};
 use super::link::{Probe, weights_dep, dep_file, dep_model};
 use super::{
     Deps, Done, Kind, KindPlan, Outcome, Partial, PlanInput, PlotOut, RunCtx, StageSpec, Summary,
@@ -86,13 +86,6 @@ impl Partial for LandscapePartial {
 
     fn extends(&self) -> Option<&str> {
         self.extends.as_deref()
-    }
-
-    fn merge(mut self, p: &LandscapePartial) -> LandscapePartial {
-        inherit!(self, p; of, sharpness, x, y, range, images, batch, seed);
-        self.extends = p.extends.clone();
-        self.grid = merged_grid(self.grid.take(), &p.grid);
-        self
     }
 
     fn refs(&self) -> Vec<(&'static str, &str)> {

@@ -1,8 +1,8 @@
 //! Stage kinds. A kind is one module that implements two traits:
 //!
 //! - [`Partial`] for the stage as a study writes it (every field optional,
-//!   so stages can `extends` each other): merging with what it extends, its
-//!   references to other stages, its grid fields, and resolution into a spec;
+//!   so stages can `extends` each other, merged as values by
+//!   [`settings::merged`]): its references to other stages, its grid fields, and resolution into a spec;
 //! - [`Kind`] for the resolved spec (built by `finish` with the resolved
 //!   specs it refers to, so nothing is filled in later): what goes into its key, its cost for `runner plan`, how it runs, the measures
 //!   its tables show and its plots.
@@ -47,9 +47,6 @@ pub trait Partial: Clone + Debug + Default + DeserializeOwned + Serialize {
     const GRID_FIELDS: &'static [&'static str];
     /// The block or stage it extends.
     fn extends(&self) -> Option<&str>;
-    /// `self` with every unset field taken from `parent`; `extends` becomes
-    /// the parent's.
-    fn merge(self, parent: &Self) -> Self;
     /// The stages it needs: (role, stage name).
     fn refs(&self) -> Vec<(&'static str, &str)> {
         Vec::new()
@@ -254,7 +251,7 @@ macro_rules! registry {
             /// `self` with every unset field taken from `parent` (same kind only).
             pub fn merge_parent(self, parent: &RawStage) -> Result<RawStage, Invalid> {
                 match (self, parent) {
-                    $((RawStage::$variant(c), RawStage::$variant(p)) => Ok(RawStage::$variant(c.merge(p))),)*
+                    $((RawStage::$variant(c), RawStage::$variant(p)) => Ok(RawStage::$variant(settings::merged(&c, p)?)),)*
                     #[allow(unreachable_patterns)]
                     (c, p) => Err(Invalid::Value(format!(
                         "a {} stage cannot extend a {} block",

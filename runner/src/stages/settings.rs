@@ -12,30 +12,51 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Invalid;
 
-/// A stage's grid as written: field name to the values it takes.
-pub type Grid = IndexMap<String, Vec<f64>>;
-
-/// `$child.f = $parent.f` for every listed field the child leaves unset.
-macro_rules! inherit {
-    ($c:expr, $p:expr; $($f:ident),* $(,)?) => {
-        $( if $c.$f.is_none() { $c.$f = $p.$f.clone(); } )*
-    };
-}
-pub(crate) use inherit;
-
-/// A grid whose fields come from `parent` unless `own` sets them.
-pub fn merged_grid(own: Option<Grid>, parent: &Option<Grid>) -> Option<Grid> {
-    match parent {
-        None => own,
-        Some(pg) => {
-            let mut g = pg.clone();
-            for (k, v) in own.unwrap_or_default() {
-                g.insert(k, v);
+/// `child` with what it leaves unset taken from `parent` (what it
+/// `extends`), as values: fields by name at every level (a `sam:` block
+/// sets only the fields it names; a grid adds or replaces its fields),
+/// while a value that is not a block (a number, a list, an enum's variant
+/// such as `Cosine(lr: 0.1)` or `PerClass(50)`) replaces the parent's
+/// whole. The result `extends` what the parent extends. Each kind's
+/// serde form is its list of fields, so no kind lists them again.
+pub fn merged<T: Serialize + serde::de::DeserializeOwned>(
+    child: &T,
+    parent: &T,
+) -> Result<T, Invalid> {
+    use serde_json::Value;
+    fn is_variant(m: &serde_json::Map<String, Value>) -> bool {
+        m.len() == 1
+            && m.keys()
+                .all(|k| k.starts_with(|c: char| c.is_ascii_uppercase()))
+    }
+    fn merge(child: Value, parent: &Value) -> Value {
+        match (child, parent) {
+            (Value::Null, p) => p.clone(),
+            (Value::Object(c), Value::Object(p)) if !is_variant(&c) && !is_variant(p) => {
+                // The parent's fields in their order, then the child's new
+                // ones (a grid's axes run in that order).
+                let mut out = p.clone();
+                for (k, v) in c {
+                    let theirs = out.get(&k).cloned().unwrap_or(Value::Null);
+                    out.insert(k, merge(v, &theirs));
+                }
+                Value::Object(out)
             }
-            Some(g)
+            (c, _) => c,
         }
     }
+    let parent = serde_json::to_value(parent).expect("stages serialise");
+    let mut v = merge(
+        serde_json::to_value(child).expect("stages serialise"),
+        &parent,
+    );
+    v["extends"] = parent["extends"].clone();
+    serde_json::from_value(v)
+        .map_err(|e| Invalid::Value(format!("merging with what it extends: {e}")))
 }
+
+/// A stage's grid as written: field name to the values it takes.
+pub type Grid = IndexMap<String, Vec<f64>>;
 
 /// SGD settings as written (unset fields: the thesis' recipe).
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -66,17 +87,6 @@ pub struct SamPartial {
 }
 
 impl SgdPartial {
-    /// `own` with its unset fields taken from `parent`.
-    pub fn merged(own: Option<SgdPartial>, parent: &Option<SgdPartial>) -> Option<SgdPartial> {
-        match (own, parent) {
-            (Some(mut a), Some(b)) => {
-                inherit!(a, b; momentum, nesterov, weight_decay, decay);
-                Some(a)
-            }
-            (a, b) => a.or_else(|| b.clone()),
-        }
-    }
-
     /// The settings with the recipe's defaults filled in, checked.
     pub fn resolve(o: Option<&SgdPartial>) -> Result<SgdConfig, Invalid> {
         let d = SgdConfig::default();
@@ -93,17 +103,6 @@ impl SgdPartial {
 }
 
 impl SamPartial {
-    /// `own` with its unset fields taken from `parent`.
-    pub fn merged(own: Option<SamPartial>, parent: &Option<SamPartial>) -> Option<SamPartial> {
-        match (own, parent) {
-            (Some(mut a), Some(b)) => {
-                inherit!(a, b; rho, chunk, adaptive, eta, scope, rho_schedule);
-                Some(a)
-            }
-            (a, b) => a.or_else(|| b.clone()),
-        }
-    }
-
     /// The settings with defaults filled in, checked against the batch size
     /// and the ghost batch: the chunk m defaults to the ghost batch, as a
     /// device perturbs and normalises its own images.
@@ -149,32 +148,6 @@ impl SamPartial {
 pub struct KindsPartial(serde_json::Value);
 
 impl KindsPartial {
-    /// `own` with what it leaves unset taken from `parent`, at every level.
-    pub fn merged(
-        own: Option<KindsPartial>,
-        parent: &Option<KindsPartial>,
-    ) -> Option<KindsPartial> {
-        fn merge(own: &mut serde_json::Value, parent: &serde_json::Value) {
-            if let (Some(o), Some(p)) = (own.as_object_mut(), parent.as_object()) {
-                for (k, v) in p {
-                    match o.get_mut(k) {
-                        Some(mine) => merge(mine, v),
-                        None => {
-                            o.insert(k.clone(), v.clone());
-                        }
-                    }
-                }
-            }
-        }
-        match (own, parent) {
-            (Some(mut a), Some(b)) => {
-                merge(&mut a.0, &b.0);
-                Some(a)
-            }
-            (a, b) => a.or_else(|| b.clone()),
-        }
-    }
-
     /// Every numeric setting of every kind, as a grid path
     /// (`kinds.look_sam.k`).
     pub fn grid_paths() -> Vec<String> {

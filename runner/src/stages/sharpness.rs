@@ -32,7 +32,7 @@ use samlab_optim::curvature::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::settings::{Grid, inherit, merged_grid, whole};
+use super::settings::{Grid, whole};
 use super::link::{Probe, weights_dep, dep_model_as};
 use super::{Deps, Kind, KindPlan, Outcome, Partial, PlanInput, RunCtx, Summary};
 use crate::cache::write_file;
@@ -124,13 +124,6 @@ impl Partial for SharpnessPartial {
 
     fn extends(&self) -> Option<&str> {
         self.extends.as_deref()
-    }
-
-    fn merge(mut self, p: &SharpnessPartial) -> SharpnessPartial {
-        inherit!(self, p; of, images, batch, precision, fd_step, eigen, trace, rho, ascent, seed);
-        self.extends = p.extends.clone();
-        self.grid = merged_grid(self.grid.take(), &p.grid);
-        self
     }
 
     fn refs(&self) -> Vec<(&'static str, &str)> {

@@ -24,7 +24,7 @@ use samlab_optim::{
 use serde::{Deserialize, Serialize};
 
 use super::data::{Feed, SplitName, Subset, TrainingData, eval_loader, evaluate_loader, training_loader};
-use super::settings::{Grid, KindsPartial, SamPartial, SgdPartial, arch_name, check_bn_batch, inherit, kinds_key, merged_grid, non_default_kinds, positive, whole};
+use super::settings::{Grid, KindsPartial, SamPartial, SgdPartial, arch_name, check_bn_batch, kinds_key, non_default_kinds, positive, whole};
 use super::{
     Deps, Done, Kind, KindPlan, Outcome, Partial, PlanInput, PlotOut, RunCtx, Summary,
 };
@@ -135,16 +135,6 @@ impl Partial for TrainPartial {
 
     fn extends(&self) -> Option<&str> {
         self.extends.as_deref()
-    }
-
-    fn merge(mut self, p: &TrainPartial) -> TrainPartial {
-        inherit!(self, p; from, model, train_subset, val_subset, subset_seed, batch, bn_batch, epochs, seed, augment, lr, method, test_subset, eval_every, eval_batch, precision);
-        self.extends = p.extends.clone();
-        self.optimizer = SgdPartial::merged(self.optimizer.take(), &p.optimizer);
-        self.sam = SamPartial::merged(self.sam.take(), &p.sam);
-        self.kinds = KindsPartial::merged(self.kinds.take(), &p.kinds);
-        self.grid = merged_grid(self.grid.take(), &p.grid);
-        self
     }
 
     fn refs(&self) -> Vec<(&'static str, &str)> {
