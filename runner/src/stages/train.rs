@@ -787,6 +787,20 @@ pub fn run(spec: &TrainSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
     )?
     .with_bn_batch(spec.bn_batch)?
     .with_kinds(spec.kinds.clone())?;
+    // The prefix keys were made from the plan's method at every step: the
+    // run's own resolution of the schedule must give the same.
+    if let Some(p) = ctx.prefix
+        && let Some(t) = (0..total).find(|&t| p.methods.get(t as usize) != Some(&trainer.schedule.method(t)))
+    {
+        return Err(stage_err(
+            ctx.stage,
+            format!(
+                "the plan resolved step {t} as {:?}, the run as {:?}: their schedules disagree",
+                p.methods.get(t as usize),
+                trainer.schedule.method(t)
+            ),
+        ));
+    }
 
     // Where to start: the latest rolling checkpoint or shared prefix.
     let mut outcome = Outcome::default();
