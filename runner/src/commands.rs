@@ -361,14 +361,23 @@ pub fn cache_status(data: &DataArgs) -> Result<String> {
 /// The stages of the study at `path` with their keys, planned without a
 /// cache (for `command`, which names the cache directories a study uses).
 fn keyed(data: &DataArgs, path: &Path, command: &str) -> Result<Vec<plan::Planned>> {
-    let study = study::load(path)?;
+    planned_keys(data, &study::load(path)?, path, command)
+}
+
+/// [`keyed`] for a study already loaded.
+fn planned_keys(
+    data: &DataArgs,
+    study: &study::Study,
+    path: &Path,
+    command: &str,
+) -> Result<Vec<plan::Planned>> {
     let ds = data.dataset(study.dataset, false).map_err(|e| {
         ErrorKind::Usage(format!(
             "{}: {command} needs the dataset to compute keys: {e}",
             path.display()
         ))
     })?;
-    plan::plan(&study, Some(&DataInfo::of(&ds)), None)
+    plan::plan(study, Some(&DataInfo::of(&ds)), None)
 }
 
 /// What `runner verify` found.
@@ -675,7 +684,7 @@ pub fn export(data: &DataArgs, path: &Path, stage: &str, file: &Path) -> Result<
         ))
         .into());
     }
-    let planned = keyed(data, path, "export")?;
+    let planned = planned_keys(data, &study, path, "export")?;
     let key = planned[i]
         .key
         .clone()

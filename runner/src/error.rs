@@ -183,3 +183,14 @@ pub(crate) fn stage_err(stage: &str, message: impl Into<String>) -> Error {
     }
     .into()
 }
+
+/// The choice nearest to `word` by edit distance, where it is near: at
+/// most a third of the word's length away (a typo, not another name).
+pub(crate) fn closest<'a>(word: &str, choices: &'a [String]) -> Option<&'a str> {
+    choices
+        .iter()
+        .map(|c| (strsim::levenshtein(word, c), c.as_str()))
+        .filter(|(d, _)| *d <= (word.chars().count() / 3).max(1))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}

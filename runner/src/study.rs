@@ -10,6 +10,7 @@ use indexmap::IndexMap;
 use ron::extensions::Extensions;
 use serde::Deserialize;
 
+use crate::error::closest;
 use crate::error::{ErrorKind, Result, io};
 use crate::stages::{RawStage, StageSpec};
 use samlab_data::DatasetName;
@@ -960,15 +961,4 @@ pub enum Censored {
     Refuse,
     /// As the steps they ran (a lower bound on their escape steps).
     AsBudget,
-}
-
-/// The choice nearest to `word` by edit distance, where it is near: at
-/// most a third of the word's length away (a typo, not another name).
-fn closest<'a>(word: &str, choices: &'a [String]) -> Option<&'a str> {
-    choices
-        .iter()
-        .map(|c| (strsim::levenshtein(word, c), c.as_str()))
-        .filter(|(d, _)| *d <= (word.chars().count() / 3).max(1))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c)
 }

@@ -338,12 +338,7 @@ impl StepKind for Esam {
     fn step(&mut self, s: &EsamSettings, c: StepCtx<'_>) -> Result<StepOutput> {
         Self::check(s)?;
         c.sam.check()?;
-        let run = RunShape {
-            sam: c.sam,
-            bn_batch: c.bn_batch,
-            batch: Some(c.y.dim(0)?),
-        };
-        Self::check_run(s, &run)?;
+        Self::check_run(s, &c.shape()?)?;
         let StepCtx {
             model,
             opt,
@@ -357,20 +352,13 @@ impl StepKind for Esam {
         let m = sam.chunk.unwrap_or(n).min(n);
         let chunks = parts(n, m, "the m-sharpness chunk")?;
         let select_data = s.gamma < ALL_SAMPLES;
-        if select_data {
-            let p = position(s.gamma, m);
-            if p <= 1 {
-                return Err(bad(format!(
-                    "ESAM's gamma {} selects no sample of a chunk of {m} (floor(gamma * {m}) = {p}; it needs at least 2)",
-                    s.gamma
-                )));
-            }
-            if let Some(b) = bn_batch.filter(|&b| b < m) {
-                return Err(bad(format!(
-                    "ESAM with gamma {} < 0.99 needs ghost batches of at least the chunk: bn_batch {b} is below the chunk of {m}",
-                    s.gamma
-                )));
-            }
+        // check_run, with this batch, refused a chunk or batch of which
+        // gamma selects no sample.
+        if select_data && let Some(b) = bn_batch.filter(|&b| b < m) {
+            return Err(bad(format!(
+                "ESAM with gamma {} < 0.99 needs ghost batches of at least the chunk: bn_batch {b} is below the chunk of {m}",
+                s.gamma
+            )));
         }
         let mut names: Vec<String> = model
             .params

@@ -104,6 +104,18 @@ pub struct StepCtx<'a> {
     pub lr: f64,
 }
 
+impl StepCtx<'_> {
+    /// The run's shape as this step sees it, its batch included, for
+    /// [`StepKind::check_run`].
+    pub fn shape(&self) -> Result<RunShape<'_>> {
+        Ok(RunShape {
+            sam: self.sam,
+            bn_batch: self.bn_batch,
+            batch: Some(self.y.dim(0)?),
+        })
+    }
+}
+
 /// A kind of optimisation step (see the module docs).
 pub trait StepKind: Debug + Default {
     /// The kind's own settings; `Default` gives each field its default.

@@ -73,12 +73,7 @@ impl StepKind for Msam {
 
     fn step(&mut self, s: &NoSettings, c: StepCtx<'_>) -> Result<StepOutput> {
         c.sam.check()?;
-        let run = RunShape {
-            sam: c.sam,
-            bn_batch: c.bn_batch,
-            batch: Some(c.y.dim(0)?),
-        };
-        Self::check_run(s, &run)?;
+        Self::check_run(s, &c.shape()?)?;
         let StepCtx {
             model,
             opt,

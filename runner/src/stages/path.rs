@@ -19,7 +19,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use crate::error::Invalid;
+use crate::error::{Invalid, closest};
 
 /// `stage` with the number `v` at `path`.
 pub fn set<T: Serialize + DeserializeOwned>(stage: &T, path: &str, v: f64) -> Result<T, Invalid> {
@@ -108,21 +108,15 @@ fn explain(path: &str, message: &str) -> String {
         })
         .unwrap_or_default();
     let hint = unknown
-        .and_then(|u| {
-            choices
-                .iter()
-                .map(|c| (strsim::levenshtein(u, c), c))
-                .filter(|(d, _)| *d <= (u.chars().count() / 3).max(1))
-                .min_by_key(|(d, _)| *d)
-                .map(|(_, c)| {
-                    let prefix = path.rsplit_once('.').map_or("", |(p, _)| p);
-                    let full = if prefix.is_empty() {
-                        c.clone()
-                    } else {
-                        format!("{prefix}.{c}")
-                    };
-                    format!("; did you mean `{full}`?")
-                })
+        .and_then(|u| closest(u, &choices))
+        .map(|c| {
+            let prefix = path.rsplit_once('.').map_or("", |(p, _)| p);
+            let full = if prefix.is_empty() {
+                c.to_string()
+            } else {
+                format!("{prefix}.{c}")
+            };
+            format!("; did you mean `{full}`?")
         })
         .unwrap_or_default();
     format!("no setting `{path}` takes a number here ({message}){hint}")
