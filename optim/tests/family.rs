@@ -817,3 +817,115 @@ fn esam_bad_settings_are_errors_that_name_them() {
         "{err}"
     );
 }
+
+/// Length-matched SGD (a control): with rho = 0 its step is SGD's, bit for
+/// bit (SAM's second gradient equals the first, so the ratio of norms is
+/// exactly 1), whatever the ghost batch and the decay's placement.
+#[test]
+fn length_matched_sgd_with_rho_0_is_sgd_bit_for_bit() {
+    use samlab_optim::steps::length_matched::LengthMatched;
+    for (bn, decay) in [
+        (None, Decay::Update),
+        (Some(4), Decay::Update),
+        (None, Decay::Loss),
+    ] {
+        let (ma, mb) = (resnet8(), resnet8());
+        let sgd = || {
+            Sgd::new(SgdConfig {
+                decay,
+                ..SgdConfig::default()
+            })
+            .unwrap()
+        };
+        let (mut oa, mut ob) = (sgd(), sgd());
+        let cfg = SamConfig::new(0.0);
+        for k in 0..3 {
+            let (x, y) = batch(k);
+            let c = ctx(&ma, &mut oa, &cfg, bn, &x, &y);
+            let settings = StepSettings {
+                sam: c.sam,
+                bn_batch: c.bn_batch,
+            };
+            let a = sgd_step_with(c.model, c.opt, &settings, c.x, c.y, c.lr).unwrap();
+            let b = LengthMatched
+                .step(&NoSettings {}, ctx(&mb, &mut ob, &cfg, bn, &x, &y))
+                .unwrap();
+            assert_eq!(a.loss.to_bits(), b.loss.to_bits(), "loss of step {k}");
+            assert_eq!((a.passes, b.passes), (1.0, 2.0));
+        }
+        assert!(
+            state_bits(&ma, &oa) == state_bits(&mb, &ob),
+            "{bn:?} {decay:?}: not SGD's bits"
+        );
+    }
+}
+
+/// Length-matched SGD at rho > 0, in f64, from fresh momentum and without
+/// weight decay (so an update is -lr (1 + momentum) times the gradient,
+/// Nesterov's first step): its update is parallel to SGD's and as long as
+/// SAM's, on the same batch, with and without m-sharpness chunks. The
+/// bounds: f64 sums over 78k parameters in a few hundred tensors, each
+/// product rounded once (relative error below 1e-12 per norm); 1e-9
+/// leaves three orders of margin and is far below the 1-20% by which
+/// SAM's and SGD's lengths differ here (asserted too, so the check can
+/// fail).
+#[test]
+fn length_matched_sgd_takes_sgds_direction_at_sams_length() {
+    use samlab_optim::steps::length_matched::LengthMatched;
+    let step = |which: &str, chunk: Option<usize>| -> Vec<f64> {
+        let m = resnet8_in(DType::F64);
+        let before: Vec<f64> = m
+            .params
+            .trainable()
+            .flat_map(|(_, v)| f64_flat(v.as_tensor()))
+            .collect();
+        let mut opt = Sgd::new(SgdConfig {
+            weight_decay: 0.0,
+            ..SgdConfig::default()
+        })
+        .unwrap();
+        let cfg = SamConfig {
+            chunk,
+            ..SamConfig::new(0.5)
+        };
+        let (x, y) = batch(1);
+        let x = x.to_dtype(DType::F64).unwrap();
+        // m-sharpness chunks with ghost batches of the same size (the
+        // thesis' setting, m = 32 per device): the chunks' clean gradients
+        // are then SGD's ghost-batch gradient.
+        let c = ctx(&m, &mut opt, &cfg, chunk, &x, &y);
+        let settings = StepSettings {
+            sam: c.sam,
+            bn_batch: c.bn_batch,
+        };
+        match which {
+            "sgd" => drop(sgd_step_with(c.model, c.opt, &settings, c.x, c.y, c.lr).unwrap()),
+            "sam" => drop(sam_step_with(c.model, c.opt, &settings, c.x, c.y, c.lr).unwrap()),
+            _ => drop(LengthMatched.step(&NoSettings {}, c).unwrap()),
+        }
+        let after = m
+            .params
+            .trainable()
+            .flat_map(|(_, v)| f64_flat(v.as_tensor()));
+        after.zip(&before).map(|(a, b)| a - b).collect()
+    };
+    let norm = |u: &[f64]| u.iter().map(|v| v * v).sum::<f64>().sqrt();
+    for chunk in [None, Some(4)] {
+        let (sgd, sam, lm) = (step("sgd", chunk), step("sam", chunk), step("lm", chunk));
+        let cos = lm.iter().zip(&sgd).map(|(a, b)| a * b).sum::<f64>() / (norm(&lm) * norm(&sgd));
+        assert!(
+            (1.0 - cos).abs() < 1e-9,
+            "{chunk:?}: not SGD's direction (cos {cos})"
+        );
+        let ratio = norm(&lm) / norm(&sam);
+        assert!(
+            (ratio - 1.0).abs() < 1e-9,
+            "{chunk:?}: not SAM's length (ratio {ratio})"
+        );
+        let sam_over_sgd = norm(&sam) / norm(&sgd);
+        assert!(
+            (sam_over_sgd - 1.0).abs() > 1e-3,
+            "{chunk:?}: SAM's and SGD's steps are as long ({sam_over_sgd})"
+        );
+    }
+}

@@ -35,6 +35,7 @@ use crate::sgd::Sgd;
 pub mod esam;
 pub mod fsam;
 pub mod gsam;
+pub mod length_matched;
 pub mod look_sam;
 pub mod msam;
 mod sam;
@@ -281,6 +282,7 @@ steps! {
     Msam => msam::Msam, settings msam;
     Fsam => fsam::Fsam, settings fsam;
     Esam => esam::Esam, settings esam;
+    LengthMatchedSgd => length_matched::LengthMatched, settings length_matched_sgd;
 }
 
 impl Method {

@@ -1,0 +1,82 @@
+//! Length-matched SGD: a control, not a SAM variant. SGD's direction at
+//! SAM's length: the step's gradient is the clean (SGD) gradient of the
+//! batch, rescaled to the norm of SAM's gradient at `w + eps` on the same
+//! batch, with SAM's settings (rho, m-sharpness chunks, ghost batches,
+//! adaptive scaling, scope).
+//!
+//! Why: SAM's gradient at the perturbed point is usually longer than the
+//! clean one near a minimum, so a SAM step is a longer step. Whether SAM
+//! leaves a minimum faster (the thesis' Table 5.1) because of its
+//! direction or only because its steps are longer is what this kind
+//! separates: it takes SAM's step length and SGD's direction (issue 28:
+//! "escape in one step at rho >= 0.5 may be a large step, not SAM").
+//!
+//! A step: SAM's chunk loop (module docs of `sam`) keeping each chunk's
+//! clean gradient `g` beside its perturbed one `g2`; with `G` and `G2`
+//! their means over the chunks, the update direction is
+//! `G * ||G2|| / ||G||` (norms over every parameter's gradient, summed in
+//! f64 in name order; with the decay term in both where the weight decay
+//! is in the loss). The base optimiser then steps as SGD's does. With
+//! rho = 0, `G2 = G` and the step is an SGD step up to the rounding of the
+//! ratio (bit for bit where `||G2|| = ||G||` as computed: tested). With
+//! m-sharpness chunks `G` is the chunks' mean: SGD's gradient with ghost
+//! batches of the chunk's size (chunk = bn_batch, the thesis' setting). The
+//! running statistics are what SAM's first passes leave. Cost: two passes a
+//! step, as SAM. Settings: none of its own. State: none.
+
+use super::{Method, NoSettings, StepCtx, StepKind, StepOutput, dot};
+use crate::error::{Result, bad};
+use crate::sam::{Clean, loss_decay, rollback_on_error, sam_gradient, update};
+
+#[derive(Debug, Default)]
+pub struct LengthMatched;
+
+impl StepKind for LengthMatched {
+    type Settings = NoSettings;
+    const USES_SAM: bool = true;
+
+    fn cost(_: &NoSettings) -> f64 {
+        2.0
+    }
+
+    fn step(&mut self, _: &NoSettings, c: StepCtx<'_>) -> Result<StepOutput> {
+        c.sam.check()?;
+        let (model, x, y, lr) = (c.model, c.x, c.y, c.lr);
+        let opt = c.opt;
+        let (sam, bn_batch) = (c.sam, c.bn_batch);
+        rollback_on_error(model, || {
+            let r = sam_gradient(model, sam, bn_batch, loss_decay(opt), x, y, Clean::Keep)?;
+            let clean = r.clean.expect("Clean::Keep keeps the clean gradient");
+            let (n2, n) = (
+                dot(&r.perturbed, &r.perturbed)?.sqrt(),
+                dot(&clean, &clean)?.sqrt(),
+            );
+            if !(n2.is_finite() && n.is_finite()) {
+                return Err(bad(format!(
+                    "length-matched SGD: gradient norms {n} and {n2} are not finite"
+                )));
+            }
+            // A zero clean gradient has no direction to rescale: the step
+            // is SGD's (a zero step), as SAM's perturbation is zero there.
+            let scale = if n > 0.0 { n2 / n } else { 1.0 };
+            let dir = if scale == 1.0 {
+                clean
+            } else {
+                clean
+                    .into_iter()
+                    .map(|(k, t)| Ok((k, t.affine(scale, 0.0)?)))
+                    .collect::<Result<_>>()?
+            };
+            update(model, opt, &dir, lr)?;
+            Ok(StepOutput {
+                method: Method::LengthMatchedSgd,
+                loss: r.loss,
+                correct: r.correct,
+                perturbed_correct: Some(r.perturbed_correct),
+                samples: y.dim(0)?,
+                // Two passes over the batch, as SAM.
+                passes: 2.0,
+            })
+        })
+    }
+}
