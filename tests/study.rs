@@ -855,3 +855,79 @@ fn the_escape_study_shares_its_minimum_with_the_quick_one() {
     assert_eq!(k.len(), 12, "{k}");
     assert_eq!(k, pretrain_key("quick/escape.ron"));
 }
+
+/// A fork (`reshuffle`): the run's first 2 epochs come from the SGD run's
+/// prefix checkpoint; from epoch 2 on its batches are drawn from another
+/// seed, so its last epochs and its weights differ from the SGD run's,
+/// and a fork trained alone in an empty cache gives the same bits.
+#[test]
+fn a_reshuffled_fork_shares_the_prefix_and_then_draws_other_batches() {
+    let env = Env::new();
+    let study = env.write(
+        "fork.ron",
+        &STUDY.replace(
+            r#""eval": Evaluate(of: "sgd-sam", train_subset: PerClass(5), test_subset: PerClass(5)),"#,
+            r#""fork": Train(extends: "base", reshuffle: (epoch: 2, seed: 9)),
+        "dist": Distance(w1: "sgd", w2: "fork"),"#,
+        ),
+    );
+    let s = study.to_str().unwrap();
+    let plan = env.run(&["plan", s], "cache");
+    let (out, err) = text(&plan);
+    assert!(plan.status.success(), "{err}");
+    assert!(
+        out.lines().any(
+            |l| l.starts_with("fork ") && l.contains("partially cached: from epoch 2 (prefix)")
+        ),
+        "{out}"
+    );
+    let first = env.ok(&[s, "--results-dir", "r1"], "cache");
+    // Epochs 3 and 4 only: 2 steps each.
+    assert_eq!(first["fork"][..5], ["ran", "2", "prefix", "4", "4"]);
+    let rows = |name: &str| -> Vec<String> {
+        std::fs::read_to_string(env.path("r1").join("stages").join(format!("{name}.csv")))
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| l.rsplit_once(',').unwrap().0.to_string()) // drop wall_s
+            .collect()
+    };
+    let (sgd, fork) = (rows("sgd-seed0"), rows("fork"));
+    assert_eq!(sgd.len(), 4);
+    assert_eq!(fork[..2], sgd[..2], "the shared epochs");
+    assert_ne!(fork[2], sgd[2], "epoch 3 draws other batches");
+    assert_ne!(fork[3], sgd[3]);
+    let text = std::fs::read_to_string(env.path("r1").join("summary.csv")).unwrap();
+    assert!(
+        text.lines().any(|l| l.starts_with("dist[seed=0],")),
+        "{text}"
+    );
+
+    // Alone, in an empty cache: the same key and the same bits.
+    let alone = env.write(
+        "alone.ron",
+        r#"Study(version: 1, dataset: "cifar10", stages: {
+            "fork-only": Train(
+                model: "resnet8", train_subset: PerClass(10), batch: 50, epochs: 4,
+                lr: Cosine(lr: 0.05), test_subset: PerClass(5), reshuffle: (epoch: 2, seed: 9),
+            ),
+        })"#,
+    );
+    let solo = env.ok(
+        &[alone.to_str().unwrap(), "--results-dir", "solo"],
+        "cache2",
+    );
+    assert_eq!(solo["fork-only"][..5], ["ran", "0", "", "8", "8"]);
+    let (k1, k2) = (
+        key_of(&env.path("r1"), "fork"),
+        key_of(&env.path("solo"), "fork-only"),
+    );
+    assert_eq!(k1, k2);
+    assert_ne!(k1, key_of(&env.path("r1"), "sgd[seed=0]"));
+    let a = std::fs::read(entry_file(&env, "cache", &k1, "model.safetensors")).unwrap();
+    let b = std::fs::read(entry_file(&env, "cache2", &k2, "model.safetensors")).unwrap();
+    assert!(
+        a == b,
+        "a fork resumed from the shared prefix must be bit-identical"
+    );
+}

@@ -41,6 +41,7 @@ pub use download::{OFFICIAL_BASE_URL, Remote, download, md5_hex, official_remote
 pub use error::{Error, ErrorKind, Result};
 pub use locate::{DataConfig, default_data_dir, locate};
 pub use pipeline::{
-    Augment, Batch, EpochIter, LastBatch, Loader, PipelineConfig, split_per_class, subset_per_class,
+    Augment, Batch, EpochIter, LastBatch, Loader, PipelineConfig, Reshuffle, split_per_class,
+    subset_per_class,
 };
 pub use source::{LoadOptions, LoadReport, Source, SourceFormat, decode, load, source_digest};

@@ -11,6 +11,8 @@
 //!   the batch.
 //!
 //! The same `(split, indices, config, epoch)` gives bit-identical batches.
+//! A [`Reshuffle`] replaces the seed from one epoch on (a fork of a run:
+//! the same epochs before it, another order and augmentation after).
 
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -66,11 +68,29 @@ pub struct PipelineConfig {
     pub last_batch: LastBatch,
     /// The root of all randomness of the pipeline.
     pub seed: u64,
+    /// From an epoch on, another seed (`None`: `seed` throughout).
+    pub reshuffle: Option<Reshuffle>,
     /// How many batches the background thread may prepare ahead.
     pub prefetch: usize,
 }
 
+/// From epoch `from_epoch` (counted from 0) on, the order and the
+/// augmentation are drawn from `seed` instead of the config's seed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reshuffle {
+    pub from_epoch: u64,
+    pub seed: u64,
+}
+
 impl PipelineConfig {
+    /// The seed that draws `epoch`'s order and augmentation.
+    pub fn seed_at(&self, epoch: u64) -> u64 {
+        match self.reshuffle {
+            Some(r) if epoch >= r.from_epoch => r.seed,
+            _ => self.seed,
+        }
+    }
+
     /// Training: shuffled, CIFAR augmentation, last partial batch dropped.
     pub fn train(batch_size: usize, normalization: Normalization, seed: u64) -> Self {
         PipelineConfig {
@@ -80,6 +100,7 @@ impl PipelineConfig {
             normalization,
             last_batch: LastBatch::Drop,
             seed,
+            reshuffle: None,
             prefetch: 4,
         }
     }
@@ -93,6 +114,7 @@ impl PipelineConfig {
             normalization,
             last_batch: LastBatch::Keep,
             seed: 0,
+            reshuffle: None,
             prefetch: 4,
         }
     }
@@ -265,7 +287,7 @@ impl Loader {
     pub fn order(&self, epoch: u64) -> Vec<u32> {
         let mut order = self.indices.to_vec();
         if self.config.shuffle {
-            let mut rng = chacha(mix(self.config.seed, STREAM_SHUFFLE, epoch));
+            let mut rng = chacha(mix(self.config.seed_at(epoch), STREAM_SHUFFLE, epoch));
             shuffle(&mut order, &mut rng);
         }
         order
@@ -308,7 +330,7 @@ impl Loader {
     pub fn draw(&self, epoch: u64, id: u32) -> (usize, usize, bool) {
         let aug = self.config.augment;
         let h = mix(
-            self.config.seed,
+            self.config.seed_at(epoch),
             STREAM_AUGMENT ^ epoch.rotate_left(17),
             id as u64,
         );

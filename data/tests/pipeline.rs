@@ -52,6 +52,39 @@ fn same_seed_and_epoch_give_identical_batches() {
     assert_ne!(collect(&a, 3), collect(&other, 3));
 }
 
+/// A reshuffle from epoch 2 to seed 43: epochs 0-1 are seed 42's, epochs
+/// from 2 on seed 43's (order and augmentation alike).
+#[test]
+fn a_reshuffle_takes_another_seed_from_its_epoch_on() {
+    let s = split(100, 10);
+    let cfg = PipelineConfig::train(16, norm(), 42);
+    let base = Loader::new(s.clone(), None, cfg.clone()).unwrap();
+    let other = Loader::new(
+        s.clone(),
+        None,
+        PipelineConfig {
+            seed: 43,
+            ..cfg.clone()
+        },
+    )
+    .unwrap();
+    let fork = PipelineConfig {
+        reshuffle: Some(samlab_data::Reshuffle {
+            from_epoch: 2,
+            seed: 43,
+        }),
+        ..cfg
+    };
+    let forked = Loader::new(s, None, fork).unwrap();
+    for e in 0..2 {
+        assert_eq!(collect(&forked, e), collect(&base, e), "epoch {e}");
+    }
+    for e in 2..4 {
+        assert_eq!(collect(&forked, e), collect(&other, e), "epoch {e}");
+        assert_ne!(collect(&forked, e), collect(&base, e), "epoch {e}");
+    }
+}
+
 #[test]
 fn augmentation_of_an_image_does_not_depend_on_the_batch_size() {
     let s = split(64, 4);

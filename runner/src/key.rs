@@ -175,6 +175,8 @@ pub struct PrefixParts {
     pub costs: Vec<f64>,
     /// The method of every step of the run.
     pub methods: Vec<Method>,
+    /// A fork's (epoch, seed): the data order from that epoch on.
+    pub reshuffle: Option<(u64, u64)>,
     pub epochs: u64,
     /// Steps per epoch.
     pub spe: u64,
@@ -196,6 +198,8 @@ pub struct PrefixPlan {
     pub costs: Vec<f64>,
     /// The method of every step of the run.
     pub methods: Vec<Method>,
+    /// A fork's (epoch, seed), which counts from its epoch.
+    pub reshuffle: Option<(u64, u64)>,
     /// Steps per epoch.
     pub spe: u64,
 }
@@ -210,6 +214,7 @@ impl PrefixPlan {
             kinds,
             costs,
             methods,
+            reshuffle,
             epochs,
             spe,
         } = parts;
@@ -236,6 +241,10 @@ impl PrefixPlan {
         let mut sam_seen = false;
         let mut seen = vec![false; Method::ALL.len()];
         for k in 1..=epochs {
+            // A fork's seed counts from the first epoch it draws.
+            if let Some((e, seed)) = reshuffle.filter(|&(e, _)| e == k - 1) {
+                h.update(format!(":reshuffle={e},{seed}").as_bytes());
+            }
             for s in (k - 1) * spe..k * spe {
                 let m = methods[s as usize];
                 if m.uses_sam() && !sam_seen {
@@ -264,6 +273,7 @@ impl PrefixPlan {
             kinds,
             costs,
             methods,
+            reshuffle,
             spe,
         }
     }
@@ -306,6 +316,12 @@ impl PrefixPlan {
             if self.kinds.get(m) != other.kinds.get(m) {
                 d = (0..d).find(|&i| self.methods[i] == *m).unwrap_or(d);
             }
+        }
+        if self.reshuffle != other.reshuffle {
+            // The data order differs from the earlier fork's epoch on.
+            let at = |r: Option<(u64, u64)>| r.map_or(u64::MAX, |(e, _)| e);
+            let e = at(self.reshuffle).min(at(other.reshuffle));
+            d = d.min(e.saturating_mul(self.spe).min(usize::MAX as u64) as usize);
         }
         d as u64 / self.spe
     }
@@ -572,6 +588,54 @@ mod pinned {
         let (a, b) = (sgd.1.unwrap(), bf16.1.unwrap());
         assert!(a.iter().zip(&b).skip(1).all(|(x, y)| x != y), "{a:?} {b:?}");
         assert_ne!(by_name("escape-sgd").0, by_name("escape-bf16").0);
+    }
+
+    /// A fork (`reshuffle`) keys apart from its run but shares the run's
+    /// prefixes before its epoch: the SGD run's first 2 epochs, and 2 with
+    /// a fork at epoch 3 (which shares 3 with the run); a switch and a
+    /// fork at the same epoch share nothing after it.
+    #[test]
+    fn a_reshuffle_counts_in_prefixes_from_its_epoch() {
+        let study = STUDY.replace(
+            r#""dist": Distance"#,
+            r#""fork2": Train(extends: "recipe", reshuffle: (epoch: 2, seed: 7)),
+            "fork3": Train(extends: "recipe", reshuffle: (epoch: 3, seed: 7)),
+            "fork2b": Train(extends: "recipe", reshuffle: (epoch: 2, seed: 8)),
+            "grid": Train(extends: "recipe", reshuffle: (epoch: 1, seed: 7), grid: {"reshuffle.epoch": [2]}),
+            "dist": Distance"#,
+        );
+        let study = crate::study::parse(&study, std::path::Path::new("fork.ron")).unwrap();
+        let info = DataInfo {
+            fingerprint: "f".repeat(64),
+            train_len: 50_000,
+            test_len: 10_000,
+        };
+        let planned = plan(&study, Some(&info), None).unwrap();
+        let get = |n: &str| {
+            let i = study.stages.iter().position(|s| s.display() == n).unwrap();
+            planned[i].clone()
+        };
+        let key = |n: &str| get(n).key.unwrap();
+        let pp = |n: &str| get(n).prefix.unwrap();
+        assert_ne!(key("sgd"), key("fork2"));
+        assert_ne!(key("fork2"), key("fork2b"));
+        assert_eq!(key("grid[reshuffle.epoch=2]"), key("fork2"));
+        let (sgd, f2, f3, f2b) = (pp("sgd"), pp("fork2"), pp("fork3"), pp("fork2b"));
+        assert_eq!(f2.keys[..=2], sgd.keys[..=2]);
+        assert_ne!(f2.keys[3], sgd.keys[3]);
+        assert_eq!(f3.keys[..=3], sgd.keys[..=3]);
+        assert_ne!(f2.keys[3], f2b.keys[3]);
+        assert_eq!(sgd.shared_epochs(&f2), 2);
+        assert_eq!(f2.shared_epochs(&f3), 2);
+        assert_eq!(f3.shared_epochs(&sgd), 3);
+        assert_eq!(f2.shared_epochs(&f2b), 2);
+        assert_eq!(f2.shared_epochs(&f2), 4);
+        // The run's checkpoint where the forks part is kept.
+        assert!(
+            sgd.keep.contains(&2) && sgd.keep.contains(&3),
+            "{:?}",
+            sgd.keep
+        );
     }
 
     /// A step kind's own settings enter a key only where the run uses the

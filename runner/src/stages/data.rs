@@ -68,6 +68,8 @@ pub struct TrainingData {
     pub seed: u64,
     /// CIFAR augmentation (random crop of the padded image, flip).
     pub augment: bool,
+    /// From an epoch on, order and augmentation from another seed.
+    pub reshuffle: Option<samlab_data::Reshuffle>,
 }
 
 /// A shuffled training loader over `indices` (None: the whole split), with
@@ -79,6 +81,7 @@ pub fn training_loader(
     stage: &str,
 ) -> Result<Loader> {
     let mut cfg = PipelineConfig::train(how.batch, ds.name.normalization(), how.seed);
+    cfg.reshuffle = how.reshuffle;
     if !how.augment {
         cfg.augment = samlab_data::Augment::NONE;
     }

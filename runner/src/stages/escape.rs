@@ -444,6 +444,7 @@ fn run(spec: &EscapeSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
         batch: spec.batch,
         seed: spec.seed,
         augment: spec.augment,
+        reshuffle: None,
     };
     let loader = training_loader(ds, train_idx, how, ctx.stage)?;
     let spe = loader.batches_per_epoch() as u64;

@@ -52,6 +52,10 @@ pub struct TrainPartial {
     pub bn_batch: Option<usize>,
     pub epochs: Option<u64>,
     pub seed: Option<u64>,
+    /// A fork: from `epoch` on, the data order and augmentation come from
+    /// `seed` (the run's first `epoch` epochs, shared with the unforked
+    /// run through the cache, are unchanged).
+    pub reshuffle: Option<Reshuffle>,
     pub augment: Option<bool>,
     pub optimizer: Option<SgdPartial>,
     pub lr: Option<LrSchedule>,
@@ -88,6 +92,10 @@ pub struct TrainSpec {
     pub epochs: u64,
     /// Initialisation and data order.
     pub seed: u64,
+    /// From an epoch on, the data order from another seed; left out of
+    /// the key when unset, and out of the shared prefixes before its epoch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reshuffle: Option<Reshuffle>,
     pub augment: bool,
     pub optimizer: SgdConfig,
     pub lr: LrSchedule,
@@ -113,6 +121,21 @@ pub struct TrainSpec {
 
 /// Indices into a split.
 type Indices = Vec<u32>;
+
+/// A fork of a run (`reshuffle: (epoch: 24, seed: 100)`): epochs `0..epoch`
+/// are the run's own (the same init, order and steps, shared through the
+/// cache with the run without it); from epoch `epoch` on (counted from 0,
+/// so after `epoch` epochs), the order and augmentation of each epoch are
+/// drawn from `seed` instead of the run's seed. Initialisation, the
+/// schedule and every other setting are the run's. The control of "how far
+/// does a run move when only its data order changes" (an SGD->SGD fork
+/// beside SGD->SAM).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reshuffle {
+    pub epoch: u64,
+    pub seed: u64,
+}
 
 fn is_off(s: &Subset) -> bool {
     *s == Subset::Off
@@ -244,6 +267,21 @@ impl Partial for TrainPartial {
             .method
             .clone()
             .unwrap_or(StepSchedule::Always(Method::Sgd));
+        let seed = self.seed.unwrap_or(0);
+        if let Some(r) = self.reshuffle {
+            if r.epoch >= epochs {
+                return Err(Invalid::Value(format!(
+                    "reshuffle.epoch ({}) must be below epochs ({epochs}): the run would never reshuffle",
+                    r.epoch
+                )));
+            }
+            if r.seed == seed {
+                return Err(Invalid::Value(format!(
+                    "reshuffle.seed ({}) is the run's own seed: the fork would be the run itself",
+                    r.seed
+                )));
+            }
+        }
         let kinds = KindsPartial::resolve(self.kinds.as_ref())?;
         // A kind that cannot take a setting of this run says so here.
         for m in method.kinds() {
@@ -263,7 +301,8 @@ impl Partial for TrainPartial {
             batch,
             bn_batch: self.bn_batch,
             epochs,
-            seed: self.seed.unwrap_or(0),
+            seed,
+            reshuffle: self.reshuffle,
             augment: self.augment.unwrap_or(true),
             optimizer,
             lr,
@@ -360,6 +399,8 @@ impl TrainSpec {
         m.remove("test_subset");
         m.remove("eval_batch");
         let sam = m.remove("sam").expect("specs have SAM settings");
+        // A reshuffle counts from its epoch (key.rs), not in the identity.
+        m.remove("reshuffle");
         // A rho schedule follows the run's length, as the cosine rate does.
         if matches!(self.lr, LrSchedule::Constant { .. })
             && self.sam.rho_schedule == samlab_optim::RhoSchedule::Constant
@@ -372,6 +413,7 @@ impl TrainSpec {
             kinds: non_default_kinds(&self.kinds),
             costs: Method::ALL.iter().map(|m| self.kinds.cost(*m)).collect(),
             methods: (0..self.epochs * spe).map(|s| resolved.method(s)).collect(),
+            reshuffle: self.reshuffle.map(|r| (r.epoch, r.seed)),
             epochs: self.epochs,
             spe,
         }
@@ -383,6 +425,10 @@ impl TrainSpec {
             batch: self.batch,
             seed: self.seed,
             augment: self.augment,
+            reshuffle: self.reshuffle.map(|r| samlab_data::Reshuffle {
+                from_epoch: r.epoch,
+                seed: r.seed,
+            }),
         }
     }
 }
@@ -1086,6 +1132,27 @@ mod tests {
             e.contains("`bn_batch` 32 does not divide the m-sharpness chunk 16"),
             "{e}"
         );
+    }
+
+    /// A fork's epoch is within the run and its seed is another one; an
+    /// unset fork is not in the key.
+    #[test]
+    fn reshuffle_is_checked_and_left_out_of_the_key_when_unset() {
+        let e = train("reshuffle: (epoch: 1, seed: 3)").unwrap_err();
+        assert!(e.contains("reshuffle.epoch (1) must be below epochs (1)"), "{e}");
+        let e = train("seed: 3, reshuffle: (epoch: 0, seed: 3)").unwrap_err();
+        assert!(e.contains("reshuffle.seed (3) is the run's own seed"), "{e}");
+        let e = train("reshuffle: (epoch: 0, seed: 3, at: 1)").unwrap_err();
+        assert!(e.contains("at"), "{e}");
+        let StageSpec::Train(t) = train("reshuffle: (epoch: 0, seed: 3)").unwrap() else {
+            panic!()
+        };
+        let v = serde_json::to_value(&t).unwrap();
+        assert_eq!(v["reshuffle"], serde_json::json!({"epoch": 0, "seed": 3}));
+        let StageSpec::Train(t) = train("seed: 2").unwrap() else {
+            panic!()
+        };
+        assert!(serde_json::to_value(&t).unwrap().get("reshuffle").is_none());
     }
 
     /// A validation split is per class, never the whole training set, and
