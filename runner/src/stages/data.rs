@@ -37,12 +37,55 @@ impl Subset {
         }
     }
 
+    /// Whether it is `Off` (for `skip_serializing_if`).
+    pub fn is_off(&self) -> bool {
+        *self == Subset::Off
+    }
+
     /// How many images it selects of a split of `len` images.
     pub fn count(self, len: usize, classes: usize) -> usize {
         match self {
             Subset::All => len,
             Subset::PerClass(n) => n * classes,
             Subset::Off => 0,
+        }
+    }
+}
+
+/// The images a run trained on, as a stage that reads its weights sees
+/// them: `train_subset` (drawn by `subset_seed`) without the images a
+/// validation split held out. The split changes which images train only
+/// with `train_subset: All` (a `PerClass` training subset is the same with
+/// or without one), so [`TrainImages::new`] keeps `val_subset` only there;
+/// `Off`, it is left out of a dependent's key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct TrainImages {
+    pub train_subset: Subset,
+    #[serde(skip_serializing_if = "Subset::is_off")]
+    pub val_subset: Subset,
+    pub subset_seed: u64,
+}
+
+impl TrainImages {
+    pub fn new(train_subset: Subset, val_subset: Subset, subset_seed: u64) -> TrainImages {
+        let val_subset = match train_subset {
+            Subset::All => val_subset,
+            _ => Subset::Off,
+        };
+        TrainImages {
+            train_subset,
+            val_subset,
+            subset_seed,
+        }
+    }
+
+    /// Indices into the training split (`None`: all of it).
+    pub fn indices(&self, split: &Split, classes: usize) -> samlab_data::Result<Option<Vec<u32>>> {
+        match self.val_subset {
+            Subset::PerClass(v) => Ok(Some(
+                samlab_data::split_per_class(split, classes, None, v, self.subset_seed)?.0,
+            )),
+            _ => self.train_subset.indices(split, classes, self.subset_seed),
         }
     }
 }
@@ -312,4 +355,53 @@ impl EvalFields {
 /// about a third of a training step.
 pub fn forward_cost(batches: usize) -> f64 {
     (batches as u64).div_ceil(3) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use samlab_data::ImageShape;
+
+    fn split(n: usize, classes: u16) -> Split {
+        let shape = ImageShape {
+            channels: 1,
+            height: 1,
+            width: 1,
+        };
+        Split {
+            shape,
+            images: (0..n).map(|i| i as u8).collect(),
+            labels: (0..n).map(|i| (i as u16) % classes).collect(),
+        }
+    }
+
+    /// A stage that reads a run's weights sees the images it trained on:
+    /// with `train_subset: All`, without those its validation split held
+    /// out; with `PerClass`, the same images with or without a split (so
+    /// the split is dropped, and stays out of the dependent's key).
+    #[test]
+    fn the_images_a_run_trained_on_leave_out_its_validation_split() {
+        let s = split(100, 5);
+        let (train, held) = samlab_data::split_per_class(&s, 5, None, 4, 7).unwrap();
+        let all = TrainImages::new(Subset::All, Subset::PerClass(4), 7);
+        let idx = all.indices(&s, 5).unwrap().unwrap();
+        assert_eq!(idx, train);
+        assert_eq!(idx.len(), 80);
+        assert!(idx.iter().all(|i| !held.contains(i)));
+        assert_eq!(
+            TrainImages::new(Subset::All, Subset::Off, 7)
+                .indices(&s, 5)
+                .unwrap(),
+            None
+        );
+        let per_class = TrainImages::new(Subset::PerClass(10), Subset::PerClass(4), 7);
+        assert_eq!(per_class.val_subset, Subset::Off);
+        assert_eq!(
+            per_class.indices(&s, 5).unwrap(),
+            Subset::PerClass(10).indices(&s, 5, 7).unwrap()
+        );
+        let key = |t: TrainImages| serde_json::to_value(t).unwrap();
+        assert!(key(per_class).get("val_subset").is_none());
+        assert_eq!(key(all)["val_subset"], serde_json::json!({"PerClass": 4}));
+    }
 }

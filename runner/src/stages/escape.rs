@@ -43,7 +43,7 @@ use samlab_models::{Arch, Precision};
 use samlab_optim::{KindSettings, LrSchedule, Method, RunShape, SamConfig, SgdConfig, StepSchedule, Trainer};
 use serde::{Deserialize, Serialize};
 
-use super::data::{Feed, Subset, TrainingData, evaluate_loader, forward_cost, probe_indices, training_loader};
+use super::data::{Feed, TrainImages, TrainingData, evaluate_loader, forward_cost, probe_indices, training_loader};
 use super::settings::{Grid, KindsPartial, SamPartial, SgdPartial, arch_name, check_bn_batch, kinds_key, positive, whole};
 use super::link::{weights_dep, dep_model};
 use super::{
@@ -143,8 +143,10 @@ pub struct EscapeSpec {
     #[serde(serialize_with = "arch_name")]
     pub model: Arch,
     pub classes: usize,
-    pub train_subset: Subset,
-    pub subset_seed: u64,
+    /// The minimum's training images (`train_subset`, `subset_seed` and,
+    /// where it changes them, `val_subset`, at the top of the key).
+    #[serde(flatten)]
+    pub images: TrainImages,
     pub augment: bool,
 }
 
@@ -260,8 +262,7 @@ impl Partial for EscapePartial {
             precision: self.precision.unwrap_or_default(),
             model: minimum.model.clone(),
             classes: dataset.num_classes(),
-            train_subset: minimum.train_subset,
-            subset_seed: minimum.subset_seed,
+            images: minimum.images,
             augment: minimum.augment,
         })
     }
@@ -426,14 +427,12 @@ fn run(spec: &EscapeSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
     let ds = ctx.dataset;
     let mut model = dep_model(ctx, &spec.model, "of")?;
     model.precision = spec.precision;
-    let train_idx = spec
-        .train_subset
-        .indices(&ds.train, ds.num_classes(), spec.subset_seed)?;
+    let train_idx = spec.images.indices(&ds.train, ds.num_classes())?;
     let probe_idx = probe_indices(
         train_idx.clone(),
         ds.train.len(),
         spec.probe,
-        spec.subset_seed,
+        spec.images.subset_seed,
     );
     let probe = Loader::new(
         ds.train.clone(),

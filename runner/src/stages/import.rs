@@ -137,8 +137,7 @@ impl Kind for ImportSpec {
     fn weights(&self) -> Option<Weights<'_>> {
         Some(Weights {
             model: &self.model,
-            train_subset: self.train_subset,
-            subset_seed: self.subset_seed,
+            images: super::data::TrainImages::new(self.train_subset, Subset::Off, self.subset_seed),
             augment: self.augment,
         })
     }

@@ -24,7 +24,7 @@ use samlab_data::{DatasetName, Loader, PipelineConfig};
 use samlab_models::{Arch, Model};
 use serde::{Deserialize, Serialize};
 
-use super::data::{EvalFields, SplitName, Subset, evaluate_loader, forward_cost, set_eval_grid};
+use super::data::{EvalFields, SplitName, Subset, TrainImages, evaluate_loader, forward_cost, set_eval_grid};
 use super::settings::{AlphaGrid, Grid, arch_name, pair_refs, positive};
 use super::link::{pair_model, dep_model, dep_tensors, distance, model_tensors};
 use super::{
@@ -73,6 +73,9 @@ pub struct InterpSpec {
     pub classes: usize,
     /// The first solution's training images (for `Recomputed`).
     pub w1_train_subset: Subset,
+    /// `w1`'s validation split, where it changes its training images.
+    #[serde(skip_serializing_if = "Subset::is_off")]
+    pub w1_val_subset: Subset,
     pub w1_subset_seed: u64,
 }
 
@@ -146,8 +149,9 @@ impl Partial for InterpPartial {
             subset_seed: self.subset_seed.unwrap_or(0),
             model,
             classes: dataset.num_classes(),
-            w1_train_subset: w1.train_subset,
-            w1_subset_seed: w1.subset_seed,
+            w1_train_subset: w1.images.train_subset,
+            w1_val_subset: w1.images.val_subset,
+            w1_subset_seed: w1.images.subset_seed,
         })
     }
 }
@@ -334,9 +338,12 @@ fn run(spec: &InterpSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
     let loaders = spec.eval.loaders(ds, spec.subset_seed)?;
     let bn_loader = match spec.bn {
         BnStats::Recomputed { .. } => {
-            let idx =
-                spec.w1_train_subset
-                    .indices(&ds.train, ds.num_classes(), spec.w1_subset_seed)?;
+            let w1 = TrainImages {
+                train_subset: spec.w1_train_subset,
+                val_subset: spec.w1_val_subset,
+                subset_seed: spec.w1_subset_seed,
+            };
+            let idx = w1.indices(&ds.train, ds.num_classes())?;
             Some(Loader::new(
                 ds.train.clone(),
                 idx,

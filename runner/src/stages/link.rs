@@ -13,7 +13,7 @@ use samlab_data::{Loader, PipelineConfig};
 use samlab_models::{Arch, Model};
 use serde::Serialize;
 
-use super::data::{Subset, probe_indices};
+use super::data::{TrainImages, probe_indices};
 use super::settings::{arch_name, positive};
 use super::{RunCtx, StageSpec, Weights};
 use crate::error::{Invalid, Result};
@@ -64,8 +64,10 @@ pub struct Probe {
     /// The measured weights' model and training images.
     #[serde(serialize_with = "arch_name")]
     pub model: Arch,
-    pub train_subset: Subset,
-    pub subset_seed: u64,
+    /// Its training images (`train_subset`, `subset_seed`, and
+    /// `val_subset` where it changes them), flattened into the key.
+    #[serde(flatten)]
+    pub trained_on: TrainImages,
 }
 
 impl Probe {
@@ -85,8 +87,7 @@ impl Probe {
             images,
             batch,
             model: of.model.clone(),
-            train_subset: of.train_subset,
-            subset_seed: of.subset_seed,
+            trained_on: of.images,
         })
     }
 
@@ -99,9 +100,7 @@ impl Probe {
     pub fn batches(&self, ctx: &RunCtx, dtype: DType) -> Result<Vec<(Tensor, Tensor)>> {
         let (images, batch) = (self.images, self.batch);
         let ds = ctx.dataset;
-        let train_idx = self
-            .train_subset
-            .indices(&ds.train, ds.num_classes(), self.subset_seed)?;
+        let train_idx = self.trained_on.indices(&ds.train, ds.num_classes())?;
         let available = train_idx.as_ref().map_or(ds.train.len(), Vec::len);
         if images > available {
             return Err(crate::error::stage_err(
@@ -111,7 +110,12 @@ impl Probe {
                 ),
             ));
         }
-        let idx = probe_indices(train_idx, ds.train.len(), images, self.subset_seed);
+        let idx = probe_indices(
+            train_idx,
+            ds.train.len(),
+            images,
+            self.trained_on.subset_seed,
+        );
         let loader = Loader::new(
             ds.train.clone(),
             Some(idx),

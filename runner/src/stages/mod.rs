@@ -131,8 +131,8 @@ pub trait Kind: Clone + Debug + PartialEq + Serialize {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Weights<'a> {
     pub model: &'a Arch,
-    pub train_subset: Subset,
-    pub subset_seed: u64,
+    /// The images it trained on.
+    pub images: data::TrainImages,
     /// Whether its training augmented the images (Escape's steps do the same).
     pub augment: bool,
 }

@@ -444,8 +444,7 @@ impl Kind for TrainSpec {
     fn weights(&self) -> Option<super::Weights<'_>> {
         Some(super::Weights {
             model: &self.model,
-            train_subset: self.train_subset,
-            subset_seed: self.subset_seed,
+            images: super::data::TrainImages::new(self.train_subset, self.val_subset, self.subset_seed),
             augment: self.augment,
         })
     }
