@@ -49,12 +49,25 @@ impl Trainer {
         total_steps: u64,
         steps_per_epoch: u64,
     ) -> Result<Trainer> {
+        let schedule = schedule.resolve(total_steps, steps_per_epoch)?;
+        Trainer::resolved(sgd, sam, lr, schedule, total_steps)
+    }
+
+    /// [`Trainer::new`] with the schedule already resolved to steps (a
+    /// plan's, which the run then cannot resolve otherwise).
+    pub fn resolved(
+        sgd: SgdConfig,
+        sam: SamConfig,
+        lr: LrSchedule,
+        schedule: Resolved,
+        total_steps: u64,
+    ) -> Result<Trainer> {
         sam.check()?;
         Ok(Trainer {
             sgd: Sgd::new(sgd)?,
             sam,
             lr,
-            schedule: schedule.resolve(total_steps, steps_per_epoch)?,
+            schedule,
             total_steps,
             step: 0,
             passes: 0.0,

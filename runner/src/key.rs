@@ -175,6 +175,8 @@ pub struct PrefixParts {
     pub costs: Vec<f64>,
     /// The method of every step of the run.
     pub methods: Vec<Method>,
+    /// The schedule the methods come from, which the run takes.
+    pub schedule: Resolved,
     /// A fork's (epoch, seed): the data order from that epoch on.
     pub reshuffle: Option<(u64, u64)>,
     pub epochs: u64,
@@ -183,7 +185,7 @@ pub struct PrefixParts {
 }
 
 /// Prefix keys of one training run, and where it keeps prefix checkpoints.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct PrefixPlan {
     /// `keys[k]`: the key of the first `k` epochs (index 0 unused).
     pub keys: Vec<String>,
@@ -198,6 +200,9 @@ pub struct PrefixPlan {
     pub costs: Vec<f64>,
     /// The method of every step of the run.
     pub methods: Vec<Method>,
+    /// The schedule resolved to steps, as planned: the run trains by it
+    /// (`RunCtx::prefix`), so plan and run cannot disagree.
+    pub schedule: Resolved,
     /// A fork's (epoch, seed), which counts from its epoch.
     pub reshuffle: Option<(u64, u64)>,
     /// Steps per epoch.
@@ -214,6 +219,7 @@ impl PrefixPlan {
             kinds,
             costs,
             methods,
+            schedule,
             reshuffle,
             epochs,
             spe,
@@ -273,6 +279,7 @@ impl PrefixPlan {
             kinds,
             costs,
             methods,
+            schedule,
             reshuffle,
             spe,
         }

@@ -413,6 +413,7 @@ impl TrainSpec {
             kinds: non_default_kinds(&self.kinds),
             costs: Method::ALL.iter().map(|m| self.kinds.cost(*m)).collect(),
             methods: (0..self.epochs * spe).map(|s| resolved.method(s)).collect(),
+            schedule: resolved.clone(),
             reshuffle: self.reshuffle.map(|r| (r.epoch, r.seed)),
             epochs: self.epochs,
             spe,
@@ -822,30 +823,23 @@ pub fn run(spec: &TrainSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
     if let Some((_, dir)) = ctx.deps.iter().find(|(r, _)| *r == "from") {
         model.params.load(&dir.join("model.safetensors"))?;
     }
-    let mut trainer = Trainer::new(
+    // The schedule as the plan resolved it (its prefix keys and costs were
+    // made from it); resolved here only for a run without a plan.
+    let schedule = match ctx.prefix {
+        Some(p) => p.schedule.clone(),
+        None => spec
+            .resolved(spe)
+            .map_err(|e| stage_err(ctx.stage, e.to_string()))?,
+    };
+    let mut trainer = Trainer::resolved(
         spec.optimizer.clone(),
         spec.sam.clone(),
         spec.lr.clone(),
-        &spec.method,
+        schedule,
         total,
-        spe,
     )?
     .with_bn_batch(spec.bn_batch)?
     .with_kinds(spec.kinds.clone())?;
-    // The prefix keys were made from the plan's method at every step: the
-    // run's own resolution of the schedule must give the same.
-    if let Some(p) = ctx.prefix
-        && let Some(t) = (0..total).find(|&t| p.methods.get(t as usize) != Some(&trainer.schedule.method(t)))
-    {
-        return Err(stage_err(
-            ctx.stage,
-            format!(
-                "the plan resolved step {t} as {:?}, the run as {:?}: their schedules disagree",
-                p.methods.get(t as usize),
-                trainer.schedule.method(t)
-            ),
-        ));
-    }
 
     // Where to start: the latest rolling checkpoint or shared prefix.
     let mut outcome = Outcome::default();
