@@ -266,10 +266,16 @@ impl Model {
 
 /// Mean softmax cross-entropy of logits (N, C) against u32 labels (N,).
 pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    Ok(label_log_probs(logits, labels)?.mean_all()?.neg()?)
+}
+
+/// The labels' log-probabilities (n x 1) under `logits` (n x C), the
+/// per-sample terms [`cross_entropy`] averages (negated): a log-softmax
+/// shifted by each row's maximum.
+pub fn label_log_probs(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     let max = logits.max_keepdim(1)?;
     let shifted = logits.broadcast_sub(&max)?;
     let lse = shifted.exp()?.sum_keepdim(1)?.log()?;
     let logp = shifted.broadcast_sub(&lse)?;
-    let picked = logp.gather(&labels.unsqueeze(1)?, 1)?;
-    Ok(picked.mean_all()?.neg()?)
+    Ok(logp.gather(&labels.unsqueeze(1)?, 1)?)
 }

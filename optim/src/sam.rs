@@ -26,7 +26,10 @@
 //! With m-sharpness (`chunk = Some(m)`, m dividing the batch) steps 1-3 run
 //! per chunk of m samples, each with its own `eps`, and `g'` is the mean of
 //! the chunks' second-pass gradients. Without ghost batches each chunk's
-//! first pass updates the running statistics in turn.
+//! first pass updates the running statistics in turn. The kinds built on
+//! this loop choose the perturbation and how a chunk's two gradients make
+//! its direction; one (ESAM) also chooses which of a chunk's samples the
+//! second pass covers, from the chunk's first-pass losses.
 //!
 //! **Ghost batches** (`bn_batch = Some(b)`, [`StepSettings`](crate::StepSettings)): every pass,
 //! of SGD and SAM steps alike, runs as devices that each hold `b` images
@@ -40,7 +43,7 @@
 //! divide the chunk m (a device's perturbation covers its own images).
 
 use candle_core::{Tensor, Var};
-use samlab_models::{Model, ParamStore, cross_entropy};
+use samlab_models::{Model, ParamStore, label_log_probs};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ErrorKind, Result, bad};
@@ -209,10 +212,22 @@ impl SamConfig {
     }
 }
 
-/// Loss, number of correct predictions and gradients of one training-mode pass.
-fn pass(model: &Model, x: &Tensor, y: &Tensor) -> Result<(f64, usize, Grads)> {
+/// The per-sample losses from [`label_log_probs`]' log-probabilities, in f64.
+pub(crate) fn sample_losses(picked: &Tensor) -> Result<Vec<f64>> {
+    Ok(picked
+        .neg()?
+        .to_dtype(candle_core::DType::F64)?
+        .flatten_all()?
+        .to_vec1::<f64>()?)
+}
+
+/// Loss, number of correct predictions and gradients of one training-mode
+/// pass, and the labels' log-probabilities ([`label_log_probs`], detached).
+fn pass_picked(model: &Model, x: &Tensor, y: &Tensor) -> Result<(f64, usize, Grads, Tensor)> {
     let logits = model.forward(x, true)?;
-    let loss = cross_entropy(&logits, y)?;
+    let picked = label_log_probs(&logits, y)?;
+    // samlab_models::cross_entropy(&logits, y), keeping its terms.
+    let loss = picked.mean_all()?.neg()?;
     let correct = logits
         .argmax(1)?
         .eq(y)?
@@ -228,7 +243,13 @@ fn pass(model: &Model, x: &Tensor, y: &Tensor) -> Result<(f64, usize, Grads)> {
         .into());
     }
     let grads = collect_grads(&model.params, &loss.backward()?)?;
-    Ok((value, correct, grads))
+    Ok((value, correct, grads, picked.detach()))
+}
+
+/// Loss, number of correct predictions and gradients of one training-mode pass.
+fn pass(model: &Model, x: &Tensor, y: &Tensor) -> Result<(f64, usize, Grads)> {
+    let (loss, correct, grads, _) = pass_picked(model, x, y)?;
+    Ok((loss, correct, grads))
 }
 
 /// The gradient of the loss plus `0.5 wd ||w + eps||^2`: `g + wd (w + eps)`
@@ -433,6 +454,32 @@ pub(crate) fn perturbation_along(
     Ok(scaled)
 }
 
+/// Runs `f` with the weights at `w + eps` (`eps` absent for a parameter:
+/// not moved) and puts `w` back exactly, whatever `f` gives.
+pub(crate) fn at_perturbed<T>(
+    params: &ParamStore,
+    eps: &Grads,
+    f: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    let originals: Vec<Tensor> = params
+        .trainable()
+        .map(|(_, v)| v.as_tensor().detach().copy())
+        .collect::<candle_core::Result<_>>()?;
+    let moved = params
+        .trainable()
+        .try_for_each(|(name, var)| -> Result<()> {
+            if let Some(e) = eps.get(name) {
+                var.set(&(var.as_tensor().detach() + e)?)?;
+            }
+            Ok(())
+        });
+    let out = moved.and_then(|()| f());
+    for ((_, var), w) in params.trainable().zip(&originals) {
+        var.set(w)?;
+    }
+    out
+}
+
 /// Runs a pass at `w + eps` (`eps` absent for a parameter: not moved) and
 /// puts `w` and the running statistics back exactly.
 pub(crate) fn perturbed_grads(
@@ -442,22 +489,9 @@ pub(crate) fn perturbed_grads(
     y: &Tensor,
     bn_batch: Option<usize>,
 ) -> Result<(usize, Grads)> {
-    let params = &model.params;
-    let originals: Vec<Tensor> = params
-        .trainable()
-        .map(|(_, v)| v.as_tensor().detach().copy())
-        .collect::<candle_core::Result<_>>()?;
-    let buffers = params.snapshot_buffers()?;
-    for (name, var) in params.trainable() {
-        if let Some(e) = eps.get(name) {
-            var.set(&(var.as_tensor().detach() + e)?)?;
-        }
-    }
-    let result = ghost_pass(model, x, y, bn_batch);
-    for ((_, var), w) in params.trainable().zip(&originals) {
-        var.set(w)?;
-    }
-    params.restore_buffers(&buffers)?;
+    let buffers = model.params.snapshot_buffers()?;
+    let result = at_perturbed(&model.params, eps, || ghost_pass(model, x, y, bn_batch));
+    model.params.restore_buffers(&buffers)?;
     let (_, correct, grads) = result?;
     Ok((correct, grads))
 }
@@ -472,28 +506,7 @@ pub(crate) fn pass_at(
     y: &Tensor,
     bn_batch: Option<usize>,
 ) -> Result<(f64, usize, Grads)> {
-    let params = &model.params;
-    let originals: Vec<Tensor> = params
-        .trainable()
-        .map(|(_, v)| v.as_tensor().detach().copy())
-        .collect::<candle_core::Result<_>>()?;
-    for (name, var) in params.trainable() {
-        if let Some(e) = eps.get(name) {
-            var.set(&(var.as_tensor().detach() + e)?)?;
-        }
-    }
-    let result = ghost_pass(model, x, y, bn_batch);
-    for ((_, var), w) in params.trainable().zip(&originals) {
-        var.set(w)?;
-    }
-    result
-}
-
-/// Whether [`sam_gradient`] also returns the mean first-pass gradient.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Clean {
-    Keep,
-    Drop,
+    at_perturbed(&model.params, eps, || ghost_pass(model, x, y, bn_batch))
 }
 
 /// What SAM's passes give on a batch, before any update (module docs).
@@ -506,9 +519,12 @@ pub(crate) struct SamGradient {
     /// term where the weight decay is in the loss); from [`sam_chunks`]:
     /// the mean of the chunks' directions.
     pub perturbed: Grads,
-    /// The mean of the chunks' first-pass gradients, the same way
-    /// (`Clean::Keep` only).
+    /// The mean of the chunks' first-pass gradients, the same way (where
+    /// kept).
     pub clean: Option<Grads>,
+    /// The samples the second passes covered (the batch, unless a
+    /// selection chose fewer).
+    pub second_samples: usize,
 }
 
 /// Weight decay in the loss of both passes (`Decay::Loss`): its rate.
@@ -516,9 +532,9 @@ pub(crate) fn loss_decay(opt: &Sgd) -> Option<f64> {
     (opt.config.decay == Decay::Loss).then_some(opt.config.weight_decay)
 }
 
-/// SAM's gradient on (x, y): steps 1-3 of the module docs, per chunk; the
-/// weights are left as they were, the running statistics as the first
-/// passes leave them.
+/// SAM's gradient on (x, y), the mean first-pass gradient kept: steps 1-3
+/// of the module docs, per chunk; the weights are left as they were, the
+/// running statistics as the first passes leave them.
 pub(crate) fn sam_gradient(
     model: &Model,
     cfg: &SamConfig,
@@ -526,7 +542,6 @@ pub(crate) fn sam_gradient(
     loss_decay: Option<f64>,
     x: &Tensor,
     y: &Tensor,
-    clean: Clean,
 ) -> Result<SamGradient> {
     sam_chunks(
         model,
@@ -536,17 +551,36 @@ pub(crate) fn sam_gradient(
         x,
         y,
         |params, g| perturbation(params, g, cfg),
-        |g, g2| Ok((g2, (clean == Clean::Keep).then_some(g))),
+        None,
+        |g, g2| Ok((g2, Some(g))),
     )
 }
+
+/// A chunk as [`sam_chunks`] hands it to a selection, after its first pass
+/// and its perturbation.
+pub(crate) struct Chunk<'a> {
+    /// Its place among the batch's chunks (0-based).
+    pub index: usize,
+    pub x: &'a Tensor,
+    pub y: &'a Tensor,
+    pub eps: &'a Grads,
+    /// The first pass's per-sample losses at `w`.
+    pub losses: Vec<f64>,
+}
+
+/// Which samples of a chunk its second pass covers: their indices within
+/// the chunk (ESAM's data selection).
+pub(crate) type Select<'s> = &'s mut dyn FnMut(Chunk<'_>) -> Result<Vec<usize>>;
 
 /// The chunk loop of a SAM-type step on (x, y) (module docs): per chunk of
 /// m samples, a first pass at `w` (gradient `g`, with the decay term where
 /// the decay is in the loss), `eps = perturb(g)`, a pass at `w + eps`
 /// (`g2`, likewise) and `combine(g, g2)`: the chunk's direction and, if
 /// kept, its clean gradient; [`SamGradient`] holds the means over the
-/// chunks. The weights are left as they were, the running statistics as
-/// the first passes leave them.
+/// chunks. With `select`, the second pass covers only the samples it picks
+/// from the [`Chunk`] (one BatchNorm group: `select` needs each chunk
+/// within one ghost batch). The weights are left as they were, the running
+/// statistics as the first passes leave them.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn sam_chunks(
     model: &Model,
@@ -556,12 +590,18 @@ pub(crate) fn sam_chunks(
     x: &Tensor,
     y: &Tensor,
     mut perturb: impl FnMut(&ParamStore, &Grads) -> Result<Grads>,
+    mut select: Option<Select<'_>>,
     mut combine: impl FnMut(Grads, Grads) -> Result<(Grads, Option<Grads>)>,
 ) -> Result<SamGradient> {
     let n = y.dim(0)?;
     let m = cfg.chunk.unwrap_or(n).min(n);
     let chunks = parts(n, m, "the m-sharpness chunk")?;
     if let Some(b) = bn_batch.filter(|&b| b < m) {
+        if select.is_some() {
+            return Err(bad(format!(
+                "a selection of samples needs each chunk within one ghost batch: bn_batch {b} is below the chunk of {m}"
+            )));
+        }
         parts(m, b, "the BatchNorm batch (bn_batch)")?;
     }
     // With ghost batches every chunk starts from the step's running
@@ -571,6 +611,7 @@ pub(crate) fn sam_chunks(
         .transpose()?;
     let mut running: Vec<Vec<Tensor>> = Vec::new();
     let (mut loss, mut correct, mut perturbed_correct) = (0f64, 0usize, 0usize);
+    let mut second_samples = 0;
     let mut total: Option<Grads> = None;
     let mut clean_total: Option<Grads> = None;
     for c in 0..chunks {
@@ -578,7 +619,15 @@ pub(crate) fn sam_chunks(
         if let Some(start) = &start {
             model.params.restore_buffers(start)?;
         }
-        let (l, k, g) = ghost_pass(model, &xc, &yc, bn_batch)?;
+        // A selection's chunk is one BatchNorm group: one pass, which also
+        // gives the per-sample losses (none kept without a selection).
+        let (l, k, g, losses) = if select.is_some() {
+            let (l, k, g, picked) = pass_picked(model, &xc, &yc)?;
+            (l, k, g, sample_losses(&picked)?)
+        } else {
+            let (l, k, g) = ghost_pass(model, &xc, &yc, bn_batch)?;
+            (l, k, g, Vec::new())
+        };
         if start.is_some() {
             running.push(model.params.snapshot_buffers()?);
         }
@@ -589,12 +638,30 @@ pub(crate) fn sam_chunks(
             None => g,
         };
         let eps = perturb(&model.params, &g)?;
-        let (k2, g2) = perturbed_grads(model, &eps, &xc, &yc, bn_batch)?;
+        let (xs, ys) = match select.as_deref_mut() {
+            None => (xc, yc),
+            Some(select) => {
+                let idx = select(Chunk {
+                    index: c,
+                    x: &xc,
+                    y: &yc,
+                    eps: &eps,
+                    losses,
+                })?;
+                let ids = Tensor::new(
+                    idx.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+                    xc.device(),
+                )?;
+                (xc.index_select(&ids, 0)?, yc.index_select(&ids, 0)?)
+            }
+        };
+        let (k2, g2) = perturbed_grads(model, &eps, &xs, &ys, bn_batch)?;
         let g2 = match loss_decay {
             Some(wd) => with_decay(&model.params, g2, wd, Some(&eps))?,
             None => g2,
         };
         perturbed_correct += k2;
+        second_samples += ys.dim(0)?;
         let (dir, keep) = combine(g, g2)?;
         if let Some(g) = keep {
             clean_total = Some(add_grads(clean_total, g)?);
@@ -610,6 +677,7 @@ pub(crate) fn sam_chunks(
         perturbed_correct,
         perturbed: mean_grads(total.expect("at least one chunk"), chunks)?,
         clean: clean_total.map(|g| mean_grads(g, chunks)).transpose()?,
+        second_samples,
     })
 }
 

@@ -43,9 +43,11 @@
 //! official code's data-parallel processes (each perturbs and selects on
 //! its own part, the same mask for all). With `gamma < 0.99` ghost
 //! batches must be at least the chunk (each chunk one BatchNorm group): a
-//! selected subset has no defined split into ghost batches. With `gamma >=
-//! 0.99` ESAM is SAM's chunk loop with the masked, rescaled perturbation
-//! and takes every ghost batch SAM takes. ASAM scaling (`sam.adaptive`) is
+//! selected subset has no defined split into ghost batches. Steps 2-6 are
+//! SAM's chunk loop (the passes of `crate::sam`) with the masked, rescaled
+//! perturbation and, where `gamma < 0.99`, SDS choosing each chunk's
+//! second-pass samples; with `gamma >= 0.99` that is all of them, and ESAM
+//! takes every ghost batch SAM takes. ASAM scaling (`sam.adaptive`) is
 //! refused: the official code's adaptive variant (`w^2 g`) is not samlab's
 //! ASAM, and no reference checks their composition.
 //!
@@ -70,17 +72,19 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use samlab_models::Model;
 use serde::{Deserialize, Serialize};
 
-use super::{Method, RunShape, StepCtx, StepKind, StepOutput, counter_tensor, read_counter};
-use crate::error::{ErrorKind, Result, bad};
-use crate::sam::{
-    add_grads, loss_decay, mean_buffers, mean_grads, part, parts, perturbation_along,
-    perturbed_grads, rollback_on_error, sam_chunks, update, with_decay,
+use super::{
+    Method, RunShape, StepCtx, StepKind, StepOutput, counter_tensor, read_counter, sam_output,
 };
-use crate::sgd::{Grads, collect_grads};
+use crate::error::{Result, bad};
+use crate::sam::{
+    Chunk, at_perturbed, loss_decay, perturbation_along, rollback_on_error, sam_chunks,
+    sample_losses, update,
+};
+use crate::sgd::Grads;
 
 /// Where SDS is off: the official code selects every sample from here up.
 const ALL_SAMPLES: f64 = 0.99;
@@ -179,69 +183,17 @@ fn select(rises: &[f64], p: usize) -> Vec<usize> {
     (0..rises.len()).filter(|&i| rises[i] > cutoff).collect()
 }
 
-/// Per-sample cross-entropy losses from logits (the same operations as
-/// `samlab_models::cross_entropy`, whose mean is the negated mean of
-/// these): `(picked log-probabilities, n x 1)`.
-fn picked_logp(logits: &Tensor, y: &Tensor) -> Result<Tensor> {
-    let max = logits.max_keepdim(1)?;
-    let shifted = logits.broadcast_sub(&max)?;
-    let lse = shifted.exp()?.sum_keepdim(1)?.log()?;
-    let logp = shifted.broadcast_sub(&lse)?;
-    Ok(logp.gather(&y.unsqueeze(1)?, 1)?)
-}
-
-fn f64s(t: &Tensor) -> Result<Vec<f64>> {
-    Ok(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?)
-}
-
-/// A training-mode pass at `w` (the running statistics updated): mean
-/// loss, correct predictions, per-sample losses, gradient of the mean.
-fn first_pass(model: &Model, x: &Tensor, y: &Tensor) -> Result<(f64, usize, Vec<f64>, Grads)> {
-    let logits = model.forward(x, true)?;
-    let picked = picked_logp(&logits, y)?;
-    let loss = picked.mean_all()?.neg()?;
-    let correct = logits
-        .argmax(1)?
-        .eq(y)?
-        .to_dtype(DType::F32)?
-        .sum_all()?
-        .to_scalar::<f32>()? as usize;
-    let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-    if !value.is_finite() {
-        return Err(ErrorKind::NonFinite {
-            step: 0,
-            loss: value,
-        }
-        .into());
-    }
-    let per_sample = f64s(&picked.neg()?)?;
-    let grads = collect_grads(&model.params, &loss.backward()?)?;
-    Ok((value, correct, per_sample, grads))
-}
-
 /// Per-sample losses of a forward-only training-mode pass at `w + eps`;
 /// the weights and the running statistics are put back exactly.
 fn losses_at(model: &Model, eps: &Grads, x: &Tensor, y: &Tensor) -> Result<Vec<f64>> {
-    let params = &model.params;
-    let originals: Vec<Tensor> = params
-        .trainable()
-        .map(|(_, v)| v.as_tensor().detach().copy())
-        .collect::<candle_core::Result<_>>()?;
-    let buffers = params.snapshot_buffers()?;
-    let mut result = Ok(());
-    for (name, var) in params.trainable() {
-        if let Some(e) = eps.get(name) {
-            result = result.and_then(|_| Ok(var.set(&(var.as_tensor().detach() + e)?)?));
-        }
-    }
-    let losses = result.and_then(|_| {
-        let logits = model.forward(x, true)?;
-        f64s(&picked_logp(&logits, y)?.neg()?)
+    let buffers = model.params.snapshot_buffers()?;
+    let losses = at_perturbed(&model.params, eps, || {
+        sample_losses(&samlab_models::label_log_probs(
+            &model.forward(x, true)?,
+            y,
+        )?)
     });
-    for ((_, var), w) in params.trainable().zip(&originals) {
-        var.set(w)?;
-    }
-    params.restore_buffers(&buffers)?;
+    model.params.restore_buffers(&buffers)?;
     losses
 }
 
@@ -258,17 +210,6 @@ fn masked(g: &Grads, kept: &[bool], names: &[String]) -> Result<Grads> {
         }
     }
     Ok(out)
-}
-
-/// What a step's passes gave, before the update.
-struct Passes {
-    loss: f64,
-    correct: usize,
-    perturbed_correct: usize,
-    grads: Grads,
-    selected: Vec<Vec<usize>>,
-    rises: Vec<Option<Vec<f64>>>,
-    n_selected: usize,
 }
 
 impl StepKind for Esam {
@@ -350,7 +291,6 @@ impl StepKind for Esam {
         } = c;
         let n = y.dim(0)?;
         let m = sam.chunk.unwrap_or(n).min(n);
-        let chunks = parts(n, m, "the m-sharpness chunk")?;
         let select_data = s.gamma < ALL_SAMPLES;
         // check_run, with this batch, refused a chunk or batch of which
         // gamma selects no sample.
@@ -371,47 +311,44 @@ impl StepKind for Esam {
             kept[i] = true;
         }
         let rho = sam.rho / s.beta;
-        let decay = loss_decay(opt);
-        let mut result = None;
+        // SDS (step 4 of the module docs): the samples whose loss rises
+        // most at `w + eps`.
+        let p = position(s.gamma, m);
+        let (mut selected, mut rises) = (Vec::new(), Vec::new());
+        let mut sds = |c: Chunk<'_>| -> Result<Vec<usize>> {
+            let after = losses_at(model, c.eps, c.x, c.y)?;
+            let r: Vec<f64> = after.iter().zip(&c.losses).map(|(a, b)| a - b).collect();
+            let idx = select(&r, p);
+            if idx.is_empty() {
+                return Err(bad(format!(
+                    "ESAM selected no sample of chunk {}: its {p} largest loss rises tie (rises {r:?}; rho = 0?)",
+                    c.index
+                )));
+            }
+            selected.push(idx.clone());
+            rises.push(Some(r));
+            Ok(idx)
+        };
         let out = rollback_on_error(model, || {
-            let r = if select_data {
-                selecting(model, bn_batch, decay, x, y, m, chunks, s.gamma, |p, g| {
-                    perturbation_along(p, &masked(g, &kept, &names)?, sam, rho, 1e-12)
-                })?
-            } else {
-                let r = sam_chunks(
-                    model,
-                    sam,
-                    bn_batch,
-                    decay,
-                    x,
-                    y,
-                    |p, g| perturbation_along(p, &masked(g, &kept, &names)?, sam, rho, 1e-12),
-                    |_, gs| Ok((gs, None)),
-                )?;
-                Passes {
-                    loss: r.loss,
-                    correct: r.correct,
-                    perturbed_correct: r.perturbed_correct,
-                    grads: r.perturbed,
-                    selected: vec![(0..m).collect(); chunks],
-                    rises: vec![None; chunks],
-                    n_selected: n,
-                }
-            };
-            update(model, opt, &r.grads, lr)?;
-            let out = StepOutput {
-                method: Method::Esam,
-                loss: r.loss,
-                correct: r.correct,
-                perturbed_correct: Some(r.perturbed_correct),
-                samples: n,
-                passes: 1.0 + r.n_selected as f64 / n as f64,
-            };
-            result = Some((r.selected, r.rises));
-            Ok(out)
+            let r = sam_chunks(
+                model,
+                sam,
+                bn_batch,
+                loss_decay(opt),
+                x,
+                y,
+                |p, g| perturbation_along(p, &masked(g, &kept, &names)?, sam, rho, 1e-12),
+                select_data.then_some(&mut sds),
+                |_, gs| Ok((gs, None)),
+            )?;
+            update(model, opt, &r.perturbed, lr)?;
+            Ok(sam_output(Method::Esam, &r, n))
         })?;
-        let (selected, rises) = result.expect("set on success");
+        if !select_data {
+            let chunks = n / m;
+            selected = vec![(0..m).collect(); chunks];
+            rises = vec![None; chunks];
+        }
         self.selected = selected;
         self.rises = rises;
         self.steps += 1;
@@ -439,82 +376,4 @@ impl StepKind for Esam {
         };
         Ok(())
     }
-}
-
-/// Steps 2-5 of the module docs with SDS on (`gamma < 0.99`), per chunk of
-/// `m`: the running statistics as SAM's chunk loop leaves them (chunks in
-/// turn, or with ghost batches each from the step's start and their mean
-/// kept), the weights as they were.
-#[allow(clippy::too_many_arguments)]
-fn selecting(
-    model: &Model,
-    bn_batch: Option<usize>,
-    decay: Option<f64>,
-    x: &Tensor,
-    y: &Tensor,
-    m: usize,
-    chunks: usize,
-    gamma: f64,
-    perturb: impl Fn(&samlab_models::ParamStore, &Grads) -> Result<Grads>,
-) -> Result<Passes> {
-    let p = position(gamma, m);
-    let start = bn_batch
-        .map(|_| model.params.snapshot_buffers())
-        .transpose()?;
-    let mut running: Vec<Vec<Tensor>> = Vec::new();
-    let (mut loss, mut correct, mut perturbed_correct, mut n_selected) = (0f64, 0usize, 0usize, 0);
-    let mut total: Option<Grads> = None;
-    let (mut selected, mut all_rises) = (Vec::new(), Vec::new());
-    for c in 0..chunks {
-        let (xc, yc) = part(x, y, c, m)?;
-        if let Some(start) = &start {
-            model.params.restore_buffers(start)?;
-        }
-        let (l, k, before, g) = first_pass(model, &xc, &yc)?;
-        if start.is_some() {
-            running.push(model.params.snapshot_buffers()?);
-        }
-        loss += l / chunks as f64;
-        correct += k;
-        let g = match decay {
-            Some(wd) => with_decay(&model.params, g, wd, None)?,
-            None => g,
-        };
-        let eps = perturb(&model.params, &g)?;
-        let after = losses_at(model, &eps, &xc, &yc)?;
-        let rises: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
-        let idx = select(&rises, p);
-        if idx.is_empty() {
-            return Err(bad(format!(
-                "ESAM selected no sample of chunk {c}: its {p} largest loss rises tie (rises {rises:?}; rho = 0?)"
-            )));
-        }
-        let ids = Tensor::new(
-            idx.iter().map(|&i| i as u32).collect::<Vec<_>>(),
-            xc.device(),
-        )?;
-        let (xs, ys) = (xc.index_select(&ids, 0)?, yc.index_select(&ids, 0)?);
-        let (k2, gs) = perturbed_grads(model, &eps, &xs, &ys, None)?;
-        let gs = match decay {
-            Some(wd) => with_decay(&model.params, gs, wd, Some(&eps))?,
-            None => gs,
-        };
-        perturbed_correct += k2;
-        n_selected += idx.len();
-        total = Some(add_grads(total, gs)?);
-        selected.push(idx);
-        all_rises.push(Some(rises));
-    }
-    if !running.is_empty() {
-        model.params.restore_buffers(&mean_buffers(&running)?)?;
-    }
-    Ok(Passes {
-        loss,
-        correct,
-        perturbed_correct,
-        grads: mean_grads(total.expect("at least one chunk"), chunks)?,
-        selected,
-        rises: all_rises,
-        n_selected,
-    })
 }

@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Method, StepCtx, StepKind, StepOutput};
 use crate::error::{Result, bad};
-use crate::sam::{loss_decay, perturbation_along, rollback_on_error, sam_chunks, update};
+use crate::sam::perturbation_along;
 use crate::sgd::Grads;
 
 /// F-SAM's own settings (rho and chunks come from SAM's settings).
@@ -99,58 +99,34 @@ impl StepKind for Fsam {
 
     fn step(&mut self, s: &FsamSettings, c: StepCtx<'_>) -> Result<StepOutput> {
         Self::check(s)?;
-        c.sam.check()?;
-        let StepCtx {
-            model,
-            opt,
-            sam,
-            bn_batch,
-            x,
-            y,
-            lr,
-        } = c;
-        let m = self.m.as_ref();
-        let mut next = None;
-        let out = rollback_on_error(model, || {
-            let r = sam_chunks(
-                model,
-                sam,
-                bn_batch,
-                loss_decay(opt),
-                x,
-                y,
-                |params, g| match m {
-                    None => perturbation_along(params, g, sam, sam.rho, 1e-12),
-                    Some(m) => {
-                        let d: Grads = g
-                            .iter()
-                            .map(|(k, t)| Ok((k.clone(), (t - (&m[k] * s.sigma)?)?)))
-                            .collect::<Result<_>>()?;
-                        perturbation_along(params, &d, sam, sam.rho, 1e-12)
-                    }
-                },
-                |g, gs| Ok((gs, Some(g))),
-            )?;
-            let gbar = r.clean.expect("kept");
-            let new_m = match m {
-                None => gbar,
-                Some(m) => gbar
-                    .iter()
-                    .map(|(k, g)| Ok((k.clone(), ((&m[k] * s.lambda)? + (g * (1.0 - s.lambda))?)?)))
-                    .collect::<Result<_>>()?,
-            };
-            update(model, opt, &r.perturbed, lr)?;
-            next = Some(new_m);
-            Ok(StepOutput {
-                method: Method::Fsam,
-                loss: r.loss,
-                correct: r.correct,
-                perturbed_correct: Some(r.perturbed_correct),
-                samples: y.dim(0)?,
-                passes: 2.0,
-            })
-        })?;
-        self.m = next;
+        let (sam, m) = (c.sam, self.m.as_ref());
+        let (out, next) = c.sam_update(
+            Method::Fsam,
+            |params, g| match m {
+                None => perturbation_along(params, g, sam, sam.rho, 1e-12),
+                Some(m) => {
+                    let d: Grads = g
+                        .iter()
+                        .map(|(k, t)| Ok((k.clone(), (t - (&m[k] * s.sigma)?)?)))
+                        .collect::<Result<_>>()?;
+                    perturbation_along(params, &d, sam, sam.rho, 1e-12)
+                }
+            },
+            |g, gs| Ok((gs, Some(g))),
+            |r| {
+                let gbar = r.clean.as_ref().expect("kept");
+                match m {
+                    None => Ok(gbar.clone()),
+                    Some(m) => gbar
+                        .iter()
+                        .map(|(k, g)| {
+                            Ok((k.clone(), ((&m[k] * s.lambda)? + (g * (1.0 - s.lambda))?)?))
+                        })
+                        .collect::<Result<_>>(),
+                }
+            },
+        )?;
+        self.m = Some(next);
         Ok(out)
     }
 

@@ -40,7 +40,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Method, StepCtx, StepKind, StepOutput, dot};
 use crate::error::{Result, bad};
-use crate::sam::{loss_decay, perturbation, rollback_on_error, sam_chunks, update};
+use crate::sam::perturbation;
 use crate::sgd::Grads;
 
 /// GSAM's own settings (rho and its schedule come from SAM's settings).
@@ -98,36 +98,13 @@ impl StepKind for Gsam {
 
     fn step(&mut self, s: &GsamSettings, c: StepCtx<'_>) -> Result<StepOutput> {
         Self::check(s)?;
-        c.sam.check()?;
-        let StepCtx {
-            model,
-            opt,
-            sam,
-            bn_batch,
-            x,
-            y,
-            lr,
-        } = c;
-        rollback_on_error(model, || {
-            let r = sam_chunks(
-                model,
-                sam,
-                bn_batch,
-                loss_decay(opt),
-                x,
-                y,
-                |params, g| perturbation(params, g, sam),
-                |g, gp| Ok((direction(&g, &gp, s.alpha)?, None)),
-            )?;
-            update(model, opt, &r.perturbed, lr)?;
-            Ok(StepOutput {
-                method: Method::Gsam,
-                loss: r.loss,
-                correct: r.correct,
-                perturbed_correct: Some(r.perturbed_correct),
-                samples: y.dim(0)?,
-                passes: 2.0,
-            })
-        })
+        let sam = c.sam;
+        let (out, ()) = c.sam_update(
+            Method::Gsam,
+            |params, g| perturbation(params, g, sam),
+            |g, gp| Ok((direction(&g, &gp, s.alpha)?, None)),
+            |_| Ok(()),
+        )?;
+        Ok(out)
     }
 }

@@ -24,9 +24,9 @@
 //! running statistics are what SAM's first passes leave. Cost: two passes a
 //! step, as SAM. Settings: none of its own. State: none.
 
-use super::{Method, NoSettings, StepCtx, StepKind, StepOutput, dot};
+use super::{Method, NoSettings, StepCtx, StepKind, StepOutput, dot, sam_output};
 use crate::error::{Result, bad};
-use crate::sam::{Clean, loss_decay, rollback_on_error, sam_gradient, update};
+use crate::sam::{loss_decay, rollback_on_error, sam_gradient, update};
 
 #[derive(Debug, Default)]
 pub struct LengthMatched;
@@ -45,8 +45,8 @@ impl StepKind for LengthMatched {
         let opt = c.opt;
         let (sam, bn_batch) = (c.sam, c.bn_batch);
         rollback_on_error(model, || {
-            let r = sam_gradient(model, sam, bn_batch, loss_decay(opt), x, y, Clean::Keep)?;
-            let clean = r.clean.expect("Clean::Keep keeps the clean gradient");
+            let mut r = sam_gradient(model, sam, bn_batch, loss_decay(opt), x, y)?;
+            let clean = r.clean.take().expect("sam_gradient keeps it");
             let (n2, n) = (
                 dot(&r.perturbed, &r.perturbed)?.sqrt(),
                 dot(&clean, &clean)?.sqrt(),
@@ -68,15 +68,8 @@ impl StepKind for LengthMatched {
                     .collect::<Result<_>>()?
             };
             update(model, opt, &dir, lr)?;
-            Ok(StepOutput {
-                method: Method::LengthMatchedSgd,
-                loss: r.loss,
-                correct: r.correct,
-                perturbed_correct: Some(r.perturbed_correct),
-                samples: y.dim(0)?,
-                // Two passes over the batch, as SAM.
-                passes: 2.0,
-            })
+            // Two passes over the batch, as SAM.
+            Ok(sam_output(Method::LengthMatchedSgd, &r, y.dim(0)?))
         })
     }
 }

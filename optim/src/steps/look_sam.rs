@@ -29,14 +29,12 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::{Method, StepCtx, StepKind, StepOutput, counter_tensor, read_counter};
+use super::{Method, StepCtx, StepKind, StepOutput, counter_tensor, dot, read_counter};
 use crate::error::{Result, bad};
-use crate::sam::{
-    Clean, ghost_pass, loss_decay, rollback_on_error, sam_gradient, update, with_decay,
-};
+use crate::sam::{ghost_pass, loss_decay, perturbation, rollback_on_error, update, with_decay};
 use crate::sgd::Grads;
 
 /// LookSAM's own settings (SAM's rho and chunks come from SAM's settings).
@@ -74,21 +72,6 @@ impl LookSam {
     }
 }
 
-/// `sum_i <a_i, b_i>` over the tensors of `a`, in f64, in name order.
-fn dot(a: &Grads, b: &Grads) -> Result<f64> {
-    let mut s = 0f64;
-    for (name, t) in a {
-        let u = b
-            .get(name)
-            .ok_or_else(|| bad(format!("no stored direction for `{name}`")))?;
-        s += (t * u)?
-            .sum_all()?
-            .to_dtype(DType::F64)?
-            .to_scalar::<f64>()?;
-    }
-    Ok(s)
-}
-
 /// `a + c b` by name.
 fn axpy(a: &Grads, c: f64, b: &Grads) -> Result<Grads> {
     a.iter()
@@ -119,71 +102,59 @@ impl StepKind for LookSam {
 
     fn step(&mut self, s: &LookSamSettings, c: StepCtx<'_>) -> Result<StepOutput> {
         Self::check(s)?;
-        c.sam.check()?;
-        let StepCtx {
-            model,
-            opt,
-            sam,
-            bn_batch,
-            x,
-            y,
-            lr,
-        } = c;
-        let decay = loss_decay(opt);
         let stored = self
             .g_v
             .as_ref()
             .filter(|_| !self.steps.is_multiple_of(s.k));
-        let (out, g_v) = rollback_on_error_with(model, || match stored {
+        let out = match stored {
             None => {
-                let r = sam_gradient(model, sam, bn_batch, decay, x, y, Clean::Keep)?;
-                let g = r.clean.expect("kept");
-                let gg = dot(&g, &g)?;
-                let coef = if gg > 0.0 {
-                    dot(&g, &r.perturbed)? / gg
-                } else {
-                    0.0
-                };
-                let g_v = axpy(&r.perturbed, -coef, &g)?;
-                update(model, opt, &r.perturbed, lr)?;
-                let out = StepOutput {
-                    method: Method::LookSam,
-                    loss: r.loss,
-                    correct: r.correct,
-                    perturbed_correct: Some(r.perturbed_correct),
-                    samples: y.dim(0)?,
-                    passes: 2.0,
-                };
-                Ok((out, Some(g_v)))
+                let sam = c.sam;
+                let (out, g_v) = c.sam_update(
+                    Method::LookSam,
+                    |params, g| perturbation(params, g, sam),
+                    |g, gs| Ok((gs, Some(g))),
+                    |r| {
+                        let g = r.clean.as_ref().expect("kept");
+                        let gg = dot(g, g)?;
+                        let coef = if gg > 0.0 {
+                            dot(g, &r.perturbed)? / gg
+                        } else {
+                            0.0
+                        };
+                        axpy(&r.perturbed, -coef, g)
+                    },
+                )?;
+                self.g_v = Some(g_v);
+                out
             }
             Some(g_v) => {
-                let (loss, correct, g) = ghost_pass(model, x, y, bn_batch)?;
-                let g = match decay {
-                    Some(wd) => with_decay(&model.params, g, wd, None)?,
-                    None => g,
-                };
-                let vv = dot(g_v, g_v)?;
-                let scale = if vv > 0.0 {
-                    s.alpha * dot(&g, &g)?.sqrt() / vv.sqrt()
-                } else {
-                    0.0
-                };
-                update(model, opt, &axpy(&g, scale, g_v)?, lr)?;
-                let out = StepOutput {
-                    method: Method::LookSam,
-                    loss,
-                    correct,
-                    perturbed_correct: None,
-                    samples: y.dim(0)?,
-                    passes: 1.0,
-                };
-                Ok((out, None))
+                c.sam.check()?;
+                let (model, x, y) = (c.model, c.x, c.y);
+                rollback_on_error(model, || {
+                    let (loss, correct, g) = ghost_pass(model, x, y, c.bn_batch)?;
+                    let g = match loss_decay(c.opt) {
+                        Some(wd) => with_decay(&model.params, g, wd, None)?,
+                        None => g,
+                    };
+                    let vv = dot(g_v, g_v)?;
+                    let scale = if vv > 0.0 {
+                        s.alpha * dot(&g, &g)?.sqrt() / vv.sqrt()
+                    } else {
+                        0.0
+                    };
+                    update(model, c.opt, &axpy(&g, scale, g_v)?, c.lr)?;
+                    Ok(StepOutput {
+                        method: Method::LookSam,
+                        loss,
+                        correct,
+                        perturbed_correct: None,
+                        samples: y.dim(0)?,
+                        passes: 1.0,
+                    })
+                })?
             }
-        })?;
+        };
         self.steps += 1;
-        if g_v.is_some() {
-            self.g_v = g_v;
-        }
         Ok(out)
     }
 
@@ -218,18 +189,4 @@ impl StepKind for LookSam {
         self.g_v = (!g_v.is_empty()).then_some(g_v);
         Ok(())
     }
-}
-
-/// [`rollback_on_error`] for a step that also returns what to store.
-fn rollback_on_error_with<T>(
-    model: &samlab_models::Model,
-    step: impl FnOnce() -> Result<(StepOutput, T)>,
-) -> Result<(StepOutput, T)> {
-    let mut kept = None;
-    let out = rollback_on_error(model, || {
-        let (out, t) = step()?;
-        kept = Some(t);
-        Ok(out)
-    })?;
-    Ok((out, kept.expect("set on success")))
 }

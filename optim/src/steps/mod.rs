@@ -29,8 +29,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind, Result, bad};
-use crate::sam::SamConfig;
-use crate::sgd::Sgd;
+use crate::sam::{SamConfig, SamGradient, loss_decay, rollback_on_error, sam_chunks, update};
+use crate::sgd::{Grads, Sgd};
 
 pub mod esam;
 pub mod fsam;
@@ -114,6 +114,57 @@ impl StepCtx<'_> {
             bn_batch: self.bn_batch,
             batch: Some(self.y.dim(0)?),
         })
+    }
+}
+
+impl StepCtx<'_> {
+    /// A SAM-type step, what SAM, GSAM, F-SAM and LookSAM's SAM steps
+    /// share: SAM's settings checked, then, as one step that changes
+    /// nothing if it fails ([`rollback_on_error`]), SAM's chunk loop on the
+    /// batch with the kind's `perturb` and `combine` ([`sam_chunks`]),
+    /// `keep` on its result (what the kind stores) and the base optimiser's
+    /// update with the chunks' mean direction. Returns what the step did
+    /// ([`sam_output`]) and what `keep` gave.
+    pub(crate) fn sam_update<T>(
+        self,
+        method: Method,
+        perturb: impl FnMut(&samlab_models::ParamStore, &Grads) -> Result<Grads>,
+        combine: impl FnMut(Grads, Grads) -> Result<(Grads, Option<Grads>)>,
+        keep: impl FnOnce(&SamGradient) -> Result<T>,
+    ) -> Result<(StepOutput, T)> {
+        self.sam.check()?;
+        rollback_on_error(self.model, || {
+            let (model, x, y) = (self.model, self.x, self.y);
+            let decay = loss_decay(self.opt);
+            let r = sam_chunks(
+                model,
+                self.sam,
+                self.bn_batch,
+                decay,
+                x,
+                y,
+                perturb,
+                None,
+                combine,
+            )?;
+            let kept = keep(&r)?;
+            update(model, self.opt, &r.perturbed, self.lr)?;
+            Ok((sam_output(method, &r, y.dim(0)?), kept))
+        })
+    }
+}
+
+/// What a step of kind `method` on a batch of `samples` did whose passes
+/// were `r`'s: the first pass over the batch plus the second passes over
+/// the samples they covered (two passes where they covered the batch).
+pub(crate) fn sam_output(method: Method, r: &SamGradient, samples: usize) -> StepOutput {
+    StepOutput {
+        method,
+        loss: r.loss,
+        correct: r.correct,
+        perturbed_correct: Some(r.perturbed_correct),
+        samples,
+        passes: 1.0 + r.second_samples as f64 / samples as f64,
     }
 }
 

@@ -6,7 +6,7 @@ use samlab_models::Model;
 
 use super::{Method, NoSettings, StepCtx, StepKind, StepOutput, StepSettings};
 use crate::error::Result;
-use crate::sam::{Clean, SamConfig, loss_decay, rollback_on_error, sam_gradient, update};
+use crate::sam::{SamConfig, perturbation};
 use crate::sgd::Sgd;
 
 #[derive(Debug, Default)]
@@ -21,11 +21,14 @@ impl StepKind for SamKind {
     }
 
     fn step(&mut self, _: &NoSettings, c: StepCtx<'_>) -> Result<StepOutput> {
-        let settings = StepSettings {
-            sam: c.sam,
-            bn_batch: c.bn_batch,
-        };
-        sam_step_with(c.model, c.opt, &settings, c.x, c.y, c.lr)
+        let sam = c.sam;
+        let (out, ()) = c.sam_update(
+            Method::Sam,
+            |params, g| perturbation(params, g, sam),
+            |_, g2| Ok((g2, None)),
+            |_| Ok(()),
+        )?;
+        Ok(out)
     }
 }
 
@@ -55,30 +58,14 @@ pub fn sam_step_with(
     y: &Tensor,
     lr: f64,
 ) -> Result<StepOutput> {
-    settings.sam.check()?;
-    rollback_on_error(model, || {
-        sam_update(model, opt, settings.sam, settings.bn_batch, x, y, lr)
-    })
-}
-
-fn sam_update(
-    model: &Model,
-    opt: &mut Sgd,
-    cfg: &SamConfig,
-    bn_batch: Option<usize>,
-    x: &Tensor,
-    y: &Tensor,
-    lr: f64,
-) -> Result<StepOutput> {
-    let r = sam_gradient(model, cfg, bn_batch, loss_decay(opt), x, y, Clean::Drop)?;
-    update(model, opt, &r.perturbed, lr)?;
-    Ok(StepOutput {
-        method: Method::Sam,
-        loss: r.loss,
-        correct: r.correct,
-        perturbed_correct: Some(r.perturbed_correct),
-        samples: y.dim(0)?,
-        // Two passes over the batch.
-        passes: 2.0,
-    })
+    let c = StepCtx {
+        model,
+        opt,
+        sam: settings.sam,
+        bn_batch: settings.bn_batch,
+        x,
+        y,
+        lr,
+    };
+    SamKind.step(&NoSettings {}, c)
 }
