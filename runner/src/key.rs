@@ -462,6 +462,26 @@ mod pinned {
         },
     )"#;
 
+    /// `STUDY` with `extra` stages before its `dist`, planned on a
+    /// 50,000-image dataset: each stage's plan by its display name.
+    fn planned_with(extra: &str, file: &str) -> impl Fn(&str) -> crate::plan::Planned {
+        let text = STUDY.replace(
+            r#""dist": Distance"#,
+            &format!("{extra}\n            \"dist\": Distance"),
+        );
+        let study = crate::study::parse(&text, std::path::Path::new(file)).unwrap();
+        let info = DataInfo {
+            fingerprint: "f".repeat(64),
+            train_len: 50_000,
+            test_len: 10_000,
+        };
+        let planned = plan(&study, Some(&info), None).unwrap();
+        move |n: &str| {
+            let i = study.stages.iter().position(|s| s.display() == n).unwrap();
+            planned[i].clone()
+        }
+    }
+
     fn keys() -> Vec<(String, String, Vec<String>)> {
         let study = crate::study::parse(STUDY, std::path::Path::new("pinned.ron")).unwrap();
         let info = DataInfo {
@@ -565,25 +585,15 @@ mod pinned {
     /// f32 one), in Train and in Escape.
     #[test]
     fn bf16_splits_keys_and_f32_written_out_does_not() {
-        let study = STUDY
-            .replace(
-                r#""dist": Distance"#,
-                r#""sgd-f32": Train(extends: "recipe", precision: F32),
+        let get = planned_with(
+            r#""sgd-f32": Train(extends: "recipe", precision: F32),
             "sgd-bf16": Train(extends: "recipe", precision: Bf16),
             "escape-bf16": Escape(of: "sgd", method: Sgd, lr: 0.03, batch: 50, probe: 100, max_steps: 20,
-                precision: Bf16),
-            "dist": Distance"#,
-            );
-        let study = crate::study::parse(&study, std::path::Path::new("bf16.ron")).unwrap();
-        let info = DataInfo {
-            fingerprint: "f".repeat(64),
-            train_len: 50_000,
-            test_len: 10_000,
-        };
-        let planned = plan(&study, Some(&info), None).unwrap();
+                precision: Bf16),"#,
+            "bf16.ron",
+        );
         let by_name = |n: &str| {
-            let i = study.stages.iter().position(|s| s.display() == n).unwrap();
-            let p = &planned[i];
+            let p = get(n);
             (
                 p.key.clone().unwrap(),
                 p.prefix.as_ref().map(|pp| pp.keys.clone()),
@@ -603,25 +613,13 @@ mod pinned {
     /// fork at the same epoch share nothing after it.
     #[test]
     fn a_reshuffle_counts_in_prefixes_from_its_epoch() {
-        let study = STUDY.replace(
-            r#""dist": Distance"#,
+        let get = planned_with(
             r#""fork2": Train(extends: "recipe", reshuffle: (epoch: 2, seed: 7)),
             "fork3": Train(extends: "recipe", reshuffle: (epoch: 3, seed: 7)),
             "fork2b": Train(extends: "recipe", reshuffle: (epoch: 2, seed: 8)),
-            "grid": Train(extends: "recipe", reshuffle: (epoch: 1, seed: 7), grid: {"reshuffle.epoch": [2]}),
-            "dist": Distance"#,
+            "grid": Train(extends: "recipe", reshuffle: (epoch: 1, seed: 7), grid: {"reshuffle.epoch": [2]}),"#,
+            "fork.ron",
         );
-        let study = crate::study::parse(&study, std::path::Path::new("fork.ron")).unwrap();
-        let info = DataInfo {
-            fingerprint: "f".repeat(64),
-            train_len: 50_000,
-            test_len: 10_000,
-        };
-        let planned = plan(&study, Some(&info), None).unwrap();
-        let get = |n: &str| {
-            let i = study.stages.iter().position(|s| s.display() == n).unwrap();
-            planned[i].clone()
-        };
         let key = |n: &str| get(n).key.unwrap();
         let pp = |n: &str| get(n).prefix.unwrap();
         assert_ne!(key("sgd"), key("fork2"));
@@ -654,8 +652,7 @@ mod pinned {
     /// the short names are aliases of the same paths: equal keys.
     #[test]
     fn grid_paths_are_the_stages_written_out() {
-        let study = STUDY.replace(
-            r#""dist": Distance"#,
+        let get = planned_with(
             r#""rho-path": Train(extends: "recipe", method: Always(Sam), grid: {"sam.rho": [0.2]}),
             "rho-alias": Train(extends: "recipe", method: Always(Sam), grid: {"rho": [0.2]}),
             "rho-set": Train(extends: "recipe", method: Always(Sam), sam: (rho: 0.2)),
@@ -669,20 +666,10 @@ mod pinned {
             "esc-path": Escape(of: "sgd", method: Sam, lr: 0.03, batch: 50, probe: 100, max_steps: 20,
                 grid: {"sam.chunk": [25]}),
             "esc-set": Escape(of: "sgd", method: Sam, lr: 0.03, batch: 50, probe: 100, max_steps: 20,
-                sam: (chunk: 25)),
-            "dist": Distance"#,
+                sam: (chunk: 25)),"#,
+            "paths.ron",
         );
-        let study = crate::study::parse(&study, std::path::Path::new("paths.ron")).unwrap();
-        let info = DataInfo {
-            fingerprint: "f".repeat(64),
-            train_len: 50_000,
-            test_len: 10_000,
-        };
-        let planned = plan(&study, Some(&info), None).unwrap();
-        let key = |n: &str| {
-            let i = study.stages.iter().position(|s| s.display() == n).unwrap();
-            planned[i].key.clone().unwrap()
-        };
+        let key = |n: &str| get(n).key.unwrap();
         assert_eq!(key("rho-path[sam.rho=0.2]"), key("rho-set"));
         assert_eq!(key("rho-alias[rho=0.2]"), key("rho-set"));
         assert_eq!(key("wd-path[optimizer.weight_decay=0.001]"), key("wd-set"));
@@ -694,8 +681,7 @@ mod pinned {
 
     #[test]
     fn step_kind_settings_enter_keys_where_the_kind_runs() {
-        let study = STUDY.replace(
-            r#""dist": Distance"#,
+        let get = planned_with(
             r#""look": Train(extends: "recipe", method: Always(LookSam)),
             "look-k5": Train(extends: "recipe", method: Always(LookSam), kinds: (look_sam: (k: 5))),
             "look-k3": Train(extends: "recipe", method: Always(LookSam), kinds: (look_sam: (k: 3))),
@@ -718,20 +704,9 @@ mod pinned {
             "escape-look": Escape(of: "sgd", method: LookSam, lr: 0.03, batch: 50, probe: 100, max_steps: 20,
                 kinds: (look_sam: (k: 2))),
             "escape-sgd-k2": Escape(of: "sgd", method: Sgd, lr: 0.03, batch: 50, probe: 100, max_steps: 20,
-                kinds: (look_sam: (k: 2))),
-            "dist": Distance"#,
+                kinds: (look_sam: (k: 2))),"#,
+            "kinds.ron",
         );
-        let study = crate::study::parse(&study, std::path::Path::new("kinds.ron")).unwrap();
-        let info = DataInfo {
-            fingerprint: "f".repeat(64),
-            train_len: 50_000,
-            test_len: 10_000,
-        };
-        let planned = plan(&study, Some(&info), None).unwrap();
-        let get = |n: &str| {
-            let i = study.stages.iter().position(|s| s.display() == n).unwrap();
-            planned[i].clone()
-        };
         let key = |n: &str| get(n).key.unwrap();
         let prefixes = |n: &str| get(n).prefix.unwrap().keys;
         assert_eq!(key("look"), key("look-k5"));
