@@ -22,8 +22,9 @@
 //! the stage's spec without `epochs` (kept when the learning rate depends on
 //! the run's length, as the cosine schedule does), without the SGD/SAM
 //! schedule and without the final evaluation, plus `k` and a digest of the
-//! method of every step before epoch `k`. Two runs share a prefix key exactly
-//! when they would compute the same first `k` epochs.
+//! method of every step before epoch `k`, and a fork's `reshuffle` (epoch,
+//! seed) from its epoch on. Two runs share a prefix key exactly when they
+//! would compute the same first `k` epochs.
 //!
 //! This module knows no stage kind: each kind gives its key spec
 //! (`Kind::plan`; Train's is `TrainSpec::key_spec` with [`schedule_json`])
@@ -617,7 +618,8 @@ mod pinned {
             r#""fork2": Train(extends: "recipe", reshuffle: (epoch: 2, seed: 7)),
             "fork3": Train(extends: "recipe", reshuffle: (epoch: 3, seed: 7)),
             "fork2b": Train(extends: "recipe", reshuffle: (epoch: 2, seed: 8)),
-            "grid": Train(extends: "recipe", reshuffle: (epoch: 1, seed: 7), grid: {"reshuffle.epoch": [2]}),"#,
+            "grid": Train(extends: "recipe", reshuffle: (epoch: 1, seed: 7), grid: {"reshuffle.epoch": [2]}),
+            "sw2": Train(extends: "recipe", method: Switch(from: Sgd, to: Sam, at: Epoch(2))),"#,
             "fork.ron",
         );
         let key = |n: &str| get(n).key.unwrap();
@@ -635,6 +637,9 @@ mod pinned {
         assert_eq!(f3.shared_epochs(&sgd), 3);
         assert_eq!(f2.shared_epochs(&f2b), 2);
         assert_eq!(f2.shared_epochs(&f2), 4);
+        let sw2 = pp("sw2");
+        assert_eq!(f2.shared_epochs(&sw2), 2);
+        assert_ne!(f2.keys[3], sw2.keys[3]);
         // The run's checkpoint where the forks part is kept.
         assert!(
             sgd.keep.contains(&2) && sgd.keep.contains(&3),

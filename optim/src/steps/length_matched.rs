@@ -25,7 +25,7 @@
 //! step, as SAM. Settings: none of its own. State: none.
 
 use super::{Method, NoSettings, StepCtx, StepKind, StepOutput, dot, sam_output};
-use crate::error::{Result, bad};
+use crate::error::{ErrorKind, Result};
 use crate::sam::{loss_decay, rollback_on_error, sam_gradient, update};
 
 #[derive(Debug, Default)]
@@ -52,9 +52,13 @@ impl StepKind for LengthMatched {
                 dot(&clean, &clean)?.sqrt(),
             );
             if !(n2.is_finite() && n.is_finite()) {
-                return Err(bad(format!(
-                    "length-matched SGD: gradient norms {n} and {n2} are not finite"
-                )));
+                // A diverged step, as a non-finite loss is (the trainer
+                // fills in the step).
+                return Err(ErrorKind::NonFinite {
+                    step: 0,
+                    loss: if n2.is_finite() { n } else { n2 },
+                }
+                .into());
             }
             // A zero clean gradient has no direction to rescale: the step
             // is SGD's (a zero step), as SAM's perturbation is zero there.

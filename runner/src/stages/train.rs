@@ -1136,7 +1136,7 @@ mod tests {
         let e = train("seed: 3, reshuffle: (epoch: 0, seed: 3)").unwrap_err();
         assert!(e.contains("reshuffle.seed (3) is the run's own seed"), "{e}");
         let e = train("reshuffle: (epoch: 0, seed: 3, at: 1)").unwrap_err();
-        assert!(e.contains("at"), "{e}");
+        assert!(e.contains("Unexpected field named `at`"), "{e}");
         let StageSpec::Train(t) = train("reshuffle: (epoch: 0, seed: 3)").unwrap() else {
             panic!()
         };
