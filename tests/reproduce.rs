@@ -155,7 +155,11 @@ fn pretrain_of_the_quick_escape_study_reproduces_its_committed_csv() {
         .collect();
     assert_eq!(planned.len(), 1, "one pretrain stage in\n{out}");
     assert!(out.contains(": 1 stages"), "only pretrain in\n{out}");
-    let short = planned[0].split_whitespace().nth(5).unwrap();
+    // The plan's key column: the one 12-digit hex word of the line.
+    let short = planned[0]
+        .split_whitespace()
+        .find(|w| w.len() == 12 && w.chars().all(|c| c.is_ascii_hexdigit()))
+        .unwrap_or_else(|| panic!("no 12-digit key in the plan line {:?}", planned[0]));
     assert_eq!(
         short,
         &committed_key[..12],
