@@ -136,6 +136,42 @@ fn bad_points_are_errors() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("period"), "{err}");
+    // A schedule resolved for a longer run is refused by a shorter one.
+    let trainer = |schedule: Resolved| {
+        Trainer::resolved(
+            SgdConfig::default(),
+            SamConfig::new(0.05),
+            LrSchedule::Cosine { lr: 0.1 },
+            schedule,
+            100,
+        )
+    };
+    let long = StepSchedule::Switch {
+        from: Method::Sgd,
+        to: Method::Sam,
+        at: Point::Fraction(0.75),
+    }
+    .resolve(T, 196)
+    .unwrap();
+    let err = trainer(long).err().unwrap().to_string();
+    assert!(err.contains("outside the run's 0..=100"), "{err}");
+    let err = trainer(Resolved::Psam {
+        period: 0,
+        until: 50,
+        with: Method::Sam,
+    })
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("period"), "{err}");
+    assert!(
+        trainer(Resolved::Switch {
+            from: Method::Sgd,
+            to: Method::Sam,
+            at: 75
+        })
+        .is_ok()
+    );
 }
 
 #[test]
