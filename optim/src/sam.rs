@@ -515,13 +515,13 @@ pub(crate) struct SamGradient {
     pub loss: f64,
     pub correct: usize,
     pub perturbed_correct: usize,
-    /// The mean of the chunks' gradients at `w + eps` (with the decay
-    /// term where the weight decay is in the loss); from [`sam_chunks`]:
-    /// the mean of the chunks' directions.
+    /// The mean of the chunks' directions, as `combine` made them (SAM's:
+    /// the gradients at `w + eps`, with the decay term where the weight
+    /// decay is in the loss): what the step updates with.
     pub perturbed: Grads,
-    /// The mean of the chunks' first-pass gradients, the same way (where
-    /// kept).
-    pub clean: Option<Grads>,
+    /// The mean of what `combine` kept beside each direction, where it
+    /// kept something (most kinds: the chunk's first-pass gradient).
+    pub kept: Option<Grads>,
     /// The samples the second passes covered (the batch, unless a
     /// selection chose fewer).
     pub second_samples: usize,
@@ -530,30 +530,6 @@ pub(crate) struct SamGradient {
 /// Weight decay in the loss of both passes (`Decay::Loss`): its rate.
 pub(crate) fn loss_decay(opt: &Sgd) -> Option<f64> {
     (opt.config.decay == Decay::Loss).then_some(opt.config.weight_decay)
-}
-
-/// SAM's gradient on (x, y), the mean first-pass gradient kept: steps 1-3
-/// of the module docs, per chunk; the weights are left as they were, the
-/// running statistics as the first passes leave them.
-pub(crate) fn sam_gradient(
-    model: &Model,
-    cfg: &SamConfig,
-    bn_batch: Option<usize>,
-    loss_decay: Option<f64>,
-    x: &Tensor,
-    y: &Tensor,
-) -> Result<SamGradient> {
-    sam_chunks(
-        model,
-        cfg,
-        bn_batch,
-        loss_decay,
-        x,
-        y,
-        |params, g| perturbation(params, g, cfg),
-        None,
-        |g, g2| Ok((g2, Some(g))),
-    )
 }
 
 /// A chunk as [`sam_chunks`] hands it to a selection, after its first pass
@@ -575,9 +551,9 @@ pub(crate) type Select<'s> = &'s mut dyn FnMut(Chunk<'_>) -> Result<Vec<usize>>;
 /// The chunk loop of a SAM-type step on (x, y) (module docs): per chunk of
 /// m samples, a first pass at `w` (gradient `g`, with the decay term where
 /// the decay is in the loss), `eps = perturb(g)`, a pass at `w + eps`
-/// (`g2`, likewise) and `combine(g, g2)`: the chunk's direction and, if
-/// kept, its clean gradient; [`SamGradient`] holds the means over the
-/// chunks. With `select`, the second pass covers only the samples it picks
+/// (`g2`, likewise) and `combine(g, g2)`: the chunk's direction and what
+/// the kind keeps beside it, if anything; [`SamGradient`] holds the means
+/// over the chunks. With `select`, the second pass covers only the samples it picks
 /// from the [`Chunk`] (one BatchNorm group: `select` needs each chunk
 /// within one ghost batch). The weights are left as they were, the running
 /// statistics as the first passes leave them.
@@ -613,7 +589,7 @@ pub(crate) fn sam_chunks(
     let (mut loss, mut correct, mut perturbed_correct) = (0f64, 0usize, 0usize);
     let mut second_samples = 0;
     let mut total: Option<Grads> = None;
-    let mut clean_total: Option<Grads> = None;
+    let mut kept_total: Option<Grads> = None;
     for c in 0..chunks {
         let (xc, yc) = part(x, y, c, m)?;
         if let Some(start) = &start {
@@ -664,7 +640,7 @@ pub(crate) fn sam_chunks(
         second_samples += ys.dim(0)?;
         let (dir, keep) = combine(g, g2)?;
         if let Some(g) = keep {
-            clean_total = Some(add_grads(clean_total, g)?);
+            kept_total = Some(add_grads(kept_total, g)?);
         }
         total = Some(add_grads(total, dir)?);
     }
@@ -676,7 +652,7 @@ pub(crate) fn sam_chunks(
         correct,
         perturbed_correct,
         perturbed: mean_grads(total.expect("at least one chunk"), chunks)?,
-        clean: clean_total.map(|g| mean_grads(g, chunks)).transpose()?,
+        kept: kept_total.map(|g| mean_grads(g, chunks)).transpose()?,
         second_samples,
     })
 }

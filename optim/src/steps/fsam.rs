@@ -114,7 +114,7 @@ impl StepKind for Fsam {
             },
             |g, gs| Ok((gs, Some(g))),
             |r| {
-                let gbar = r.clean.as_ref().expect("kept");
+                let gbar = r.kept.as_ref().expect("kept");
                 match m {
                     None => Ok(gbar.clone()),
                     Some(m) => gbar

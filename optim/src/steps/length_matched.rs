@@ -24,9 +24,9 @@
 //! running statistics are what SAM's first passes leave. Cost: two passes a
 //! step, as SAM. Settings: none of its own. State: none.
 
-use super::{Method, NoSettings, StepCtx, StepKind, StepOutput, dot, sam_output};
+use super::{Method, NoSettings, StepCtx, StepKind, StepOutput, dot};
 use crate::error::{ErrorKind, Result};
-use crate::sam::{loss_decay, rollback_on_error, sam_gradient, update};
+use crate::sam::perturbation;
 
 #[derive(Debug, Default)]
 pub struct LengthMatched;
@@ -40,40 +40,38 @@ impl StepKind for LengthMatched {
     }
 
     fn step(&mut self, _: &NoSettings, c: StepCtx<'_>) -> Result<StepOutput> {
-        c.sam.check()?;
-        let (model, x, y, lr) = (c.model, c.x, c.y, c.lr);
-        let opt = c.opt;
-        let (sam, bn_batch) = (c.sam, c.bn_batch);
-        rollback_on_error(model, || {
-            let mut r = sam_gradient(model, sam, bn_batch, loss_decay(opt), x, y)?;
-            let clean = r.clean.take().expect("sam_gradient keeps it");
-            let (n2, n) = (
-                dot(&r.perturbed, &r.perturbed)?.sqrt(),
-                dot(&clean, &clean)?.sqrt(),
-            );
-            if !(n2.is_finite() && n.is_finite()) {
-                // A diverged step, as a non-finite loss is (the trainer
-                // fills in the step).
-                return Err(ErrorKind::NonFinite {
-                    step: 0,
-                    loss: if n2.is_finite() { n } else { n2 },
+        let sam = c.sam;
+        // SAM's chunk loop with the chunks' clean gradients as the
+        // direction and their perturbed ones kept beside it; the direction
+        // is then rescaled to the perturbed gradient's norm.
+        let (out, ()) = c.sam_update(
+            Method::LengthMatchedSgd,
+            |params, g| perturbation(params, g, sam),
+            |g, g2| Ok((g, Some(g2))),
+            |r| {
+                let g2 = r.kept.as_ref().expect("kept");
+                let (n2, n) = (dot(g2, g2)?.sqrt(), dot(&r.perturbed, &r.perturbed)?.sqrt());
+                if !(n2.is_finite() && n.is_finite()) {
+                    // A diverged step, as a non-finite loss is (the
+                    // trainer fills in the step).
+                    return Err(ErrorKind::NonFinite {
+                        step: 0,
+                        loss: if n2.is_finite() { n } else { n2 },
+                    }
+                    .into());
                 }
-                .into());
-            }
-            // A zero clean gradient has no direction to rescale: the step
-            // is SGD's (a zero step), as SAM's perturbation is zero there.
-            let scale = if n > 0.0 { n2 / n } else { 1.0 };
-            let dir = if scale == 1.0 {
-                clean
-            } else {
-                clean
-                    .into_iter()
-                    .map(|(k, t)| Ok((k, t.affine(scale, 0.0)?)))
-                    .collect::<Result<_>>()?
-            };
-            update(model, opt, &dir, lr)?;
-            // Two passes over the batch, as SAM.
-            Ok(sam_output(Method::LengthMatchedSgd, &r, y.dim(0)?))
-        })
+                // A zero clean gradient has no direction to rescale: the
+                // step is SGD's (a zero step), as SAM's perturbation is
+                // zero there.
+                let scale = if n > 0.0 { n2 / n } else { 1.0 };
+                if scale != 1.0 {
+                    for t in r.perturbed.values_mut() {
+                        *t = t.affine(scale, 0.0)?;
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        Ok(out)
     }
 }

@@ -114,7 +114,7 @@ impl StepKind for LookSam {
                     |params, g| perturbation(params, g, sam),
                     |g, gs| Ok((gs, Some(g))),
                     |r| {
-                        let g = r.clean.as_ref().expect("kept");
+                        let g = r.kept.as_ref().expect("kept");
                         let gg = dot(g, g)?;
                         let coef = if gg > 0.0 {
                             dot(g, &r.perturbed)? / gg

@@ -122,21 +122,22 @@ impl StepCtx<'_> {
     /// share: SAM's settings checked, then, as one step that changes
     /// nothing if it fails ([`rollback_on_error`]), SAM's chunk loop on the
     /// batch with the kind's `perturb` and `combine` ([`sam_chunks`]),
-    /// `keep` on its result (what the kind stores) and the base optimiser's
-    /// update with the chunks' mean direction. Returns what the step did
-    /// ([`sam_output`]) and what `keep` gave.
+    /// `keep` on its result (what the kind stores; it may also rescale the
+    /// chunks' mean direction, `perturbed`) and the base optimiser's update
+    /// with that direction. Returns what the step did ([`sam_output`]) and
+    /// what `keep` gave.
     pub(crate) fn sam_update<T>(
         self,
         method: Method,
         perturb: impl FnMut(&samlab_models::ParamStore, &Grads) -> Result<Grads>,
         combine: impl FnMut(Grads, Grads) -> Result<(Grads, Option<Grads>)>,
-        keep: impl FnOnce(&SamGradient) -> Result<T>,
+        keep: impl FnOnce(&mut SamGradient) -> Result<T>,
     ) -> Result<(StepOutput, T)> {
         self.sam.check()?;
         rollback_on_error(self.model, || {
             let (model, x, y) = (self.model, self.x, self.y);
             let decay = loss_decay(self.opt);
-            let r = sam_chunks(
+            let mut r = sam_chunks(
                 model,
                 self.sam,
                 self.bn_batch,
@@ -147,7 +148,7 @@ impl StepCtx<'_> {
                 None,
                 combine,
             )?;
-            let kept = keep(&r)?;
+            let kept = keep(&mut r)?;
             update(model, self.opt, &r.perturbed, self.lr)?;
             Ok((sam_output(method, &r, y.dim(0)?), kept))
         })
