@@ -74,11 +74,11 @@ pub struct PipelineConfig {
     pub prefetch: usize,
 }
 
-/// From epoch `from_epoch` (counted from 0) on, the order and the
+/// From epoch `epoch` (counted from 0) on, the order and the
 /// augmentation are drawn from `seed` instead of the config's seed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Reshuffle {
-    pub from_epoch: u64,
+    pub epoch: u64,
     pub seed: u64,
 }
 
@@ -86,7 +86,7 @@ impl PipelineConfig {
     /// The seed that draws `epoch`'s order and augmentation.
     pub fn seed_at(&self, epoch: u64) -> u64 {
         match self.reshuffle {
-            Some(r) if epoch >= r.from_epoch => r.seed,
+            Some(r) if epoch >= r.epoch => r.seed,
             _ => self.seed,
         }
     }

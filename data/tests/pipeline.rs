@@ -69,10 +69,7 @@ fn a_reshuffle_takes_another_seed_from_its_epoch_on() {
     )
     .unwrap();
     let fork = PipelineConfig {
-        reshuffle: Some(samlab_data::Reshuffle {
-            from_epoch: 2,
-            seed: 43,
-        }),
+        reshuffle: Some(samlab_data::Reshuffle { epoch: 2, seed: 43 }),
         ..cfg
     };
     let forked = Loader::new(s, None, fork).unwrap();

@@ -179,7 +179,7 @@ pub struct PrefixParts {
     /// The schedule the methods come from, which the run takes.
     pub schedule: Resolved,
     /// A fork's (epoch, seed): the data order from that epoch on.
-    pub reshuffle: Option<(u64, u64)>,
+    pub reshuffle: Option<samlab_data::Reshuffle>,
     pub epochs: u64,
     /// Steps per epoch.
     pub spe: u64,
@@ -205,7 +205,7 @@ pub struct PrefixPlan {
     /// (`RunCtx::prefix`), so plan and run cannot disagree.
     pub schedule: Resolved,
     /// A fork's (epoch, seed), which counts from its epoch.
-    pub reshuffle: Option<(u64, u64)>,
+    pub reshuffle: Option<samlab_data::Reshuffle>,
     /// Steps per epoch.
     pub spe: u64,
 }
@@ -249,8 +249,8 @@ impl PrefixPlan {
         let mut seen = vec![false; Method::ALL.len()];
         for k in 1..=epochs {
             // A fork's seed counts from the first epoch it draws.
-            if let Some((e, seed)) = reshuffle.filter(|&(e, _)| e == k - 1) {
-                h.update(format!(":reshuffle={e},{seed}").as_bytes());
+            if let Some(r) = reshuffle.filter(|r| r.epoch == k - 1) {
+                h.update(format!(":reshuffle={},{}", r.epoch, r.seed).as_bytes());
             }
             for s in (k - 1) * spe..k * spe {
                 let m = methods[s as usize];
@@ -327,7 +327,7 @@ impl PrefixPlan {
         }
         if self.reshuffle != other.reshuffle {
             // The data order differs from the earlier fork's epoch on.
-            let at = |r: Option<(u64, u64)>| r.map_or(u64::MAX, |(e, _)| e);
+            let at = |r: Option<samlab_data::Reshuffle>| r.map_or(u64::MAX, |r| r.epoch);
             let e = at(self.reshuffle).min(at(other.reshuffle));
             d = d.min(e.saturating_mul(self.spe).min(usize::MAX as u64) as usize);
         }

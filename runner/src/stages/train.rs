@@ -137,6 +137,16 @@ pub struct Reshuffle {
     pub seed: u64,
 }
 
+/// The study's fork as the input pipeline and the prefix keys take it.
+impl From<Reshuffle> for samlab_data::Reshuffle {
+    fn from(r: Reshuffle) -> Self {
+        samlab_data::Reshuffle {
+            epoch: r.epoch,
+            seed: r.seed,
+        }
+    }
+}
+
 fn is_off(s: &Subset) -> bool {
     *s == Subset::Off
 }
@@ -414,7 +424,7 @@ impl TrainSpec {
             costs: Method::ALL.iter().map(|m| self.kinds.cost(*m)).collect(),
             methods: (0..self.epochs * spe).map(|s| resolved.method(s)).collect(),
             schedule: resolved.clone(),
-            reshuffle: self.reshuffle.map(|r| (r.epoch, r.seed)),
+            reshuffle: self.reshuffle.map(Into::into),
             epochs: self.epochs,
             spe,
         }
@@ -426,10 +436,7 @@ impl TrainSpec {
             batch: self.batch,
             seed: self.seed,
             augment: self.augment,
-            reshuffle: self.reshuffle.map(|r| samlab_data::Reshuffle {
-                from_epoch: r.epoch,
-                seed: r.seed,
-            }),
+            reshuffle: self.reshuffle.map(Into::into),
         }
     }
 }
