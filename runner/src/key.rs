@@ -174,9 +174,7 @@ pub struct PrefixParts {
     pub kinds: BTreeMap<Method, Value>,
     /// Planned cost of one step of each kind, by [`Method::index`].
     pub costs: Vec<f64>,
-    /// The method of every step of the run.
-    pub methods: Vec<Method>,
-    /// The schedule the methods come from, which the run takes.
+    /// The schedule resolved to steps: the method of every step.
     pub schedule: Resolved,
     /// A fork's (epoch, seed): the data order from that epoch on.
     pub reshuffle: Option<samlab_data::Reshuffle>,
@@ -199,8 +197,6 @@ pub struct PrefixPlan {
     pub kinds: BTreeMap<Method, String>,
     /// Planned cost of one step of each kind, by [`Method::index`].
     pub costs: Vec<f64>,
-    /// The method of every step of the run.
-    pub methods: Vec<Method>,
     /// The schedule resolved to steps, as planned: the run trains by it
     /// (`RunCtx::prefix`), so plan and run cannot disagree.
     pub schedule: Resolved,
@@ -219,7 +215,6 @@ impl PrefixPlan {
             sam,
             kinds,
             costs,
-            methods,
             schedule,
             reshuffle,
             epochs,
@@ -253,7 +248,7 @@ impl PrefixPlan {
                 h.update(format!(":reshuffle={},{}", r.epoch, r.seed).as_bytes());
             }
             for s in (k - 1) * spe..k * spe {
-                let m = methods[s as usize];
+                let m = schedule.method(s);
                 if m.uses_sam() && !sam_seen {
                     sam_seen = true;
                     h.update(b":sam=");
@@ -279,7 +274,6 @@ impl PrefixPlan {
             sam,
             kinds,
             costs,
-            methods,
             schedule,
             reshuffle,
             spe,
@@ -297,12 +291,18 @@ impl PrefixPlan {
         self.cost_from_step(from * self.spe)
     }
 
-    /// The cost of the run from step `step` (of the whole run) to its end.
+    /// Steps of the run.
+    pub fn steps(&self) -> u64 {
+        self.epochs() * self.spe
+    }
+
+    /// The cost of the run from step `step` (of the whole run) to its end:
+    /// each kind's steps there, counted in closed form, at its cost.
     pub fn cost_from_step(&self, step: u64) -> f64 {
-        let start = (step as usize).min(self.methods.len());
-        self.methods[start..]
+        let (start, end) = (step.min(self.steps()), self.steps());
+        Method::ALL
             .iter()
-            .map(|m| self.costs[m.index()])
+            .map(|m| self.schedule.count(*m, start, end) as f64 * self.costs[m.index()])
             .sum()
     }
 
@@ -311,27 +311,26 @@ impl PrefixPlan {
         if self.identity != other.identity || self.spe != other.spe || self.spe == 0 {
             return 0;
         }
-        let n = self.methods.len().min(other.methods.len());
-        let mut d = (0..n)
-            .find(|&i| self.methods[i] != other.methods[i])
-            .unwrap_or(n);
+        let (a, b) = (&self.schedule, &other.schedule);
+        let n = self.steps().min(other.steps());
+        let mut d = (0..n).find(|&i| a.method(i) != b.method(i)).unwrap_or(n);
         if self.sam != other.sam {
             // Same methods up to d: the first step that uses the SAM
             // settings (where they start to count) ends the sharing.
-            d = (0..d).find(|&i| self.methods[i].uses_sam()).unwrap_or(d);
+            d = (0..d).find(|&i| a.method(i).uses_sam()).unwrap_or(d);
         }
         for m in Method::ALL {
             if self.kinds.get(m) != other.kinds.get(m) {
-                d = (0..d).find(|&i| self.methods[i] == *m).unwrap_or(d);
+                d = (0..d).find(|&i| a.method(i) == *m).unwrap_or(d);
             }
         }
         if self.reshuffle != other.reshuffle {
             // The data order differs from the earlier fork's epoch on.
             let at = |r: Option<samlab_data::Reshuffle>| r.map_or(u64::MAX, |r| r.epoch);
             let e = at(self.reshuffle).min(at(other.reshuffle));
-            d = d.min(e.saturating_mul(self.spe).min(usize::MAX as u64) as usize);
+            d = d.min(e.saturating_mul(self.spe));
         }
-        d as u64 / self.spe
+        d / self.spe
     }
 }
 

@@ -422,7 +422,6 @@ impl TrainSpec {
             sam,
             kinds: non_default_kinds(&self.kinds),
             costs: Method::ALL.iter().map(|m| self.kinds.cost(*m)).collect(),
-            methods: (0..self.epochs * spe).map(|s| resolved.method(s)).collect(),
             schedule: resolved.clone(),
             reshuffle: self.reshuffle.map(Into::into),
             epochs: self.epochs,
