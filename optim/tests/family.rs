@@ -190,19 +190,12 @@ fn fsam_with_sigma_0_is_sam_bit_for_bit() {
 
 #[test]
 fn msam_with_rho_0_is_sgd_bit_for_bit() {
-    let sgd = |c: StepCtx<'_>| {
-        let settings = StepSettings {
-            sam: c.sam,
-            bn_batch: c.bn_batch,
-        };
-        sgd_step_with(c.model, c.opt, &settings, c.x, c.y, c.lr).unwrap()
-    };
     for (bn, decay) in [
         (None, Decay::Update),
         (Some(4), Decay::Update),
         (None, Decay::Loss),
     ] {
-        same_bits(&SamConfig::new(0.0), bn, decay, sgd, |c| {
+        same_bits(&SamConfig::new(0.0), bn, decay, sgd_kind, |c| {
             Msam.step(&NoSettings {}, c).unwrap()
         });
     }
@@ -829,34 +822,12 @@ fn length_matched_sgd_with_rho_0_is_sgd_bit_for_bit() {
         (Some(4), Decay::Update),
         (None, Decay::Loss),
     ] {
-        let (ma, mb) = (resnet8(), resnet8());
-        let sgd = || {
-            Sgd::new(SgdConfig {
-                decay,
-                ..SgdConfig::default()
-            })
-            .unwrap()
-        };
-        let (mut oa, mut ob) = (sgd(), sgd());
-        let cfg = SamConfig::new(0.0);
-        for k in 0..3 {
-            let (x, y) = batch(k);
-            let c = ctx(&ma, &mut oa, &cfg, bn, &x, &y);
-            let settings = StepSettings {
-                sam: c.sam,
-                bn_batch: c.bn_batch,
-            };
-            let a = sgd_step_with(c.model, c.opt, &settings, c.x, c.y, c.lr).unwrap();
-            let b = LengthMatched
-                .step(&NoSettings {}, ctx(&mb, &mut ob, &cfg, bn, &x, &y))
-                .unwrap();
-            assert_eq!(a.loss.to_bits(), b.loss.to_bits(), "loss of step {k}");
-            assert_eq!((a.passes, b.passes), (1.0, 2.0));
+        let steps = same_state(&SamConfig::new(0.0), bn, decay, sgd_kind, |c| {
+            LengthMatched.step(&NoSettings {}, c).unwrap()
+        });
+        for (a, b) in steps {
+            assert_eq!((a.passes, b.passes), (1.0, 2.0), "{bn:?} {decay:?}");
         }
-        assert!(
-            state_bits(&ma, &oa) == state_bits(&mb, &ob),
-            "{bn:?} {decay:?}: not SGD's bits"
-        );
     }
 }
 

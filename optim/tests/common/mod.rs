@@ -103,6 +103,15 @@ pub fn bn_batch(case: &Value) -> Option<usize> {
     case["bn_batch"].as_u64().map(|b| b as usize)
 }
 
+/// SGD's step as a kind's: `sgd_step_with` on the context's settings.
+pub fn sgd_kind(c: StepCtx<'_>) -> StepOutput {
+    let settings = StepSettings {
+        sam: c.sam,
+        bn_batch: c.bn_batch,
+    };
+    sgd_step_with(c.model, c.opt, &settings, c.x, c.y, c.lr).unwrap()
+}
+
 /// SAM's step as a kind's: `sam_step_with` on the context's settings.
 pub fn sam(c: StepCtx<'_>) -> StepOutput {
     let settings = StepSettings {
@@ -120,9 +129,25 @@ pub fn same_bits(
     cfg: &SamConfig,
     bn: Option<usize>,
     decay: Decay,
+    a: impl FnMut(StepCtx<'_>) -> StepOutput,
+    b: impl FnMut(StepCtx<'_>) -> StepOutput,
+) {
+    for (k, (sa, sb)) in same_state(cfg, bn, decay, a, b).iter().enumerate() {
+        assert_eq!(sa.passes, sb.passes, "passes of step {k}");
+    }
+}
+
+/// [`same_bits`] but for the passes, which may differ (a kind that spends
+/// more passes on the same update): each step's loss bits and every bit
+/// of the state after the last are the same; the steps' outputs, `a`'s
+/// and `b`'s, are returned.
+pub fn same_state(
+    cfg: &SamConfig,
+    bn: Option<usize>,
+    decay: Decay,
     mut a: impl FnMut(StepCtx<'_>) -> StepOutput,
     mut b: impl FnMut(StepCtx<'_>) -> StepOutput,
-) {
+) -> Vec<(StepOutput, StepOutput)> {
     let (ma, mb) = (resnet8(), resnet8());
     let sgd = || {
         Sgd::new(SgdConfig {
@@ -132,17 +157,19 @@ pub fn same_bits(
         .unwrap()
     };
     let (mut oa, mut ob) = (sgd(), sgd());
+    let mut out = Vec::new();
     for k in 0..3 {
         let (x, y) = batch(k);
         let sa = a(ctx(&ma, &mut oa, cfg, bn, &x, &y));
         let sb = b(ctx(&mb, &mut ob, cfg, bn, &x, &y));
         assert_eq!(sa.loss.to_bits(), sb.loss.to_bits(), "loss of step {k}");
-        assert_eq!(sa.passes, sb.passes);
+        out.push((sa, sb));
     }
     assert!(
         state_bits(&ma, &oa) == state_bits(&mb, &ob),
         "not the same bits"
     );
+    out
 }
 
 /// batch(k % 3): the three reference batches in turn.
