@@ -236,6 +236,11 @@ fn pretrain_of_the_quick_escape_study_reproduces_its_committed_csv() {
              order; checking the key, the schedule's columns and that it fits its \
              500 images instead"
         );
+        // The bound: the committed run fits all 500 images from epoch 27 of
+        // 80 on (every later row is 1.0), so another summation order that
+        // perturbs the trajectory still ends fitted; 0.99 allows 5 images,
+        // and the im2col path (`SAMLAB_CPU_CONV=im2col`, another order on
+        // this machine) passed it when the test was written.
         let last_acc: f64 = mine["train_acc"].last().unwrap().parse().unwrap();
         let committed_acc: f64 = theirs["train_acc"].last().unwrap().parse().unwrap();
         assert_eq!(committed_acc, 1.0, "the committed run fits its images");
