@@ -586,6 +586,21 @@ fn equivalence_claims_need_a_margin() {
     assert!(e.contains("margin 0 is not a positive number"), "{e}");
     let e = err(&claim("Higher, level: 1.5"));
     assert!(e.starts_with("s.ron:10:") && e.contains("level 1.5"), "{e}");
+    // A bound other than 0 is for `Higher`/`Lower`, a positive ratio on
+    // the log scale.
+    let s = study::parse(
+        &claim("Lower, transform: LogRatio, than: 0.5"),
+        Path::new("s.ron"),
+    )
+    .unwrap();
+    assert_eq!(s.report.claims[0].than, Some(0.5));
+    let e = err(&claim("Same(margin: 0.3), than: 0.5"));
+    assert!(
+        e.starts_with("s.ron:10:") && e.contains("than: 0.5 bounds a `Higher` or `Lower`"),
+        "{e}"
+    );
+    let e = err(&claim("Lower, transform: LogRatio, than: 0"));
+    assert!(e.contains("than: 0 is not a positive ratio"), "{e}");
 }
 
 /// `at_least` and `family`: an aggregate is one claim over its cases, and

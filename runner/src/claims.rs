@@ -29,6 +29,10 @@
 //!   than n - k are refuted (not reproduced or different), inconclusive
 //!   otherwise. The line also counts the cases whose point estimates agree
 //!   (means in the claimed order: how a paper counts "7 out of 8").
+//! - `than: x` moves the bound of `Higher`/`Lower` from 0 to `x` (in the
+//!   units shown; with `LogRatio` a ratio, compared as `ln x`): the
+//!   interval, its p-value and the Holm correction test `a - b` against
+//!   `x` ("costs at most 0.5 of SAM": `Lower`, `LogRatio`, `than: 0.5`).
 //! - `transform: LogRatio` compares `ln a - ln b` (for positive measures
 //!   on a ratio scale) and shows the ratio `a / b`.
 //! - Escape steps are censored at the run's budget: with `censored:
@@ -133,6 +137,15 @@ impl Claim {
         }
     }
 
+    /// The bound of `Higher`/`Lower` on the compared scale: 0, or `than`.
+    fn bound(&self) -> f64 {
+        match (self.than, self.transform) {
+            (None, _) => 0.0,
+            (Some(t), Transform::Difference) => t / self.scale,
+            (Some(t), Transform::LogRatio) => t.ln(),
+        }
+    }
+
     /// Decides the claim from the study's rows (an `at_least` claim: see
     /// [`Claim::aggregate`]).
     pub fn decide(&self, rows: &[Row]) -> Decided {
@@ -172,16 +185,24 @@ impl Claim {
             Some(_) => Err("a value is not positive (log ratio)".into()),
             None => Err(format!("n = {}: too few seeds in both", seeds.len())),
         };
+        // `Higher`/`Lower` test the difference against their bound.
+        let bound = self.bound();
+        let against = |i: &Interval| Interval {
+            diff: i.diff - bound,
+            lo: i.lo - bound,
+            hi: i.hi - bound,
+            ..*i
+        };
         let (p_difference, tost) = match &interval {
             Ok((i, _)) => (
-                Some(i.estimate().p_two_sided()),
+                Some(against(i).estimate().p_two_sided()),
                 self.margin().map(|m| i.estimate().tost(m, self.alpha())),
             ),
             Err(_) => (None, None),
         };
         let verdict = match &interval {
             Err(_) => "inconclusive".into(),
-            Ok((i, _)) => verdict(self.expect, i, tost.as_ref()),
+            Ok((i, _)) => verdict(self.expect, &against(i), tost.as_ref()),
         };
         Decided {
             interval,
@@ -204,12 +225,12 @@ impl Claim {
             .iter()
             .filter_map(|d| d.interval.as_ref().ok().map(|(i, _)| i.diff))
             .collect();
-        let margin = self.margin();
+        let (margin, bound) = (self.margin(), self.bound());
         let agree = estimates
             .iter()
             .filter(|&&d| match self.expect {
-                Expect::Higher => d > 0.0,
-                Expect::Lower => d < 0.0,
+                Expect::Higher => d > bound,
+                Expect::Lower => d < bound,
                 Expect::Same { .. } => d.abs() < margin.unwrap_or(0.0),
                 Expect::Describe => false,
             })
@@ -322,6 +343,10 @@ impl Claim {
             self.fmt(i.lo, d),
             self.fmt(i.hi, d)
         );
+        if self.than.is_some() {
+            let d = self.decimals(&[self.bound()]);
+            let _ = write!(out, "; against {}", self.fmt(self.bound(), d));
+        }
         if let (Some(t), Some(m)) = (tost, self.margin()) {
             let d = self.decimals(&[t.lo, t.hi, m]);
             let band = match self.transform {
@@ -416,9 +441,13 @@ fn correct(family: &[(&Claim, &Decided)]) -> Vec<Corrected> {
             let p_equivalence = same.iter().position(|&j| j == i).map(|k| adj_eq[k]);
             let verdict = match &d.interval {
                 Err(_) => "inconclusive".to_string(),
-                Ok((iv, _)) => {
-                    verdict_from_p(c.expect, iv.diff, adj_diff[i], p_equivalence, c.alpha())
-                }
+                Ok((iv, _)) => verdict_from_p(
+                    c.expect,
+                    iv.diff - c.bound(),
+                    adj_diff[i],
+                    p_equivalence,
+                    c.alpha(),
+                ),
             };
             Corrected {
                 verdict,
@@ -760,7 +789,74 @@ mod tests {
             at_least: None,
             family: None,
             level: 0.95,
+            than: None,
         }
+    }
+
+    /// `than` moves the bound: the differences 1, 2, 3, 4 (2.5 [0.446,
+    /// 4.554], as in the test below) are above 0.4, undecided against 1
+    /// and 4.5, below 5; the ratios a / b, all 1.1 (no spread), are below
+    /// 1.2 and above 1.05. Holm's correction tests against the bound too.
+    #[test]
+    fn than_moves_the_bound_of_higher_and_lower() {
+        let rows = [
+            row(
+                "sam",
+                &[
+                    (0, &[("acc", 11.0)]),
+                    (1, &[("acc", 22.0)]),
+                    (2, &[("acc", 33.0)]),
+                    (3, &[("acc", 44.0)]),
+                ],
+            ),
+            row(
+                "sgd",
+                &[
+                    (0, &[("acc", 10.0)]),
+                    (1, &[("acc", 20.0)]),
+                    (2, &[("acc", 30.0)]),
+                    (3, &[("acc", 40.0)]),
+                ],
+            ),
+        ];
+        let with = |expect, than: f64, transform| Claim {
+            than: Some(than),
+            transform,
+            ..claim("sam", "sgd", "acc", expect)
+        };
+        let d = Transform::Difference;
+        let r = Transform::LogRatio;
+        for (expect, than, transform, verdict) in [
+            (Expect::Higher, 0.4, d, "reproduced"),
+            (Expect::Higher, 1.0, d, "inconclusive"),
+            (Expect::Lower, 4.5, d, "inconclusive"),
+            (Expect::Lower, 5.0, d, "reproduced"),
+            (Expect::Higher, 5.0, d, "not reproduced"),
+            (Expect::Lower, 1.2, r, "reproduced"),
+            (Expect::Lower, 1.05, r, "not reproduced"),
+            (Expect::Higher, 1.05, r, "reproduced"),
+        ] {
+            let c = with(expect, than, transform);
+            let decided = c.decide(&rows);
+            assert_eq!(
+                decided.verdict, verdict,
+                "{expect:?} than {than} {transform:?}"
+            );
+            let corrected = correct(&[(&c, &decided)]);
+            assert_eq!(
+                corrected[0].verdict, verdict,
+                "Holm, {expect:?} than {than}"
+            );
+        }
+        // The interval shown is a - b's; the bound is said beside it.
+        let c = with(Expect::Lower, 0.5, r);
+        let (i, n) = c.decide(&rows).interval.unwrap();
+        assert!((i.diff - 1.1f64.ln()).abs() < 1e-12, "{i:?}");
+        let shown = c.show(&i, n, None);
+        assert!(
+            shown.starts_with("1.100 (ratio)") && shown.ends_with("; against 0.5000"),
+            "{shown}"
+        );
     }
 
     #[test]

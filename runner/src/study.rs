@@ -662,7 +662,8 @@ fn resolve(raw: RawStudy, ctx: &Ctx, path: &Path) -> Result<Study> {
 }
 
 /// A claim's settings, before `each` expands it: a margin that is a
-/// positive number, a level in (0.5, 1), `at_least` k of the `each`
+/// positive number, a level in (0.5, 1), a `than` bound only on `Higher`
+/// and `Lower` (a positive ratio with `LogRatio`), `at_least` k of the `each`
 /// values (1 <= k <= their number), a family of tests at one level.
 fn check_claims(claims: &[Claim], ctx: &Ctx) -> Result<()> {
     let mut levels: BTreeMap<&str, f64> = BTreeMap::new();
@@ -686,6 +687,25 @@ fn check_claims(claims: &[Claim], ctx: &Ctx) -> Result<()> {
         }
         if !(c.scale.is_finite() && c.scale > 0.0) {
             return Err(bad(format!("scale {} is not a positive number", c.scale)));
+        }
+        if let Some(t) = c.than {
+            if !matches!(c.expect, Expect::Higher | Expect::Lower) {
+                return Err(bad(format!(
+                    "than: {t} bounds a `Higher` or `Lower` claim; `Same` has its margin and \
+                     `Describe` tests nothing"
+                )));
+            }
+            let ratio = c.transform == Transform::LogRatio;
+            if !t.is_finite() || (ratio && t <= 0.0) {
+                return Err(bad(format!(
+                    "than: {t} is not {}",
+                    if ratio {
+                        "a positive ratio (with `LogRatio` it bounds a / b)"
+                    } else {
+                        "a finite number"
+                    }
+                )));
+            }
         }
         if let Some(k) = c.at_least {
             if c.each.is_empty() {
@@ -919,6 +939,12 @@ pub struct Claim {
     /// 1 - level).
     #[serde(default = "level95")]
     pub level: f64,
+    /// `Higher`/`Lower` against a bound other than no difference: `a - b`
+    /// above or below `than` (in the units shown, after `scale`), or with
+    /// `LogRatio` the ratio `a / b` above or below `than` ("costs at most
+    /// half of SAM's": `Lower`, `LogRatio`, `than: 0.5`).
+    #[serde(default)]
+    pub than: Option<f64>,
 }
 
 fn one() -> f64 {
