@@ -18,6 +18,8 @@
 #    SAMLAB_CUDA_FEATURES=cuda builds without cuDNN) for compute capability 90 (H100,
 #    H200) in target/cuda, strips it into dist/runner, and writes
 #    dist/run.sh, which points the loader at the GPU machine's CUDA libraries;
+#    also dist/batched_step (optim's batched_step example, for
+#    scripts/gpu-check.sh's step 2b);
 # 5. checks the binary here: with the stub as driver it must start and say
 #    that there is no CUDA device. A second binary without cuDNN,
 #    dist/runner-nocudnn, is built and checked too: scripts/gpu-check.sh
@@ -97,6 +99,15 @@ strip dist/runner
 # A compressed copy (about 8 MB) for carrying to a GPU machine under a size
 # limit; scripts/gpu-check.sh unpacks it when dist/runner is missing.
 xz -T0 -6 -k -f dist/runner
+# The batched paper step's timing (scripts/gpu-check.sh step 2b): the
+# sequential ghost-batch step against the batched one (optim/src/batched.rs),
+# with the runner's features, so candle is not built again.
+if [ "$features" = cudnn ]; then optim_features=cuda,samlab-models/cudnn; else optim_features=cuda; fi
+say "building the batched-step example with --features $optim_features"
+cargo build --release -p samlab-optim --features "$optim_features" --example batched_step --target-dir target/cuda
+cp target/cuda/release/examples/batched_step dist/batched_step
+strip dist/batched_step
+xz -T0 -6 -k -f dist/batched_step
 # A second binary without cuDNN, for a GPU machine where libcudnn.so.9
 # cannot be found or loaded (scripts/gpu-check.sh falls back to it);
 # SAMLAB_CUDA_FALLBACK=0 skips it.

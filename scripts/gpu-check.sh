@@ -9,6 +9,10 @@
 #      more with candle's own convolution backward (SAMLAB_CONV_GRAD=candle),
 #      to measure what the cuDNN-served backward (models/src/device_conv.rs)
 #      is worth;
+#   2b. the thesis' step of 256 images as 8 devices of 32 (m = 32), ResNet-18
+#      f32: samlab's sequential ghost-batch form against the batched one
+#      (optim/src/batched.rs), SGD and SAM, alternating rounds
+#      (optim/examples/batched_step.rs, as dist/batched_step; see step 2b);
 #   3. the same steps in PyTorch on the same GPU (bench/torch_step.py: cuDNN
 #      benchmark mode, channels_last, autocast for bf16), and ratios;
 #   4. a short real study on CUDA, end to end; its epochs' wall time against
@@ -90,6 +94,33 @@ s[wrn28-10 bf16]=$(bench wrn28-10 bf16 5 80)
 s_candle=$(bench resnet18 f32 5 40 SAMLAB_CONV_GRAD=candle)
 for k in "${!s[@]}"; do echo "$k: ${s[$k]}" >>"$log"; done
 echo "candle backward: $s_candle" >>"$log"
+
+say "2b. the batched paper step"
+# dist/batched_step is built beside the runner by scripts/build-cuda.sh
+# (its step 4: optim's batched_step example, same features and target
+# folder) and runs through dist/run.sh (which finds the CUDA libraries). For trying
+# this script on a CPU: SAMLAB_CHECK_BATCHED=target/release/examples/batched_step
+# (and SAMLAB_CHECK_BATCHED_ARGS, below).
+batched_cmd=()
+if [ -n "${SAMLAB_CHECK_BATCHED:-}" ]; then
+  batched_cmd=("$SAMLAB_CHECK_BATCHED")
+else
+  if [ ! -x dist/batched_step ] && [ -f dist/batched_step.xz ]; then
+    xz -dkf dist/batched_step.xz && chmod +x dist/batched_step
+  fi
+  [ -x dist/batched_step ] && [ -x dist/run.sh ] && batched_cmd=(env SAMLAB_RUNNER_BIN=batched_step dist/run.sh)
+fi
+if [ ${#batched_cmd[@]} -gt 0 ]; then
+  # SAMLAB_CHECK_BATCHED_ARGS replaces the protocol's arguments (a smaller
+  # net for trying the script on a CPU).
+  read -r -a batched_args <<<"${SAMLAB_CHECK_BATCHED_ARGS:---model resnet18 --batch 256 --bn-batch 32 --chunk 32 --rounds 3 --steps 2}"
+  batched=$(timeout "$(limit 90 150)" "${batched_cmd[@]}" --device "$dev" "${batched_args[@]}" 2>>"$log" |
+    tee -a "$log" | tail -1)
+  batched_rc=$?
+else
+  batched=""; batched_rc=127
+  echo "no dist/batched_step: build it as step 2b's comment says" >>"$log"
+fi
 
 say "3. PyTorch steps"
 t_all=$(timeout "$(limit 100 120)" "${PYTHON:-python3}" bench/torch_step.py --device "$dev" --batch 256 --warmup 3 --steps 10 \
@@ -197,6 +228,12 @@ hours() { grep -o 'about [0-9.]* GPU-hours' <<<"$1" | grep -o '[0-9.]*' | head -
       echo "| ${k% *} | ${k#* } | ${meth^^} | ${a:--} | $(epoch_s "$a") | ${b:--} | $(epoch_s "$b") | $(ratio "$b" "$a") |"
     done
   done
+  echo
+  echo "Batched paper step (ResNet-18 f32, 256 images as 8 slices of 32, SAM with m = 32; exit $batched_rc):"
+  echo "sequential / batched step time (above 1: batched is faster, median of 3 alternating rounds):"
+  bf() { local v; v=$(field "$batched" "$1"); echo "${v:--}"; }
+  echo "SGD $(bf sgd_sequential_s) vs $(bf sgd_batched_s) s ($(bf sgd_ratio)),"
+  echo "SAM $(bf sam_sequential_s) vs $(bf sam_batched_s) s ($(bf sam_ratio))."
   echo
   a=$(field "${s[resnet18 f32]}" sgd_img_s); b=$(field "$s_candle" sgd_img_s)
   a2=$(field "${s[resnet18 f32]}" sam_img_s); b2=$(field "$s_candle" sam_img_s)

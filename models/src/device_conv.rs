@@ -131,7 +131,7 @@ impl CustomOp3 for Attach {
 }
 
 /// `dx` of `y = conv2d(x, w)` from `dy`, by one forward convolution.
-fn input_grad(
+pub(crate) fn input_grad(
     dy: &Tensor,
     w: &Tensor,
     (_, _, h, wd): (usize, usize, usize, usize),
@@ -186,7 +186,7 @@ fn spread(
 }
 
 /// `dw` of `y = conv2d(x, w)` from `dy`: candle's formula, operands contiguous.
-fn weight_grad(
+pub(crate) fn weight_grad(
     x: &Tensor,
     dy: &Tensor,
     (_, _, k, _): (usize, usize, usize, usize),

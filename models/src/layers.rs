@@ -61,6 +61,10 @@ impl BatchNorm2d {
         if relu && masking() {
             return masked_relu(self.forward_maybe_relu(x, train, false)?);
         }
+        // A sliced pass (crate::slices): statistics per slice.
+        if train && let Some(slices) = crate::slices::active() {
+            return self.forward_sliced(x, slices, relu);
+        }
         // The fused op serves f32 on the CPU; other dtypes and devices use
         // the composite of candle ops.
         if x.device().is_cpu() && x.dtype() == DType::F32 {
@@ -89,6 +93,7 @@ impl BatchNorm2d {
             eps: self.eps,
             relu,
             stats: stats.clone(),
+            slices: 1,
         };
         let y = x.contiguous()?.apply_op3(&self.weight, &self.bias, op)?;
         if train {
@@ -119,6 +124,120 @@ impl BatchNorm2d {
             self.running_var
                 .set(&Tensor::from_vec(new_var, rv.len(), dev)?)?;
         }
+        Ok(y)
+    }
+
+    /// A training-mode pass in `slices` ([`crate::slices`]): each slice
+    /// normalised by its own statistics (with its own row of the weight
+    /// and bias where the pass has per-slice weights), the running
+    /// statistics set to the mean of the slices' updates from their values
+    /// on entry, each slice's update computed as [`Self::forward_cpu`] or
+    /// [`Self::forward_composite`] computes it.
+    fn forward_sliced(
+        &self,
+        x: &Tensor,
+        slices: crate::slices::Slices,
+        relu: bool,
+    ) -> Result<Tensor> {
+        let (n, c, h, w) = x.dims4()?;
+        let g = slices.count;
+        if !n.is_multiple_of(g) {
+            return Err(ErrorKind::BadConfig(format!(
+                "sliced BatchNorm: {g} slices do not divide the batch of {n}"
+            ))
+            .into());
+        }
+        let b = n / g;
+        // (g, c): each slice's weight and bias.
+        let rows = |t: &Tensor| -> Result<Tensor> {
+            Ok(match crate::slices::rows(t) {
+                Some((r, _)) => r,
+                None => t.unsqueeze(0)?.broadcast_as((g, c))?,
+            })
+        };
+        let (weight, bias) = (rows(&self.weight)?, rows(&self.bias)?);
+        let count = (b * h * w) as f64;
+        let unbiased = if count > 1.0 {
+            count / (count - 1.0)
+        } else {
+            1.0
+        };
+        let m = self.momentum;
+        let dev = x.device();
+        let (y, means, vars) = if dev.is_cpu() && x.dtype() == DType::F32 {
+            use crate::cpu::batchnorm::{BnOp, Stats};
+            // Statistics s * c + k: slice s's channel k.
+            let stats = std::sync::Arc::new(std::sync::Mutex::new(Stats::default()));
+            let op = BnOp {
+                running: None,
+                eps: self.eps,
+                relu,
+                stats: stats.clone(),
+                slices: g,
+            };
+            let y = x.contiguous()?.apply_op3(
+                &weight.contiguous()?.reshape(g * c)?,
+                &bias.contiguous()?.reshape(g * c)?,
+                op,
+            )?;
+            let s = stats.lock().expect("batch-norm stats lock");
+            let rm = self.running_mean.as_tensor().to_vec1::<f32>()?;
+            let rv = self.running_var.as_tensor().to_vec1::<f32>()?;
+            let mut means = Vec::with_capacity(g);
+            let mut vars = Vec::with_capacity(g);
+            for sl in 0..g {
+                let new_mean: Vec<f32> = rm
+                    .iter()
+                    .zip(&s.mean[sl * c..(sl + 1) * c])
+                    .map(|(&r, &b)| ((1.0 - m) * r as f64 + m * b) as f32)
+                    .collect();
+                let new_var: Vec<f32> = rv
+                    .iter()
+                    .zip(&s.var[sl * c..(sl + 1) * c])
+                    .map(|(&r, &b)| ((1.0 - m) * r as f64 + m * b * unbiased) as f32)
+                    .collect();
+                means.push(Tensor::from_vec(new_mean, c, dev)?);
+                vars.push(Tensor::from_vec(new_var, c, dev)?);
+            }
+            (y, means, vars)
+        } else {
+            let xg = x.reshape((g, b, c, h, w))?;
+            let mean = xg.mean_keepdim(4)?.mean_keepdim(3)?.mean_keepdim(1)?;
+            let centered = xg.broadcast_sub(&mean)?;
+            let var = centered
+                .sqr()?
+                .mean_keepdim(4)?
+                .mean_keepdim(3)?
+                .mean_keepdim(1)?;
+            let (md, vd) = (mean.detach(), var.detach());
+            let mut means = Vec::with_capacity(g);
+            let mut vars = Vec::with_capacity(g);
+            for sl in 0..g {
+                means.push(
+                    ((self.running_mean.as_tensor() * (1.0 - m))?
+                        + (md.get(sl)?.flatten_all()? * m)?)?,
+                );
+                vars.push(
+                    ((self.running_var.as_tensor() * (1.0 - m))?
+                        + (vd.get(sl)?.flatten_all()? * (m * unbiased))?)?,
+                );
+            }
+            let shape = (g, 1, c, 1, 1);
+            let scale = (var + self.eps)?
+                .sqrt()?
+                .recip()?
+                .broadcast_mul(&weight.reshape(shape)?)?;
+            let y = xg
+                .broadcast_sub(&mean)?
+                .broadcast_mul(&scale)?
+                .broadcast_add(&bias.reshape(shape)?)?
+                .reshape((n, c, h, w))?;
+            (if relu { y.relu()? } else { y }, means, vars)
+        };
+        self.running_mean
+            .set(&crate::slices::running_update(&means, slices)?)?;
+        self.running_var
+            .set(&crate::slices::running_update(&vars, slices)?)?;
         Ok(y)
     }
 
@@ -225,6 +344,9 @@ impl Conv2d {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some((rows, equal)) = crate::slices::rows(&self.weight) {
+            return self.forward_rows(x, &rows, equal);
+        }
         // candle's own CPU convolution is several times slower here
         // (docs/cpu-profile.md has the measurement and the command).
         let (x, weight) = (precision::cast(x)?, precision::cast(&self.weight)?);
@@ -241,6 +363,38 @@ impl Conv2d {
         count_flops(2 * y.elem_count() * self.weight.elem_count() / self.weight.dim(0)?);
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(&precision::cast(b)?.reshape((1, (), 1, 1))?)?,
+            None => y,
+        })
+    }
+}
+
+impl Conv2d {
+    /// A sliced pass's convolution with per-slice weights `rows`
+    /// ([`crate::slices`]; `equal`: every row the same value).
+    fn forward_rows(&self, x: &Tensor, rows: &Tensor, equal: bool) -> Result<Tensor> {
+        let (x, rows) = (precision::cast(x)?, precision::cast(rows)?);
+        let shape = crate::slices::ConvShape {
+            stride: self.stride,
+            padding: self.padding,
+        };
+        let y = if x.device().is_cpu() && x.dtype() == DType::BF16 {
+            precision::widened(&x, &rows, |x, r| crate::slices::conv2d(x, r, equal, shape))?
+        } else {
+            crate::slices::conv2d(&x, &rows, equal, shape)?
+        };
+        count_flops(2 * y.elem_count() * self.weight.elem_count() / self.weight.dim(0)?);
+        Ok(match &self.bias {
+            Some(b) => {
+                let (n, cout, oh, ow) = y.dims4()?;
+                let g = rows.dim(0)?;
+                let brows = match crate::slices::rows(b) {
+                    Some((r, _)) => precision::cast(&r)?,
+                    None => precision::cast(b)?.unsqueeze(0)?.broadcast_as((g, cout))?,
+                };
+                y.reshape((g, n / g, cout, oh, ow))?
+                    .broadcast_add(&brows.reshape((g, 1, cout, 1, 1))?)?
+                    .reshape((n, cout, oh, ow))?
+            }
             None => y,
         })
     }
@@ -277,6 +431,9 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some((rows, _)) = crate::slices::rows(&self.weight) {
+            return self.forward_rows(x, &rows);
+        }
         let (x, w, b) = (
             precision::cast(x)?,
             precision::cast(&self.weight)?,
@@ -289,6 +446,37 @@ impl Linear {
         };
         count_flops(2 * y.elem_count() * self.weight.dim(1)?);
         Ok(y.broadcast_add(&b)?)
+    }
+}
+
+impl Linear {
+    /// A sliced pass's linear layer with per-slice weights `rows` (g, out,
+    /// in): one batched matmul of `x` viewed as (g, n / g, in).
+    fn forward_rows(&self, x: &Tensor, rows: &Tensor) -> Result<Tensor> {
+        let (x, w) = (precision::cast(x)?, precision::cast(rows)?);
+        let (g, out, inf) = w.dims3()?;
+        let n = x.dim(0)?;
+        if !n.is_multiple_of(g) {
+            return Err(ErrorKind::BadConfig(format!(
+                "sliced linear layer: {g} slices do not divide the batch of {n}"
+            ))
+            .into());
+        }
+        let b = match crate::slices::rows(&self.bias) {
+            Some((r, _)) => precision::cast(&r)?,
+            None => precision::cast(&self.bias)?
+                .unsqueeze(0)?
+                .broadcast_as((g, out))?,
+        };
+        let xg = x.reshape((g, n / g, inf))?;
+        let wt = w.transpose(1, 2)?;
+        let y = if x.device().is_cpu() && x.dtype() == DType::BF16 {
+            precision::widened(&xg, &wt, |x, w| Ok(x.matmul(w)?))?
+        } else {
+            xg.matmul(&wt)?
+        };
+        count_flops(2 * y.elem_count() * inf);
+        Ok(y.broadcast_add(&b.unsqueeze(1)?)?.reshape((n, out))?)
     }
 }
 

@@ -19,6 +19,7 @@ pub mod fixtures;
 pub mod layers;
 pub mod params;
 pub mod precision;
+pub mod slices;
 
 use std::fmt;
 use std::str::FromStr;

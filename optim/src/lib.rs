@@ -7,6 +7,7 @@
 //! This crate knows nothing about files of studies, RON or the runner's
 //! cache; its settings derive serde so study files can spell them.
 
+pub mod batched;
 pub mod curvature;
 mod error;
 mod lr;

@@ -43,6 +43,12 @@ pub struct BnOp {
     /// Apply ReLU to the output.
     pub relu: bool,
     pub stats: Arc<Mutex<Stats>>,
+    /// The images as this many consecutive slices, each normalised by its
+    /// own statistics with its own weight and bias (a sliced pass,
+    /// `crate::slices`): the weight, bias and statistics then hold
+    /// `slices * C` values, slice `s`'s channel `k` at `s * C + k`. 1: the
+    /// layer as PyTorch's (the same code, the same bits).
+    pub slices: usize,
 }
 
 fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
@@ -54,10 +60,28 @@ fn per_channel<T: Send>(c: usize, f: impl Fn(usize) -> T + Sync + Send) -> Vec<T
     (0..c).into_par_iter().map(f).collect()
 }
 
-/// The `hw` values of channel `ch` of every image in `x` (N, C, HW).
-fn planes(x: &[f32], c: usize, hw: usize, ch: usize) -> impl Iterator<Item = &[f32]> {
+/// The `hw` values of statistic `v`'s channel in every image of its
+/// slice of `x` (N, C, HW) in slices of `b` images: channel `v % c` of
+/// images `(v / c) b ..` (one slice of all N images: channel `v` of each).
+fn planes(x: &[f32], c: usize, hw: usize, v: usize, b: usize) -> impl Iterator<Item = &[f32]> {
+    let ch = v % c;
     x.chunks_exact(c * hw)
+        .skip(v / c * b)
+        .take(b)
         .map(move |img| &img[ch * hw..(ch + 1) * hw])
+}
+
+/// `(n / slices, slices * c)`: images per slice and statistics, or why
+/// the slices do not fit.
+fn sliced(n: usize, c: usize, slices: usize, params: usize) -> candle_core::Result<(usize, usize)> {
+    let g = slices.max(1);
+    if !n.is_multiple_of(g) || params != g * c {
+        candle_core::bail!(
+            "batch-norm: {g} slices of a batch of {n} with {c} channels need {} weights, got {params}",
+            g * c
+        );
+    }
+    Ok((n / g, g * c))
 }
 
 /// Accumulators per f64 sum: independent chains the compiler can keep in
@@ -115,20 +139,23 @@ impl CustomOp3 for BnOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (_, c, h, w) = l1.shape().dims4()?;
+        let (n, c, h, w) = l1.shape().dims4()?;
         let x = slice(s1, l1, "input")?;
         let weight = slice(s2, l2, "weight")?;
         let bias = slice(s3, l3, "bias")?;
+        let (b, gc) = sliced(n, c, self.slices, weight.len())?;
         let hw = h * w;
-        let m = (x.len() / c.max(1)) as f64;
+        let m = (b * hw) as f64;
         let moments: Vec<(f64, f64)> = match &self.running {
-            Some((rm, rv)) => (0..c).map(|ch| (rm[ch] as f64, rv[ch] as f64)).collect(),
-            None => per_channel(c, |ch| {
-                let sum: f64 = planes(x, c, hw, ch)
+            Some((rm, rv)) => (0..gc)
+                .map(|v| (rm[v % c] as f64, rv[v % c] as f64))
+                .collect(),
+            None => per_channel(gc, |ch| {
+                let sum: f64 = planes(x, c, hw, ch, b)
                     .map(|p| lanes_sum(p, |v| v as f64))
                     .sum();
                 let mean = sum / m;
-                let sq: f64 = planes(x, c, hw, ch)
+                let sq: f64 = planes(x, c, hw, ch, b)
                     .map(|p| {
                         lanes_sum(p, |v| {
                             let d = v as f64 - mean;
@@ -149,7 +176,7 @@ impl CustomOp3 for BnOp {
             weight: weight.iter().map(|&v| v as f64).collect(),
         };
         let mean: Vec<f32> = stats.mean.iter().map(|&v| v as f32).collect();
-        let scale: Vec<f32> = (0..c)
+        let scale: Vec<f32> = (0..gc)
             .map(|ch| (stats.invstd[ch] * stats.weight[ch]) as f32)
             .collect();
         // SAFETY: each chunk is one image (c * hw floats, as x's are), and
@@ -157,8 +184,10 @@ impl CustomOp3 for BnOp {
         let y = unsafe {
             super::par_filled(x.len(), c * hw, |i, yi| {
                 let xi = &x[i * c * hw..][..c * hw];
+                // Image i's slice's statistics.
+                let at = i / b * c;
                 for ch in 0..c {
-                    let (mu, sc, sh) = (mean[ch], scale[ch], bias[ch]);
+                    let (mu, sc, sh) = (mean[at + ch], scale[at + ch], bias[at + ch]);
                     let out = yi[ch * hw..(ch + 1) * hw].iter_mut();
                     let inp = &xi[ch * hw..(ch + 1) * hw];
                     if self.relu {
@@ -180,25 +209,26 @@ impl CustomOp3 for BnOp {
     fn bwd(
         &self,
         x: &Tensor,
-        _weight: &Tensor,
+        weight: &Tensor,
         _bias: &Tensor,
         res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let c = x.dim(1)?;
+        let c = weight.shape().clone();
         let sums = Arc::new(Mutex::new((Vec::new(), Vec::new())));
         let op = BnGrad {
             stats: self.stats.lock().expect("batch-norm stats lock").clone(),
             train: self.running.is_none(),
             relu: self.relu,
             sums: sums.clone(),
+            slices: self.slices,
         };
         let dx = x.apply_op3_no_bwd(&grad.contiguous()?, &res.contiguous()?, &op)?;
         let (dweight, dbias) = std::mem::take(&mut *sums.lock().expect("batch-norm sums lock"));
         let dev = x.device();
         Ok((
             Some(dx),
-            Some(Tensor::from_vec(dweight, c, dev)?),
+            Some(Tensor::from_vec(dweight, c.clone(), dev)?),
             Some(Tensor::from_vec(dbias, c, dev)?),
         ))
     }
@@ -211,6 +241,8 @@ struct BnGrad {
     relu: bool,
     /// (dweight, dbias), written by the op.
     sums: Arc<Mutex<(Vec<f32>, Vec<f32>)>>,
+    /// As [`BnOp::slices`].
+    slices: usize,
 }
 
 impl CustomOp3 for BnGrad {
@@ -227,25 +259,26 @@ impl CustomOp3 for BnGrad {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (_, c, h, w) = l1.shape().dims4()?;
+        let (n, c, h, w) = l1.shape().dims4()?;
         let x = slice(s1, l1, "input")?;
         let dy = slice(s2, l2, "output gradient")?;
         let y = slice(s3, l3, "output")?;
         if dy.len() != x.len() || y.len() != x.len() {
             candle_core::bail!("batch-norm: gradient {:?} does not fit", l2.shape());
         }
+        let (b, gc) = sliced(n, c, self.slices, self.stats.mean.len())?;
         let hw = h * w;
-        let m = (x.len() / c.max(1)) as f64;
+        let m = (b * hw) as f64;
         let relu = self.relu;
         // The gradient reaching the normalisation: zero where ReLU cut.
         let g = |d: f32, out: f32| if relu && out <= 0.0 { 0.0 } else { d };
         let st = &self.stats;
-        let sums: Vec<(f64, f64)> = per_channel(c, |ch| {
+        let sums: Vec<(f64, f64)> = per_channel(gc, |ch| {
             let (mean, invstd) = (st.mean[ch], st.invstd[ch]);
             let (mut sum_dy, mut sum_dy_xc) = (0f64, 0f64);
-            for ((xp, dp), yp) in planes(x, c, hw, ch)
-                .zip(planes(dy, c, hw, ch))
-                .zip(planes(y, c, hw, ch))
+            for ((xp, dp), yp) in planes(x, c, hw, ch, b)
+                .zip(planes(dy, c, hw, ch, b))
+                .zip(planes(y, c, hw, ch, b))
             {
                 let (a, b) = lanes_sum2(xp, dp, yp, |v, d, o| {
                     let d = g(d, o) as f64;
@@ -259,7 +292,7 @@ impl CustomOp3 for BnGrad {
         // dx = k (dy - a - xhat b) = k32 dy - ka32 - kb32 (x - mean32),
         // with k = weight * invstd and, in training, a and b the means of
         // dy and dy * xhat.
-        let coef: Vec<(f32, f32, f32, f32)> = (0..c)
+        let coef: Vec<(f32, f32, f32, f32)> = (0..gc)
             .map(|ch| {
                 let k = st.weight[ch] * st.invstd[ch];
                 let (a, b) = if self.train {
@@ -281,7 +314,9 @@ impl CustomOp3 for BnGrad {
             super::par_filled(x.len(), c * hw, |i, dxi| {
                 let n = c * hw;
                 let (xi, dyi, yi) = (&x[i * n..][..n], &dy[i * n..][..n], &y[i * n..][..n]);
-                for (ch, &(k, ka, kb, mu)) in coef.iter().enumerate() {
+                // Image i's slice's coefficients.
+                let at = i / b * c;
+                for (ch, &(k, ka, kb, mu)) in coef[at..at + c].iter().enumerate() {
                     let r = ch * hw..(ch + 1) * hw;
                     for (((o, &v), &d), &out) in dxi[r.clone()]
                         .iter_mut()

@@ -674,6 +674,52 @@ pub struct ConvOp {
     pub padding: usize,
 }
 
+impl ConvOp {
+    /// `dx` of this convolution from `dy` (contiguous), for input shape
+    /// `input`: the backward's own op (a sliced pass's input gradient).
+    pub(crate) fn input_grad(
+        &self,
+        dy: &Tensor,
+        w: &Tensor,
+        input: &Shape,
+    ) -> candle_core::Result<Tensor> {
+        dy.apply_op2_no_bwd(
+            w,
+            &GradInput {
+                stride: self.stride,
+                padding: self.padding,
+                input: input.clone(),
+            },
+        )
+    }
+
+    /// `(dx, dw)` of this convolution at `(x, w)` from `dy` (contiguous),
+    /// `dx` only where `want_dx`: the backward's own ops, for a sliced
+    /// pass's per-slice gradients.
+    pub(crate) fn grads(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        dy: &Tensor,
+        want_dx: bool,
+    ) -> candle_core::Result<(Option<Tensor>, Tensor)> {
+        let dx = if want_dx {
+            Some(self.input_grad(dy, w, x.shape())?)
+        } else {
+            None
+        };
+        let dw = x.apply_op2_no_bwd(
+            dy,
+            &GradWeight {
+                stride: self.stride,
+                padding: self.padding,
+                kernel: w.shape().clone(),
+            },
+        )?;
+        Ok((dx, dw))
+    }
+}
+
 impl CustomOp2 for ConvOp {
     fn name(&self) -> &'static str {
         "samlab-conv2d"
