@@ -79,34 +79,46 @@ struct Attach {
     padding: usize,
 }
 
+/// The forward passes of a `CustomOp3` that hands its first input on
+/// unchanged, on the CPU and CUDA: an op that exists only to attach its
+/// own backward (`Attach` here, `slices::SlicedConv`). Needs
+/// `BackendStorage`, `CpuStorage`, `CudaStorage`, `Layout` and `Shape` in
+/// scope.
+macro_rules! pass_through_forward {
+    () => {
+        fn cpu_fwd(
+            &self,
+            s: &CpuStorage,
+            l: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> candle_core::Result<(CpuStorage, Shape)> {
+            Ok((s.try_clone(l)?, l.shape().clone()))
+        }
+
+        fn cuda_fwd(
+            &self,
+            s: &CudaStorage,
+            l: &Layout,
+            _: &CudaStorage,
+            _: &Layout,
+            _: &CudaStorage,
+            _: &Layout,
+        ) -> candle_core::Result<(CudaStorage, Shape)> {
+            Ok((s.try_clone(l)?, l.shape().clone()))
+        }
+    };
+}
+pub(crate) use pass_through_forward;
+
 impl CustomOp3 for Attach {
     fn name(&self) -> &'static str {
         "samlab-conv2d-by-forward"
     }
 
-    fn cpu_fwd(
-        &self,
-        s: &CpuStorage,
-        l: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        Ok((s.try_clone(l)?, l.shape().clone()))
-    }
-
-    fn cuda_fwd(
-        &self,
-        s: &CudaStorage,
-        l: &Layout,
-        _: &CudaStorage,
-        _: &Layout,
-        _: &CudaStorage,
-        _: &Layout,
-    ) -> candle_core::Result<(CudaStorage, Shape)> {
-        Ok((s.try_clone(l)?, l.shape().clone()))
-    }
+    pass_through_forward!();
 
     fn bwd(
         &self,

@@ -471,29 +471,7 @@ impl CustomOp3 for SlicedConv {
         "samlab-sliced-conv2d"
     }
 
-    fn cpu_fwd(
-        &self,
-        s: &CpuStorage,
-        l: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        Ok((s.try_clone(l)?, l.shape().clone()))
-    }
-
-    fn cuda_fwd(
-        &self,
-        s: &CudaStorage,
-        l: &Layout,
-        _: &CudaStorage,
-        _: &Layout,
-        _: &CudaStorage,
-        _: &Layout,
-    ) -> candle_core::Result<(CudaStorage, Shape)> {
-        Ok((s.try_clone(l)?, l.shape().clone()))
-    }
+    crate::device_conv::pass_through_forward!();
 
     fn bwd(
         &self,
