@@ -26,7 +26,8 @@
 # Needs dist/ from scripts/build-cuda.sh and the CIFAR-10 JPEG archive
 # ($SAMLAB_CIFAR10, else shared/data/ or ../shared/data/ or dist/data/).
 # To carry it to a GPU machine within 64 MiB, keep dist/run.sh,
-# dist/runner.xz and dist/runner-nocudnn.xz (unpacked here when missing)
+# dist/runner.xz, dist/runner-nocudnn.xz and dist/batched_step.xz
+# (unpacked here when missing)
 # and dist/data/cifar10-jpeg.tar.gz, and leave the unpacked binaries behind.
 # Writes its table to $OUT/gpu-check.md when OUT is set (and always prints
 # it), its log to $OUT/gpu-check.log, and the rates to $OUT/rates.csv
@@ -230,7 +231,7 @@ hours() { grep -o 'about [0-9.]* GPU-hours' <<<"$1" | grep -o '[0-9.]*' | head -
   done
   echo
   echo "Batched paper step (ResNet-18 f32, 256 images as 8 slices of 32, SAM with m = 32; exit $batched_rc):"
-  echo "sequential / batched step time (above 1: batched is faster, median of 3 alternating rounds):"
+  echo "sequential / batched step time (above 1: batched is faster; the median over alternating rounds, arguments: ${batched_args[*]:-none run}):"
   bf() { local v; v=$(field "$batched" "$1"); echo "${v:--}"; }
   echo "SGD $(bf sgd_sequential_s) vs $(bf sgd_batched_s) s ($(bf sgd_ratio)),"
   echo "SAM $(bf sam_sequential_s) vs $(bf sam_batched_s) s ($(bf sam_ratio))."

@@ -27,7 +27,8 @@
 //! per `(slice, channel)` (on the CPU in f32, the fused kernel of
 //! `cpu::batchnorm` with its `slices` set: statistic `s * C + c` sums
 //! slice `s`'s channel `c` in the order a pass over that slice alone
-//! does, so the statistics have the sequential form's bits), the linear layer with
+//! does, so a statistic sums what that slice's own pass sums, in its order;
+//! tested to 1e-5, read as the same bits here), the linear layer with
 //! per-slice weights is one batched matmul, and ReLU, the residual sums,
 //! pooling and the loss are per image. A convolution with one set of
 //! weights (SGD with ghost BatchNorm, SAM with one perturbation per step)
@@ -172,6 +173,11 @@ impl SliceWeights {
     }
 
     /// The per-slice parameters by name (empty for [`SliceWeights::shared`]).
+    /// Whether the rows are copies of one another is fixed when the
+    /// weights are made ([`SliceWeights::copies`] or [`SliceWeights::per_slice`]): setting a
+    /// row through a `Var` here afterwards does not tell the pass, which
+    /// would still run copies' convolutions over the whole batch with row
+    /// 0. Make new weights instead.
     pub fn vars(&self) -> &BTreeMap<String, Var> {
         &self.vars
     }

@@ -18,7 +18,8 @@
 //! - `family: "F"`: the claims named F are corrected together by Holm's
 //!   method ([`crate::stats::holm`]), separately for the two kinds of
 //!   test: the tests of a difference (every claim's two-sided p-value,
-//!   which is below alpha exactly when its interval excludes 0) and the
+//!   which is below alpha exactly when its interval excludes 0, or its
+//!   `than` bound) and the
 //!   equivalence tests (the `Same` claims' TOST p-values). The corrected
 //!   verdict is that rule applied to the adjusted p-values; a claim that
 //!   could not be computed counts with p = 1 (the family does not shrink).
@@ -58,7 +59,10 @@ pub struct Decided {
     pub verdict: String,
     /// Runs counted at their budget, on each side, among the seeds compared.
     pub censored: (usize, usize),
-    /// The two-sided p-value of "no difference" (with an interval).
+    /// The two-sided p-value of "no difference" (with an interval), or of
+    /// "a - b is the bound" with `than`. `claims.csv` has no column for
+    /// the bound yet: its `p_difference` is against `than` where the claim
+    /// sets one (the claim's text should say so).
     pub p_difference: Option<f64>,
     /// `Same`: the equivalence test on the compared scale.
     pub tost: Option<Tost>,
@@ -855,6 +859,15 @@ mod tests {
                 corrected[0].verdict, verdict,
                 "Holm, {expect:?} than {than}"
             );
+        }
+        // With `scale`, `than` is in the units shown: 100 x (a - b) =
+        // 250 [45, 455] points is above 40 points and undecided against 100.
+        for (than, verdict) in [(40.0, "reproduced"), (100.0, "inconclusive")] {
+            let c = Claim {
+                scale: 100.0,
+                ..with(Expect::Higher, than, d)
+            };
+            assert_eq!(c.decide(&rows).verdict, verdict, "scale 100, than {than}");
         }
         // The interval shown is a - b's; the bound is said beside it.
         let c = with(Expect::Lower, 0.5, r);
