@@ -102,7 +102,10 @@ xz -T0 -6 -k -f dist/runner
 # The batched paper step's timing (scripts/gpu-check.sh step 2b): the
 # sequential ghost-batch step against the batched one (optim/src/batched.rs),
 # with the runner's features, so candle is not built again.
-if [ "$features" = cudnn ]; then optim_features=cuda,samlab-models/cudnn; else optim_features=cuda; fi
+case ",$features," in
+  *,cudnn,*) optim_features=cuda,samlab-models/cudnn ;;
+  *) optim_features=cuda ;;
+esac
 say "building the batched-step example with --features $optim_features"
 cargo build --release -p samlab-optim --features "$optim_features" --example batched_step --target-dir target/cuda
 cp target/cuda/release/examples/batched_step dist/batched_step
