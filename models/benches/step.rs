@@ -293,14 +293,10 @@ fn samlab_rates(
     (train, (bs * steps) as f64 / t.elapsed().as_secs_f64())
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
+/// The median (of an even count, the mean of the middle two).
+fn median(v: Vec<f64>) -> f64 {
+    use statrs::statistics::{Data, Median};
+    Data::new(v).median()
 }
 
 /// `median [lowest, highest]` of per-round ratios.

@@ -76,6 +76,61 @@ impl BatchNorm2d {
         }
     }
 
+    /// The factor that makes a batch variance over `count` values
+    /// unbiased, as PyTorch's running variance takes it.
+    fn unbiased(count: f64) -> f64 {
+        if count > 1.0 {
+            count / (count - 1.0)
+        } else {
+            1.0
+        }
+    }
+
+    /// The running statistics after a training pass whose f64 batch
+    /// `mean` and `var` (one per channel) the fused op measured over
+    /// `count` values each: PyTorch's momentum update, in f64, rounded to f32.
+    fn running_from_fused(
+        &self,
+        mean: &[f64],
+        var: &[f64],
+        count: f64,
+    ) -> Result<(Tensor, Tensor)> {
+        let (m, unbiased) = (self.momentum, Self::unbiased(count));
+        let rm = self.running_mean.as_tensor().to_vec1::<f32>()?;
+        let rv = self.running_var.as_tensor().to_vec1::<f32>()?;
+        let new_mean: Vec<f32> = rm
+            .iter()
+            .zip(mean)
+            .map(|(&r, &b)| ((1.0 - m) * r as f64 + m * b) as f32)
+            .collect();
+        let new_var: Vec<f32> = rv
+            .iter()
+            .zip(var)
+            .map(|(&r, &b)| ((1.0 - m) * r as f64 + m * b * unbiased) as f32)
+            .collect();
+        let dev = self.running_mean.device();
+        Ok((
+            Tensor::from_vec(new_mean, rm.len(), dev)?,
+            Tensor::from_vec(new_var, rv.len(), dev)?,
+        ))
+    }
+
+    /// The running statistics after a training pass with batch `mean` and
+    /// `var` (tensors of `c` values, detached) over `count` values each,
+    /// in candle ops (the composite path's).
+    fn running_from_tensors(
+        &self,
+        mean: &Tensor,
+        var: &Tensor,
+        count: f64,
+    ) -> Result<(Tensor, Tensor)> {
+        let m = self.momentum;
+        let new_mean = ((self.running_mean.as_tensor() * (1.0 - m))? + (mean * m)?)?;
+        let new_var =
+            ((self.running_var.as_tensor() * (1.0 - m))? + (var * (m * Self::unbiased(count)))?)?;
+        Ok((new_mean, new_var))
+    }
+
     /// One fused custom op with f64 per-channel sums (see `cpu::batchnorm`).
     fn forward_cpu(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
         use crate::cpu::batchnorm::{BnOp, Stats};
@@ -98,31 +153,10 @@ impl BatchNorm2d {
         let y = x.contiguous()?.apply_op3(&self.weight, &self.bias, op)?;
         if train {
             let (n, _, h, w) = x.dims4()?;
-            let count = (n * h * w) as f64;
-            let unbiased = if count > 1.0 {
-                count / (count - 1.0)
-            } else {
-                1.0
-            };
-            let m = self.momentum;
             let s = stats.lock().expect("batch-norm stats lock");
-            let rm = self.running_mean.as_tensor().to_vec1::<f32>()?;
-            let rv = self.running_var.as_tensor().to_vec1::<f32>()?;
-            let new_mean: Vec<f32> = rm
-                .iter()
-                .zip(&s.mean)
-                .map(|(&r, &b)| ((1.0 - m) * r as f64 + m * b) as f32)
-                .collect();
-            let new_var: Vec<f32> = rv
-                .iter()
-                .zip(&s.var)
-                .map(|(&r, &b)| ((1.0 - m) * r as f64 + m * b * unbiased) as f32)
-                .collect();
-            let dev = x.device();
-            self.running_mean
-                .set(&Tensor::from_vec(new_mean, rm.len(), dev)?)?;
-            self.running_var
-                .set(&Tensor::from_vec(new_var, rv.len(), dev)?)?;
+            let (mean, var) = self.running_from_fused(&s.mean, &s.var, (n * h * w) as f64)?;
+            self.running_mean.set(&mean)?;
+            self.running_var.set(&var)?;
         }
         Ok(y)
     }
@@ -149,22 +183,13 @@ impl BatchNorm2d {
         }
         let b = n / g;
         // (g, c): each slice's weight and bias.
-        let rows = |t: &Tensor| -> Result<Tensor> {
-            Ok(match crate::slices::rows(t) {
-                Some((r, _)) => r,
-                None => t.unsqueeze(0)?.broadcast_as((g, c))?,
-            })
-        };
-        let (weight, bias) = (rows(&self.weight)?, rows(&self.bias)?);
+        let (weight, bias) = (
+            crate::slices::rows_or_shared(&self.weight, g)?,
+            crate::slices::rows_or_shared(&self.bias, g)?,
+        );
         let count = (b * h * w) as f64;
-        let unbiased = if count > 1.0 {
-            count / (count - 1.0)
-        } else {
-            1.0
-        };
-        let m = self.momentum;
-        let dev = x.device();
-        let (y, means, vars) = if dev.is_cpu() && x.dtype() == DType::F32 {
+        let (mut means, mut vars) = (Vec::with_capacity(g), Vec::with_capacity(g));
+        let y = if x.device().is_cpu() && x.dtype() == DType::F32 {
             use crate::cpu::batchnorm::{BnOp, Stats};
             // Statistics s * c + k: slice s's channel k.
             let stats = std::sync::Arc::new(std::sync::Mutex::new(Stats::default()));
@@ -181,25 +206,14 @@ impl BatchNorm2d {
                 op,
             )?;
             let s = stats.lock().expect("batch-norm stats lock");
-            let rm = self.running_mean.as_tensor().to_vec1::<f32>()?;
-            let rv = self.running_var.as_tensor().to_vec1::<f32>()?;
-            let mut means = Vec::with_capacity(g);
-            let mut vars = Vec::with_capacity(g);
             for sl in 0..g {
-                let new_mean: Vec<f32> = rm
-                    .iter()
-                    .zip(&s.mean[sl * c..(sl + 1) * c])
-                    .map(|(&r, &b)| ((1.0 - m) * r as f64 + m * b) as f32)
-                    .collect();
-                let new_var: Vec<f32> = rv
-                    .iter()
-                    .zip(&s.var[sl * c..(sl + 1) * c])
-                    .map(|(&r, &b)| ((1.0 - m) * r as f64 + m * b * unbiased) as f32)
-                    .collect();
-                means.push(Tensor::from_vec(new_mean, c, dev)?);
-                vars.push(Tensor::from_vec(new_var, c, dev)?);
+                let at = sl * c..(sl + 1) * c;
+                let (mean, var) =
+                    self.running_from_fused(&s.mean[at.clone()], &s.var[at], count)?;
+                means.push(mean);
+                vars.push(var);
             }
-            (y, means, vars)
+            y
         } else {
             let xg = x.reshape((g, b, c, h, w))?;
             let mean = xg.mean_keepdim(4)?.mean_keepdim(3)?.mean_keepdim(1)?;
@@ -210,17 +224,14 @@ impl BatchNorm2d {
                 .mean_keepdim(3)?
                 .mean_keepdim(1)?;
             let (md, vd) = (mean.detach(), var.detach());
-            let mut means = Vec::with_capacity(g);
-            let mut vars = Vec::with_capacity(g);
             for sl in 0..g {
-                means.push(
-                    ((self.running_mean.as_tensor() * (1.0 - m))?
-                        + (md.get(sl)?.flatten_all()? * m)?)?,
-                );
-                vars.push(
-                    ((self.running_var.as_tensor() * (1.0 - m))?
-                        + (vd.get(sl)?.flatten_all()? * (m * unbiased))?)?,
-                );
+                let (mean, var) = self.running_from_tensors(
+                    &md.get(sl)?.flatten_all()?,
+                    &vd.get(sl)?.flatten_all()?,
+                    count,
+                )?;
+                means.push(mean);
+                vars.push(var);
             }
             let shape = (g, 1, c, 1, 1);
             let scale = (var + self.eps)?
@@ -232,7 +243,7 @@ impl BatchNorm2d {
                 .broadcast_mul(&scale)?
                 .broadcast_add(&bias.reshape(shape)?)?
                 .reshape((n, c, h, w))?;
-            (if relu { y.relu()? } else { y }, means, vars)
+            if relu { y.relu()? } else { y }
         };
         self.running_mean
             .set(&crate::slices::running_update(&means, slices)?)?;
@@ -253,17 +264,11 @@ impl BatchNorm2d {
                 .mean_keepdim(3)?
                 .mean_keepdim(2)?
                 .mean_keepdim(0)?;
-            let count = (n * h * w) as f64;
-            let m = self.momentum;
-            let new_mean = ((self.running_mean.as_tensor() * (1.0 - m))?
-                + (mean.detach().flatten_all()? * m)?)?;
-            let unbiased = if count > 1.0 {
-                count / (count - 1.0)
-            } else {
-                1.0
-            };
-            let new_var = ((self.running_var.as_tensor() * (1.0 - m))?
-                + (var.detach().flatten_all()? * (m * unbiased))?)?;
+            let (new_mean, new_var) = self.running_from_tensors(
+                &mean.detach().flatten_all()?,
+                &var.detach().flatten_all()?,
+                (n * h * w) as f64,
+            )?;
             self.running_mean.set(&new_mean)?;
             self.running_var.set(&new_var)?;
             (mean, var)
@@ -387,10 +392,7 @@ impl Conv2d {
             Some(b) => {
                 let (n, cout, oh, ow) = y.dims4()?;
                 let g = rows.dim(0)?;
-                let brows = match crate::slices::rows(b) {
-                    Some((r, _)) => precision::cast(&r)?,
-                    None => precision::cast(b)?.unsqueeze(0)?.broadcast_as((g, cout))?,
-                };
+                let brows = precision::cast(&crate::slices::rows_or_shared(b, g)?)?;
                 y.reshape((g, n / g, cout, oh, ow))?
                     .broadcast_add(&brows.reshape((g, 1, cout, 1, 1))?)?
                     .reshape((n, cout, oh, ow))?
@@ -462,12 +464,7 @@ impl Linear {
             ))
             .into());
         }
-        let b = match crate::slices::rows(&self.bias) {
-            Some((r, _)) => precision::cast(&r)?,
-            None => precision::cast(&self.bias)?
-                .unsqueeze(0)?
-                .broadcast_as((g, out))?,
-        };
+        let b = precision::cast(&crate::slices::rows_or_shared(&self.bias, g)?)?;
         let xg = x.reshape((g, n / g, inf))?;
         let wt = w.transpose(1, 2)?;
         let y = if x.device().is_cpu() && x.dtype() == DType::BF16 {

@@ -27,8 +27,7 @@
 //! per `(slice, channel)` (on the CPU in f32, the fused kernel of
 //! `cpu::batchnorm` with its `slices` set: statistic `s * C + c` sums
 //! slice `s`'s channel `c` in the order a pass over that slice alone
-//! does, so a statistic sums what that slice's own pass sums, in its order;
-//! tested to 1e-5, read as the same bits here), the linear layer with
+//! does; tested to 1e-5, read as the same bits here), the linear layer with
 //! per-slice weights is one batched matmul, and ReLU, the residual sums,
 //! pooling and the loss are per image. A convolution with one set of
 //! weights (SGD with ghost BatchNorm, SAM with one perturbation per step)
@@ -219,6 +218,19 @@ pub(crate) fn rows(t: &Tensor) -> Option<(Tensor, bool)> {
     })
 }
 
+/// Model tensor `t` as `count` rows `(count, ...t's shape)` in the running
+/// pass: its per-slice rows, or `t` itself in every row.
+pub(crate) fn rows_or_shared(t: &Tensor, count: usize) -> Result<Tensor> {
+    Ok(match rows(t) {
+        Some((r, _)) => r,
+        None => {
+            let mut dims = vec![count];
+            dims.extend_from_slice(t.dims());
+            t.unsqueeze(0)?.broadcast_as(dims)?
+        }
+    })
+}
+
 impl Model {
     /// A training-mode forward pass of `x` in `slices` (module docs), with
     /// `weights`' rows for the slices where it has them. BatchNorm's
@@ -300,17 +312,30 @@ impl ConvShape {
         x.device().is_cpu() && x.dtype() == DType::F32
     }
 
+    /// samlab's CPU kernel for this shape.
+    fn op(&self) -> crate::cpu::conv::ConvOp {
+        crate::cpu::conv::ConvOp {
+            stride: self.stride,
+            padding: self.padding,
+        }
+    }
+
     /// `conv2d(x, w)`, untracked.
     fn forward(&self, x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
         if self.cpu(x) {
-            let op = crate::cpu::conv::ConvOp {
-                stride: self.stride,
-                padding: self.padding,
-            };
-            x.contiguous()?.apply_op2_no_bwd(&w.contiguous()?, &op)
+            x.contiguous()?
+                .apply_op2_no_bwd(&w.contiguous()?, &self.op())
         } else {
             x.conv2d(&w.contiguous()?, self.padding, self.stride, 1, 1)
         }
+    }
+
+    /// The input gradient of `conv2d(x, w)` from `dy` (contiguous).
+    fn input_grad(&self, x: &Tensor, w: &Tensor, dy: &Tensor) -> candle_core::Result<Tensor> {
+        if self.cpu(x) {
+            return self.op().input_grad(dy, &w.contiguous()?, x.shape());
+        }
+        crate::device_conv::input_grad(dy, w, x.dims4()?, self.stride, self.padding)
     }
 
     /// `(dx, dw)` of `conv2d(x, w)` from `dy` (`dx` only where `want_dx`).
@@ -322,26 +347,16 @@ impl ConvShape {
         want_dx: bool,
     ) -> candle_core::Result<(Option<Tensor>, Tensor)> {
         let dy = dy.contiguous()?;
-        if self.cpu(x) {
-            let op = crate::cpu::conv::ConvOp {
-                stride: self.stride,
-                padding: self.padding,
-            };
-            let (dx, dw) = op.grads(&x.contiguous()?, &w.contiguous()?, &dy, want_dx)?;
-            return Ok((dx, dw));
-        }
         let dx = if want_dx {
-            Some(crate::device_conv::input_grad(
-                &dy,
-                w,
-                x.dims4()?,
-                self.stride,
-                self.padding,
-            )?)
+            Some(self.input_grad(x, w, &dy)?)
         } else {
             None
         };
-        let dw = crate::device_conv::weight_grad(x, &dy, w.dims4()?, self.stride, self.padding)?;
+        let dw = if self.cpu(x) {
+            self.op().weight_grad(&x.contiguous()?, &dy, w.shape())?
+        } else {
+            crate::device_conv::weight_grad(x, &dy, w.dims4()?, self.stride, self.padding)?
+        };
         Ok((dx, dw))
     }
 }
@@ -414,10 +429,7 @@ impl CustomOp2 for SlicedConvCpu {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let op = crate::cpu::conv::ConvOp {
-            stride: self.shape.stride,
-            padding: self.shape.padding,
-        };
+        let op = self.shape.op();
         let dims = l2.shape().dims();
         let row_shape = Shape::from(dims[1..].to_vec());
         let row = row_shape.elem_count();
@@ -495,7 +507,7 @@ impl CustomOp3 for SlicedConv {
         let mut dws = Vec::with_capacity(self.count);
         // Copies of one value: one input gradient over the whole batch.
         let dx_whole = if self.equal && want_dx {
-            Some(whole_input_grad(&self.shape, &xd, &rd.get(0)?, dy)?)
+            Some(self.shape.input_grad(&xd, &rd.get(0)?, &dy.contiguous()?)?)
         } else {
             None
         };
@@ -517,22 +529,4 @@ impl CustomOp3 for SlicedConv {
         };
         Ok((None, dx, Some(Tensor::stack(&dws, 0)?)))
     }
-}
-
-/// The input gradient of `conv2d(x, w)` over the whole batch.
-fn whole_input_grad(
-    shape: &ConvShape,
-    x: &Tensor,
-    w: &Tensor,
-    dy: &Tensor,
-) -> candle_core::Result<Tensor> {
-    let dy = dy.contiguous()?;
-    if shape.cpu(x) {
-        let op = crate::cpu::conv::ConvOp {
-            stride: shape.stride,
-            padding: shape.padding,
-        };
-        return op.input_grad(&dy, &w.contiguous()?, x.shape());
-    }
-    crate::device_conv::input_grad(&dy, w, x.dims4()?, shape.stride, shape.padding)
 }

@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use samlab_models::{Arch, Model, fixtures};
-use samlab_optim::batched::{SliceLayout, batched_sam_step, batched_sgd_step};
+use samlab_optim::batched::{batched_sam_step, batched_sgd_step};
 use samlab_optim::{SamConfig, Sgd, SgdConfig, StepSettings, sam_step_with, sgd_step_with};
 
 #[global_allocator]
@@ -69,14 +69,10 @@ fn args() -> Result<Args, String> {
     Ok(a)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
+/// The median (of an even count, the mean of the middle two).
+fn median(v: Vec<f64>) -> f64 {
+    use statrs::statistics::{Data, Median};
+    Data::new(v).median()
 }
 
 type Step<'a> = Box<dyn FnMut() -> Result<(), Box<dyn std::error::Error>> + 'a>;
@@ -113,9 +109,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut sam = SamConfig::new(0.05);
     sam.chunk = Some(a.chunk);
     let sgd_cfg = SamConfig::new(0.0);
-    let layout = SliceLayout {
-        bn_batch: a.bn_batch,
-    };
     // One model and optimiser per form and method, from the same start.
     let fresh = || -> Result<(Model, Sgd), Box<dyn std::error::Error>> {
         let m = Model::with_dtype(&arch, 10, 0, &dev, DType::F32)?;
@@ -145,7 +138,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         (
             "sgd batched",
             Box::new(|| {
-                batched_sgd_step(&m2, &mut o2, &layout, &x, &y, lr)?;
+                batched_sgd_step(&m2, &mut o2, &sgd_settings, &x, &y, lr)?;
                 Ok(())
             }),
         ),
@@ -159,7 +152,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         (
             "sam batched",
             Box::new(|| {
-                batched_sam_step(&m4, &mut o4, &sam, &layout, &x, &y, lr)?;
+                batched_sam_step(&m4, &mut o4, &sam_settings, &x, &y, lr)?;
                 Ok(())
             }),
         ),

@@ -56,26 +56,21 @@ use samlab_models::slices::{SliceWeights, Slices};
 use samlab_models::{Model, label_log_probs};
 
 use crate::error::{ErrorKind, Result, bad};
+use crate::sam::SamGradient;
 use crate::sam::{
     SamConfig, add_grads, at_perturbed, ghost_pass, loss_decay, mean_grads, parts, perturbation,
     rollback_on_error, update, with_decay,
 };
 use crate::sgd::{Grads, Sgd, collect_grads};
-use crate::steps::{Method, StepOutput};
+use crate::steps::{Method, StepOutput, StepSettings, sam_output};
 
-/// How the batched step slices its batch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SliceLayout {
-    /// Images per slice (a device's share: the ghost batch `bn_batch`).
-    pub bn_batch: usize,
-}
-
-impl SliceLayout {
-    fn check(&self) -> Result<()> {
-        if self.bn_batch == 0 {
-            return Err(bad("the batched step's bn_batch must be at least 1"));
-        }
-        Ok(())
+/// Images per slice, a device's share: the settings' ghost batch
+/// (`bn_batch`), the whole of `n` images where it is unset.
+fn slice_size(settings: &StepSettings, n: usize) -> Result<usize> {
+    match settings.bn_batch {
+        Some(0) => Err(bad("the batched step's bn_batch must be at least 1")),
+        Some(b) => Ok(b),
+        None => Ok(n),
     }
 }
 
@@ -146,20 +141,19 @@ fn mean_loss(ls: &[f64]) -> f64 {
     ls.iter().fold(0f64, |acc, l| acc + l / ls.len() as f64)
 }
 
-/// An SGD step on (x, y) with BatchNorm over slices of `layout.bn_batch`
-/// images, as one pass (module docs): the sequential form's
-/// `sgd_step_with` with `bn_batch`, batched.
+/// An SGD step on (x, y) with BatchNorm over slices of
+/// `settings.bn_batch` images, as one pass (module docs): the sequential
+/// form's `sgd_step_with`, batched; SAM's settings are unused.
 pub fn batched_sgd_step(
     model: &Model,
     opt: &mut Sgd,
-    layout: &SliceLayout,
+    settings: &StepSettings,
     x: &Tensor,
     y: &Tensor,
     lr: f64,
 ) -> Result<StepOutput> {
-    layout.check()?;
     let n = y.dim(0)?;
-    let b = layout.bn_batch;
+    let b = slice_size(settings, n)?;
     rollback_on_error(model, || {
         let (loss, correct, grads) = if b >= n {
             ghost_pass(model, x, y, None)?
@@ -170,14 +164,7 @@ pub fn batched_sgd_step(
             (mean_loss(&p.losses), p.correct, grads)
         };
         opt.step(&model.params, &grads, lr)?;
-        Ok(StepOutput {
-            method: Method::Sgd,
-            loss,
-            correct,
-            perturbed_correct: None,
-            samples: n,
-            passes: 1.0,
-        })
+        Ok(StepOutput::sgd(loss, correct, n))
     })
 }
 
@@ -201,25 +188,24 @@ fn chunk_means(per_slice: Vec<Grads>, per_chunk: usize) -> Result<Vec<Grads>> {
     }
 }
 
-/// A SAM step on (x, y) with m-sharpness chunks (`cfg.chunk`, the batch
-/// where unset) over ghost batches of `layout.bn_batch` images (at most
-/// the chunk, dividing it), as two passes (module docs): the sequential
-/// form's `sam_step_with` with `bn_batch`, batched.
+/// A SAM step on (x, y) with m-sharpness chunks (`settings.sam.chunk`,
+/// the batch where unset) over ghost batches of `settings.bn_batch` images
+/// (at most the chunk, dividing it; the chunk where unset), as two passes
+/// (module docs): the sequential form's `sam_step_with`, batched.
 pub fn batched_sam_step(
     model: &Model,
     opt: &mut Sgd,
-    cfg: &SamConfig,
-    layout: &SliceLayout,
+    settings: &StepSettings,
     x: &Tensor,
     y: &Tensor,
     lr: f64,
 ) -> Result<StepOutput> {
+    let cfg: &SamConfig = settings.sam;
     cfg.check()?;
-    layout.check()?;
     let n = y.dim(0)?;
     let m = cfg.chunk.unwrap_or(n).min(n);
     let chunks = parts(n, m, "the m-sharpness chunk")?;
-    let b = layout.bn_batch.min(m);
+    let b = slice_size(settings, n)?.min(m);
     let per_chunk = parts(m, b, "the BatchNorm batch (bn_batch)")?;
     let slices = Slices {
         count: n / b,
@@ -254,13 +240,8 @@ pub fn batched_sam_step(
                 &SliceWeights::copies(params, slices.count)?,
             )?
         };
-        let losses: Vec<f64> = if chunks == 1 {
-            vec![mean_loss(&first.losses)]
-        } else if per_chunk == 1 {
-            first.losses.clone()
-        } else {
-            first.losses.chunks(per_chunk).map(mean_loss).collect()
-        };
+        // Each chunk's loss, the mean of its slices' (`l / 1` is `l`).
+        let losses: Vec<f64> = first.losses.chunks(per_chunk).map(mean_loss).collect();
         let loss = mean_loss(&losses);
         let gs = if chunks == 1 {
             first.grads
@@ -300,16 +281,16 @@ pub fn batched_sam_step(
             };
             total = Some(add_grads(total, g2)?);
         }
-        let perturbed = mean_grads(total.expect("at least one chunk"), chunks)?;
-        update(model, opt, &perturbed, lr)?;
-        Ok(StepOutput {
-            method: Method::Sam,
+        let r = SamGradient {
             loss,
             correct: first.correct,
-            perturbed_correct: Some(second.correct),
-            samples: n,
-            passes: 2.0,
-        })
+            perturbed_correct: second.correct,
+            perturbed: mean_grads(total.expect("at least one chunk"), chunks)?,
+            kept: None,
+            second_samples: n,
+        };
+        update(model, opt, &r.perturbed, lr)?;
+        Ok(sam_output(Method::Sam, &r, n))
     })
 }
 

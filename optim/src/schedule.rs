@@ -87,7 +87,7 @@ impl StepSchedule {
     }
 
     pub fn resolve(&self, total_steps: u64, steps_per_epoch: u64) -> Result<Resolved> {
-        Ok(match self {
+        let resolved = match self {
             StepSchedule::Always(m) => Resolved::Always(*m),
             StepSchedule::Switch { from, to, at } => Resolved::Switch {
                 from: *from,
@@ -98,21 +98,40 @@ impl StepSchedule {
                 period,
                 until,
                 with,
-            } => {
-                if *period == 0 {
-                    return Err(bad("PSAM period must be at least 1"));
-                }
-                Resolved::Psam {
-                    period: *period,
-                    until: until.resolve(total_steps, steps_per_epoch)?,
-                    with: *with,
-                }
-            }
-        })
+            } => Resolved::Psam {
+                period: *period,
+                until: until.resolve(total_steps, steps_per_epoch)?,
+                with: *with,
+            },
+        };
+        resolved.check(total_steps)?;
+        Ok(resolved)
     }
 }
 
 impl Resolved {
+    /// Checks a schedule resolved elsewhere against a run of `total_steps`
+    /// steps, as [`StepSchedule::resolve`] makes it: a PSAM period of at
+    /// least 1, its point (switch, PSAM's end) within the run.
+    pub fn check(&self, total_steps: u64) -> Result<()> {
+        let point = match *self {
+            Resolved::Always(_) => None,
+            Resolved::Switch { at, .. } => Some(at),
+            Resolved::Psam { period, until, .. } => {
+                if period == 0 {
+                    return Err(bad("PSAM period must be at least 1"));
+                }
+                Some(until)
+            }
+        };
+        match point.filter(|&p| p > total_steps) {
+            Some(p) => Err(bad(format!(
+                "the schedule's step {p} is outside the run's 0..={total_steps}"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// The method of global step `t`.
     pub fn method(&self, t: u64) -> Method {
         match *self {

@@ -65,21 +65,7 @@ impl Trainer {
         sam.check()?;
         // Its points must lie in this run, as `StepSchedule::resolve`
         // makes them for its length.
-        let point = match schedule {
-            Resolved::Always(_) => None,
-            Resolved::Switch { at, .. } => Some(at),
-            Resolved::Psam { period, until, .. } => {
-                if period == 0 {
-                    return Err(crate::error::bad("PSAM period must be at least 1"));
-                }
-                Some(until)
-            }
-        };
-        if let Some(p) = point.filter(|&p| p > total_steps) {
-            return Err(crate::error::bad(format!(
-                "the schedule's step {p} is outside the run's 0..={total_steps}"
-            )));
-        }
+        schedule.check(total_steps)?;
         Ok(Trainer {
             sgd: Sgd::new(sgd)?,
             sam,

@@ -26,7 +26,7 @@
 use candle_core::{DType, Device, Tensor};
 use samlab_models::slices::{SliceWeights, Slices};
 use samlab_models::{Arch, Model, fixtures};
-use samlab_optim::batched::{SliceLayout, batched_sam_step, batched_sgd_step};
+use samlab_optim::batched::{batched_sam_step, batched_sgd_step};
 use samlab_optim::*;
 
 fn model(arch: &str, dtype: DType) -> Model {
@@ -76,9 +76,6 @@ fn run(case: &Case, dtype: DType, batched: bool) -> End {
     .unwrap();
     let sgd_cfg = SamConfig::new(0.0);
     let cfg = case.sam.as_ref().unwrap_or(&sgd_cfg);
-    let layout = SliceLayout {
-        bn_batch: case.bn_batch,
-    };
     let settings = StepSettings {
         sam: cfg,
         bn_batch: Some(case.bn_batch),
@@ -88,9 +85,9 @@ fn run(case: &Case, dtype: DType, batched: bool) -> End {
         let (x, y) = data(case.batch, k, dtype);
         let out = match (&case.sam, batched) {
             (None, false) => sgd_step_with(&m, &mut opt, &settings, &x, &y, 0.1),
-            (None, true) => batched_sgd_step(&m, &mut opt, &layout, &x, &y, 0.1),
+            (None, true) => batched_sgd_step(&m, &mut opt, &settings, &x, &y, 0.1),
             (Some(_), false) => sam_step_with(&m, &mut opt, &settings, &x, &y, 0.1),
-            (Some(c), true) => batched_sam_step(&m, &mut opt, c, &layout, &x, &y, 0.1),
+            (Some(_), true) => batched_sam_step(&m, &mut opt, &settings, &x, &y, 0.1),
         }
         .unwrap();
         assert_eq!(out.samples, case.batch);
@@ -329,33 +326,25 @@ fn bad_settings_are_typed_errors() {
         .collect();
     let mut opt = Sgd::new(SgdConfig::default()).unwrap();
     let msg = |r: Result<StepOutput>| r.unwrap_err().to_string();
-    let e = msg(batched_sgd_step(
-        &m,
-        &mut opt,
-        &SliceLayout { bn_batch: 3 },
-        &x,
-        &y,
-        0.1,
-    ));
+    let sgd = SamConfig::new(0.0);
+    fn with(sam: &SamConfig, bn_batch: usize) -> StepSettings<'_> {
+        StepSettings {
+            sam,
+            bn_batch: Some(bn_batch),
+        }
+    }
+    let e = msg(batched_sgd_step(&m, &mut opt, &with(&sgd, 3), &x, &y, 0.1));
     assert!(
         e.contains("bn_batch) 3 does not divide the batch of 8"),
         "{e}"
     );
-    let e = msg(batched_sgd_step(
-        &m,
-        &mut opt,
-        &SliceLayout { bn_batch: 0 },
-        &x,
-        &y,
-        0.1,
-    ));
+    let e = msg(batched_sgd_step(&m, &mut opt, &with(&sgd, 0), &x, &y, 0.1));
     assert!(e.contains("bn_batch must be at least 1"), "{e}");
-    let layout = SliceLayout { bn_batch: 3 };
+    let chunk4 = sam(0.05, Some(4)).unwrap();
     let e = msg(batched_sam_step(
         &m,
         &mut opt,
-        &sam(0.05, Some(4)).unwrap(),
-        &layout,
+        &with(&chunk4, 3),
         &x,
         &y,
         0.1,
@@ -364,21 +353,21 @@ fn bad_settings_are_typed_errors() {
         e.contains("bn_batch) 3 does not divide the batch of 4"),
         "{e}"
     );
+    let chunk3 = sam(0.05, Some(3)).unwrap();
     let e = msg(batched_sam_step(
         &m,
         &mut opt,
-        &sam(0.05, Some(3)).unwrap(),
-        &SliceLayout { bn_batch: 1 },
+        &with(&chunk3, 1),
         &x,
         &y,
         0.1,
     ));
     assert!(e.contains("chunk 3 does not divide the batch of 8"), "{e}");
+    let negative = SamConfig::new(-1.0);
     let e = msg(batched_sam_step(
         &m,
         &mut opt,
-        &SamConfig::new(-1.0),
-        &SliceLayout { bn_batch: 4 },
+        &with(&negative, 4),
         &x,
         &y,
         0.1,
@@ -445,21 +434,21 @@ fn a_non_finite_loss_fails_the_batched_step() {
     };
     let before = bits(&m);
     let mut opt = Sgd::new(SgdConfig::default()).unwrap();
-    let layout = SliceLayout { bn_batch: 4 };
     for chunk in [Some(4), None] {
-        let e = batched_sam_step(
-            &m,
-            &mut opt,
-            &sam(0.05, chunk).unwrap(),
-            &layout,
-            &x,
-            &y,
-            0.1,
-        )
-        .unwrap_err();
+        let cfg = sam(0.05, chunk).unwrap();
+        let settings = StepSettings {
+            sam: &cfg,
+            bn_batch: Some(4),
+        };
+        let e = batched_sam_step(&m, &mut opt, &settings, &x, &y, 0.1).unwrap_err();
         assert!(matches!(e.kind, ErrorKind::NonFinite { .. }), "{e}");
     }
-    let e = batched_sgd_step(&m, &mut opt, &layout, &x, &y, 0.1).unwrap_err();
+    let sgd = SamConfig::new(0.0);
+    let settings = StepSettings {
+        sam: &sgd,
+        bn_batch: Some(4),
+    };
+    let e = batched_sgd_step(&m, &mut opt, &settings, &x, &y, 0.1).unwrap_err();
     assert!(matches!(e.kind, ErrorKind::NonFinite { .. }), "{e}");
     assert!(bits(&m) == before, "a failed step changes nothing");
     assert!(opt.state().is_empty());

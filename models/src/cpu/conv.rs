@@ -693,30 +693,22 @@ impl ConvOp {
         )
     }
 
-    /// `(dx, dw)` of this convolution at `(x, w)` from `dy` (contiguous),
-    /// `dx` only where `want_dx`: the backward's own ops, for a sliced
-    /// pass's per-slice gradients.
-    pub(crate) fn grads(
+    /// `dw` of this convolution at `x` from `dy` (contiguous), for kernel
+    /// shape `kernel`: the backward's own op.
+    pub(crate) fn weight_grad(
         &self,
         x: &Tensor,
-        w: &Tensor,
         dy: &Tensor,
-        want_dx: bool,
-    ) -> candle_core::Result<(Option<Tensor>, Tensor)> {
-        let dx = if want_dx {
-            Some(self.input_grad(dy, w, x.shape())?)
-        } else {
-            None
-        };
-        let dw = x.apply_op2_no_bwd(
+        kernel: &Shape,
+    ) -> candle_core::Result<Tensor> {
+        x.apply_op2_no_bwd(
             dy,
             &GradWeight {
                 stride: self.stride,
                 padding: self.padding,
-                kernel: w.shape().clone(),
+                kernel: kernel.clone(),
             },
-        )?;
-        Ok((dx, dw))
+        )
     }
 }
 
@@ -749,25 +741,11 @@ impl CustomOp2 for ConvOp {
         let grad = grad.contiguous()?;
         // The network's input (images) needs no gradient: skip the pass.
         let dx = if x.track_op() {
-            Some(grad.apply_op2_no_bwd(
-                w,
-                &GradInput {
-                    stride: self.stride,
-                    padding: self.padding,
-                    input: x.shape().clone(),
-                },
-            )?)
+            Some(self.input_grad(&grad, w, x.shape())?)
         } else {
             None
         };
-        let dw = x.apply_op2_no_bwd(
-            &grad,
-            &GradWeight {
-                stride: self.stride,
-                padding: self.padding,
-                kernel: w.shape().clone(),
-            },
-        )?;
+        let dw = self.weight_grad(x, &grad, w.shape())?;
         Ok((dx, Some(dw)))
     }
 }

@@ -84,6 +84,19 @@ pub struct StepOutput {
 }
 
 impl StepOutput {
+    /// An SGD step's: one pass over the `samples` of the batch, no
+    /// perturbed pass.
+    pub(crate) fn sgd(loss: f64, correct: usize, samples: usize) -> StepOutput {
+        StepOutput {
+            method: Method::Sgd,
+            loss,
+            correct,
+            perturbed_correct: None,
+            samples,
+            passes: 1.0,
+        }
+    }
+
     /// Whether the step took a perturbed pass (a SAM-type step): what
     /// counts it as one, whatever its kind is called.
     pub fn perturbed(&self) -> bool {

@@ -4,7 +4,7 @@
 use candle_core::Tensor;
 use samlab_models::Model;
 
-use super::{Method, NoSettings, StepCtx, StepKind, StepOutput, StepSettings};
+use super::{NoSettings, StepCtx, StepKind, StepOutput, StepSettings};
 use crate::error::Result;
 use crate::sam::{SamConfig, ghost_pass, rollback_on_error};
 use crate::sgd::Sgd;
@@ -59,14 +59,6 @@ pub fn sgd_step_with(
     rollback_on_error(model, || {
         let (loss, correct, grads) = ghost_pass(model, x, y, settings.bn_batch)?;
         opt.step(&model.params, &grads, lr)?;
-        Ok(StepOutput {
-            method: Method::Sgd,
-            loss,
-            correct,
-            perturbed_correct: None,
-            samples: y.dim(0)?,
-            // One pass over the batch.
-            passes: 1.0,
-        })
+        Ok(StepOutput::sgd(loss, correct, y.dim(0)?))
     })
 }
