@@ -216,13 +216,7 @@ impl BatchNorm2d {
             y
         } else {
             let xg = x.reshape((g, b, c, h, w))?;
-            let mean = xg.mean_keepdim(4)?.mean_keepdim(3)?.mean_keepdim(1)?;
-            let centered = xg.broadcast_sub(&mean)?;
-            let var = centered
-                .sqr()?
-                .mean_keepdim(4)?
-                .mean_keepdim(3)?
-                .mean_keepdim(1)?;
+            let (mean, var) = Self::slice_moments(&xg)?;
             let (md, vd) = (mean.detach(), var.detach());
             for sl in 0..g {
                 let (mean, var) = self.running_from_tensors(
@@ -233,15 +227,8 @@ impl BatchNorm2d {
                 means.push(mean);
                 vars.push(var);
             }
-            let shape = (g, 1, c, 1, 1);
-            let scale = (var + self.eps)?
-                .sqrt()?
-                .recip()?
-                .broadcast_mul(&weight.reshape(shape)?)?;
-            let y = xg
-                .broadcast_sub(&mean)?
-                .broadcast_mul(&scale)?
-                .broadcast_add(&bias.reshape(shape)?)?
+            let y = self
+                .normalise(&xg, &mean, &var, &weight, &bias)?
                 .reshape((n, c, h, w))?;
             if relu { y.relu()? } else { y }
         };
@@ -252,18 +239,50 @@ impl BatchNorm2d {
         Ok(y)
     }
 
-    /// Composed from candle ops (devices without the fused op).
+    /// Per-slice batch mean and (biased) variance of `xg`, a batch viewed
+    /// as `(slices, n / slices, C, H, W)`: each `(slices, 1, C, 1, 1)`,
+    /// reduced over the pixels, then the slice's images.
+    fn slice_moments(xg: &Tensor) -> Result<(Tensor, Tensor)> {
+        let mean = xg.mean_keepdim(4)?.mean_keepdim(3)?.mean_keepdim(1)?;
+        let var = xg
+            .broadcast_sub(&mean)?
+            .sqr()?
+            .mean_keepdim(4)?
+            .mean_keepdim(3)?
+            .mean_keepdim(1)?;
+        Ok((mean, var))
+    }
+
+    /// `xg` (as in [`Self::slice_moments`]) normalised by `mean` and `var`
+    /// (`(slices, 1, C, 1, 1)`) and scaled and shifted by each slice's row
+    /// of `weight` and `bias` (`(slices, C)`), in candle ops.
+    fn normalise(
+        &self,
+        xg: &Tensor,
+        mean: &Tensor,
+        var: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
+    ) -> Result<Tensor> {
+        let (g, c) = weight.dims2()?;
+        let shape = (g, 1, c, 1, 1);
+        let scale = (var + self.eps)?
+            .sqrt()?
+            .recip()?
+            .broadcast_mul(&weight.reshape(shape)?)?;
+        Ok(xg
+            .broadcast_sub(mean)?
+            .broadcast_mul(&scale)?
+            .broadcast_add(&bias.reshape(shape)?)?)
+    }
+
+    /// Composed from candle ops (devices without the fused op): one slice
+    /// of [`Self::slice_moments`] and [`Self::normalise`].
     fn forward_composite(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let (n, c, h, w) = x.dims4()?;
-        let shape = (1, c, 1, 1);
+        let xg = x.reshape((1, n, c, h, w))?;
         let (mean, var) = if train {
-            let mean = x.mean_keepdim(3)?.mean_keepdim(2)?.mean_keepdim(0)?;
-            let centered = x.broadcast_sub(&mean)?;
-            let var = centered
-                .sqr()?
-                .mean_keepdim(3)?
-                .mean_keepdim(2)?
-                .mean_keepdim(0)?;
+            let (mean, var) = Self::slice_moments(&xg)?;
             let (new_mean, new_var) = self.running_from_tensors(
                 &mean.detach().flatten_all()?,
                 &var.detach().flatten_all()?,
@@ -273,19 +292,16 @@ impl BatchNorm2d {
             self.running_var.set(&new_var)?;
             (mean, var)
         } else {
+            let shape = (1, 1, c, 1, 1);
             (
                 self.running_mean.as_tensor().reshape(shape)?,
                 self.running_var.as_tensor().reshape(shape)?,
             )
         };
-        let scale = (var + self.eps)?
-            .sqrt()?
-            .recip()?
-            .broadcast_mul(&self.weight.reshape(shape)?)?;
-        let shift = self.bias.reshape(shape)?;
-        Ok(x.broadcast_sub(&mean)?
-            .broadcast_mul(&scale)?
-            .broadcast_add(&shift)?)
+        let (weight, bias) = (self.weight.unsqueeze(0)?, self.bias.unsqueeze(0)?);
+        Ok(self
+            .normalise(&xg, &mean, &var, &weight, &bias)?
+            .reshape((n, c, h, w))?)
     }
 }
 
