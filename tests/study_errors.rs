@@ -169,6 +169,32 @@ fn cycles_missing_fields_and_bad_values_are_named() {
         e.contains("kinds.look_sam: LookSAM's k must be at least 1"),
         "{e}"
     );
+    // `ghost: Batched` only where every kind the schedule takes has the
+    // batched form, in Train and in Escape; a misspelt form lists both.
+    let e = err(&with_stages(&format!(
+        r#"        "a": Train({TRAIN}, batch: 64, bn_batch: 32, ghost: Batched, method: Switch(from: Sgd, to: LookSam, at: Fraction(0.5))),"#
+    )));
+    assert!(
+        e.starts_with("s.ron:5: stage `a`")
+            && e.contains("`ghost: Batched` is built for the Sgd and Sam kinds only; LookSam"),
+        "{e}"
+    );
+    let e = err(&with_stages(&format!(
+        "        \"a\": Train({TRAIN}),\n        \"e\": Escape(of: \"a\", method: Esam, lr: 0.1, ghost: Batched),"
+    )));
+    assert!(
+        e.contains("stage `e`")
+            && e.contains("`ghost: Batched` is built for")
+            && e.contains("Esam computes"),
+        "{e}"
+    );
+    let e = err(&with_stages(&format!(
+        r#"        "a": Train({TRAIN}, ghost: Batch),"#
+    )));
+    assert!(
+        e.contains("Batch") && e.contains("Sequential") && e.contains("Batched"),
+        "{e}"
+    );
     let e = err(&with_stages(&format!(
         "        \"a\": Train({TRAIN}),\n        \"e\": Evaluate(of: \"a\"),\n        \"f\": Evaluate(of: \"e\"),"
     )));

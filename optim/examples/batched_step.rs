@@ -118,14 +118,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (m2, mut o2) = fresh()?;
     let (m3, mut o3) = fresh()?;
     let (m4, mut o4) = fresh()?;
-    let sgd_settings = StepSettings {
-        sam: &sgd_cfg,
-        bn_batch: Some(a.bn_batch),
-    };
-    let sam_settings = StepSettings {
-        sam: &sam,
-        bn_batch: Some(a.bn_batch),
-    };
+    let sgd_settings = StepSettings::sequential(&sgd_cfg, Some(a.bn_batch));
+    let sam_settings = StepSettings::sequential(&sam, Some(a.bn_batch));
     let lr = 0.01;
     let mut forms: Vec<(&str, Step<'_>)> = vec![
         (

@@ -40,12 +40,13 @@
 //! **Why opt-in and where it is chosen.** The batched form changes no
 //! result beyond summation order, as a kernel choice does, but its f32
 //! trajectories leave the sequential form's bits after the first ReLU
-//! flip, so results computed one way are not the other's. It is a
-//! library entry point beside `sgd_step_with`/`sam_step_with`; no study
-//! setting selects it yet (that needs a `Train` setting in the runner,
-//! which would enter the key only at its non-default value, as
-//! ARCHITECTURE.md's recipe for a Train setting says), so no key or
-//! cached result changes. The convolutions with per-slice weights run per
+//! flip, so results computed one way are not the other's. A run chooses it
+//! by its `ghost` setting ([`GhostForm::Batched`](crate::GhostForm)):
+//! `sgd_step_with` and the SAM kind call these functions then, kinds
+//! without a batched form ([`StepKind::BATCHED`](crate::StepKind::BATCHED))
+//! refuse it, and the runner keys a batched run apart from a sequential
+//! one (the sequential default stays out of the key, so no existing key or
+//! cached result changes). The convolutions with per-slice weights run per
 //! slice inside one op (no grouped kernel exists in candle 0.11.1; see
 //! [`samlab_models::slices`]).
 

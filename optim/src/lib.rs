@@ -24,7 +24,7 @@ pub use sam::{Progress, RhoSchedule, SamConfig, Scope};
 pub use schedule::{Point, Resolved, StepSchedule};
 pub use sgd::{Decay, Grads, Sgd, SgdConfig, collect_grads};
 pub use steps::{
-    KindSettings, KindStates, Method, RunShape, StepCtx, StepKind, StepOutput, StepSettings,
-    sam_step, sam_step_with, sgd_step, sgd_step_with,
+    GhostForm, KindSettings, KindStates, Method, RunShape, StepCtx, StepKind, StepOutput,
+    StepSettings, sam_step, sam_step_with, sgd_step, sgd_step_with,
 };
 pub use trainer::Trainer;

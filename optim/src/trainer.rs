@@ -16,7 +16,7 @@ use crate::lr::LrSchedule;
 use crate::sam::{Progress, SamConfig};
 use crate::schedule::{Resolved, StepSchedule};
 use crate::sgd::{Sgd, SgdConfig};
-use crate::steps::{KindSettings, KindStates, Method, RunShape, StepCtx, StepOutput};
+use crate::steps::{GhostForm, KindSettings, KindStates, Method, RunShape, StepCtx, StepOutput};
 
 pub struct Trainer {
     pub sgd: Sgd,
@@ -32,6 +32,8 @@ pub struct Trainer {
     /// Ghost batches: BatchNorm over slices of this many images, for SGD
     /// and SAM steps alike (see `sam`'s module docs).
     pub bn_batch: Option<usize>,
+    /// How the ghost batches are computed (one pass each, or batched).
+    pub ghost: GhostForm,
     /// The step kinds' own settings.
     pub kinds: KindSettings,
     /// What the step kinds keep between steps (saved with the rest).
@@ -75,6 +77,7 @@ impl Trainer {
             step: 0,
             passes: 0.0,
             bn_batch: None,
+            ghost: GhostForm::Sequential,
             kinds: KindSettings::default(),
             states: KindStates::default(),
         })
@@ -100,6 +103,14 @@ impl Trainer {
         Ok(self)
     }
 
+    /// The same run with its ghost batches computed in form `ghost`
+    /// (refused where a kind the schedule uses has no batched form).
+    pub fn with_ghost(mut self, ghost: GhostForm) -> Result<Trainer> {
+        self.ghost = ghost;
+        self.check_kinds()?;
+        Ok(self)
+    }
+
     /// Checks each kind the schedule uses against SAM's settings and the
     /// ghost batch (a kind whose step cannot take m-sharpness chunks, say).
     fn check_kinds(&self) -> Result<()> {
@@ -108,6 +119,7 @@ impl Trainer {
                 let run = RunShape {
                     sam: &self.sam,
                     bn_batch: self.bn_batch,
+                    ghost: self.ghost,
                     batch: None,
                 };
                 self.kinds.check_run(m, &run)?;
@@ -148,6 +160,7 @@ impl Trainer {
             opt: &mut self.sgd,
             sam: &sam,
             bn_batch: self.bn_batch,
+            ghost: self.ghost,
             x,
             y,
             lr,

@@ -76,10 +76,7 @@ fn run(case: &Case, dtype: DType, batched: bool) -> End {
     .unwrap();
     let sgd_cfg = SamConfig::new(0.0);
     let cfg = case.sam.as_ref().unwrap_or(&sgd_cfg);
-    let settings = StepSettings {
-        sam: cfg,
-        bn_batch: Some(case.bn_batch),
-    };
+    let settings = StepSettings::sequential(cfg, Some(case.bn_batch));
     let mut outputs = Vec::new();
     for k in 0..2 {
         let (x, y) = data(case.batch, k, dtype);
@@ -335,10 +332,7 @@ fn bad_settings_are_typed_errors() {
     let msg = |r: Result<StepOutput>| r.unwrap_err().to_string();
     let sgd = SamConfig::new(0.0);
     fn with(sam: &SamConfig, bn_batch: usize) -> StepSettings<'_> {
-        StepSettings {
-            sam,
-            bn_batch: Some(bn_batch),
-        }
+        StepSettings::sequential(sam, Some(bn_batch))
     }
     let e = msg(batched_sgd_step(&m, &mut opt, &with(&sgd, 3), &x, &y, 0.1));
     assert!(
@@ -443,20 +437,131 @@ fn a_non_finite_loss_fails_the_batched_step() {
     let mut opt = Sgd::new(SgdConfig::default()).unwrap();
     for chunk in [Some(4), None] {
         let cfg = sam(0.05, chunk).unwrap();
-        let settings = StepSettings {
-            sam: &cfg,
-            bn_batch: Some(4),
-        };
+        let settings = StepSettings::sequential(&cfg, Some(4));
         let e = batched_sam_step(&m, &mut opt, &settings, &x, &y, 0.1).unwrap_err();
         assert!(matches!(e.kind, ErrorKind::NonFinite { .. }), "{e}");
     }
     let sgd = SamConfig::new(0.0);
-    let settings = StepSettings {
-        sam: &sgd,
-        bn_batch: Some(4),
-    };
+    let settings = StepSettings::sequential(&sgd, Some(4));
     let e = batched_sgd_step(&m, &mut opt, &settings, &x, &y, 0.1).unwrap_err();
     assert!(matches!(e.kind, ErrorKind::NonFinite { .. }), "{e}");
     assert!(bits(&m) == before, "a failed step changes nothing");
     assert!(opt.state().is_empty());
+}
+
+/// A run's `ghost: Batched` (`Trainer::with_ghost`) takes the batched
+/// steps: a Switch SGD->SAM trainer's two steps leave the bits the batched
+/// steps leave when called directly, in f32, where the sequential form's
+/// bits differ (so the test sees which form ran).
+#[test]
+fn a_batched_trainer_takes_the_batched_steps() {
+    let mut cfg = SamConfig::new(0.05);
+    cfg.chunk = Some(4);
+    let schedule = StepSchedule::Switch {
+        from: Method::Sgd,
+        to: Method::Sam,
+        at: Point::Step(1),
+    };
+    let trained = |ghost: GhostForm| -> Vec<(String, Tensor)> {
+        let m = model("resnet8", DType::F32);
+        let mut t = Trainer::new(
+            SgdConfig::default(),
+            cfg.clone(),
+            LrSchedule::Constant { lr: 0.1 },
+            &schedule,
+            2,
+            2,
+        )
+        .and_then(|t| t.with_bn_batch(Some(4)))
+        .and_then(|t| t.with_ghost(ghost))
+        .unwrap();
+        for k in 0..2 {
+            let (x, y) = data(16, k, DType::F32);
+            let out = t.train_step(&m, &x, &y).unwrap();
+            assert_eq!(out.perturbed(), k == 1);
+        }
+        m.params
+            .all()
+            .into_iter()
+            .map(|(n, v)| (n.to_string(), v.as_tensor().clone()))
+            .collect()
+    };
+    let direct = {
+        let m = model("resnet8", DType::F32);
+        let mut opt = Sgd::new(SgdConfig::default()).unwrap();
+        let sgd_cfg = SamConfig::new(0.0);
+        let (x, y) = data(16, 0, DType::F32);
+        batched_sgd_step(
+            &m,
+            &mut opt,
+            &StepSettings::sequential(&sgd_cfg, Some(4)),
+            &x,
+            &y,
+            0.1,
+        )
+        .unwrap();
+        let (x, y) = data(16, 1, DType::F32);
+        batched_sam_step(
+            &m,
+            &mut opt,
+            &StepSettings::sequential(&cfg, Some(4)),
+            &x,
+            &y,
+            0.1,
+        )
+        .unwrap();
+        m.params
+            .all()
+            .into_iter()
+            .map(|(n, v)| (n.to_string(), v.as_tensor().clone()))
+            .collect::<Vec<_>>()
+    };
+    let bits = |ts: &[(String, Tensor)]| -> Vec<u32> {
+        ts.iter()
+            .flat_map(|(_, t)| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+            .map(f32::to_bits)
+            .collect()
+    };
+    let (batched, sequential) = (trained(GhostForm::Batched), trained(GhostForm::Sequential));
+    assert_eq!(
+        bits(&batched),
+        bits(&direct),
+        "the trainer ran the batched steps"
+    );
+    assert_ne!(
+        bits(&sequential),
+        bits(&direct),
+        "the forms' f32 bits differ here"
+    );
+}
+
+/// `ghost: Batched` with a kind that has no batched form is refused where
+/// the trainer is built, naming the kinds that have one.
+#[test]
+fn kinds_without_a_batched_form_refuse_it() {
+    for schedule in [
+        StepSchedule::Always(Method::LookSam),
+        StepSchedule::Psam {
+            period: 2,
+            until: Point::Step(2),
+            with: Method::Esam,
+        },
+    ] {
+        let e = Trainer::new(
+            SgdConfig::default(),
+            SamConfig::new(0.05),
+            LrSchedule::Constant { lr: 0.1 },
+            &schedule,
+            4,
+            2,
+        )
+        .and_then(|t| t.with_ghost(GhostForm::Batched))
+        .err()
+        .unwrap_or_else(|| panic!("{schedule:?} took `ghost: Batched`"))
+        .to_string();
+        assert!(
+            e.contains("`ghost: Batched` is built for the Sgd and Sam kinds only"),
+            "{e}"
+        );
+    }
 }

@@ -105,10 +105,7 @@ fn check_steps(case: &Value, dtype: DType) {
     // bound); the worst error / bound of each kind is printed
     // (docs/numerics.md records them per kernel path).
     let (_, _, mut worst) = run_case(case, dtype, tol, &label, |k, model, opt, x, y| {
-        let settings = StepSettings {
-            sam: &cfg,
-            bn_batch,
-        };
+        let settings = StepSettings::sequential(&cfg, bn_batch);
         match method {
             "sgd" => sgd_step_with(model, opt, &settings, x, y, 0.1).unwrap(),
             "sam" => sam_step_with(model, opt, &settings, x, y, 0.1).unwrap(),
@@ -217,20 +214,14 @@ fn bad_settings_are_errors() {
         "{err}"
     );
     let sgd3 = SamConfig::new(0.0);
-    let settings = StepSettings {
-        sam: &sgd3,
-        bn_batch: Some(3),
-    };
+    let settings = StepSettings::sequential(&sgd3, Some(3));
     let err = sgd_step_with(&m, &mut opt, &settings, &x, &y, 0.1)
         .unwrap_err()
         .to_string();
     assert!(err.contains("bn_batch) 3 does not divide"), "{err}");
     let mut cfg = SamConfig::new(0.05);
     cfg.chunk = Some(4);
-    let settings = StepSettings {
-        sam: &cfg,
-        bn_batch: Some(3),
-    };
+    let settings = StepSettings::sequential(&cfg, Some(3));
     let err = sam_step_with(&m, &mut opt, &settings, &x, &y, 0.1)
         .unwrap_err()
         .to_string();

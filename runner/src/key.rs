@@ -12,7 +12,7 @@
 //! | the dataset's name and content fingerprint (decoded pixels and labels, not the file it came from) | where the dataset was read from (official archive, folder, JPEG tree: only content counts) |
 //! | [`SEMANTICS`], bumped by hand whenever training or evaluation semantics change | the device (a checkpoint trained on CUDA is reused on the CPU; the entry records where it was computed), thread counts, progress settings |
 //! | an Import stage's file by the SHA-256 of its content | the file's path and name (a moved checkpoint keeps its key) |
-//! | fields added later, when set away from their default (`bn_batch`, Escape's `measure`, `precision: Bf16`) | the same fields at their default (unset `bn_batch`, `measure: Probe`, `precision: F32`), so caches from before they existed stay valid |
+//! | fields added later, when set away from their default (`bn_batch`, Escape's `measure`, `precision: Bf16`, `ghost: Batched`) | the same fields at their default (unset `bn_batch`, `measure: Probe`, `precision: F32`, `ghost: Sequential`), so caches from before they existed stay valid |
 //!
 //! The key document is built once, here, when the study is planned; the
 //! plan keeps it, and the cache entry records it as `spec.json`, so
@@ -605,6 +605,38 @@ mod pinned {
         let (a, b) = (sgd.1.unwrap(), bf16.1.unwrap());
         assert!(a.iter().zip(&b).skip(1).all(|(x, y)| x != y), "{a:?} {b:?}");
         assert_ne!(by_name("escape-sgd").0, by_name("escape-bf16").0);
+    }
+
+    /// `ghost: Sequential` written out keys as the default does; `Batched`
+    /// splits the stage key and every prefix key (its f32 bits are not the
+    /// sequential form's), in Train and in Escape.
+    #[test]
+    fn batched_ghost_batches_split_keys_and_sequential_written_out_does_not() {
+        let get = planned_with(
+            r#""ghost-seq": Train(extends: "recipe", bn_batch: 25, ghost: Sequential),
+            "ghost-bn": Train(extends: "recipe", bn_batch: 25),
+            "ghost-bat": Train(extends: "recipe", bn_batch: 25, ghost: Batched),
+            "escape-bat": Escape(of: "sgd", method: Sgd, lr: 0.03, batch: 50, probe: 100, max_steps: 20,
+                ghost: Batched),"#,
+            "ghost.ron",
+        );
+        let by_name = |n: &str| {
+            let p = get(n);
+            (
+                p.key.clone().unwrap(),
+                p.prefix.as_ref().map(|pp| pp.keys.clone()),
+            )
+        };
+        let (seq, bn, bat) = (
+            by_name("ghost-seq"),
+            by_name("ghost-bn"),
+            by_name("ghost-bat"),
+        );
+        assert_eq!(seq, bn);
+        assert_ne!(bn.0, bat.0);
+        let (a, b) = (bn.1.unwrap(), bat.1.unwrap());
+        assert!(a.iter().zip(&b).skip(1).all(|(x, y)| x != y), "{a:?} {b:?}");
+        assert_ne!(by_name("escape-sgd").0, by_name("escape-bat").0);
     }
 
     /// A fork (`reshuffle`) keys apart from its run but shares the run's

@@ -288,6 +288,7 @@ impl StepKind for Esam {
             x,
             y,
             lr,
+            ..
         } = c;
         let n = y.dim(0)?;
         let m = sam.chunk.unwrap_or(n).min(n);

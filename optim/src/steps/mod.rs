@@ -44,6 +44,29 @@ mod sgd;
 pub use sam::{sam_step, sam_step_with};
 pub use sgd::{sgd_step, sgd_step_with};
 
+/// How a step computes its ghost batches (a run's `ghost` setting).
+///
+/// `Sequential` (the default) runs one pass per slice of `bn_batch`
+/// images, as every kind can; `Batched` runs the slices as one batched
+/// pass per SAM pass ([`crate::batched`]), for the kinds that declare
+/// [`StepKind::BATCHED`] (SGD and SAM, with ASAM, SAM-ON and m-sharpness).
+/// The two compute the same step in another summation order: f64 agrees
+/// to about 1e-12, f32 trajectories part after the first ReLU flip, so a
+/// run's form is part of its key where it is `Batched`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum GhostForm {
+    #[default]
+    Sequential,
+    Batched,
+}
+
+impl GhostForm {
+    /// Whether this is the default form (what a key leaves out).
+    pub fn is_sequential(&self) -> bool {
+        *self == GhostForm::Sequential
+    }
+}
+
 /// What a step reads besides the model, the optimiser and the batch.
 #[derive(Clone, Copy, Debug)]
 pub struct StepSettings<'a> {
@@ -51,6 +74,20 @@ pub struct StepSettings<'a> {
     /// Ghost batches: BatchNorm over slices of this many images (`None`:
     /// the whole batch, or the whole chunk).
     pub bn_batch: Option<usize>,
+    /// How the slices are computed: one pass each, or batched.
+    pub ghost: GhostForm,
+}
+
+impl<'a> StepSettings<'a> {
+    /// SAM's settings `sam` with ghost batches of `bn_batch` images,
+    /// computed one pass per slice.
+    pub fn sequential(sam: &'a SamConfig, bn_batch: Option<usize>) -> StepSettings<'a> {
+        StepSettings {
+            sam,
+            bn_batch,
+            ghost: GhostForm::Sequential,
+        }
+    }
 }
 
 /// What a step kind's settings are checked against for a run
@@ -60,6 +97,7 @@ pub struct StepSettings<'a> {
 pub struct RunShape<'a> {
     pub sam: &'a SamConfig,
     pub bn_batch: Option<usize>,
+    pub ghost: GhostForm,
     /// Images per step (`None` where not known yet: a
     /// [`Trainer`](crate::Trainer) is built without its data).
     pub batch: Option<usize>,
@@ -113,20 +151,33 @@ pub struct StepCtx<'a> {
     /// Ghost batches: BatchNorm over slices of this many images (`None`:
     /// the whole batch, or the whole chunk).
     pub bn_batch: Option<usize>,
+    /// How the ghost batches are computed (kinds that are not
+    /// [`StepKind::BATCHED`] are refused `Batched` by `check_run`).
+    pub ghost: GhostForm,
     pub x: &'a Tensor,
     pub y: &'a Tensor,
     pub lr: f64,
 }
 
-impl StepCtx<'_> {
+impl<'a> StepCtx<'a> {
     /// The run's shape as this step sees it, its batch included, for
     /// [`StepKind::check_run`].
     pub fn shape(&self) -> Result<RunShape<'_>> {
         Ok(RunShape {
             sam: self.sam,
             bn_batch: self.bn_batch,
+            ghost: self.ghost,
             batch: Some(self.y.dim(0)?),
         })
+    }
+
+    /// The settings this step reads besides its kind's own.
+    pub fn settings(&self) -> StepSettings<'a> {
+        StepSettings {
+            sam: self.sam,
+            bn_batch: self.bn_batch,
+            ghost: self.ghost,
+        }
     }
 }
 
@@ -190,6 +241,10 @@ pub trait StepKind: Debug + Default {
     /// Whether the kind's steps read SAM's settings.
     const USES_SAM: bool;
 
+    /// Whether the kind computes ghost batches in the batched form too
+    /// ([`GhostForm::Batched`]); a kind that does not is refused it.
+    const BATCHED: bool = false;
+
     /// Checks the settings (called once, where a study is read).
     fn check(_settings: &Self::Settings) -> Result<()> {
         Ok(())
@@ -251,6 +306,12 @@ macro_rules! steps {
                 match self { $(Method::$variant => <$kind as StepKind>::USES_SAM,)* }
             }
 
+            /// Whether the kind has the batched ghost-batch form
+            /// ([`StepKind::BATCHED`]).
+            pub fn batched(self) -> bool {
+                match self { $(Method::$variant => <$kind as StepKind>::BATCHED,)* }
+            }
+
             /// The kind's field in [`KindSettings`] (`kinds: (<field>: ...)`).
             pub fn field(self) -> &'static str {
                 match self { $(Method::$variant => stringify!($field),)* }
@@ -274,6 +335,17 @@ macro_rules! steps {
             /// Checks kind `m`'s settings with the shape of a run that
             /// takes its steps ([`StepKind::check_run`]).
             pub fn check_run(&self, m: Method, run: &RunShape) -> Result<()> {
+                if run.ghost == GhostForm::Batched && !m.batched() {
+                    return Err(bad(format!(
+                        "`ghost: Batched` is built for the {} kinds only; {m:?} computes its ghost batches one pass each (leave `ghost` unset)",
+                        Method::ALL
+                            .iter()
+                            .filter(|k| k.batched())
+                            .map(|k| format!("{k:?}"))
+                            .collect::<Vec<_>>()
+                            .join(" and ")
+                    )));
+                }
                 match m {
                     $(Method::$variant => <$kind as StepKind>::check_run(&self.$field, run)
                         .map_err(|e| within(&format!("kinds.{}", stringify!($field)), e)),)*

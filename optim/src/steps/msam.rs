@@ -82,6 +82,7 @@ impl StepKind for Msam {
             x,
             y,
             lr,
+            ..
         } = c;
         rollback_on_error(model, || {
             let v = opt.state();

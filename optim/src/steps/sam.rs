@@ -4,7 +4,8 @@
 use candle_core::Tensor;
 use samlab_models::Model;
 
-use super::{Method, NoSettings, StepCtx, StepKind, StepOutput, StepSettings};
+use super::{GhostForm, Method, NoSettings, StepCtx, StepKind, StepOutput, StepSettings};
+use crate::batched::batched_sam_step;
 use crate::error::Result;
 use crate::sam::{SamConfig, perturbation};
 use crate::sgd::Sgd;
@@ -15,12 +16,16 @@ pub struct SamKind;
 impl StepKind for SamKind {
     type Settings = NoSettings;
     const USES_SAM: bool = true;
+    const BATCHED: bool = true;
 
     fn cost(_: &NoSettings) -> f64 {
         2.0
     }
 
     fn step(&mut self, _: &NoSettings, c: StepCtx<'_>) -> Result<StepOutput> {
+        if c.ghost == GhostForm::Batched {
+            return batched_sam_step(c.model, c.opt, &c.settings(), c.x, c.y, c.lr);
+        }
         let sam = c.sam;
         let (out, ()) = c.sam_update(
             Method::Sam,
@@ -41,15 +46,12 @@ pub fn sam_step(
     y: &Tensor,
     lr: f64,
 ) -> Result<StepOutput> {
-    let whole_batch = StepSettings {
-        sam: cfg,
-        bn_batch: None,
-    };
-    sam_step_with(model, opt, &whole_batch, x, y, lr)
+    sam_step_with(model, opt, &StepSettings::sequential(cfg, None), x, y, lr)
 }
 
 /// [`sam_step`] with the settings every step kind takes: SAM's and the
-/// ghost-batch size (module docs). The SAM step kind.
+/// ghost batches, one pass each or batched as `settings.ghost` says
+/// ([`batched_sam_step`]) (module docs). The SAM step kind.
 pub fn sam_step_with(
     model: &Model,
     opt: &mut Sgd,
@@ -63,6 +65,7 @@ pub fn sam_step_with(
         opt,
         sam: settings.sam,
         bn_batch: settings.bn_batch,
+        ghost: settings.ghost,
         x,
         y,
         lr,

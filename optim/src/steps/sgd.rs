@@ -4,7 +4,8 @@
 use candle_core::Tensor;
 use samlab_models::Model;
 
-use super::{NoSettings, StepCtx, StepKind, StepOutput, StepSettings};
+use super::{GhostForm, NoSettings, StepCtx, StepKind, StepOutput, StepSettings};
+use crate::batched::batched_sgd_step;
 use crate::error::Result;
 use crate::sam::{SamConfig, ghost_pass, rollback_on_error};
 use crate::sgd::Sgd;
@@ -15,17 +16,14 @@ pub struct SgdKind;
 impl StepKind for SgdKind {
     type Settings = NoSettings;
     const USES_SAM: bool = false;
+    const BATCHED: bool = true;
 
     fn cost(_: &NoSettings) -> f64 {
         1.0
     }
 
     fn step(&mut self, _: &NoSettings, c: StepCtx<'_>) -> Result<StepOutput> {
-        let settings = StepSettings {
-            sam: c.sam,
-            bn_batch: c.bn_batch,
-        };
-        sgd_step_with(c.model, c.opt, &settings, c.x, c.y, c.lr)
+        sgd_step_with(c.model, c.opt, &c.settings(), c.x, c.y, c.lr)
     }
 }
 
@@ -38,15 +36,12 @@ pub fn sgd_step(
     lr: f64,
 ) -> Result<StepOutput> {
     let sam = SamConfig::new(0.0);
-    let whole_batch = StepSettings {
-        sam: &sam,
-        bn_batch: None,
-    };
-    sgd_step_with(model, opt, &whole_batch, x, y, lr)
+    sgd_step_with(model, opt, &StepSettings::sequential(&sam, None), x, y, lr)
 }
 
 /// [`sgd_step`] with the settings every step kind takes: in ghost batches
-/// of `settings.bn_batch` images (module docs); SAM's settings are unused.
+/// of `settings.bn_batch` images, one pass each or batched as
+/// `settings.ghost` says ([`batched_sgd_step`]); SAM's settings are unused.
 /// The SGD step kind.
 pub fn sgd_step_with(
     model: &Model,
@@ -56,6 +51,9 @@ pub fn sgd_step_with(
     y: &Tensor,
     lr: f64,
 ) -> Result<StepOutput> {
+    if settings.ghost == GhostForm::Batched {
+        return batched_sgd_step(model, opt, settings, x, y, lr);
+    }
     rollback_on_error(model, || {
         let (loss, correct, grads) = ghost_pass(model, x, y, settings.bn_batch)?;
         opt.step(&model.params, &grads, lr)?;

@@ -92,6 +92,7 @@ pub fn ctx<'a>(
         opt,
         sam,
         bn_batch,
+        ghost: GhostForm::Sequential,
         x,
         y,
         lr: 0.1,
@@ -105,19 +106,13 @@ pub fn bn_batch(case: &Value) -> Option<usize> {
 
 /// SGD's step as a kind's: `sgd_step_with` on the context's settings.
 pub fn sgd_kind(c: StepCtx<'_>) -> StepOutput {
-    let settings = StepSettings {
-        sam: c.sam,
-        bn_batch: c.bn_batch,
-    };
+    let settings = StepSettings::sequential(c.sam, c.bn_batch);
     sgd_step_with(c.model, c.opt, &settings, c.x, c.y, c.lr).unwrap()
 }
 
 /// SAM's step as a kind's: `sam_step_with` on the context's settings.
 pub fn sam(c: StepCtx<'_>) -> StepOutput {
-    let settings = StepSettings {
-        sam: c.sam,
-        bn_batch: c.bn_batch,
-    };
+    let settings = StepSettings::sequential(c.sam, c.bn_batch);
     sam_step_with(c.model, c.opt, &settings, c.x, c.y, c.lr).unwrap()
 }
 

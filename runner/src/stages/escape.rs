@@ -40,7 +40,7 @@ use std::fmt::Write as _;
 
 use samlab_data::{DatasetName, Loader, PipelineConfig};
 use samlab_models::{Arch, Precision};
-use samlab_optim::{KindSettings, LrSchedule, Method, RunShape, SamConfig, SgdConfig, StepSchedule, Trainer};
+use samlab_optim::{GhostForm, KindSettings, LrSchedule, Method, RunShape, SamConfig, SgdConfig, StepSchedule, Trainer};
 use serde::{Deserialize, Serialize};
 
 use super::data::{Feed, TrainImages, TrainingData, evaluate_loader, forward_cost, probe_indices, training_loader};
@@ -96,6 +96,8 @@ pub struct EscapePartial {
     pub batch: Option<usize>,
     /// Ghost batches, as for Train (the thesis' escape runs: 32).
     pub bn_batch: Option<usize>,
+    /// How the ghost batches are computed, as for Train.
+    pub ghost: Option<GhostForm>,
     pub optimizer: Option<SgdPartial>,
     /// Data order and augmentation of the escape steps.
     pub seed: Option<u64>,
@@ -126,6 +128,10 @@ pub struct EscapeSpec {
     /// Ghost batches (`None`: the whole batch); left out of the key when unset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bn_batch: Option<usize>,
+    /// How the ghost batches are computed; left out of the key when
+    /// `Sequential`.
+    #[serde(skip_serializing_if = "GhostForm::is_sequential")]
+    pub ghost: GhostForm,
     pub optimizer: SgdConfig,
     pub seed: u64,
     pub probe: usize,
@@ -238,9 +244,11 @@ impl Partial for EscapePartial {
         };
         let kinds = KindsPartial::resolve(self.kinds.as_ref())?;
         let plain = SamConfig::new(0.0);
+        let ghost = self.ghost.unwrap_or_default();
         let run = RunShape {
             sam: sam.as_ref().unwrap_or(&plain),
             bn_batch: self.bn_batch,
+            ghost,
             batch: Some(batch),
         };
         kinds.check_run(method, &run)?;
@@ -252,6 +260,7 @@ impl Partial for EscapePartial {
             lr,
             batch,
             bn_batch: self.bn_batch,
+            ghost,
             optimizer: SgdPartial::resolve(self.optimizer.as_ref())?,
             seed: self.seed.unwrap_or(0),
             probe,
@@ -457,6 +466,7 @@ fn run(spec: &EscapeSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
     )
     .map_err(step_err(ctx.stage))?
     .with_bn_batch(spec.bn_batch)?
+    .with_ghost(spec.ghost)?
     .with_kinds(spec.kinds.clone())?;
 
     let (loss0, correct0, n0) = evaluate_loader(&model, &probe, ctx.device)?;

@@ -19,7 +19,7 @@ use std::time::Instant;
 use samlab_data::DatasetName;
 use samlab_models::{Arch, Model, Precision};
 use samlab_optim::{
-    KindSettings, LrSchedule, Method, Point, Resolved, RunShape, SamConfig, SgdConfig, StepSchedule, Trainer,
+    GhostForm, KindSettings, LrSchedule, Method, Point, Resolved, RunShape, SamConfig, SgdConfig, StepSchedule, Trainer,
 };
 use serde::{Deserialize, Serialize};
 
@@ -50,6 +50,10 @@ pub struct TrainPartial {
     /// Ghost batches: BatchNorm over slices of this many images, SGD and
     /// SAM steps alike (the thesis: 32, one GPU's share of 256).
     pub bn_batch: Option<usize>,
+    /// How the ghost batches are computed: `Sequential` (the default, one
+    /// pass per slice) or `Batched` (one batched pass per SAM pass, SGD
+    /// and SAM steps only; `samlab_optim::batched`).
+    pub ghost: Option<GhostForm>,
     pub epochs: Option<u64>,
     pub seed: Option<u64>,
     /// A fork: from `epoch` on, the data order and augmentation come from
@@ -89,6 +93,11 @@ pub struct TrainSpec {
     /// Ghost batches (`None`: the whole batch); left out of the key when unset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bn_batch: Option<usize>,
+    /// How the ghost batches are computed; left out of the key (and of the
+    /// prefix keys) when `Sequential`, so a batched run shares nothing
+    /// with a sequential one.
+    #[serde(skip_serializing_if = "GhostForm::is_sequential")]
+    pub ghost: GhostForm,
     pub epochs: u64,
     /// Initialisation and data order.
     pub seed: u64,
@@ -293,11 +302,13 @@ impl Partial for TrainPartial {
             }
         }
         let kinds = KindsPartial::resolve(self.kinds.as_ref())?;
+        let ghost = self.ghost.unwrap_or_default();
         // A kind that cannot take a setting of this run says so here.
         for m in method.kinds() {
             let run = RunShape {
                 sam: &sam,
                 bn_batch: self.bn_batch,
+                ghost,
                 batch: Some(batch),
             };
             kinds.check_run(m, &run)?;
@@ -310,6 +321,7 @@ impl Partial for TrainPartial {
             subset_seed: self.subset_seed.unwrap_or(0),
             batch,
             bn_batch: self.bn_batch,
+            ghost,
             epochs,
             seed,
             reshuffle: self.reshuffle,
@@ -845,6 +857,7 @@ pub fn run(spec: &TrainSpec, ctx: &RunCtx) -> Result<(Summary, Outcome)> {
         total,
     )?
     .with_bn_batch(spec.bn_batch)?
+    .with_ghost(spec.ghost)?
     .with_kinds(spec.kinds.clone())?;
 
     // Where to start: the latest rolling checkpoint or shared prefix.
