@@ -897,3 +897,90 @@ fn length_matched_sgd_takes_sgds_direction_at_sams_length() {
         );
     }
 }
+
+/// Every step kind runs under bf16 autocast (`Precision::Bf16`: bf16
+/// convolutions and linear layer, f32 master weights, state and
+/// BatchNorm): three steps of each kind on ResNet-8 (batch 8, ghost batches
+/// and SAM chunks of 4) from the f32 run's start keep every parameter and kind state in
+/// f32, take the f32 run's passes (ESAM's selection reads the losses,
+/// which bf16 rounds, so only its count of steps is compared), and move
+/// the weights by an update close to f32's. The bound: one bf16 gradient
+/// is within 0.35 of f32's, relative (models/src/precision.rs' test over
+/// three families), and a SAM-type step takes two, the second at a
+/// perturbation that carries the first's error, so 2 x 0.35 = 0.7; an
+/// update that ignored autocast (0) or went elsewhere (about 1.4 for an
+/// unrelated direction of the same norm) fails it. Each kind prints its
+/// reading (`-- --nocapture`).
+#[test]
+fn every_kind_steps_under_bf16_autocast() {
+    use samlab_models::Precision;
+    for &m in Method::ALL {
+        let run = |p: Precision| {
+            let mut model = resnet8();
+            model.precision = p;
+            let start: Vec<Vec<f32>> = model
+                .params
+                .all()
+                .iter()
+                .map(|(_, v)| flat(v.as_tensor()))
+                .collect();
+            // The thesis' shape: SAM's chunk is the ghost batch.
+            let mut sam = SamConfig::new(0.05);
+            sam.chunk = Some(4);
+            let mut t = Trainer::new(
+                SgdConfig::default(),
+                sam,
+                LrSchedule::Constant { lr: 0.1 },
+                &StepSchedule::Always(m),
+                3,
+                3,
+            )
+            .and_then(|t| t.with_bn_batch(Some(4)))
+            .unwrap();
+            let mut passes = Vec::new();
+            for k in 0..3 {
+                let (x, y) = batch(k);
+                let out = t.train_step(&model, &x, &y).unwrap();
+                assert!(out.loss.is_finite(), "{m:?} {p:?}: loss {}", out.loss);
+                passes.push(out.passes);
+            }
+            for (n, v) in model.params.all() {
+                assert_eq!(v.as_tensor().dtype(), DType::F32, "{m:?} {p:?}: {n}");
+            }
+            for (n, v) in t.states.tensors().unwrap() {
+                assert!(
+                    matches!(v.dtype(), DType::F32 | DType::F64 | DType::U32 | DType::I64),
+                    "{m:?} {p:?}: state {n} is {:?}",
+                    v.dtype()
+                );
+            }
+            let delta: Vec<f64> = model
+                .params
+                .all()
+                .iter()
+                .zip(&start)
+                .flat_map(|((_, v), s)| {
+                    flat(v.as_tensor())
+                        .into_iter()
+                        .zip(s.clone())
+                        .map(|(a, b)| a as f64 - b as f64)
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            (passes, delta)
+        };
+        let (pf, df) = run(Precision::F32);
+        let (pb, db) = run(Precision::Bf16);
+        if m == Method::Esam {
+            assert_eq!(pf.len(), pb.len());
+        } else {
+            assert_eq!(pf, pb, "{m:?}: passes");
+        }
+        let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        let diff: Vec<f64> = df.iter().zip(&db).map(|(a, b)| a - b).collect();
+        let rel = norm(&diff) / norm(&df);
+        eprintln!("{m:?}: bf16 update off f32's by {rel:.3} relative");
+        assert!(rel > 0.0, "{m:?}: bf16 rounded nothing");
+        assert!(rel <= 0.7, "{m:?}: bf16 update off by {rel}");
+    }
+}
