@@ -180,12 +180,19 @@ fn cycles_missing_fields_and_bad_values_are_named() {
         "{e}"
     );
     let e = err(&with_stages(&format!(
-        "        \"a\": Train({TRAIN}),\n        \"e\": Escape(of: \"a\", method: Esam, lr: 0.1, ghost: Batched),"
+        "        \"a\": Train({TRAIN}),\n        \"e\": Escape(of: \"a\", method: Esam, lr: 0.1, bn_batch: 32, ghost: Batched),"
     )));
     assert!(
         e.contains("stage `e`")
             && e.contains("`ghost: Batched` is built for")
             && e.contains("Esam computes"),
+        "{e}"
+    );
+    let e = err(&with_stages(&format!(
+        r#"        "a": Train({TRAIN}, ghost: Batched),"#
+    )));
+    assert!(
+        e.contains("stage `a`") && e.contains("`ghost: Batched` has nothing to batch"),
         "{e}"
     );
     let e = err(&with_stages(&format!(

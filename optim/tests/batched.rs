@@ -555,6 +555,7 @@ fn kinds_without_a_batched_form_refuse_it() {
             4,
             2,
         )
+        .and_then(|t| t.with_bn_batch(Some(4)))
         .and_then(|t| t.with_ghost(GhostForm::Batched))
         .err()
         .unwrap_or_else(|| panic!("{schedule:?} took `ghost: Batched`"))
@@ -564,4 +565,81 @@ fn kinds_without_a_batched_form_refuse_it() {
             "{e}"
         );
     }
+    // A step whose context asks for it is refused too (a context built by
+    // hand, not through a checked trainer), and nothing changes.
+    let m = model("resnet8", DType::F32);
+    let before: Vec<u32> = m
+        .params
+        .all()
+        .iter()
+        .flat_map(|(_, v)| {
+            v.as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        })
+        .map(f32::to_bits)
+        .collect();
+    let mut opt = Sgd::new(SgdConfig::default()).unwrap();
+    let cfg = SamConfig::new(0.05);
+    let (x, y) = data(16, 0, DType::F32);
+    let ctx = StepCtx {
+        model: &m,
+        opt: &mut opt,
+        sam: &cfg,
+        bn_batch: Some(4),
+        ghost: GhostForm::Batched,
+        x: &x,
+        y: &y,
+        lr: 0.1,
+    };
+    let e = KindStates::default()
+        .step(Method::LookSam, &KindSettings::default(), ctx)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`ghost: Batched` is built for"), "{e}");
+    let after: Vec<u32> = m
+        .params
+        .all()
+        .iter()
+        .flat_map(|(_, v)| {
+            v.as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        })
+        .map(f32::to_bits)
+        .collect();
+    assert_eq!(before, after);
+}
+
+/// `ghost: Batched` with nothing to batch (no ghost batches, and for SAM
+/// no m-sharpness chunks either) is refused; SAM's chunks alone suffice.
+#[test]
+fn a_batched_run_needs_slices() {
+    let trainer = |m: Method, chunk: Option<usize>, bn: Option<usize>| {
+        let mut cfg = SamConfig::new(0.05);
+        cfg.chunk = chunk;
+        Trainer::new(
+            SgdConfig::default(),
+            cfg,
+            LrSchedule::Constant { lr: 0.1 },
+            &StepSchedule::Always(m),
+            4,
+            2,
+        )
+        .and_then(|t| t.with_bn_batch(bn))
+        .and_then(|t| t.with_ghost(GhostForm::Batched))
+    };
+    for (m, chunk) in [(Method::Sgd, Some(4)), (Method::Sam, None)] {
+        let e = trainer(m, chunk, None).err().unwrap().to_string();
+        assert!(
+            e.contains("`ghost: Batched` has nothing to batch"),
+            "{m:?}: {e}"
+        );
+    }
+    assert!(trainer(Method::Sam, Some(4), None).is_ok());
+    assert!(trainer(Method::Sgd, None, Some(4)).is_ok());
 }

@@ -901,16 +901,17 @@ fn length_matched_sgd_takes_sgds_direction_at_sams_length() {
 /// Every step kind runs under bf16 autocast (`Precision::Bf16`: bf16
 /// convolutions and linear layer, f32 master weights, state and
 /// BatchNorm): three steps of each kind on ResNet-8 (batch 8, ghost batches
-/// and SAM chunks of 4) from the f32 run's start keep every parameter and kind state in
-/// f32, take the f32 run's passes (ESAM's selection reads the losses,
-/// which bf16 rounds, so only its count of steps is compared), and move
-/// the weights by an update close to f32's. The bound: one bf16 gradient
-/// is within 0.35 of f32's, relative (models/src/precision.rs' test over
-/// three families), and a SAM-type step takes two, the second at a
-/// perturbation that carries the first's error, so 2 x 0.35 = 0.7; an
-/// update that ignored autocast (0) or went elsewhere (about 1.4 for an
-/// unrelated direction of the same norm) fails it. Each kind prints its
-/// reading (`-- --nocapture`).
+/// and SAM chunks of 4) from the f32 run's start leave every parameter in
+/// f32 and no kind state in a 16-bit type, take the f32 run's passes
+/// (ESAM's selection reads the losses, which bf16 rounds, so its passes are
+/// only checked to lie in [1, 2]), and move the weights by an update close
+/// to f32's. The bound: one bf16 gradient is within 0.35 of f32's,
+/// relative (models/src/precision.rs' test over three families), so 0.35
+/// for a kind that takes one gradient a step, and 2 x 0.35 = 0.7 for one
+/// whose second gradient is taken at a perturbation that carries the
+/// first's error; an update that ignored autocast (0) or went elsewhere
+/// (about 1.4 for an unrelated direction of the same norm) fails it. Each
+/// kind prints its reading (`-- --nocapture`).
 #[test]
 fn every_kind_steps_under_bf16_autocast() {
     use samlab_models::Precision;
@@ -972,7 +973,9 @@ fn every_kind_steps_under_bf16_autocast() {
         let (pf, df) = run(Precision::F32);
         let (pb, db) = run(Precision::Bf16);
         if m == Method::Esam {
-            assert_eq!(pf.len(), pb.len());
+            for p in pf.iter().chain(&pb) {
+                assert!((1.0..=2.0).contains(p), "{m:?}: passes {p}");
+            }
         } else {
             assert_eq!(pf, pb, "{m:?}: passes");
         }
@@ -980,7 +983,15 @@ fn every_kind_steps_under_bf16_autocast() {
         let diff: Vec<f64> = df.iter().zip(&db).map(|(a, b)| a - b).collect();
         let rel = norm(&diff) / norm(&df);
         eprintln!("{m:?}: bf16 update off f32's by {rel:.3} relative");
+        let bound = if pf.iter().all(|&p| p == 1.0) {
+            0.35
+        } else {
+            0.7
+        };
         assert!(rel > 0.0, "{m:?}: bf16 rounded nothing");
-        assert!(rel <= 0.7, "{m:?}: bf16 update off by {rel}");
+        assert!(
+            rel <= bound,
+            "{m:?}: bf16 update off by {rel} (bound {bound})"
+        );
     }
 }

@@ -616,8 +616,12 @@ mod pinned {
             r#""ghost-seq": Train(extends: "recipe", bn_batch: 25, ghost: Sequential),
             "ghost-bn": Train(extends: "recipe", bn_batch: 25),
             "ghost-bat": Train(extends: "recipe", bn_batch: 25, ghost: Batched),
+            "escape-seq": Escape(of: "sgd", method: Sgd, lr: 0.03, batch: 50, probe: 100, max_steps: 20,
+                ghost: Sequential),
             "escape-bat": Escape(of: "sgd", method: Sgd, lr: 0.03, batch: 50, probe: 100, max_steps: 20,
-                ghost: Batched),"#,
+                bn_batch: 25, ghost: Batched),
+            "escape-bn": Escape(of: "sgd", method: Sgd, lr: 0.03, batch: 50, probe: 100, max_steps: 20,
+                bn_batch: 25),"#,
             "ghost.ron",
         );
         let by_name = |n: &str| {
@@ -636,7 +640,8 @@ mod pinned {
         assert_ne!(bn.0, bat.0);
         let (a, b) = (bn.1.unwrap(), bat.1.unwrap());
         assert!(a.iter().zip(&b).skip(1).all(|(x, y)| x != y), "{a:?} {b:?}");
-        assert_ne!(by_name("escape-sgd").0, by_name("escape-bat").0);
+        assert_eq!(by_name("escape-sgd").0, by_name("escape-seq").0);
+        assert_ne!(by_name("escape-bn").0, by_name("escape-bat").0);
     }
 
     /// A fork (`reshuffle`) keys apart from its run but shares the run's

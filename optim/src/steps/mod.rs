@@ -152,7 +152,8 @@ pub struct StepCtx<'a> {
     /// the whole batch, or the whole chunk).
     pub bn_batch: Option<usize>,
     /// How the ghost batches are computed (kinds that are not
-    /// [`StepKind::BATCHED`] are refused `Batched` by `check_run`).
+    /// [`StepKind::BATCHED`] are refused `Batched` by [`check_ghost`], in
+    /// `check_run` and again by [`KindStates::step`]).
     pub ghost: GhostForm,
     pub x: &'a Tensor,
     pub y: &'a Tensor,
@@ -281,6 +282,38 @@ pub trait StepKind: Debug + Default {
     }
 }
 
+/// Whether a run of kind `m` can take its ghost-batch form: `Batched`
+/// needs a kind with the batched form ([`StepKind::BATCHED`]) and slices
+/// to batch (`bn_batch`, or SAM's m-sharpness chunks); without them the
+/// step would be the plain one under another key.
+pub fn check_ghost(m: Method, run: &RunShape) -> Result<()> {
+    if run.ghost == GhostForm::Sequential {
+        return Ok(());
+    }
+    if !m.batched() {
+        let kinds: Vec<String> = Method::ALL
+            .iter()
+            .filter(|k| k.batched())
+            .map(|k| format!("{k:?}"))
+            .collect();
+        return Err(bad(format!(
+            "`ghost: Batched` is built for the {} kinds only; {m:?} computes its ghost batches one pass each (leave `ghost` unset)",
+            kinds.join(" and ")
+        )));
+    }
+    if run.bn_batch.is_none() && (!m.uses_sam() || run.sam.chunk.is_none()) {
+        return Err(bad(format!(
+            "`ghost: Batched` has nothing to batch: {m:?} steps without ghost batches (`bn_batch`){} are one pass over the whole batch (set `bn_batch`, or leave `ghost` unset)",
+            if m.uses_sam() {
+                " or m-sharpness chunks (`sam.chunk`)"
+            } else {
+                ""
+            }
+        )));
+    }
+    Ok(())
+}
+
 /// Settings of a kind that has none.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -335,17 +368,7 @@ macro_rules! steps {
             /// Checks kind `m`'s settings with the shape of a run that
             /// takes its steps ([`StepKind::check_run`]).
             pub fn check_run(&self, m: Method, run: &RunShape) -> Result<()> {
-                if run.ghost == GhostForm::Batched && !m.batched() {
-                    return Err(bad(format!(
-                        "`ghost: Batched` is built for the {} kinds only; {m:?} computes its ghost batches one pass each (leave `ghost` unset)",
-                        Method::ALL
-                            .iter()
-                            .filter(|k| k.batched())
-                            .map(|k| format!("{k:?}"))
-                            .collect::<Vec<_>>()
-                            .join(" and ")
-                    )));
-                }
+                check_ghost(m, run)?;
                 match m {
                     $(Method::$variant => <$kind as StepKind>::check_run(&self.$field, run)
                         .map_err(|e| within(&format!("kinds.{}", stringify!($field)), e)),)*
@@ -369,8 +392,10 @@ macro_rules! steps {
         }
 
         impl KindStates {
-            /// Takes one step of kind `m` with `settings`.
+            /// Takes one step of kind `m` with `settings` (refused where
+            /// the context asks for a form the kind lacks: [`check_ghost`]).
             pub fn step(&mut self, m: Method, settings: &KindSettings, ctx: StepCtx<'_>) -> Result<StepOutput> {
+                check_ghost(m, &ctx.shape()?)?;
                 match m { $(Method::$variant => self.$field.step(&settings.$field, ctx),)* }
             }
 
