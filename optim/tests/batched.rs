@@ -571,8 +571,8 @@ fn kinds_without_a_batched_form_refuse_it() {
     let before: Vec<u32> = m
         .params
         .all()
-        .iter()
-        .flat_map(|(_, v)| {
+        .values()
+        .flat_map(|v| {
             v.as_tensor()
                 .flatten_all()
                 .unwrap()
@@ -602,8 +602,8 @@ fn kinds_without_a_batched_form_refuse_it() {
     let after: Vec<u32> = m
         .params
         .all()
-        .iter()
-        .flat_map(|(_, v)| {
+        .values()
+        .flat_map(|v| {
             v.as_tensor()
                 .flatten_all()
                 .unwrap()

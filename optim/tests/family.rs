@@ -922,8 +922,8 @@ fn every_kind_steps_under_bf16_autocast() {
             let start: Vec<Vec<f32>> = model
                 .params
                 .all()
-                .iter()
-                .map(|(_, v)| flat(v.as_tensor()))
+                .values()
+                .map(|v| flat(v.as_tensor()))
                 .collect();
             // The thesis' shape: SAM's chunk is the ghost batch.
             let mut sam = SamConfig::new(0.05);
