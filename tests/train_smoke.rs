@@ -60,19 +60,7 @@ fn train(data_dir: &std::path::Path) -> (Vec<f64>, Vec<u32>) {
         24.0 + 2.0 * 8.0,
         "24 SGD steps, then 8 SAM steps"
     );
-    let bits = model
-        .params
-        .all()
-        .into_values()
-        .flat_map(|v| {
-            v.as_tensor()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap()
-        })
-        .map(f32::to_bits)
-        .collect();
+    let bits = samlab_models::fixtures::param_bits(&model).unwrap();
     (losses, bits)
 }
 

@@ -64,6 +64,22 @@ pub fn f64s(t: &Tensor) -> Result<Vec<f64>> {
         .to_vec1::<f64>()?)
 }
 
+/// Every parameter's f32 bits, in name order (what bit-for-bit tests
+/// compare).
+pub fn param_bits(model: &Model) -> Result<Vec<u32>> {
+    let mut out = Vec::new();
+    for v in model.params.all().values() {
+        out.extend(
+            v.as_tensor()
+                .flatten_all()?
+                .to_vec1::<f32>()?
+                .into_iter()
+                .map(f32::to_bits),
+        );
+    }
+    Ok(out)
+}
+
 /// `n` labels of 10 classes, label `i` being `(7 i + 1) mod 10`.
 pub fn labels(n: usize, device: &Device) -> Result<Tensor> {
     let y: Vec<u32> = (0..n as u32).map(|i| (7 * i + 1) % 10).collect();

@@ -102,22 +102,6 @@ fn run(case: &Case, dtype: DType, batched: bool) -> End {
     End { outputs, tensors }
 }
 
-/// Every f32 parameter's bits, in name order.
-fn param_bits(m: &Model) -> Vec<u32> {
-    m.params
-        .all()
-        .values()
-        .flat_map(|v| {
-            v.as_tensor()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap()
-        })
-        .map(f32::to_bits)
-        .collect()
-}
-
 /// The largest `|a - b|` over a tensor, relative to its largest `|b|`.
 fn rel(a: &Tensor, b: &Tensor) -> f64 {
     let (a, b) = (fixtures::f64s(a).unwrap(), fixtures::f64s(b).unwrap());
@@ -496,7 +480,7 @@ fn a_batched_trainer_takes_the_batched_steps() {
             let out = t.train_step(&m, &x, &y).unwrap();
             assert_eq!(out.perturbed(), k == 1);
         }
-        param_bits(&m)
+        fixtures::param_bits(&m).unwrap()
     };
     let direct = {
         let m = model("resnet8", DType::F32);
@@ -522,7 +506,7 @@ fn a_batched_trainer_takes_the_batched_steps() {
             0.1,
         )
         .unwrap();
-        param_bits(&m)
+        fixtures::param_bits(&m).unwrap()
     };
     let (batched, sequential) = (trained(GhostForm::Batched), trained(GhostForm::Sequential));
     assert_eq!(batched, direct, "the trainer ran the batched steps");
@@ -562,7 +546,7 @@ fn kinds_without_a_batched_form_refuse_it() {
     // A step whose context asks for it is refused too (a context built by
     // hand, not through a checked trainer), and nothing changes.
     let m = model("resnet8", DType::F32);
-    let before = param_bits(&m);
+    let before = fixtures::param_bits(&m).unwrap();
     let mut opt = Sgd::new(SgdConfig::default()).unwrap();
     let cfg = SamConfig::new(0.05);
     let (x, y) = data(16, 0, DType::F32);
@@ -581,7 +565,7 @@ fn kinds_without_a_batched_form_refuse_it() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("`ghost: Batched` is built for"), "{e}");
-    let after = param_bits(&m);
+    let after = fixtures::param_bits(&m).unwrap();
     assert_eq!(before, after);
 }
 
