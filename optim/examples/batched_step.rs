@@ -18,8 +18,10 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use samlab_models::{Arch, Model, fixtures};
-use samlab_optim::batched::{batched_sam_step, batched_sgd_step};
-use samlab_optim::{SamConfig, Sgd, SgdConfig, StepSettings, sam_step_with, sgd_step_with};
+use samlab_optim::{
+    SamConfig, Sgd, SgdConfig, StepSettings, batched_sam_step, batched_sgd_step, sam_step_with,
+    sgd_step_with,
+};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

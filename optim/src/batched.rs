@@ -9,10 +9,10 @@
 //! for a SAM step. Here the same step runs as one pass over the batch per
 //! SAM pass, through [`samlab_models::slices`]:
 //!
-//! - **SGD with ghost batches** ([`batched_sgd_step`]): one sliced pass
+//! - **SGD with ghost batches** ([`batched_sgd_step`](crate::batched_sgd_step)): one sliced pass
 //!   with the model's own weights; BatchNorm per slice; the gradient of
 //!   the mean of the slices' losses is the mean of their gradients.
-//! - **SAM** ([`batched_sam_step`], m-sharpness chunks of `m` images,
+//! - **SAM** ([`batched_sam_step`](crate::batched_sam_step), m-sharpness chunks of `m` images,
 //!   ghost batches of `b` dividing `m`): the first pass with per-slice
 //!   copies of the weights gives every slice's gradient (the gradient of
 //!   the sum of the slices' losses with respect to copy `s` is slice `s`'s
@@ -63,12 +63,11 @@ use crate::sam::{
     rollback_on_error, update, with_decay,
 };
 use crate::sgd::{Grads, Sgd, collect_grads};
-use crate::steps::{Method, StepOutput, StepSettings, sam_output};
 
-/// Images per slice, a device's share: the settings' ghost batch
-/// (`bn_batch`), the whole of `n` images where it is unset.
-fn slice_size(settings: &StepSettings, n: usize) -> Result<usize> {
-    match settings.bn_batch {
+/// Images per slice, a device's share: the ghost batch (`bn_batch`), the
+/// whole of `n` images where it is unset.
+fn slice_size(bn_batch: Option<usize>, n: usize) -> Result<usize> {
+    match bn_batch {
         Some(0) => Err(bad("the batched step's bn_batch must be at least 1")),
         Some(b) => Ok(b),
         None => Ok(n),
@@ -142,19 +141,20 @@ fn mean_loss(ls: &[f64]) -> f64 {
     ls.iter().fold(0f64, |acc, l| acc + l / ls.len() as f64)
 }
 
-/// An SGD step on (x, y) with BatchNorm over slices of
-/// `settings.bn_batch` images, as one pass (module docs): the sequential
-/// form's `sgd_step_with`, batched; SAM's settings are unused.
-pub fn batched_sgd_step(
+/// An SGD step on (x, y) with BatchNorm over slices of `bn_batch` images,
+/// as one pass (module docs): the sequential form's `sgd_step_with`,
+/// batched. Returns the batch's mean loss and correct predictions
+/// (`steps::batched_sgd_step` makes them a step's output).
+pub(crate) fn sgd(
     model: &Model,
     opt: &mut Sgd,
-    settings: &StepSettings,
+    bn_batch: Option<usize>,
     x: &Tensor,
     y: &Tensor,
     lr: f64,
-) -> Result<StepOutput> {
+) -> Result<(f64, usize)> {
     let n = y.dim(0)?;
-    let b = slice_size(settings, n)?;
+    let b = slice_size(bn_batch, n)?;
     rollback_on_error(model, || {
         let (loss, correct, grads) = if b >= n {
             ghost_pass(model, x, y, None)?
@@ -165,7 +165,7 @@ pub fn batched_sgd_step(
             (mean_loss(&p.losses), p.correct, grads)
         };
         opt.step(&model.params, &grads, lr)?;
-        Ok(StepOutput::sgd(loss, correct, n))
+        Ok((loss, correct))
     })
 }
 
@@ -189,24 +189,25 @@ fn chunk_means(per_slice: Vec<Grads>, per_chunk: usize) -> Result<Vec<Grads>> {
     }
 }
 
-/// A SAM step on (x, y) with m-sharpness chunks (`settings.sam.chunk`,
-/// the batch where unset) over ghost batches of `settings.bn_batch` images
-/// (at most the chunk, dividing it; the chunk where unset), as two passes
-/// (module docs): the sequential form's `sam_step_with`, batched.
-pub fn batched_sam_step(
+/// A SAM step on (x, y) with m-sharpness chunks (`cfg.chunk`, the batch
+/// where unset) over ghost batches of `bn_batch` images (at most the
+/// chunk, dividing it; the chunk where unset), as two passes (module
+/// docs): the sequential form's `sam_step_with`, batched. Returns what the
+/// passes gave (`steps::batched_sam_step` makes it a step's output).
+pub(crate) fn sam(
     model: &Model,
     opt: &mut Sgd,
-    settings: &StepSettings,
+    cfg: &SamConfig,
+    bn_batch: Option<usize>,
     x: &Tensor,
     y: &Tensor,
     lr: f64,
-) -> Result<StepOutput> {
-    let cfg: &SamConfig = settings.sam;
+) -> Result<SamGradient> {
     cfg.check()?;
     let n = y.dim(0)?;
     let m = cfg.chunk.unwrap_or(n).min(n);
     let chunks = parts(n, m, "the m-sharpness chunk")?;
-    let b = slice_size(settings, n)?.min(m);
+    let b = slice_size(bn_batch, n)?.min(m);
     let per_chunk = parts(m, b, "the BatchNorm batch (bn_batch)")?;
     let slices = Slices {
         count: n / b,
@@ -291,7 +292,7 @@ pub fn batched_sam_step(
             second_samples: n,
         };
         update(model, opt, &r.perturbed, lr)?;
-        Ok(sam_output(Method::Sam, &r, n))
+        Ok(r)
     })
 }
 

@@ -26,7 +26,6 @@
 use candle_core::{DType, Device, Tensor};
 use samlab_models::slices::{SliceWeights, Slices};
 use samlab_models::{Arch, Model, fixtures};
-use samlab_optim::batched::{batched_sam_step, batched_sgd_step};
 use samlab_optim::*;
 
 fn model(arch: &str, dtype: DType) -> Model {

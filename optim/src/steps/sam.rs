@@ -4,8 +4,10 @@
 use candle_core::Tensor;
 use samlab_models::Model;
 
-use super::{GhostForm, Method, NoSettings, StepCtx, StepKind, StepOutput, StepSettings};
-use crate::batched::batched_sam_step;
+use super::{
+    GhostForm, Method, NoSettings, StepCtx, StepKind, StepOutput, StepSettings, sam_output,
+};
+use crate::batched;
 use crate::error::Result;
 use crate::sam::{SamConfig, perturbation};
 use crate::sgd::Sgd;
@@ -35,6 +37,21 @@ impl StepKind for SamKind {
         )?;
         Ok(out)
     }
+}
+
+/// [`sam_step_with`] in the batched form ([`crate::batched`]), whatever
+/// `settings.ghost` says: two passes over the batch, BatchNorm per slice
+/// of `settings.bn_batch` images and each chunk's perturbation per slice.
+pub fn batched_sam_step(
+    model: &Model,
+    opt: &mut Sgd,
+    settings: &StepSettings,
+    x: &Tensor,
+    y: &Tensor,
+    lr: f64,
+) -> Result<StepOutput> {
+    let r = batched::sam(model, opt, settings.sam, settings.bn_batch, x, y, lr)?;
+    Ok(sam_output(Method::Sam, &r, y.dim(0)?))
 }
 
 /// One SAM step (see the module docs).

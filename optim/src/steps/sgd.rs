@@ -5,7 +5,7 @@ use candle_core::Tensor;
 use samlab_models::Model;
 
 use super::{GhostForm, NoSettings, StepCtx, StepKind, StepOutput, StepSettings};
-use crate::batched::batched_sgd_step;
+use crate::batched;
 use crate::error::Result;
 use crate::sam::{SamConfig, ghost_pass, rollback_on_error};
 use crate::sgd::Sgd;
@@ -37,6 +37,21 @@ pub fn sgd_step(
 ) -> Result<StepOutput> {
     let sam = SamConfig::new(0.0);
     sgd_step_with(model, opt, &StepSettings::sequential(&sam, None), x, y, lr)
+}
+
+/// [`sgd_step_with`] in the batched form ([`crate::batched`]), whatever
+/// `settings.ghost` says: one pass over the batch with BatchNorm per slice
+/// of `settings.bn_batch` images; SAM's settings are unused.
+pub fn batched_sgd_step(
+    model: &Model,
+    opt: &mut Sgd,
+    settings: &StepSettings,
+    x: &Tensor,
+    y: &Tensor,
+    lr: f64,
+) -> Result<StepOutput> {
+    let (loss, correct) = batched::sgd(model, opt, settings.bn_batch, x, y, lr)?;
+    Ok(StepOutput::sgd(loss, correct, y.dim(0)?))
 }
 
 /// [`sgd_step`] with the settings every step kind takes: in ghost batches
