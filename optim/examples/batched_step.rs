@@ -19,8 +19,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use samlab_models::{Arch, Model, fixtures};
 use samlab_optim::{
-    SamConfig, Sgd, SgdConfig, StepSettings, batched_sam_step, batched_sgd_step, sam_step_with,
-    sgd_step_with,
+    GhostForm, SamConfig, Sgd, SgdConfig, StepSettings, sam_step_with, sgd_step_with,
 };
 
 #[global_allocator]
@@ -122,6 +121,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (m4, mut o4) = fresh()?;
     let sgd_settings = StepSettings::sequential(&sgd_cfg, Some(a.bn_batch));
     let sam_settings = StepSettings::sequential(&sam, Some(a.bn_batch));
+    let sgd_batched = StepSettings {
+        ghost: GhostForm::Batched,
+        ..sgd_settings
+    };
+    let sam_batched = StepSettings {
+        ghost: GhostForm::Batched,
+        ..sam_settings
+    };
     let lr = 0.01;
     let mut forms: Vec<(&str, Step<'_>)> = vec![
         (
@@ -134,7 +141,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         (
             "sgd batched",
             Box::new(|| {
-                batched_sgd_step(&m2, &mut o2, &sgd_settings, &x, &y, lr)?;
+                sgd_step_with(&m2, &mut o2, &sgd_batched, &x, &y, lr)?;
                 Ok(())
             }),
         ),
@@ -148,7 +155,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         (
             "sam batched",
             Box::new(|| {
-                batched_sam_step(&m4, &mut o4, &sam_settings, &x, &y, lr)?;
+                sam_step_with(&m4, &mut o4, &sam_batched, &x, &y, lr)?;
                 Ok(())
             }),
         ),

@@ -9,10 +9,10 @@
 //! for a SAM step. Here the same step runs as one pass over the batch per
 //! SAM pass, through [`samlab_models::slices`]:
 //!
-//! - **SGD with ghost batches** ([`batched_sgd_step`](crate::batched_sgd_step)): one sliced pass
+//! - **SGD with ghost batches** (`sgd_step_with` with `ghost: Batched`): one sliced pass
 //!   with the model's own weights; BatchNorm per slice; the gradient of
 //!   the mean of the slices' losses is the mean of their gradients.
-//! - **SAM** ([`batched_sam_step`](crate::batched_sam_step), m-sharpness chunks of `m` images,
+//! - **SAM** (the SAM kind with `ghost: Batched`, m-sharpness chunks of `m` images,
 //!   ghost batches of `b` dividing `m`): the first pass with per-slice
 //!   copies of the weights gives every slice's gradient (the gradient of
 //!   the sum of the slices' losses with respect to copy `s` is slice `s`'s
@@ -144,7 +144,7 @@ fn mean_loss(ls: &[f64]) -> f64 {
 /// An SGD step on (x, y) with BatchNorm over slices of `bn_batch` images,
 /// as one pass (module docs): the sequential form's `sgd_step_with`,
 /// batched. Returns the batch's mean loss and correct predictions
-/// (`steps::batched_sgd_step` makes them a step's output).
+/// (`sgd_step_with` makes them a step's output).
 pub(crate) fn sgd(
     model: &Model,
     opt: &mut Sgd,
@@ -193,7 +193,7 @@ fn chunk_means(per_slice: Vec<Grads>, per_chunk: usize) -> Result<Vec<Grads>> {
 /// where unset) over ghost batches of `bn_batch` images (at most the
 /// chunk, dividing it; the chunk where unset), as two passes (module
 /// docs): the sequential form's `sam_step_with`, batched. Returns what the
-/// passes gave (`steps::batched_sam_step` makes it a step's output).
+/// passes gave (the SAM kind makes it a step's output).
 pub(crate) fn sam(
     model: &Model,
     opt: &mut Sgd,

@@ -25,7 +25,6 @@ pub use schedule::{Point, Resolved, StepSchedule};
 pub use sgd::{Decay, Grads, Sgd, SgdConfig, collect_grads};
 pub use steps::{
     GhostForm, KindSettings, KindStates, Method, RunShape, StepCtx, StepKind, StepOutput,
-    StepSettings, batched_sam_step, batched_sgd_step, sam_step, sam_step_with, sgd_step,
-    sgd_step_with,
+    StepSettings, sam_step, sam_step_with, sgd_step, sgd_step_with,
 };
 pub use trainer::Trainer;

@@ -41,8 +41,8 @@ pub mod msam;
 mod sam;
 mod sgd;
 
-pub use sam::{batched_sam_step, sam_step, sam_step_with};
-pub use sgd::{batched_sgd_step, sgd_step, sgd_step_with};
+pub use sam::{sam_step, sam_step_with};
+pub use sgd::{sgd_step, sgd_step_with};
 
 /// How a step computes its ghost batches (a run's `ghost` setting).
 ///

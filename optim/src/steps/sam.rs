@@ -26,7 +26,8 @@ impl StepKind for SamKind {
 
     fn step(&mut self, _: &NoSettings, c: StepCtx<'_>) -> Result<StepOutput> {
         if c.ghost == GhostForm::Batched {
-            return batched_sam_step(c.model, c.opt, &c.settings(), c.x, c.y, c.lr);
+            let r = batched::sam(c.model, c.opt, c.sam, c.bn_batch, c.x, c.y, c.lr)?;
+            return Ok(sam_output(Method::Sam, &r, c.y.dim(0)?));
         }
         let sam = c.sam;
         let (out, ()) = c.sam_update(
@@ -37,21 +38,6 @@ impl StepKind for SamKind {
         )?;
         Ok(out)
     }
-}
-
-/// [`sam_step_with`] in the batched form ([`crate::batched`]), whatever
-/// `settings.ghost` says: two passes over the batch, BatchNorm per slice
-/// of `settings.bn_batch` images and each chunk's perturbation per slice.
-pub fn batched_sam_step(
-    model: &Model,
-    opt: &mut Sgd,
-    settings: &StepSettings,
-    x: &Tensor,
-    y: &Tensor,
-    lr: f64,
-) -> Result<StepOutput> {
-    let r = batched::sam(model, opt, settings.sam, settings.bn_batch, x, y, lr)?;
-    Ok(sam_output(Method::Sam, &r, y.dim(0)?))
 }
 
 /// One SAM step (see the module docs).
@@ -68,7 +54,7 @@ pub fn sam_step(
 
 /// [`sam_step`] with the settings every step kind takes: SAM's and the
 /// ghost batches, one pass each or batched as `settings.ghost` says
-/// ([`batched_sam_step`]) (module docs). The SAM step kind.
+/// ([`crate::batched`]) (module docs). The SAM step kind.
 pub fn sam_step_with(
     model: &Model,
     opt: &mut Sgd,

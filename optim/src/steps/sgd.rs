@@ -39,24 +39,9 @@ pub fn sgd_step(
     sgd_step_with(model, opt, &StepSettings::sequential(&sam, None), x, y, lr)
 }
 
-/// [`sgd_step_with`] in the batched form ([`crate::batched`]), whatever
-/// `settings.ghost` says: one pass over the batch with BatchNorm per slice
-/// of `settings.bn_batch` images; SAM's settings are unused.
-pub fn batched_sgd_step(
-    model: &Model,
-    opt: &mut Sgd,
-    settings: &StepSettings,
-    x: &Tensor,
-    y: &Tensor,
-    lr: f64,
-) -> Result<StepOutput> {
-    let (loss, correct) = batched::sgd(model, opt, settings.bn_batch, x, y, lr)?;
-    Ok(StepOutput::sgd(loss, correct, y.dim(0)?))
-}
-
 /// [`sgd_step`] with the settings every step kind takes: in ghost batches
 /// of `settings.bn_batch` images, one pass each or batched as
-/// `settings.ghost` says ([`batched_sgd_step`]); SAM's settings are unused.
+/// `settings.ghost` says ([`crate::batched`]); SAM's settings are unused.
 /// The SGD step kind.
 pub fn sgd_step_with(
     model: &Model,
@@ -67,7 +52,8 @@ pub fn sgd_step_with(
     lr: f64,
 ) -> Result<StepOutput> {
     if settings.ghost == GhostForm::Batched {
-        return batched_sgd_step(model, opt, settings, x, y, lr);
+        let (loss, correct) = batched::sgd(model, opt, settings.bn_batch, x, y, lr)?;
+        return Ok(StepOutput::sgd(loss, correct, y.dim(0)?));
     }
     rollback_on_error(model, || {
         let (loss, correct, grads) = ghost_pass(model, x, y, settings.bn_batch)?;
