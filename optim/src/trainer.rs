@@ -16,7 +16,9 @@ use crate::lr::LrSchedule;
 use crate::sam::{Progress, SamConfig};
 use crate::schedule::{Resolved, StepSchedule};
 use crate::sgd::{Sgd, SgdConfig};
-use crate::steps::{GhostForm, KindSettings, KindStates, Method, RunShape, StepCtx, StepOutput};
+use crate::steps::{
+    GhostForm, KindSettings, KindStates, Method, RunShape, StepCtx, StepOutput, StepSettings,
+};
 
 pub struct Trainer {
     pub sgd: Sgd,
@@ -111,15 +113,23 @@ impl Trainer {
         Ok(self)
     }
 
+    /// The settings a step takes: SAM's `sam` (the run's, or its rho at a
+    /// step) with the run's ghost batches.
+    fn settings<'a>(&self, sam: &'a SamConfig) -> StepSettings<'a> {
+        StepSettings {
+            sam,
+            bn_batch: self.bn_batch,
+            ghost: self.ghost,
+        }
+    }
+
     /// Checks each kind the schedule uses against SAM's settings and the
     /// ghost batch (a kind whose step cannot take m-sharpness chunks, say).
     fn check_kinds(&self) -> Result<()> {
         for &m in Method::ALL {
             if self.schedule.count(m, 0, self.total_steps) > 0 {
                 let run = RunShape {
-                    sam: &self.sam,
-                    bn_batch: self.bn_batch,
-                    ghost: self.ghost,
+                    settings: self.settings(&self.sam),
                     batch: None,
                 };
                 self.kinds.check_run(m, &run)?;
@@ -155,12 +165,11 @@ impl Trainer {
         let t = self.step;
         let lr = self.lr.at(t, self.total_steps);
         let sam = self.sam_at(t);
+        let settings = self.settings(&sam);
         let ctx = StepCtx {
             model,
             opt: &mut self.sgd,
-            sam: &sam,
-            bn_batch: self.bn_batch,
-            ghost: self.ghost,
+            settings,
             x,
             y,
             lr,

@@ -522,9 +522,7 @@ fn kinds_without_a_batched_form_refuse_it() {
     let ctx = StepCtx {
         model: &m,
         opt: &mut opt,
-        sam: &cfg,
-        bn_batch: Some(4),
-        ghost: GhostForm::Batched,
+        settings: batched(&cfg, 4),
         x: &x,
         y: &y,
         lr: 0.1,

@@ -865,7 +865,7 @@ fn length_matched_sgd_takes_sgds_direction_at_sams_length() {
         // thesis' setting, m = 32 per device): the chunks' clean gradients
         // are then SGD's ghost-batch gradient.
         let c = ctx(&m, &mut opt, &cfg, chunk, &x, &y);
-        let settings = StepSettings::sequential(c.sam, c.bn_batch);
+        let settings = c.settings;
         match which {
             "sgd" => drop(sgd_step_with(c.model, c.opt, &settings, c.x, c.y, c.lr).unwrap()),
             "sam" => drop(sam_step_with(c.model, c.opt, &settings, c.x, c.y, c.lr).unwrap()),

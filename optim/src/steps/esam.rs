@@ -77,7 +77,8 @@ use samlab_models::Model;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Method, RunShape, StepCtx, StepKind, StepOutput, counter_tensor, read_counter, sam_output,
+    Method, RunShape, StepCtx, StepKind, StepOutput, StepSettings, counter_tensor, read_counter,
+    sam_output,
 };
 use crate::error::{Result, bad};
 use crate::sam::{
@@ -233,7 +234,7 @@ impl StepKind for Esam {
     }
 
     fn check_run(s: &EsamSettings, run: &RunShape) -> Result<()> {
-        let (sam, bn_batch) = (run.sam, run.bn_batch);
+        let (sam, bn_batch) = (run.settings.sam, run.settings.bn_batch);
         if sam.adaptive {
             return Err(bad(
                 "ESAM does not take ASAM scaling (the official code's adaptive variant is not samlab's ASAM): sam.adaptive must be false",
@@ -278,17 +279,15 @@ impl StepKind for Esam {
 
     fn step(&mut self, s: &EsamSettings, c: StepCtx<'_>) -> Result<StepOutput> {
         Self::check(s)?;
-        c.sam.check()?;
+        c.settings.sam.check()?;
         Self::check_run(s, &c.shape()?)?;
         let StepCtx {
             model,
             opt,
-            sam,
-            bn_batch,
+            settings: StepSettings { sam, bn_batch, .. },
             x,
             y,
             lr,
-            ..
         } = c;
         let n = y.dim(0)?;
         let m = sam.chunk.unwrap_or(n).min(n);

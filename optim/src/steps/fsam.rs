@@ -99,7 +99,7 @@ impl StepKind for Fsam {
 
     fn step(&mut self, s: &FsamSettings, c: StepCtx<'_>) -> Result<StepOutput> {
         Self::check(s)?;
-        let (sam, m) = (c.sam, self.m.as_ref());
+        let (sam, m) = (c.settings.sam, self.m.as_ref());
         let (out, next) = c.sam_update(
             Method::Fsam,
             |params, g| match m {

@@ -98,7 +98,7 @@ impl StepKind for Gsam {
 
     fn step(&mut self, s: &GsamSettings, c: StepCtx<'_>) -> Result<StepOutput> {
         Self::check(s)?;
-        let sam = c.sam;
+        let sam = c.settings.sam;
         let (out, ()) = c.sam_update(
             Method::Gsam,
             |params, g| perturbation(params, g, sam),

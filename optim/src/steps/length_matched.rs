@@ -40,7 +40,7 @@ impl StepKind for LengthMatched {
     }
 
     fn step(&mut self, _: &NoSettings, c: StepCtx<'_>) -> Result<StepOutput> {
-        let sam = c.sam;
+        let sam = c.settings.sam;
         // SAM's chunk loop with the chunks' clean gradients as the
         // direction and their perturbed ones kept beside it; the direction
         // is then rescaled to the perturbed gradient's norm.

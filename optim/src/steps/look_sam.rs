@@ -108,7 +108,7 @@ impl StepKind for LookSam {
             .filter(|_| !self.steps.is_multiple_of(s.k));
         let out = match stored {
             None => {
-                let sam = c.sam;
+                let sam = c.settings.sam;
                 let (out, g_v) = c.sam_update(
                     Method::LookSam,
                     |params, g| perturbation(params, g, sam),
@@ -128,10 +128,10 @@ impl StepKind for LookSam {
                 out
             }
             Some(g_v) => {
-                c.sam.check()?;
+                c.settings.sam.check()?;
                 let (model, x, y) = (c.model, c.x, c.y);
                 rollback_on_error(model, || {
-                    let (loss, correct, g) = ghost_pass(model, x, y, c.bn_batch)?;
+                    let (loss, correct, g) = ghost_pass(model, x, y, c.settings.bn_batch)?;
                     let g = match loss_decay(c.opt) {
                         Some(wd) => with_decay(&model.params, g, wd, None)?,
                         None => g,

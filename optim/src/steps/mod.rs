@@ -95,9 +95,8 @@ impl<'a> StepSettings<'a> {
 /// known, the batch size.
 #[derive(Clone, Copy, Debug)]
 pub struct RunShape<'a> {
-    pub sam: &'a SamConfig,
-    pub bn_batch: Option<usize>,
-    pub ghost: GhostForm,
+    /// SAM's settings and the ghost batches.
+    pub settings: StepSettings<'a>,
     /// Images per step (`None` where not known yet: a
     /// [`Trainer`](crate::Trainer) is built without its data).
     pub batch: Option<usize>,
@@ -146,39 +145,24 @@ impl StepOutput {
 pub struct StepCtx<'a> {
     pub model: &'a Model,
     pub opt: &'a mut Sgd,
-    /// SAM's settings (read by kinds that use them).
-    pub sam: &'a SamConfig,
-    /// Ghost batches: BatchNorm over slices of this many images (`None`:
-    /// the whole batch, or the whole chunk).
-    pub bn_batch: Option<usize>,
-    /// How the ghost batches are computed (kinds that are not
-    /// [`StepKind::BATCHED`] are refused `Batched` by [`check_ghost`], in
-    /// `check_run` and again by [`KindStates::step`]).
-    pub ghost: GhostForm,
+    /// SAM's settings (read by kinds that use them) and the ghost batches
+    /// (kinds that are not [`StepKind::BATCHED`] are refused
+    /// `ghost: Batched` by [`check_ghost`], in `check_run` and again by
+    /// [`KindStates::step`]).
+    pub settings: StepSettings<'a>,
     pub x: &'a Tensor,
     pub y: &'a Tensor,
     pub lr: f64,
 }
 
-impl<'a> StepCtx<'a> {
+impl StepCtx<'_> {
     /// The run's shape as this step sees it, its batch included, for
     /// [`StepKind::check_run`].
     pub fn shape(&self) -> Result<RunShape<'_>> {
         Ok(RunShape {
-            sam: self.sam,
-            bn_batch: self.bn_batch,
-            ghost: self.ghost,
+            settings: self.settings,
             batch: Some(self.y.dim(0)?),
         })
-    }
-
-    /// The settings this step reads besides its kind's own.
-    pub fn settings(&self) -> StepSettings<'a> {
-        StepSettings {
-            sam: self.sam,
-            bn_batch: self.bn_batch,
-            ghost: self.ghost,
-        }
     }
 }
 
@@ -198,21 +182,12 @@ impl StepCtx<'_> {
         combine: impl FnMut(Grads, Grads) -> Result<(Grads, Option<Grads>)>,
         keep: impl FnOnce(&mut SamGradient) -> Result<T>,
     ) -> Result<(StepOutput, T)> {
-        self.sam.check()?;
+        let StepSettings { sam, bn_batch, .. } = self.settings;
+        sam.check()?;
         rollback_on_error(self.model, || {
             let (model, x, y) = (self.model, self.x, self.y);
             let decay = loss_decay(self.opt);
-            let mut r = sam_chunks(
-                model,
-                self.sam,
-                self.bn_batch,
-                decay,
-                x,
-                y,
-                perturb,
-                None,
-                combine,
-            )?;
+            let mut r = sam_chunks(model, sam, bn_batch, decay, x, y, perturb, None, combine)?;
             let kept = keep(&mut r)?;
             update(model, self.opt, &r.perturbed, self.lr)?;
             Ok((sam_output(method, &r, y.dim(0)?), kept))
@@ -287,7 +262,12 @@ pub trait StepKind: Debug + Default {
 /// to batch (`bn_batch`, or SAM's m-sharpness chunks); without them the
 /// step would be the plain one under another key.
 pub fn check_ghost(m: Method, run: &RunShape) -> Result<()> {
-    if run.ghost == GhostForm::Sequential {
+    let StepSettings {
+        sam,
+        bn_batch,
+        ghost,
+    } = run.settings;
+    if ghost == GhostForm::Sequential {
         return Ok(());
     }
     if !m.batched() {
@@ -301,7 +281,7 @@ pub fn check_ghost(m: Method, run: &RunShape) -> Result<()> {
             kinds.join(" and ")
         )));
     }
-    if run.bn_batch.is_none() && (!m.uses_sam() || run.sam.chunk.is_none()) {
+    if bn_batch.is_none() && (!m.uses_sam() || sam.chunk.is_none()) {
         return Err(bad(format!(
             "`ghost: Batched` has nothing to batch: {m:?} steps without ghost batches (`bn_batch`){} are one pass over the whole batch (set `bn_batch`, or leave `ghost` unset)",
             if m.uses_sam() {

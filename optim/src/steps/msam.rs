@@ -34,7 +34,7 @@
 //! 780fa4f623fe0c99760fd7cfb1a94d14f00179ee). Test reference:
 //! `optim/tests/reference/gen_msam_reference.py`.
 
-use super::{Method, NoSettings, RunShape, StepCtx, StepKind, StepOutput};
+use super::{Method, NoSettings, RunShape, StepCtx, StepKind, StepOutput, StepSettings};
 use crate::error::{Result, bad};
 use crate::sam::{loss_decay, pass_at, perturbation_along, rollback_on_error, update, with_decay};
 use crate::sgd::Grads;
@@ -47,13 +47,13 @@ impl StepKind for Msam {
     const USES_SAM: bool = true;
 
     fn check_run(_: &NoSettings, run: &RunShape) -> Result<()> {
-        let sam = run.sam;
+        let sam = run.settings.sam;
         // Chunks the size of the ghost batch (the default a study's
         // per-device BatchNorm gives) are the devices of one step: each
         // would perturb along the same, all-reduced momentum, which is the
         // step as it runs. Other chunks would normalise differently.
         if let Some(m) = sam.chunk
-            && Some(m) != run.bn_batch
+            && Some(m) != run.settings.bn_batch
         {
             return Err(bad(format!(
                 "Momentum-SAM perturbs along the momentum, the same for every chunk: sam.chunk ({m}) must be unset or the ghost batch (bn_batch)"
@@ -72,17 +72,15 @@ impl StepKind for Msam {
     }
 
     fn step(&mut self, s: &NoSettings, c: StepCtx<'_>) -> Result<StepOutput> {
-        c.sam.check()?;
+        c.settings.sam.check()?;
         Self::check_run(s, &c.shape()?)?;
         let StepCtx {
             model,
             opt,
-            sam,
-            bn_batch,
+            settings: StepSettings { sam, bn_batch, .. },
             x,
             y,
             lr,
-            ..
         } = c;
         rollback_on_error(model, || {
             let v = opt.state();

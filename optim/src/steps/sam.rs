@@ -25,11 +25,15 @@ impl StepKind for SamKind {
     }
 
     fn step(&mut self, _: &NoSettings, c: StepCtx<'_>) -> Result<StepOutput> {
-        if c.ghost == GhostForm::Batched {
-            let r = batched::sam(c.model, c.opt, c.sam, c.bn_batch, c.x, c.y, c.lr)?;
+        let StepSettings {
+            sam,
+            bn_batch,
+            ghost,
+        } = c.settings;
+        if ghost == GhostForm::Batched {
+            let r = batched::sam(c.model, c.opt, sam, bn_batch, c.x, c.y, c.lr)?;
             return Ok(sam_output(Method::Sam, &r, c.y.dim(0)?));
         }
-        let sam = c.sam;
         let (out, ()) = c.sam_update(
             Method::Sam,
             |params, g| perturbation(params, g, sam),
@@ -66,9 +70,7 @@ pub fn sam_step_with(
     let c = StepCtx {
         model,
         opt,
-        sam: settings.sam,
-        bn_batch: settings.bn_batch,
-        ghost: settings.ghost,
+        settings: *settings,
         x,
         y,
         lr,

@@ -23,7 +23,7 @@ impl StepKind for SgdKind {
     }
 
     fn step(&mut self, _: &NoSettings, c: StepCtx<'_>) -> Result<StepOutput> {
-        sgd_step_with(c.model, c.opt, &c.settings(), c.x, c.y, c.lr)
+        sgd_step_with(c.model, c.opt, &c.settings, c.x, c.y, c.lr)
     }
 }
 

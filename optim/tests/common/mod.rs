@@ -90,9 +90,7 @@ pub fn ctx<'a>(
     StepCtx {
         model,
         opt,
-        sam,
-        bn_batch,
-        ghost: GhostForm::Sequential,
+        settings: StepSettings::sequential(sam, bn_batch),
         x,
         y,
         lr: 0.1,
@@ -106,14 +104,12 @@ pub fn bn_batch(case: &Value) -> Option<usize> {
 
 /// SGD's step as a kind's: `sgd_step_with` on the context's settings.
 pub fn sgd_kind(c: StepCtx<'_>) -> StepOutput {
-    let settings = StepSettings::sequential(c.sam, c.bn_batch);
-    sgd_step_with(c.model, c.opt, &settings, c.x, c.y, c.lr).unwrap()
+    sgd_step_with(c.model, c.opt, &c.settings, c.x, c.y, c.lr).unwrap()
 }
 
 /// SAM's step as a kind's: `sam_step_with` on the context's settings.
 pub fn sam(c: StepCtx<'_>) -> StepOutput {
-    let settings = StepSettings::sequential(c.sam, c.bn_batch);
-    sam_step_with(c.model, c.opt, &settings, c.x, c.y, c.lr).unwrap()
+    sam_step_with(c.model, c.opt, &c.settings, c.x, c.y, c.lr).unwrap()
 }
 
 /// Three steps of `a` and `b` on the same batches from the same start,

@@ -40,7 +40,9 @@ use std::fmt::Write as _;
 
 use samlab_data::{DatasetName, Loader, PipelineConfig};
 use samlab_models::{Arch, Precision};
-use samlab_optim::{GhostForm, KindSettings, LrSchedule, Method, RunShape, SamConfig, SgdConfig, StepSchedule, Trainer};
+use samlab_optim::{
+    GhostForm, KindSettings, LrSchedule, Method, RunShape, SamConfig, SgdConfig, StepSchedule, StepSettings, Trainer,
+};
 use serde::{Deserialize, Serialize};
 
 use super::data::{Feed, TrainImages, TrainingData, evaluate_loader, forward_cost, probe_indices, training_loader};
@@ -246,9 +248,11 @@ impl Partial for EscapePartial {
         let plain = SamConfig::new(0.0);
         let ghost = self.ghost.unwrap_or_default();
         let run = RunShape {
-            sam: sam.as_ref().unwrap_or(&plain),
-            bn_batch: self.bn_batch,
-            ghost,
+            settings: StepSettings {
+                sam: sam.as_ref().unwrap_or(&plain),
+                bn_batch: self.bn_batch,
+                ghost,
+            },
             batch: Some(batch),
         };
         kinds.check_run(method, &run)?;

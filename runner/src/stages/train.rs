@@ -19,7 +19,8 @@ use std::time::Instant;
 use samlab_data::DatasetName;
 use samlab_models::{Arch, Model, Precision};
 use samlab_optim::{
-    GhostForm, KindSettings, LrSchedule, Method, Point, Resolved, RunShape, SamConfig, SgdConfig, StepSchedule, Trainer,
+    GhostForm, KindSettings, LrSchedule, Method, Point, Resolved, RunShape, SamConfig, SgdConfig, StepSchedule,
+    StepSettings, Trainer,
 };
 use serde::{Deserialize, Serialize};
 
@@ -306,9 +307,11 @@ impl Partial for TrainPartial {
         // A kind that cannot take a setting of this run says so here.
         for m in method.kinds() {
             let run = RunShape {
-                sam: &sam,
-                bn_batch: self.bn_batch,
-                ghost,
+                settings: StepSettings {
+                    sam: &sam,
+                    bn_batch: self.bn_batch,
+                    ghost,
+                },
                 batch: Some(batch),
             };
             kinds.check_run(m, &run)?;
