@@ -88,16 +88,18 @@ impl BatchNorm2d {
 
     /// The running statistics after a training pass whose f64 batch
     /// `mean` and `var` (one per channel) the fused op measured over
-    /// `count` values each: PyTorch's momentum update, in f64, rounded to f32.
+    /// `count` values each, from `running`, the running mean and variance
+    /// read once per pass ([`Self::running_values`]): PyTorch's momentum
+    /// update, in f64, rounded to f32.
     fn running_from_fused(
         &self,
+        running: &(Vec<f32>, Vec<f32>),
         mean: &[f64],
         var: &[f64],
         count: f64,
     ) -> Result<(Tensor, Tensor)> {
         let (m, unbiased) = (self.momentum, Self::unbiased(count));
-        let rm = self.running_mean.as_tensor().to_vec1::<f32>()?;
-        let rv = self.running_var.as_tensor().to_vec1::<f32>()?;
+        let (rm, rv) = running;
         let new_mean: Vec<f32> = rm
             .iter()
             .zip(mean)
@@ -112,6 +114,14 @@ impl BatchNorm2d {
         Ok((
             Tensor::from_vec(new_mean, rm.len(), dev)?,
             Tensor::from_vec(new_var, rv.len(), dev)?,
+        ))
+    }
+
+    /// The running mean and variance as f32 values.
+    fn running_values(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        Ok((
+            self.running_mean.as_tensor().to_vec1::<f32>()?,
+            self.running_var.as_tensor().to_vec1::<f32>()?,
         ))
     }
 
@@ -154,7 +164,9 @@ impl BatchNorm2d {
         if train {
             let (n, _, h, w) = x.dims4()?;
             let s = stats.lock().expect("batch-norm stats lock");
-            let (mean, var) = self.running_from_fused(&s.mean, &s.var, (n * h * w) as f64)?;
+            let running = self.running_values()?;
+            let (mean, var) =
+                self.running_from_fused(&running, &s.mean, &s.var, (n * h * w) as f64)?;
             self.running_mean.set(&mean)?;
             self.running_var.set(&var)?;
         }
@@ -206,10 +218,11 @@ impl BatchNorm2d {
                 op,
             )?;
             let s = stats.lock().expect("batch-norm stats lock");
+            let running = self.running_values()?;
             for sl in 0..g {
                 let at = sl * c..(sl + 1) * c;
                 let (mean, var) =
-                    self.running_from_fused(&s.mean[at.clone()], &s.var[at], count)?;
+                    self.running_from_fused(&running, &s.mean[at.clone()], &s.var[at], count)?;
                 means.push(mean);
                 vars.push(var);
             }
