@@ -373,12 +373,15 @@ impl Geom {
         };
         let (img, oimg) = (self.img(), self.out_img());
         let packed = d.pack(w);
-        // SAFETY: each chunk is one output image, and `Direct::image`
-        // writes every element of it.
+        let per_task = d.images_per_task();
+        // SAFETY: each chunk is the output of `n` consecutive images, and
+        // `Direct::images` writes every element of it.
         unsafe {
-            super::par_filled(len, oimg, |i, y| {
-                with_scratch(d.scratch_len(), |buf| {
-                    d.image(&x[i * img..][..img], &packed, y, buf)
+            super::par_filled(len, per_task * oimg, |t, y| {
+                let n = y.len() / oimg;
+                with_scratch(d.scratch_len(n), |buf| {
+                    let xs = &x[t * per_task * img..][..n * img];
+                    d.images(xs, n, &packed, y, buf)
                 })
             })
         }

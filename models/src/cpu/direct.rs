@@ -73,6 +73,11 @@ pub(crate) enum Tiling {
 pub(crate) const CR: usize = 16;
 /// Pixels per [`Tiling::Channels`] tile.
 pub(crate) const PR: usize = 6;
+/// Pixels a [`Tiling::Channels`] forward task covers at least
+/// ([`Direct::images_per_task`]): each block of packed weights is read
+/// once per task, and with one image of ResNet-18's 4x4 layer a task read
+/// 9 MiB of weights for 16 pixels (docs/cpu-profile.md, seventh session).
+const CHANNELS_MIN_PIXELS: usize = 96;
 /// The most (tap, channel) sums the channel-tiled weight gradient keeps
 /// (256 KiB of f32, half this CPU's L2).
 const CHANNELS_WGRAD_MAX_SUMS: usize = 1 << 16;
@@ -113,23 +118,37 @@ impl Direct {
     fn cout_tiles(&self) -> usize {
         self.cout.div_ceil(self.mr())
     }
-    /// Pixel tiles of a plane ([`Tiling::Channels`]).
-    fn pixel_tiles(&self) -> usize {
-        (self.oh() * self.ow()).div_ceil(PR)
-    }
     /// Floats of the padded image, with the slack the last tiles read past it.
     fn padded_len(&self) -> usize {
         let read_end = (self.cin - 1) * self.plane() + self.q() + (self.k - 1) * (self.wp() + 1);
         read_end.max(self.cin * self.plane())
     }
 
-    /// Scratch floats one image needs: the padded image and one tile row.
-    pub(crate) fn scratch_len(&self) -> usize {
-        self.padded_len()
-            + match self.tiling {
-                Tiling::Pixels => MR * self.q(),
-                Tiling::Channels => self.pixel_tiles() * PR * CR,
+    /// Images one forward task ([`images`](Self::images)) takes: one along
+    /// the pixels; along the channels, enough images for
+    /// [`CHANNELS_MIN_PIXELS`] pixels, and up to [`PR`] - 1 more where
+    /// that makes the pixels fill whole tiles. Fixed by the shapes, never
+    /// by the threads; it changes no sum (each output is summed over its
+    /// own taps in the same order whichever tile holds it).
+    pub(crate) fn images_per_task(&self) -> usize {
+        let p = self.oh() * self.ow();
+        if self.tiling == Tiling::Pixels || p >= CHANNELS_MIN_PIXELS {
+            return 1;
+        }
+        let n = CHANNELS_MIN_PIXELS.div_ceil(p);
+        (n..n + PR).find(|m| m * p % PR == 0).unwrap_or(n)
+    }
+
+    /// Scratch floats a task of `n` images needs: the padded images and
+    /// the tiles of one output-channel block (along the pixels, images run
+    /// one after another in one image's scratch).
+    pub(crate) fn scratch_len(&self, n: usize) -> usize {
+        match self.tiling {
+            Tiling::Pixels => self.padded_len() + MR * self.q(),
+            Tiling::Channels => {
+                n * self.padded_len() + (n * self.oh() * self.ow()).div_ceil(PR) * PR * CR
             }
+        }
     }
 
     /// The weights `(cout, cin, k, k)` in the microkernel's order:
@@ -149,42 +168,66 @@ impl Direct {
         out
     }
 
-    /// `out (cout, oh, ow) = conv(x (cin, h, w), packed)` for one image;
-    /// every element of `out[..cout * oh * ow]` is written (callers rely on
-    /// it to skip zeroing the output).
-    pub(crate) fn image(
+    /// `out (n, cout, oh, ow) = conv(xs (n, cin, h, w), packed)` for `n`
+    /// consecutive images (a task of [`images_per_task`](Self::images_per_task));
+    /// every element of `out[..n * cout * oh * ow]` is written (callers
+    /// rely on it to skip zeroing the output).
+    pub(crate) fn images(
         &self,
-        x: &[f32],
+        xs: &[f32],
+        n: usize,
         packed: &[f32],
         out: &mut [MaybeUninit<f32>],
         scratch: &mut [f32],
     ) {
         assert!(available(), "direct convolution needs AVX2 and FMA");
         assert!(self.stride == 1 || self.tiling == Tiling::Channels);
+        let (img, oimg) = (
+            self.cin * self.h * self.w,
+            self.cout * self.oh() * self.ow(),
+        );
+        assert!(xs.len() >= n * img && out.len() >= n * oimg);
         match self.tiling {
-            Tiling::Pixels => self.image_pixels(x, packed, out, scratch),
-            Tiling::Channels => self.image_channels(x, packed, out, scratch),
+            Tiling::Pixels => {
+                for (i, o) in out[..n * oimg].chunks_exact_mut(oimg).enumerate() {
+                    self.image_pixels(&xs[i * img..][..img], packed, o, scratch);
+                }
+            }
+            Tiling::Channels => self.images_channels(xs, n, packed, out, scratch),
         }
     }
 
-    fn image_channels(
+    /// [`images`](Self::images) along the channels: the tiles run over the
+    /// pixels of all `n` images, so each block of packed weights serves
+    /// `n` images' tiles while it is in cache.
+    fn images_channels(
         &self,
-        x: &[f32],
+        xs: &[f32],
+        n: usize,
         packed: &[f32],
         out: &mut [MaybeUninit<f32>],
         scratch: &mut [f32],
     ) {
         let (wp, plane, kk) = (self.wp(), self.plane(), self.k * self.k);
         let (oh, ow, cin) = (self.oh(), self.ow(), self.cin);
-        let (p, tiles) = (oh * ow, self.pixel_tiles());
-        assert!(out.len() >= self.cout * p);
+        let (p, img, xlen) = (oh * ow, cin * self.h * self.w, self.padded_len());
+        let all = n * p;
+        let tiles = all.div_ceil(PR);
+        assert!(out.len() >= n * self.cout * p);
         assert!(packed.len() >= self.cout_tiles() * CR * cin * kk);
-        let (xp, tile) = scratch[..self.scratch_len()].split_at_mut(self.padded_len());
-        self.pad_into(x, xp);
-        // Where each tile's pixels start in a padded plane; the last tile
-        // repeats the last pixel.
+        let (xp, tile) = scratch[..self.scratch_len(n)].split_at_mut(n * xlen);
+        for (i, dst) in xp.chunks_exact_mut(xlen).enumerate() {
+            self.pad_into(&xs[i * img..][..img], dst);
+        }
+        // Where each tile's pixels start: image `g / p`'s padded copy, its
+        // pixel `g % p`; the last tile repeats the last pixel.
         let offs: Vec<[usize; PR]> = (0..tiles)
-            .map(|t| std::array::from_fn(|j| self.pixel_start((t * PR + j).min(p - 1))))
+            .map(|t| {
+                std::array::from_fn(|j| {
+                    let g = (t * PR + j).min(all - 1);
+                    (g / p) * xlen + self.pixel_start(g % p)
+                })
+            })
             .collect();
         let taps = cin * kk;
         for t in 0..self.cout_tiles() {
@@ -194,7 +237,8 @@ impl Direct {
                 for (pt, off) in offs.iter().enumerate() {
                     // SAFETY: `available()` held above; the tile reads xp at
                     // c0*plane + off[j] + (cb-1)*plane + (k-1)*(wp+1), inside
-                    // the cin planes (off[j] is a valid output pixel), and
+                    // the cin planes of one image's padded copy (off[j] is
+                    // that copy's start plus a valid output pixel), and
                     // cb*kk*CR floats of wt from c0*kk*CR, and reads/writes
                     // PR*CR floats of `tile` at pt*PR*CR, all in the slices.
                     #[cfg(target_arch = "x86_64")]
@@ -213,10 +257,13 @@ impl Direct {
                     };
                 }
             }
-            for co in t * CR..self.cout.min((t + 1) * CR) {
-                let r = co - t * CR;
-                for (i, o) in out[co * p..(co + 1) * p].iter_mut().enumerate() {
-                    o.write(tile[i * CR + r]);
+            for i in 0..n {
+                for co in t * CR..self.cout.min((t + 1) * CR) {
+                    let r = co - t * CR;
+                    let dst = &mut out[(i * self.cout + co) * p..][..p];
+                    for (j, o) in dst.iter_mut().enumerate() {
+                        o.write(tile[(i * p + j) * CR + r]);
+                    }
                 }
             }
         }
@@ -233,7 +280,7 @@ impl Direct {
         let (oh, ow) = (self.oh(), self.ow());
         assert!(out.len() >= self.cout * oh * ow);
         assert!(packed.len() >= self.cout_tiles() * MR * self.cin * self.k * self.k);
-        let (xp, tile) = scratch[..self.scratch_len()].split_at_mut(self.padded_len());
+        let (xp, tile) = scratch[..self.scratch_len(1)].split_at_mut(self.padded_len());
         self.pad_into(x, xp);
         let kk = self.k * self.k;
         let taps = self.cin * kk;
@@ -696,5 +743,89 @@ unsafe fn wgrad_channels_avx2(
             }
         }
         store_tile(acc, acc_out, ld, true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Values from a fixed hash, of both signs.
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n as u32)
+            .map(|i| {
+                let h = (i ^ seed.wrapping_mul(0x9e37_79b9)).wrapping_mul(0x85eb_ca6b);
+                let h = (h ^ (h >> 13)).wrapping_mul(0xc2b2_ae35);
+                ((h >> 8) as f32 / (1u32 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// A task of several images along the channels gives every output the
+    /// bits one image per task gave: the grouping moves pixels between
+    /// tiles, and no tile sums across pixels. Shapes: ResNet-18's 4x4
+    /// layer and its strided 8x8 -> 4x4 convolution, ResNet-8's 8x8 layer,
+    /// and maps whose pixel count fills no whole tile (5x5, 3x3 stride 2,
+    /// 1x1), with channel counts off the tile.
+    #[test]
+    fn several_images_per_task_change_no_bit() {
+        if !available() {
+            // `Direct::images` asserts AVX2 + FMA: nothing of this runs on
+            // this CPU (conv.rs's tests cover the im2col path it takes).
+            eprintln!("skipped: the direct kernels need AVX2 and FMA, which this CPU lacks");
+            return;
+        }
+        // (cin, h, cout, k, pad, stride)
+        let shapes = [
+            (512, 4, 512, 3, 1, 1),
+            (256, 8, 512, 3, 1, 2),
+            (64, 8, 64, 3, 1, 1),
+            (20, 5, 17, 3, 1, 1),
+            (7, 5, 33, 3, 0, 2),
+            (3, 1, 5, 3, 1, 1),
+        ];
+        for (cin, h, cout, k, pad, stride) in shapes {
+            let d = Direct {
+                cin,
+                h,
+                w: h,
+                cout,
+                k,
+                pad,
+                stride,
+                tiling: Tiling::Channels,
+            };
+            let n = d.images_per_task();
+            let p = d.oh() * d.ow();
+            let case = format!("cin {cin} h {h} cout {cout} k {k} pad {pad} stride {stride}");
+            assert!(
+                n > 1 || p >= CHANNELS_MIN_PIXELS,
+                "{case}: {n} images per task"
+            );
+            let (img, oimg) = (cin * h * h, cout * p);
+            let x = values(n * img, cin as u32);
+            let packed = d.pack(&values(cout * cin * k * k, cout as u32 + 1));
+            let mut together = vec![MaybeUninit::new(f32::NAN); n * oimg];
+            let mut scratch = vec![0f32; d.scratch_len(n)];
+            d.images(&x, n, &packed, &mut together, &mut scratch);
+            let mut alone = vec![MaybeUninit::new(f32::NAN); n * oimg];
+            let mut scratch = vec![0f32; d.scratch_len(1)];
+            for (i, o) in alone.chunks_exact_mut(oimg).enumerate() {
+                d.images(&x[i * img..][..img], 1, &packed, o, &mut scratch);
+            }
+            // SAFETY: both were filled with NaN and then written by
+            // `images`; reading an initialised f32.
+            let bits = |v: &[MaybeUninit<f32>]| -> Vec<u32> {
+                v.iter()
+                    .map(|o| unsafe { o.assume_init() }.to_bits())
+                    .collect()
+            };
+            let (t, a) = (bits(&together), bits(&alone));
+            assert!(
+                t.iter().all(|&b| !f32::from_bits(b).is_nan()),
+                "{case}: an output left unwritten"
+            );
+            assert_eq!(t, a, "{case}");
+        }
     }
 }
