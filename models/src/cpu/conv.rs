@@ -38,7 +38,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::dgrad::StridedGrad;
-use super::direct::{self, Direct, Tiling};
+use super::direct::{self, Direct, Pitch, Tiling};
 use super::{Path, path};
 
 /// Images per f32 partial sum of the weight gradient (at least).
@@ -359,6 +359,7 @@ impl Geom {
             pad: self.pad,
             stride: self.stride,
             tiling,
+            pitch: Pitch::Narrow,
         })
     }
 

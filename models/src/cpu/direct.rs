@@ -4,7 +4,7 @@
 //! Why: im2col copies every input element `k * k` times into columns that
 //! gemm then packs again; with the 16-64 channels of the CIFAR ResNets that
 //! copying was about a quarter of a step (docs/cpu-profile.md). Here the
-//! image is padded once (row pitch `wp = w + 2 * pad`), and output pixel
+//! image is padded once (row pitch `wp`, [`Direct::wp`]), and output pixel
 //! `(oy, ox)` of a plane is
 //!
 //! `out[co][oy][ox] = sum_{ci, kh, kw} w[co][ci][kh][kw] * xp[ci][(oy s + kh) * wp + ox s + kw]`
@@ -12,8 +12,9 @@
 //! Two tilings ([`Tiling`]). Along the pixels (stride 1, wide rows): with
 //! `q = oy * wp + ox`, a run of consecutive outputs reads a run of
 //! consecutive inputs for each tap; the `ow..wp` columns of each row are
-//! computed too (they read across the row's end) and dropped, `(k - 1) /
-//! wp` of the work. Along the output channels (small maps, strides): each
+//! computed too (they read across the row's end) and dropped, `(k - 1 -
+//! pad) / wp` of the work (a row carries only its left padding, the next
+//! row's serving as its right: [`Direct::wp`]). Along the output channels (small maps, strides): each
 //! pixel's input is broadcast against a vector of channels, nothing
 //! dropped. Both sum the input channels in blocks of [`CB`] in registers and
 //! add the blocks in order, so each output is summed in a fixed order:
@@ -54,6 +55,23 @@ pub(crate) struct Direct {
     /// 1 for [`Tiling::Pixels`]; any for [`Tiling::Channels`].
     pub stride: usize,
     pub tiling: Tiling,
+    /// The padded rows' layout; [`Pitch::Narrow`] for the forward pass (the
+    /// weight gradient takes [`Pitch::Wide`] itself).
+    pub pitch: Pitch,
+}
+
+/// How the rows of a padded plane are laid out ([`Direct::wp`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Pitch {
+    /// Left padding only, where it suffices (stride 1, `pad < k`): fewer
+    /// dropped columns along the pixels. Each output's sum is the same
+    /// whatever the pitch, so the forward pass takes it.
+    Narrow,
+    /// Both sides padded, `w + 2 pad`. The pixel-tiled weight gradient
+    /// sums each weight's products in 8 lanes by position in the padded
+    /// plane, so its bits depend on the pitch: it keeps this one, the
+    /// layout the results in `results/` were computed with.
+    Wide,
 }
 
 /// How the microkernel tiles the outputs of a plane.
@@ -86,14 +104,24 @@ impl Direct {
     fn hp(&self) -> usize {
         self.h + 2 * self.pad
     }
+    /// The row pitch of a padded plane. [`Pitch::Narrow`] at stride 1 with `pad < k`: a row
+    /// is its `pad` zeros on the left and its `w` values: a window's right
+    /// overhang (`pad` columns) reads the next row's left zeros (the last
+    /// row's, the next plane's top rows or the slack), so only `k - 1 -
+    /// pad` columns per row are computed and dropped along the pixels
+    /// instead of `k - 1`. Otherwise both sides are padded.
     fn wp(&self) -> usize {
-        self.w + 2 * self.pad
+        if self.pitch == Pitch::Narrow && self.stride == 1 && self.pad < self.k {
+            self.w + self.pad
+        } else {
+            self.w + 2 * self.pad
+        }
     }
     pub(crate) fn oh(&self) -> usize {
         (self.hp() - self.k) / self.stride + 1
     }
     pub(crate) fn ow(&self) -> usize {
-        (self.wp() - self.k) / self.stride + 1
+        (self.w + 2 * self.pad - self.k) / self.stride + 1
     }
     /// Where output pixel `i` (row-major) reads its window's first input
     /// in a padded plane.
@@ -118,10 +146,13 @@ impl Direct {
     fn cout_tiles(&self) -> usize {
         self.cout.div_ceil(self.mr())
     }
-    /// Floats of the padded image, with the slack the last tiles read past it.
+    /// Floats of the padded image, with the slack the last tiles read past
+    /// it: along the pixels, the last tile's run; along the channels, the
+    /// last window's overhang past the last plane (at most `pad` floats,
+    /// [`wp`](Self::wp)).
     fn padded_len(&self) -> usize {
         let read_end = (self.cin - 1) * self.plane() + self.q() + (self.k - 1) * (self.wp() + 1);
-        read_end.max(self.cin * self.plane())
+        read_end.max(self.cin * self.plane() + self.pad)
     }
 
     /// Images one forward task ([`images`](Self::images)) takes: one along
@@ -237,8 +268,9 @@ impl Direct {
                 for (pt, off) in offs.iter().enumerate() {
                     // SAFETY: `available()` held above; the tile reads xp at
                     // c0*plane + off[j] + (cb-1)*plane + (k-1)*(wp+1), inside
-                    // the cin planes of one image's padded copy (off[j] is
-                    // that copy's start plus a valid output pixel), and
+                    // one image's padded copy (off[j] is that copy's start
+                    // plus a valid output pixel, whose window overhangs the
+                    // last plane by at most `pad` floats: padded_len), and
                     // cb*kk*CR floats of wt from c0*kk*CR, and reads/writes
                     // PR*CR floats of `tile` at pt*PR*CR, all in the slices.
                     #[cfg(target_arch = "x86_64")]
@@ -330,8 +362,21 @@ impl Direct {
         (self.oh() * self.wp()).div_ceil(8) * 8
     }
 
+    /// This convolution with the layout the weight gradient uses.
+    fn wide(&self) -> Direct {
+        Direct {
+            pitch: Pitch::Wide,
+            ..*self
+        }
+    }
+
     /// Scratch floats [`weight_grad_group`](Self::weight_grad_group) needs.
     pub(crate) fn weight_grad_scratch_len(&self) -> usize {
+        let d = self.wide();
+        d.wide_weight_grad_scratch_len()
+    }
+
+    fn wide_weight_grad_scratch_len(&self) -> usize {
         match self.tiling {
             Tiling::Pixels => self.padded_len() + self.cout_tiles() * MR * self.q8(),
             Tiling::Channels => {
@@ -374,18 +419,16 @@ impl Direct {
         dw: &mut [f32],
         scratch: &mut [f32],
     ) {
-        let (img, oimg) = (
-            self.cin * self.h * self.w,
-            self.cout * self.oh() * self.ow(),
-        );
-        match self.tiling {
+        let d = self.wide();
+        let (img, oimg) = (d.cin * d.h * d.w, d.cout * d.oh() * d.ow());
+        match d.tiling {
             Tiling::Pixels => {
                 for i in 0..n {
                     let (x, dy) = (&xs[i * img..][..img], &dys[i * oimg..][..oimg]);
-                    self.weight_grad_image(x, dy, dw, scratch);
+                    d.weight_grad_image(x, dy, dw, scratch);
                 }
             }
-            Tiling::Channels => self.weight_grad_channels(xs, dys, n, dw, scratch),
+            Tiling::Channels => d.weight_grad_channels(xs, dys, n, dw, scratch),
         }
     }
 
@@ -408,7 +451,8 @@ impl Direct {
         let (p, taps, ldc) = (oh * ow, cin * k * k, self.cout_tiles() * CR);
         let (img, oimg) = (cin * self.h * self.w, cout * p);
         assert!(xs.len() >= n * img && dys.len() >= n * oimg && dw.len() >= cout * taps);
-        let (xp, rest) = scratch[..self.weight_grad_scratch_len()].split_at_mut(self.padded_len());
+        let (xp, rest) =
+            scratch[..self.wide_weight_grad_scratch_len()].split_at_mut(self.padded_len());
         let (dyt, acc) = rest.split_at_mut(p * ldc);
         acc.fill(0.0);
         dyt.fill(0.0);
@@ -466,7 +510,8 @@ impl Direct {
         let (wp, plane, q8) = (self.wp(), self.plane(), self.q8());
         let (oh, ow, cin, k) = (self.oh(), self.ow(), self.cin, self.k);
         assert!(dy.len() >= self.cout * oh * ow && dw.len() >= self.cout * cin * k * k);
-        let (xp, dyp) = scratch[..self.weight_grad_scratch_len()].split_at_mut(self.padded_len());
+        let (xp, dyp) =
+            scratch[..self.wide_weight_grad_scratch_len()].split_at_mut(self.padded_len());
         self.pad_into(x, xp);
         // Zero in the dropped columns, past the last row and in the rows of
         // the channels that round `cout` up to whole tiles.
@@ -522,6 +567,7 @@ impl Direct {
             dst[..pad * wp].fill(0.0);
             dst[(h + pad) * wp..].fill(0.0);
             for y in 0..h {
+                // `pad + w` floats, then the right padding where `wp` has it.
                 let row = &mut dst[(y + pad) * wp..(y + pad + 1) * wp];
                 row[..pad].fill(0.0);
                 row[pad..pad + w].copy_from_slice(&x[(c * h + y) * w..][..w]);
@@ -794,6 +840,7 @@ mod tests {
                 pad,
                 stride,
                 tiling: Tiling::Channels,
+                pitch: Pitch::Narrow,
             };
             let n = d.images_per_task();
             let p = d.oh() * d.ow();
