@@ -2,7 +2,8 @@
 //!
 //! For ResNet-8, ResNet-20, WRN-16-2 and ResNet-18 at batch 128 on the CPU:
 //! a training step (forward in training mode + cross-entropy + backward + an
-//! SGD update of every parameter) and an evaluation forward, in images per
+//! SGD update of every parameter) and an evaluation forward (`Model::infer`,
+//! as the runner evaluates), in images per
 //! second; the process's peak RSS after each net; and the same numbers from
 //! PyTorch (`bench/torch_cpu_step.py`: the better of NCHW and channels_last,
 //! oneDNN's convolutions) and from JAX (`bench/jax_step.py`, ResNet-8 and
@@ -283,12 +284,14 @@ fn samlab_rates(
         train_step(m, x, y);
     }
     let train = (bs * steps) as f64 / t.elapsed().as_secs_f64();
+    // Evaluation as the runner evaluates (`Model::infer`, inference mode),
+    // as PyTorch's side runs under `torch.inference_mode()`.
     for _ in 0..warmup {
-        m.forward(x, false).unwrap();
+        m.infer(x).unwrap();
     }
     let t = Instant::now();
     for _ in 0..steps {
-        std::hint::black_box(m.forward(x, false).unwrap());
+        std::hint::black_box(m.infer(x).unwrap());
     }
     (train, (bs * steps) as f64 / t.elapsed().as_secs_f64())
 }

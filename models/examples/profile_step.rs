@@ -27,7 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for step in 0..steps {
         let t = std::time::Instant::now();
         if eval {
-            std::hint::black_box(model.forward(&x, false)?);
+            std::hint::black_box(model.infer(&x)?);
             eprintln!("eval {step}: {:.3} s", t.elapsed().as_secs_f64());
             continue;
         }

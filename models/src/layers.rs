@@ -10,6 +10,7 @@ use std::cell::{Cell, RefCell};
 
 use candle_core::{DType, Tensor, Var};
 
+use crate::cpu::batchnorm::Norm;
 use crate::device_conv::{self, ConvGrad};
 use crate::error::{ErrorKind, Result};
 use crate::params::{Builder, Init};
@@ -49,6 +50,41 @@ impl BatchNorm2d {
     /// `relu(self.forward(x, train))`, in one pass on the CPU.
     pub fn forward_relu(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         self.forward_maybe_relu(x, train, true)
+    }
+
+    /// `self.forward(&conv.forward(x)?, train)`. In [`inference`] mode, in
+    /// f32 on the CPU, the convolution writes its output normalised: one
+    /// pass over the activations fewer, the same bits.
+    pub fn forward_after(&self, conv: &Conv2d, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.after(conv, x, train, false)
+    }
+
+    /// `self.forward_relu(&conv.forward(x)?, train)`, fused as
+    /// [`forward_after`](Self::forward_after) is.
+    pub fn forward_relu_after(&self, conv: &Conv2d, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.after(conv, x, train, true)
+    }
+
+    fn after(&self, conv: &Conv2d, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
+        // Where the unfused pass would take the fused f32 batch-norm op in
+        // evaluation mode (not under ReLU masks, autocast or a sliced pass).
+        if !train && inferring() && !masking() && self.weight.dtype() == DType::F32 {
+            let norm = || -> Result<Norm> {
+                let v = |t: &Tensor| t.to_vec1::<f32>();
+                Ok(Norm::eval(
+                    &v(self.running_mean.as_tensor())?,
+                    &v(self.running_var.as_tensor())?,
+                    &v(&self.weight)?,
+                    &v(&self.bias)?,
+                    self.eps,
+                    relu,
+                ))
+            };
+            if let Some(y) = conv.forward_normalised(x, norm)? {
+                return Ok(y);
+            }
+        }
+        self.forward_maybe_relu(&conv.forward(x)?, train, relu)
     }
 
     fn forward_maybe_relu(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
@@ -377,6 +413,32 @@ impl Conv2d {
         })
     }
 
+    /// [`forward`](Self::forward) with the output put through `norm` as
+    /// the kernel writes it, where the CPU op serves it (f32 on the CPU, no
+    /// bias, no sliced pass); `None` elsewhere. Forward only: the result
+    /// carries no graph.
+    fn forward_normalised(
+        &self,
+        x: &Tensor,
+        norm: impl FnOnce() -> Result<Norm>,
+    ) -> Result<Option<Tensor>> {
+        if self.bias.is_some() || crate::slices::rows(&self.weight).is_some() {
+            return Ok(None);
+        }
+        let (x, weight) = (precision::cast(x)?, precision::cast(&self.weight)?);
+        if !(x.device().is_cpu() && x.dtype() == DType::F32 && weight.dtype() == DType::F32) {
+            return Ok(None);
+        }
+        let op = crate::cpu::conv::ConvNormOp {
+            stride: self.stride,
+            padding: self.padding,
+            norm: norm()?,
+        };
+        let y = x.contiguous()?.apply_op2_no_bwd(&weight, &op)?;
+        count_flops(2 * y.elem_count() * self.weight.elem_count() / self.weight.dim(0)?);
+        Ok(Some(y))
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if let Some((rows, equal)) = crate::slices::rows(&self.weight) {
             return self.forward_rows(x, &rows, equal);
@@ -640,6 +702,34 @@ pub fn with_relu_masks<T>(masks: &ReluMasks, f: impl FnOnce() -> Result<T>) -> R
         .into());
     }
     Ok(out)
+}
+
+thread_local! {
+    /// Whether [`inference`] runs on this thread.
+    static INFERENCE: Cell<bool> = const { Cell::new(false) };
+}
+
+fn inferring() -> bool {
+    INFERENCE.with(Cell::get)
+}
+
+/// Runs `f` (evaluation-mode forward passes on this thread) in inference
+/// mode, as `torch.inference_mode()` does: where a convolution is followed
+/// by BatchNorm, in f32 on the CPU, the normalisation (and ReLU) is applied
+/// as the convolution writes its output, the same bits as the two layers
+/// one after the other and one pass over the activations fewer. Those
+/// outputs carry no graph, so no gradient reaches the layers before them:
+/// take none of a pass run here ([`crate::Model::infer`] detaches its
+/// result). Training-mode passes run as outside it.
+pub fn inference<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            INFERENCE.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(INFERENCE.with(|c| c.replace(true)));
+    f()
 }
 
 thread_local! {

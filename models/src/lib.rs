@@ -243,6 +243,13 @@ impl Model {
         let logits = precision::autocast(self.precision, || self.net.forward(x, train))?;
         Ok(logits.to_dtype(candle_core::DType::F32)?)
     }
+
+    /// The logits of an evaluation-mode pass ([`forward`](Self::forward)
+    /// with `train` false), bit for bit, computed in [`layers::inference`]
+    /// mode and detached: for evaluation, where no gradient is taken.
+    pub fn infer(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(layers::inference(|| self.forward(x, false))?.detach())
+    }
 }
 
 impl Model {

@@ -74,9 +74,9 @@ impl Bottleneck {
             Some(conv) => conv.forward(&pre)?,
             None => x.clone(),
         };
-        let y = self.conv1.forward(&pre)?;
-        let y = self.conv2.forward(&self.bn2.forward_relu(&y, train)?)?;
-        let y = self.conv3.forward(&self.bn3.forward_relu(&y, train)?)?;
+        let y = self.bn2.forward_relu_after(&self.conv1, &pre, train)?;
+        let y = self.bn3.forward_relu_after(&self.conv2, &y, train)?;
+        let y = self.conv3.forward(&y)?;
         Ok((y + short)?)
     }
 }

@@ -70,9 +70,8 @@ impl Block {
     }
 
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = self.conv1.forward(&self.bn1.forward(x, train)?)?;
-        let y = self.conv2.forward(&self.bn2.forward_relu(&y, train)?)?;
-        let y = self.bn3.forward(&y, train)?;
+        let y = self.bn2.forward_relu_after(&self.conv1, &self.bn1.forward(x, train)?, train)?;
+        let y = self.bn3.forward_after(&self.conv2, &y, train)?;
         let short = if self.downsample {
             x.avg_pool2d(2)?
         } else {
@@ -123,7 +122,7 @@ impl PyramidNet {
     }
 
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut y = self.bn1.forward(&self.conv1.forward(x)?, train)?;
+        let mut y = self.bn1.forward_after(&self.conv1, x, train)?;
         for block in &self.layers {
             y = block.forward(&y, train)?;
         }

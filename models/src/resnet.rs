@@ -71,10 +71,10 @@ impl Block {
     }
 
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = self.bn1.forward_relu(&self.conv1.forward(x)?, train)?;
-        let y = self.bn2.forward(&self.conv2.forward(&y)?, train)?;
+        let y = self.bn1.forward_relu_after(&self.conv1, x, train)?;
+        let y = self.bn2.forward_after(&self.conv2, &y, train)?;
         let short = match &self.shortcut {
-            Some((conv, bn)) => bn.forward(&conv.forward(x)?, train)?,
+            Some((conv, bn)) => bn.forward_after(conv, x, train)?,
             None => x.clone(),
         };
         add_relu(&y, &short)
@@ -108,7 +108,7 @@ impl ResNet {
     }
 
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut y = self.bn1.forward_relu(&self.conv1.forward(x)?, train)?;
+        let mut y = self.bn1.forward_relu_after(&self.conv1, x, train)?;
         for block in &self.layers {
             y = block.forward(&y, train)?;
         }

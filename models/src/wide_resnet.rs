@@ -125,8 +125,7 @@ impl WideBlock {
 
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let a = self.bn1.forward_relu(x, train)?;
-        let y = self.conv1.forward(&a)?;
-        let y = self.conv2.forward(&self.bn2.forward_relu(&y, train)?)?;
+        let y = self.conv2.forward(&self.bn2.forward_relu_after(&self.conv1, &a, train)?)?;
         let short = match &self.shortcut {
             Shortcut::Identity => x.clone(),
             Shortcut::Projection(conv) => conv.forward(x)?,

@@ -51,6 +51,94 @@ pub struct BnOp {
     pub slices: usize,
 }
 
+/// BatchNorm's per-channel map as it normalises an element, `(v - mean) *
+/// scale + shift` (then `max(0)` with `relu`), with `scale = weight /
+/// sqrt(var + eps)` rounded once from f64: [`BnOp`] applies it in its own
+/// pass, and an evaluation-mode convolution can apply it as it writes its
+/// output ([`Norm::eval`], `cpu::conv`), the same bits either way.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Norm {
+    pub mean: Vec<f32>,
+    pub scale: Vec<f32>,
+    pub shift: Vec<f32>,
+    /// Apply ReLU after the map.
+    pub relu: bool,
+}
+
+/// Channel `(mean, scale, shift)` applied to one element, as every
+/// normalising pass here computes it.
+#[inline(always)]
+pub(crate) fn normalise(v: f32, mean: f32, scale: f32, shift: f32) -> f32 {
+    (v - mean) * scale + shift
+}
+
+/// [`normalise`] then ReLU.
+#[inline(always)]
+pub(crate) fn normalise_relu(v: f32, mean: f32, scale: f32, shift: f32) -> f32 {
+    normalise(v, mean, scale, shift).max(0.0)
+}
+
+/// The scale of one channel from its variance, weight and `eps`, in f64.
+fn scale_of(var: f64, weight: f64, eps: f64) -> (f64, f32) {
+    let invstd = 1.0 / (var + eps).sqrt();
+    (invstd, (invstd * weight) as f32)
+}
+
+impl Norm {
+    /// Evaluation mode's map from the running statistics, as [`BnOp`]
+    /// computes it in evaluation.
+    pub(crate) fn eval(
+        running_mean: &[f32],
+        running_var: &[f32],
+        weight: &[f32],
+        bias: &[f32],
+        eps: f64,
+        relu: bool,
+    ) -> Norm {
+        Norm {
+            mean: running_mean.to_vec(),
+            scale: running_var
+                .iter()
+                .zip(weight)
+                .map(|(&v, &w)| scale_of(v as f64, w as f64, eps).1)
+                .collect(),
+            shift: bias.to_vec(),
+            relu,
+        }
+    }
+
+    /// Normalises channel `ch`'s values in place.
+    pub(crate) fn apply(&self, ch: usize, vals: &mut [f32]) {
+        let (mu, sc, sh) = (self.mean[ch], self.scale[ch], self.shift[ch]);
+        if self.relu {
+            vals.iter_mut()
+                .for_each(|v| *v = normalise_relu(*v, mu, sc, sh));
+        } else {
+            vals.iter_mut().for_each(|v| *v = normalise(*v, mu, sc, sh));
+        }
+    }
+
+    /// Writes channel `ch`'s normalised `src` into `dst`.
+    #[inline]
+    pub(crate) fn write(
+        &self,
+        ch: usize,
+        src: impl Iterator<Item = f32>,
+        dst: &mut [std::mem::MaybeUninit<f32>],
+    ) {
+        let (mu, sc, sh) = (self.mean[ch], self.scale[ch], self.shift[ch]);
+        if self.relu {
+            for (o, v) in dst.iter_mut().zip(src) {
+                o.write(normalise_relu(v, mu, sc, sh));
+            }
+        } else {
+            for (o, v) in dst.iter_mut().zip(src) {
+                o.write(normalise(v, mu, sc, sh));
+            }
+        }
+    }
+}
+
 fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
     crate::cpu::conv::f32_slice(s, l, "batch-norm", what)
 }
@@ -171,13 +259,13 @@ impl CustomOp3 for BnOp {
             var: moments.iter().map(|s| s.1).collect(),
             invstd: moments
                 .iter()
-                .map(|s| 1.0 / (s.1 + self.eps).sqrt())
+                .map(|s| scale_of(s.1, 1.0, self.eps).0)
                 .collect(),
             weight: weight.iter().map(|&v| v as f64).collect(),
         };
         let mean: Vec<f32> = stats.mean.iter().map(|&v| v as f32).collect();
         let scale: Vec<f32> = (0..gc)
-            .map(|ch| (stats.invstd[ch] * stats.weight[ch]) as f32)
+            .map(|ch| scale_of(stats.var[ch], stats.weight[ch], self.eps).1)
             .collect();
         // SAFETY: each chunk is one image (c * hw floats, as x's are), and
         // the loops write every channel's hw floats of it.
@@ -192,11 +280,11 @@ impl CustomOp3 for BnOp {
                     let inp = &xi[ch * hw..(ch + 1) * hw];
                     if self.relu {
                         for (o, &v) in out.zip(inp) {
-                            o.write(((v - mu) * sc + sh).max(0.0));
+                            o.write(normalise_relu(v, mu, sc, sh));
                         }
                     } else {
                         for (o, &v) in out.zip(inp) {
-                            o.write((v - mu) * sc + sh);
+                            o.write(normalise(v, mu, sc, sh));
                         }
                     }
                 }

@@ -37,6 +37,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::batchnorm::Norm;
 use super::dgrad::StridedGrad;
 use super::direct::{self, Direct, Pitch, Tiling};
 use super::{Path, path};
@@ -364,12 +365,21 @@ impl Geom {
     }
 
     /// The forward pass `conv(x, w)` for the whole batch, in a new vector
-    /// (not zeroed first where the direct kernel writes every element).
-    fn forward_vec(&self, x: &[f32], w: &[f32]) -> Vec<f32> {
+    /// (not zeroed first where the direct kernel writes every element),
+    /// each output put through `norm` where there is one.
+    fn forward_vec(&self, x: &[f32], w: &[f32], norm: Option<&Norm>) -> Vec<f32> {
         let len = self.b * self.out_img();
         let Some(d) = self.direct() else {
             let mut out = vec![0f32; len];
             self.forward(x, w, &mut out);
+            if let Some(norm) = norm {
+                let p = self.p().max(1);
+                out.par_chunks_mut(self.out_img().max(1)).for_each(|y| {
+                    for (ch, plane) in y.chunks_exact_mut(p).enumerate() {
+                        norm.apply(ch, plane);
+                    }
+                });
+            }
             return out;
         };
         let (img, oimg) = (self.img(), self.out_img());
@@ -382,7 +392,7 @@ impl Geom {
                 let n = y.len() / oimg;
                 with_scratch(d.scratch_len(n), |buf| {
                     let xs = &x[t * per_task * img..][..n * img];
-                    d.images(xs, n, &packed, y, buf)
+                    d.images(xs, n, &packed, norm, y, buf)
                 })
             })
         }
@@ -731,7 +741,7 @@ impl CustomOp2 for ConvOp {
         let g = Geom::new(l1.shape(), l2.shape(), self.stride, self.padding)?;
         let x = f32s(s1, l1, "input")?;
         let w = f32s(s2, l2, "weight")?;
-        let out = g.forward_vec(x, w);
+        let out = g.forward_vec(x, w, None);
         Ok((CpuStorage::F32(out), Shape::from((g.b, g.cout, g.oh, g.ow))))
     }
 
@@ -751,6 +761,47 @@ impl CustomOp2 for ConvOp {
         };
         let dw = self.weight_grad(x, &grad, w.shape())?;
         Ok((dx, Some(dw)))
+    }
+}
+
+/// An evaluation-mode convolution followed by BatchNorm (and ReLU), the
+/// normalisation applied as the convolution writes its output: the bits of
+/// [`ConvOp`] then the batch-norm op in evaluation mode, one pass over the
+/// activations fewer. Forward only (`apply_op2_no_bwd`): it serves
+/// [`crate::inference`], where no gradient is taken.
+pub(crate) struct ConvNormOp {
+    pub stride: usize,
+    pub padding: usize,
+    pub norm: Norm,
+}
+
+impl CustomOp2 for ConvNormOp {
+    fn name(&self) -> &'static str {
+        "samlab-conv2d-batch-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = Geom::new(l1.shape(), l2.shape(), self.stride, self.padding)?;
+        if self.norm.mean.len() != g.cout
+            || self.norm.scale.len() != g.cout
+            || self.norm.shift.len() != g.cout
+        {
+            candle_core::bail!(
+                "conv + batch norm: {} output channels, {} normalised",
+                g.cout,
+                self.norm.mean.len()
+            );
+        }
+        let x = f32s(s1, l1, "input")?;
+        let w = f32s(s2, l2, "weight")?;
+        let out = g.forward_vec(x, w, Some(&self.norm));
+        Ok((CpuStorage::F32(out), Shape::from((g.b, g.cout, g.oh, g.ow))))
     }
 }
 
@@ -790,7 +841,7 @@ impl CustomOp2 for GradInput {
                     }
                 }
             }
-            t.forward_vec(dy, &wt)
+            t.forward_vec(dy, &wt, None)
         } else if let Some(sg) = g.strided_grad() {
             g.grad_input_strided(&sg, dy, w)
         } else {

@@ -23,6 +23,8 @@
 
 use std::mem::MaybeUninit;
 
+use super::batchnorm::Norm;
+
 /// Output channels per microkernel tile.
 pub(crate) const MR: usize = 4;
 /// Output pixels per microkernel tile (three AVX vectors).
@@ -167,7 +169,7 @@ impl Direct {
             return 1;
         }
         let n = CHANNELS_MIN_PIXELS.div_ceil(p);
-        (n..n + PR).find(|m| m * p % PR == 0).unwrap_or(n)
+        (n..n + PR).find(|m| (m * p).is_multiple_of(PR)).unwrap_or(n)
     }
 
     /// Scratch floats a task of `n` images needs: the padded images and
@@ -203,11 +205,16 @@ impl Direct {
     /// consecutive images (a task of [`images_per_task`](Self::images_per_task));
     /// every element of `out[..n * cout * oh * ow]` is written (callers
     /// rely on it to skip zeroing the output).
+    ///
+    /// With `norm`, each output is written through it (BatchNorm in
+    /// evaluation mode, applied as the output leaves the tile instead of in
+    /// a pass of its own).
     pub(crate) fn images(
         &self,
         xs: &[f32],
         n: usize,
         packed: &[f32],
+        norm: Option<&Norm>,
         out: &mut [MaybeUninit<f32>],
         scratch: &mut [f32],
     ) {
@@ -221,10 +228,10 @@ impl Direct {
         match self.tiling {
             Tiling::Pixels => {
                 for (i, o) in out[..n * oimg].chunks_exact_mut(oimg).enumerate() {
-                    self.image_pixels(&xs[i * img..][..img], packed, o, scratch);
+                    self.image_pixels(&xs[i * img..][..img], packed, norm, o, scratch);
                 }
             }
-            Tiling::Channels => self.images_channels(xs, n, packed, out, scratch),
+            Tiling::Channels => self.images_channels(xs, n, packed, norm, out, scratch),
         }
     }
 
@@ -236,6 +243,7 @@ impl Direct {
         xs: &[f32],
         n: usize,
         packed: &[f32],
+        norm: Option<&Norm>,
         out: &mut [MaybeUninit<f32>],
         scratch: &mut [f32],
     ) {
@@ -293,8 +301,12 @@ impl Direct {
                 for co in t * CR..self.cout.min((t + 1) * CR) {
                     let r = co - t * CR;
                     let dst = &mut out[(i * self.cout + co) * p..][..p];
-                    for (j, o) in dst.iter_mut().enumerate() {
-                        o.write(tile[(i * p + j) * CR + r]);
+                    let src = (0..p).map(|j| tile[(i * p + j) * CR + r]);
+                    match norm {
+                        None => dst.iter_mut().zip(src).for_each(|(o, v)| {
+                            o.write(v);
+                        }),
+                        Some(norm) => norm.write(co, src, dst),
                     }
                 }
             }
@@ -305,6 +317,7 @@ impl Direct {
         &self,
         x: &[f32],
         packed: &[f32],
+        norm: Option<&Norm>,
         out: &mut [MaybeUninit<f32>],
         scratch: &mut [f32],
     ) {
@@ -346,8 +359,14 @@ impl Direct {
                 let co = t * MR + r;
                 for oy in 0..oh {
                     let src = &tile[r * q + oy * wp..][..ow];
-                    for (o, &v) in out[(co * oh + oy) * ow..][..ow].iter_mut().zip(src) {
-                        o.write(v);
+                    let dst = &mut out[(co * oh + oy) * ow..][..ow];
+                    match norm {
+                        None => {
+                            for (o, &v) in dst.iter_mut().zip(src) {
+                                o.write(v);
+                            }
+                        }
+                        Some(norm) => norm.write(co, src.iter().copied(), dst),
                     }
                 }
             }
@@ -854,11 +873,11 @@ mod tests {
             let packed = d.pack(&values(cout * cin * k * k, cout as u32 + 1));
             let mut together = vec![MaybeUninit::new(f32::NAN); n * oimg];
             let mut scratch = vec![0f32; d.scratch_len(n)];
-            d.images(&x, n, &packed, &mut together, &mut scratch);
+            d.images(&x, n, &packed, None, &mut together, &mut scratch);
             let mut alone = vec![MaybeUninit::new(f32::NAN); n * oimg];
             let mut scratch = vec![0f32; d.scratch_len(1)];
             for (i, o) in alone.chunks_exact_mut(oimg).enumerate() {
-                d.images(&x[i * img..][..img], 1, &packed, o, &mut scratch);
+                d.images(&x[i * img..][..img], 1, &packed, None, o, &mut scratch);
             }
             // SAFETY: both were filled with NaN and then written by
             // `images`; reading an initialised f32.

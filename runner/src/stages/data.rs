@@ -200,7 +200,8 @@ pub fn evaluate_loader(
     let mut n = 0usize;
     for batch in loader.epoch(0) {
         let (x, y) = batch.to_tensors(device)?;
-        let logits = model.forward(&x, false)?;
+        // Inference mode: evaluation-mode logits, bit for bit, no graph.
+        let logits = model.infer(&x)?;
         let b = y.dims1()?;
         let loss = samlab_models::cross_entropy(&logits, &y)?
             .to_dtype(DType::F64)?
