@@ -65,10 +65,43 @@ impl BatchNorm2d {
         self.after(conv, x, train, true)
     }
 
+    /// `add_relu(&self.forward_after(conv, x, train)?, short)`, a residual
+    /// block's end; in [`inference`] mode the add and ReLU too are applied
+    /// as the convolution writes its output.
+    pub fn forward_add_relu_after(
+        &self,
+        conv: &Conv2d,
+        x: &Tensor,
+        short: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
+        if let Some(y) = self.fused(conv, x, train, false, Some(short))? {
+            return Ok(y);
+        }
+        add_relu(&self.forward_after(conv, x, train)?, short)
+    }
+
     fn after(&self, conv: &Conv2d, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
-        // Where the unfused pass would take the fused f32 batch-norm op in
-        // evaluation mode (not under ReLU masks, autocast or a sliced pass).
-        if !train && inferring() && !masking() && self.weight.dtype() == DType::F32 {
+        if let Some(y) = self.fused(conv, x, train, relu, None)? {
+            return Ok(y);
+        }
+        self.forward_maybe_relu(&conv.forward(x)?, train, relu)
+    }
+
+    /// The fused pass of [`after`](Self::after), where it serves: in
+    /// inference mode, where the unfused pass would take the fused f32
+    /// batch-norm op in evaluation mode (not under ReLU masks, autocast or
+    /// a sliced pass) and, with a shortcut, the f32 `relu(a + b)` op.
+    fn fused(
+        &self,
+        conv: &Conv2d,
+        x: &Tensor,
+        train: bool,
+        relu: bool,
+        short: Option<&Tensor>,
+    ) -> Result<Option<Tensor>> {
+        let short_ok = short.is_none_or(|s| s.device().is_cpu() && s.dtype() == DType::F32);
+        if !train && inferring() && !masking() && self.weight.dtype() == DType::F32 && short_ok {
             let norm = || -> Result<Norm> {
                 let v = |t: &Tensor| t.to_vec1::<f32>();
                 Ok(Norm::eval(
@@ -80,11 +113,9 @@ impl BatchNorm2d {
                     relu,
                 ))
             };
-            if let Some(y) = conv.forward_normalised(x, norm)? {
-                return Ok(y);
-            }
+            return conv.forward_normalised(x, norm, short);
         }
-        self.forward_maybe_relu(&conv.forward(x)?, train, relu)
+        Ok(None)
     }
 
     fn forward_maybe_relu(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
@@ -413,14 +444,15 @@ impl Conv2d {
         })
     }
 
-    /// [`forward`](Self::forward) with the output put through `norm` as
-    /// the kernel writes it, where the CPU op serves it (f32 on the CPU, no
-    /// bias, no sliced pass); `None` elsewhere. Forward only: the result
-    /// carries no graph.
+    /// [`forward`](Self::forward) with the output put through `norm` (and,
+    /// with `short`, `relu(_ + short)`) as the kernel writes it, where the
+    /// CPU op serves it (f32 on the CPU, no bias, no sliced pass); `None`
+    /// elsewhere. Forward only: the result carries no graph.
     fn forward_normalised(
         &self,
         x: &Tensor,
         norm: impl FnOnce() -> Result<Norm>,
+        short: Option<&Tensor>,
     ) -> Result<Option<Tensor>> {
         if self.bias.is_some() || crate::slices::rows(&self.weight).is_some() {
             return Ok(None);
@@ -434,7 +466,15 @@ impl Conv2d {
             padding: self.padding,
             norm: norm()?,
         };
-        let y = x.contiguous()?.apply_op2_no_bwd(&weight, &op)?;
+        let x = x.contiguous()?;
+        let y = match short {
+            None => x.apply_op2_no_bwd(&weight, &op)?,
+            Some(s) => x.apply_op3_no_bwd(
+                &weight,
+                &s.contiguous()?,
+                &crate::cpu::conv::ConvNormAddReluOp(op),
+            )?,
+        };
         count_flops(2 * y.elem_count() * self.weight.elem_count() / self.weight.dim(0)?);
         Ok(Some(y))
     }

@@ -12,7 +12,7 @@ use candle_core::Tensor;
 
 use crate::error::Result;
 use crate::layers::{
-    BatchNorm2d, Conv2d, ConvSpec, Linear, add_relu, global_avg_pool, stage_blocks,
+    BatchNorm2d, Conv2d, ConvSpec, Linear, global_avg_pool, stage_blocks,
 };
 use crate::params::Builder;
 
@@ -72,12 +72,11 @@ impl Block {
 
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let y = self.bn1.forward_relu_after(&self.conv1, x, train)?;
-        let y = self.bn2.forward_after(&self.conv2, &y, train)?;
         let short = match &self.shortcut {
             Some((conv, bn)) => bn.forward_after(conv, x, train)?,
             None => x.clone(),
         };
-        add_relu(&y, &short)
+        self.bn2.forward_add_relu_after(&self.conv2, &y, &short, train)
     }
 }
 

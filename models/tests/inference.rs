@@ -57,9 +57,10 @@ fn inference_has_the_bits_of_evaluation_mode() {
 }
 
 /// The fused path is the one inference mode takes: its output carries no
-/// graph where the two layers' does, with the same bits, for every tiling
+/// graph where the layers' does, with the same bits, for every tiling
 /// (32x32 along the pixels, 8x8 and stride 2 along the channels, 1x1 by
-/// gemm).
+/// gemm) and each end (BatchNorm alone, with ReLU, with a residual block's
+/// add and ReLU).
 #[test]
 fn inference_fuses_the_convolution_and_batch_norm() {
     use samlab_models::Builder;
@@ -77,17 +78,17 @@ fn inference_fuses_the_convolution_and_batch_norm() {
         let x = Tensor::randn(0f32, 1.0, (6, cin, hw, hw), &dev).unwrap();
         // Running statistics away from (0, 1): one training-mode pass.
         bn.forward(&conv.forward(&x).unwrap(), true).unwrap();
-        for relu in [false, true] {
-            let pass = || {
-                if relu {
-                    bn.forward_relu_after(&conv, &x, false)
-                } else {
-                    bn.forward_after(&conv, &x, false)
-                }
+        let out = conv.forward(&x).unwrap();
+        let short = Tensor::randn(0f32, 1.0, out.dims(), &dev).unwrap();
+        for end in ["none", "relu", "add relu"] {
+            let pass = || match end {
+                "none" => bn.forward_after(&conv, &x, false),
+                "relu" => bn.forward_relu_after(&conv, &x, false),
+                _ => bn.forward_add_relu_after(&conv, &x, &short, false),
             };
             let plain = pass().unwrap();
             let fused = inference(pass).unwrap();
-            let case = format!("cin {cin} cout {cout} k {k} stride {stride} {hw}x{hw} relu {relu}");
+            let case = format!("cin {cin} cout {cout} k {k} stride {stride} {hw}x{hw} then {end}");
             assert!(plain.track_op(), "{case}: the layers' output has no graph");
             assert!(!fused.track_op(), "{case}: inference mode did not fuse");
             assert_eq!(bits(&fused), bits(&plain), "{case}");

@@ -139,6 +139,60 @@ impl Norm {
     }
 }
 
+/// What a convolution does to each output as it writes it: a [`Norm`],
+/// and at a residual block's end the block's shortcut added after it and
+/// ReLU, `relu(norm(v) + short)`, as [`AddRelu`] computes it from the
+/// normalised values.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Epilogue<'a> {
+    pub norm: &'a Norm,
+    /// The shortcut, laid out as the outputs this epilogue writes.
+    pub residual: Option<&'a [f32]>,
+}
+
+impl<'a> Epilogue<'a> {
+    /// This epilogue for the `len` outputs from `start` on.
+    pub(crate) fn part(&self, start: usize, len: usize) -> Epilogue<'a> {
+        Epilogue {
+            norm: self.norm,
+            residual: self.residual.map(|r| &r[start..][..len]),
+        }
+    }
+
+    /// Writes channel `ch`'s `src`, the outputs from `at` on, into `dst`.
+    #[inline]
+    pub(crate) fn write(
+        &self,
+        ch: usize,
+        at: usize,
+        src: impl Iterator<Item = f32>,
+        dst: &mut [std::mem::MaybeUninit<f32>],
+    ) {
+        let Some(res) = self.residual else {
+            return self.norm.write(ch, src, dst);
+        };
+        let n = self.norm;
+        let (mu, sc, sh) = (n.mean[ch], n.scale[ch], n.shift[ch]);
+        let res = &res[at..][..dst.len()];
+        for ((o, v), &q) in dst.iter_mut().zip(src).zip(res) {
+            o.write((normalise(v, mu, sc, sh) + q).max(0.0));
+        }
+    }
+
+    /// [`write`](Self::write) in place.
+    pub(crate) fn apply(&self, ch: usize, at: usize, vals: &mut [f32]) {
+        let Some(res) = self.residual else {
+            return self.norm.apply(ch, vals);
+        };
+        let n = self.norm;
+        let (mu, sc, sh) = (n.mean[ch], n.scale[ch], n.shift[ch]);
+        let res = &res[at..][..vals.len()];
+        for (v, &q) in vals.iter_mut().zip(res) {
+            *v = (normalise(*v, mu, sc, sh) + q).max(0.0);
+        }
+    }
+}
+
 fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
     crate::cpu::conv::f32_slice(s, l, "batch-norm", what)
 }

@@ -33,11 +33,11 @@
 
 use std::cell::RefCell;
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::batchnorm::Norm;
+use super::batchnorm::{Epilogue, Norm};
 use super::dgrad::StridedGrad;
 use super::direct::{self, Direct, Pitch, Tiling};
 use super::{Path, path};
@@ -366,17 +366,17 @@ impl Geom {
 
     /// The forward pass `conv(x, w)` for the whole batch, in a new vector
     /// (not zeroed first where the direct kernel writes every element),
-    /// each output put through `norm` where there is one.
-    fn forward_vec(&self, x: &[f32], w: &[f32], norm: Option<&Norm>) -> Vec<f32> {
+    /// each output put through `epilogue` where there is one.
+    fn forward_vec(&self, x: &[f32], w: &[f32], epilogue: Option<Epilogue<'_>>) -> Vec<f32> {
         let len = self.b * self.out_img();
         let Some(d) = self.direct() else {
             let mut out = vec![0f32; len];
             self.forward(x, w, &mut out);
-            if let Some(norm) = norm {
-                let p = self.p().max(1);
-                out.par_chunks_mut(self.out_img().max(1)).for_each(|y| {
+            if let Some(e) = epilogue {
+                let (p, oimg) = (self.p().max(1), self.out_img().max(1));
+                out.par_chunks_mut(oimg).enumerate().for_each(|(i, y)| {
                     for (ch, plane) in y.chunks_exact_mut(p).enumerate() {
-                        norm.apply(ch, plane);
+                        e.apply(ch, i * oimg + ch * p, plane);
                     }
                 });
             }
@@ -392,7 +392,8 @@ impl Geom {
                 let n = y.len() / oimg;
                 with_scratch(d.scratch_len(n), |buf| {
                     let xs = &x[t * per_task * img..][..n * img];
-                    d.images(xs, n, &packed, norm, y, buf)
+                    let ep = epilogue.map(|e| e.part(t * per_task * oimg, n * oimg));
+                    d.images(xs, n, &packed, ep, y, buf)
                 })
             })
         }
@@ -775,6 +776,21 @@ pub(crate) struct ConvNormOp {
     pub norm: Norm,
 }
 
+impl ConvNormOp {
+    /// An error unless the norm has one value per output channel.
+    fn check(&self, g: &Geom) -> candle_core::Result<()> {
+        let n = &self.norm;
+        if n.mean.len() != g.cout || n.scale.len() != g.cout || n.shift.len() != g.cout {
+            candle_core::bail!(
+                "conv + batch norm: {} output channels, {} normalised",
+                g.cout,
+                n.mean.len()
+            );
+        }
+        Ok(())
+    }
+}
+
 impl CustomOp2 for ConvNormOp {
     fn name(&self) -> &'static str {
         "samlab-conv2d-batch-norm"
@@ -788,20 +804,57 @@ impl CustomOp2 for ConvNormOp {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let g = Geom::new(l1.shape(), l2.shape(), self.stride, self.padding)?;
-        if self.norm.mean.len() != g.cout
-            || self.norm.scale.len() != g.cout
-            || self.norm.shift.len() != g.cout
-        {
+        self.check(&g)?;
+        let x = f32s(s1, l1, "input")?;
+        let w = f32s(s2, l2, "weight")?;
+        let epilogue = Epilogue {
+            norm: &self.norm,
+            residual: None,
+        };
+        let out = g.forward_vec(x, w, Some(epilogue));
+        Ok((CpuStorage::F32(out), Shape::from((g.b, g.cout, g.oh, g.ow))))
+    }
+}
+
+/// [`ConvNormOp`] at a residual block's end, with the shortcut as its
+/// third input: `relu(norm(conv(x, w)) + short)`, the bits of the two ops
+/// then `relu(a + b)` (`cpu::batchnorm::AddRelu`). Forward only.
+pub(crate) struct ConvNormAddReluOp(pub ConvNormOp);
+
+impl CustomOp3 for ConvNormAddReluOp {
+    fn name(&self) -> &'static str {
+        "samlab-conv2d-batch-norm-add-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let op = &self.0;
+        let g = Geom::new(l1.shape(), l2.shape(), op.stride, op.padding)?;
+        op.check(&g)?;
+        let shape = Shape::from((g.b, g.cout, g.oh, g.ow));
+        if l3.shape() != &shape || op.norm.relu {
             candle_core::bail!(
-                "conv + batch norm: {} output channels, {} normalised",
-                g.cout,
-                self.norm.mean.len()
+                "conv + batch norm + add: shortcut {:?} for outputs {shape:?} (relu before the add: {})",
+                l3.shape(),
+                op.norm.relu
             );
         }
         let x = f32s(s1, l1, "input")?;
         let w = f32s(s2, l2, "weight")?;
-        let out = g.forward_vec(x, w, Some(&self.norm));
-        Ok((CpuStorage::F32(out), Shape::from((g.b, g.cout, g.oh, g.ow))))
+        let short = f32s(s3, l3, "shortcut")?;
+        let epilogue = Epilogue {
+            norm: &op.norm,
+            residual: Some(short),
+        };
+        let out = g.forward_vec(x, w, Some(epilogue));
+        Ok((CpuStorage::F32(out), shape))
     }
 }
 

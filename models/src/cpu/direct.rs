@@ -23,7 +23,7 @@
 
 use std::mem::MaybeUninit;
 
-use super::batchnorm::Norm;
+use super::batchnorm::Epilogue;
 
 /// Output channels per microkernel tile.
 pub(crate) const MR: usize = 4;
@@ -169,7 +169,9 @@ impl Direct {
             return 1;
         }
         let n = CHANNELS_MIN_PIXELS.div_ceil(p);
-        (n..n + PR).find(|m| (m * p).is_multiple_of(PR)).unwrap_or(n)
+        (n..n + PR)
+            .find(|m| (m * p).is_multiple_of(PR))
+            .unwrap_or(n)
     }
 
     /// Scratch floats a task of `n` images needs: the padded images and
@@ -206,15 +208,15 @@ impl Direct {
     /// every element of `out[..n * cout * oh * ow]` is written (callers
     /// rely on it to skip zeroing the output).
     ///
-    /// With `norm`, each output is written through it (BatchNorm in
-    /// evaluation mode, applied as the output leaves the tile instead of in
-    /// a pass of its own).
+    /// With an epilogue, each output is written through it (BatchNorm in
+    /// evaluation mode, and a residual block's add and ReLU, applied as the
+    /// output leaves the tile instead of in passes of their own).
     pub(crate) fn images(
         &self,
         xs: &[f32],
         n: usize,
         packed: &[f32],
-        norm: Option<&Norm>,
+        epilogue: Option<Epilogue<'_>>,
         out: &mut [MaybeUninit<f32>],
         scratch: &mut [f32],
     ) {
@@ -228,10 +230,11 @@ impl Direct {
         match self.tiling {
             Tiling::Pixels => {
                 for (i, o) in out[..n * oimg].chunks_exact_mut(oimg).enumerate() {
-                    self.image_pixels(&xs[i * img..][..img], packed, norm, o, scratch);
+                    let ep = epilogue.map(|e| e.part(i * oimg, oimg));
+                    self.image_pixels(&xs[i * img..][..img], packed, ep, o, scratch);
                 }
             }
-            Tiling::Channels => self.images_channels(xs, n, packed, norm, out, scratch),
+            Tiling::Channels => self.images_channels(xs, n, packed, epilogue, out, scratch),
         }
     }
 
@@ -243,7 +246,7 @@ impl Direct {
         xs: &[f32],
         n: usize,
         packed: &[f32],
-        norm: Option<&Norm>,
+        epilogue: Option<Epilogue<'_>>,
         out: &mut [MaybeUninit<f32>],
         scratch: &mut [f32],
     ) {
@@ -302,11 +305,11 @@ impl Direct {
                     let r = co - t * CR;
                     let dst = &mut out[(i * self.cout + co) * p..][..p];
                     let src = (0..p).map(|j| tile[(i * p + j) * CR + r]);
-                    match norm {
+                    match epilogue {
                         None => dst.iter_mut().zip(src).for_each(|(o, v)| {
                             o.write(v);
                         }),
-                        Some(norm) => norm.write(co, src, dst),
+                        Some(e) => e.write(co, (i * self.cout + co) * p, src, dst),
                     }
                 }
             }
@@ -317,7 +320,7 @@ impl Direct {
         &self,
         x: &[f32],
         packed: &[f32],
-        norm: Option<&Norm>,
+        epilogue: Option<Epilogue<'_>>,
         out: &mut [MaybeUninit<f32>],
         scratch: &mut [f32],
     ) {
@@ -360,13 +363,13 @@ impl Direct {
                 for oy in 0..oh {
                     let src = &tile[r * q + oy * wp..][..ow];
                     let dst = &mut out[(co * oh + oy) * ow..][..ow];
-                    match norm {
+                    match epilogue {
                         None => {
                             for (o, &v) in dst.iter_mut().zip(src) {
                                 o.write(v);
                             }
                         }
-                        Some(norm) => norm.write(co, src.iter().copied(), dst),
+                        Some(e) => e.write(co, (co * oh + oy) * ow, src.iter().copied(), dst),
                     }
                 }
             }
