@@ -20,10 +20,13 @@
 //! computed by one thread in a fixed order) and by image for the
 //! elementwise passes, so results do not depend on the thread count.
 
+use std::mem::MaybeUninit;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
+
+use super::avx2_copy;
 
 /// Per-channel values of a forward pass, kept for its backward.
 #[derive(Clone, Debug, Default)]
@@ -124,7 +127,7 @@ impl Norm {
         &self,
         ch: usize,
         src: impl Iterator<Item = f32>,
-        dst: &mut [std::mem::MaybeUninit<f32>],
+        dst: &mut [MaybeUninit<f32>],
     ) {
         let (mu, sc, sh) = (self.mean[ch], self.scale[ch], self.shift[ch]);
         if self.relu {
@@ -166,7 +169,7 @@ impl<'a> Epilogue<'a> {
         ch: usize,
         at: usize,
         src: impl Iterator<Item = f32>,
-        dst: &mut [std::mem::MaybeUninit<f32>],
+        dst: &mut [MaybeUninit<f32>],
     ) {
         let Some(res) = self.residual else {
             return self.norm.write(ch, src, dst);
@@ -205,6 +208,7 @@ fn per_channel<T: Send>(c: usize, f: impl Fn(usize) -> T + Sync + Send) -> Vec<T
 /// The `hw` values of statistic `v`'s channel in every image of its
 /// slice of `x` (N, C, HW) in slices of `b` images: channel `v % c` of
 /// images `(v / c) b ..` (one slice of all N images: channel `v` of each).
+#[inline(always)]
 fn planes(x: &[f32], c: usize, hw: usize, v: usize, b: usize) -> impl Iterator<Item = &[f32]> {
     let ch = v % c;
     x.chunks_exact(c * hw)
@@ -232,6 +236,7 @@ fn sliced(n: usize, c: usize, slices: usize, params: usize) -> candle_core::Resu
 const LANES: usize = 8;
 
 /// `sum f(v)` over `xs` in f64, as [`lanes_sum2`].
+#[inline(always)]
 fn lanes_sum(xs: &[f32], f: impl Fn(f32) -> f64) -> f64 {
     lanes_sum2(xs, xs, xs, |v, _, _| (f(v), 0.0)).0
 }
@@ -239,6 +244,7 @@ fn lanes_sum(xs: &[f32], f: impl Fn(f32) -> f64) -> f64 {
 /// Two sums of `f(x, dy, y)` over three slices of one length, in f64:
 /// element `i` goes into accumulator `i % LANES`, and the accumulators are
 /// added in order, a fixed order whatever the threads.
+#[inline(always)]
 fn lanes_sum2(
     xs: &[f32],
     ds: &[f32],
@@ -287,26 +293,11 @@ impl CustomOp3 for BnOp {
         let bias = slice(s3, l3, "bias")?;
         let (b, gc) = sliced(n, c, self.slices, weight.len())?;
         let hw = h * w;
-        let m = (b * hw) as f64;
         let moments: Vec<(f64, f64)> = match &self.running {
             Some((rm, rv)) => (0..gc)
                 .map(|v| (rm[v % c] as f64, rv[v % c] as f64))
                 .collect(),
-            None => per_channel(gc, |ch| {
-                let sum: f64 = planes(x, c, hw, ch, b)
-                    .map(|p| lanes_sum(p, |v| v as f64))
-                    .sum();
-                let mean = sum / m;
-                let sq: f64 = planes(x, c, hw, ch, b)
-                    .map(|p| {
-                        lanes_sum(p, |v| {
-                            let d = v as f64 - mean;
-                            d * d
-                        })
-                    })
-                    .sum();
-                (mean, sq / m)
-            }),
+            None => per_channel(gc, |ch| moments_of(x, c, hw, ch, b)),
         };
         let stats = Stats {
             mean: moments.iter().map(|s| s.0).collect(),
@@ -327,21 +318,9 @@ impl CustomOp3 for BnOp {
             super::par_filled(x.len(), c * hw, |i, yi| {
                 let xi = &x[i * c * hw..][..c * hw];
                 // Image i's slice's statistics.
-                let at = i / b * c;
-                for ch in 0..c {
-                    let (mu, sc, sh) = (mean[at + ch], scale[at + ch], bias[at + ch]);
-                    let out = yi[ch * hw..(ch + 1) * hw].iter_mut();
-                    let inp = &xi[ch * hw..(ch + 1) * hw];
-                    if self.relu {
-                        for (o, &v) in out.zip(inp) {
-                            o.write(normalise_relu(v, mu, sc, sh));
-                        }
-                    } else {
-                        for (o, &v) in out.zip(inp) {
-                            o.write(normalise(v, mu, sc, sh));
-                        }
-                    }
-                }
+                let r = i / b * c..(i / b + 1) * c;
+                let (mu, sc, sh) = (&mean[r.clone()], &scale[r.clone()], &bias[r]);
+                normalise_image(yi, xi, mu, sc, sh, hw, self.relu);
             })
         };
         *self.stats.lock().expect("batch-norm stats lock") = stats;
@@ -412,24 +391,10 @@ impl CustomOp3 for BnGrad {
         let hw = h * w;
         let m = (b * hw) as f64;
         let relu = self.relu;
-        // The gradient reaching the normalisation: zero where ReLU cut.
-        let g = |d: f32, out: f32| if relu && out <= 0.0 { 0.0 } else { d };
         let st = &self.stats;
         let sums: Vec<(f64, f64)> = per_channel(gc, |ch| {
-            let (mean, invstd) = (st.mean[ch], st.invstd[ch]);
-            let (mut sum_dy, mut sum_dy_xc) = (0f64, 0f64);
-            for ((xp, dp), yp) in planes(x, c, hw, ch, b)
-                .zip(planes(dy, c, hw, ch, b))
-                .zip(planes(y, c, hw, ch, b))
-            {
-                let (a, b) = lanes_sum2(xp, dp, yp, |v, d, o| {
-                    let d = g(d, o) as f64;
-                    (d, d * (v as f64 - mean))
-                });
-                sum_dy += a;
-                sum_dy_xc += b;
-            }
-            (sum_dy, sum_dy_xc * invstd)
+            let (sum_dy, sum_dy_xc) = grad_sums(x, dy, y, c, hw, ch, b, st.mean[ch], relu);
+            (sum_dy, sum_dy_xc * st.invstd[ch])
         });
         // dx = k (dy - a - xhat b) = k32 dy - ka32 - kb32 (x - mean32),
         // with k = weight * invstd and, in training, a and b the means of
@@ -458,17 +423,7 @@ impl CustomOp3 for BnGrad {
                 let (xi, dyi, yi) = (&x[i * n..][..n], &dy[i * n..][..n], &y[i * n..][..n]);
                 // Image i's slice's coefficients.
                 let at = i / b * c;
-                for (ch, &(k, ka, kb, mu)) in coef[at..at + c].iter().enumerate() {
-                    let r = ch * hw..(ch + 1) * hw;
-                    for (((o, &v), &d), &out) in dxi[r.clone()]
-                        .iter_mut()
-                        .zip(&xi[r.clone()])
-                        .zip(&dyi[r.clone()])
-                        .zip(&yi[r])
-                    {
-                        o.write(k * g(d, out) - ka - kb * (v - mu));
-                    }
-                }
+                grad_image(dxi, xi, dyi, yi, &coef[at..at + c], hw, relu);
             })
         };
         *self.sums.lock().expect("batch-norm sums lock") = (
@@ -499,7 +454,7 @@ impl CustomOp2 for AddRelu {
         }
         let a = crate::cpu::conv::f32_slice(s1, l1, "add-relu", "a")?;
         let b = crate::cpu::conv::f32_slice(s2, l2, "add-relu", "b")?;
-        let y = zip_map(a, b, |p, q| (p + q).max(0.0));
+        let y = zip_map(a, b, add_relu_chunk);
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -518,17 +473,217 @@ impl CustomOp2 for AddRelu {
 /// Elements per parallel task of the elementwise ops.
 const CHUNK: usize = 1 << 14;
 
-/// `f(a[i], b[i])` for every `i`, in parallel chunks (same-length slices).
-fn zip_map(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+avx2_copy! {
+    /// `o = relu(p + q)` over a chunk.
+    fn add_relu_chunk(o: &mut [MaybeUninit<f32>], a: &[f32], b: &[f32]) {
+        for ((o, &p), &q) in o.iter_mut().zip(a).zip(b) {
+            o.write((p + q).max(0.0));
+        }
+    }
+}
+
+avx2_copy! {
+    /// `o = d where v > 0, else 0` over a chunk.
+    fn relu_grad_chunk(o: &mut [MaybeUninit<f32>], d: &[f32], v: &[f32]) {
+        for ((o, &d), &v) in o.iter_mut().zip(d).zip(v) {
+            o.write(if v > 0.0 { d } else { 0.0 });
+        }
+    }
+}
+
+avx2_copy! {
+    /// Channel `ch`'s mean and biased variance over its `b` images (of
+    /// `c` channels of `hw` values each), in f64.
+    fn moments_of(x: &[f32], c: usize, hw: usize, ch: usize, b: usize) -> (f64, f64) {
+        let m = (b * hw) as f64;
+        let sum: f64 = planes(x, c, hw, ch, b)
+            .map(|p| lanes_sum(p, |v| v as f64))
+            .sum();
+        let mean = sum / m;
+        let sq: f64 = planes(x, c, hw, ch, b)
+            .map(|p| {
+                lanes_sum(p, |v| {
+                    let d = v as f64 - mean;
+                    d * d
+                })
+            })
+            .sum();
+        (mean, sq / m)
+    }
+}
+
+avx2_copy! {
+    /// One image's output: channel `ch` of `xi` normalised by (`mean`,
+    /// `scale`, `shift`)`[ch]`, then ReLU with `relu`.
+    fn normalise_image(
+        yi: &mut [MaybeUninit<f32>],
+        xi: &[f32],
+        mean: &[f32],
+        scale: &[f32],
+        shift: &[f32],
+        hw: usize,
+        relu: bool,
+    ) {
+        for ch in 0..mean.len() {
+            let (mu, sc, sh) = (mean[ch], scale[ch], shift[ch]);
+            let out = yi[ch * hw..(ch + 1) * hw].iter_mut();
+            let inp = &xi[ch * hw..(ch + 1) * hw];
+            if relu {
+                for (o, &v) in out.zip(inp) {
+                    o.write(normalise_relu(v, mu, sc, sh));
+                }
+            } else {
+                for (o, &v) in out.zip(inp) {
+                    o.write(normalise(v, mu, sc, sh));
+                }
+            }
+        }
+    }
+}
+
+/// Channel `ch`'s sums of the gradient reaching the normalisation (zero
+/// where ReLU cut, with `relu`) and of it times `x - mean`, over its `b`
+/// images, in f64: per image [`lanes_sum2`]'s sums, then the images in
+/// order. Where [`super::wide_loops`] holds, each image's sums come from
+/// [`grad_lanes_avx2`], the same sums on AVX vectors (LLVM made branches
+/// of the ReLU test and scalar conversions of the portable loop).
+#[allow(clippy::too_many_arguments)]
+fn grad_sums(
+    x: &[f32],
+    dy: &[f32],
+    y: &[f32],
+    c: usize,
+    hw: usize,
+    ch: usize,
+    b: usize,
+    mean: f64,
+    relu: bool,
+) -> (f64, f64) {
+    let wide = super::wide_loops();
+    let (mut sum_dy, mut sum_dy_xc) = (0f64, 0f64);
+    for ((xp, dp), yp) in planes(x, c, hw, ch, b)
+        .zip(planes(dy, c, hw, ch, b))
+        .zip(planes(y, c, hw, ch, b))
+    {
+        let (a, b) = if wide {
+            // SAFETY: `wide_loops` checked the CPU has AVX2.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                grad_lanes_avx2(xp, dp, yp, mean, relu)
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            unreachable!("wide loops are x86-64 only")
+        } else {
+            lanes_sum2(xp, dp, yp, |v, d, o| grad_terms(v, d, o, mean, relu))
+        };
+        sum_dy += a;
+        sum_dy_xc += b;
+    }
+    (sum_dy, sum_dy_xc)
+}
+
+/// One element's two terms in [`grad_sums`].
+#[inline(always)]
+fn grad_terms(v: f32, d: f32, o: f32, mean: f64, relu: bool) -> (f64, f64) {
+    let d = if relu && o <= 0.0 { 0.0 } else { d } as f64;
+    (d, d * (v as f64 - mean))
+}
+
+/// [`lanes_sum2`] of [`grad_terms`] on AVX vectors: lane `j` of the
+/// accumulators gets elements `j, j + 8, ...` in order, each term computed
+/// as `grad_terms` does (the ReLU'd gradient an exact +0 or `d`, a
+/// product and a sum per f64, no FMA), the remainder and the sum of the
+/// lanes as `lanes_sum2` takes them: the same bits.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn grad_lanes_avx2(xs: &[f32], ds: &[f32], ys: &[f32], mean: f64, relu: bool) -> (f64, f64) {
+    use std::arch::x86_64::*;
+    let n = xs.len().min(ds.len()).min(ys.len());
+    let full = n / LANES * LANES;
+    let (mut a, mut b) = ([0f64; LANES], [0f64; LANES]);
+    // SAFETY: every load reads 8 floats at i < full <= n of each slice.
+    unsafe {
+        let zero = _mm256_setzero_ps();
+        let mu = _mm256_set1_pd(mean);
+        let (mut a0, mut a1, mut b0, mut b1) = (
+            _mm256_setzero_pd(),
+            _mm256_setzero_pd(),
+            _mm256_setzero_pd(),
+            _mm256_setzero_pd(),
+        );
+        let mut i = 0;
+        while i < full {
+            let v = _mm256_loadu_ps(xs.as_ptr().add(i));
+            let mut d = _mm256_loadu_ps(ds.as_ptr().add(i));
+            if relu {
+                let o = _mm256_loadu_ps(ys.as_ptr().add(i));
+                // +0 where o <= 0 (a NaN output keeps d, as `<=` is false).
+                d = _mm256_andnot_ps(_mm256_cmp_ps::<_CMP_LE_OQ>(o, zero), d);
+            }
+            let (dl, dh) = (
+                _mm256_cvtps_pd(_mm256_castps256_ps128(d)),
+                _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(d)),
+            );
+            let (vl, vh) = (
+                _mm256_cvtps_pd(_mm256_castps256_ps128(v)),
+                _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(v)),
+            );
+            a0 = _mm256_add_pd(a0, dl);
+            a1 = _mm256_add_pd(a1, dh);
+            b0 = _mm256_add_pd(b0, _mm256_mul_pd(dl, _mm256_sub_pd(vl, mu)));
+            b1 = _mm256_add_pd(b1, _mm256_mul_pd(dh, _mm256_sub_pd(vh, mu)));
+            i += LANES;
+        }
+        _mm256_storeu_pd(a.as_mut_ptr(), a0);
+        _mm256_storeu_pd(a.as_mut_ptr().add(4), a1);
+        _mm256_storeu_pd(b.as_mut_ptr(), b0);
+        _mm256_storeu_pd(b.as_mut_ptr().add(4), b1);
+    }
+    for j in 0..n - full {
+        let (p, q) = grad_terms(xs[full + j], ds[full + j], ys[full + j], mean, relu);
+        a[j] += p;
+        b[j] += q;
+    }
+    (a.iter().sum(), b.iter().sum())
+}
+
+avx2_copy! {
+    /// One image's input gradient, channel by channel: `k * g - ka - kb *
+    /// (x - mu)` with `(k, ka, kb, mu) = coef[ch]` and `g` the output
+    /// gradient, zero where ReLU cut (with `relu`).
+    fn grad_image(
+        dxi: &mut [MaybeUninit<f32>],
+        xi: &[f32],
+        dyi: &[f32],
+        yi: &[f32],
+        coef: &[(f32, f32, f32, f32)],
+        hw: usize,
+        relu: bool,
+    ) {
+        for (ch, &(k, ka, kb, mu)) in coef.iter().enumerate() {
+            let r = ch * hw..(ch + 1) * hw;
+            for (((o, &v), &d), &out) in dxi[r.clone()]
+                .iter_mut()
+                .zip(&xi[r.clone()])
+                .zip(&dyi[r.clone()])
+                .zip(&yi[r])
+            {
+                let g = if relu && out <= 0.0 { 0.0 } else { d };
+                o.write(k * g - ka - kb * (v - mu));
+            }
+        }
+    }
+}
+
+/// `f` over parallel chunks of `a` and `b` (same-length slices) and of
+/// the output.
+fn zip_map(a: &[f32], b: &[f32], f: fn(&mut [MaybeUninit<f32>], &[f32], &[f32])) -> Vec<f32> {
     let len = a.len().min(b.len());
     // SAFETY: chunk i covers elements i*CHUNK.. of the output, and a and b
     // have at least `len` elements, so the zip writes each of them.
     unsafe {
         super::par_filled(len, CHUNK, |i, o| {
-            let (ac, bc) = (&a[i * CHUNK..len], &b[i * CHUNK..len]);
-            for ((o, &p), &q) in o.iter_mut().zip(ac).zip(bc) {
-                o.write(f(p, q));
-            }
+            f(o, &a[i * CHUNK..len], &b[i * CHUNK..len]);
         })
     }
 }
@@ -553,7 +708,65 @@ impl CustomOp2 for ReluGrad {
         if dy.len() != y.len() {
             candle_core::bail!("relu-grad: shapes {:?} and {:?}", l1.shape(), l2.shape());
         }
-        let dx = zip_map(dy, y, |d, v| if v > 0.0 { d } else { 0.0 });
+        let dx = zip_map(dy, y, relu_grad_chunk);
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Values from a fixed hash, of both signs, with exact zeros of both
+    /// signs and a NaN among them.
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n as u32)
+            .map(|i| {
+                let h = (i ^ seed.wrapping_mul(0x9e37_79b9)).wrapping_mul(0x85eb_ca6b);
+                let h = (h ^ (h >> 13)).wrapping_mul(0xc2b2_ae35);
+                match h % 23 {
+                    0 => 0.0,
+                    1 => -0.0,
+                    2 if i == 5 => f32::NAN,
+                    _ => ((h >> 8) as f32 / (1u32 << 24) as f32) * 2.0 - 1.0,
+                }
+            })
+            .collect()
+    }
+
+    /// The AVX copy of the backward pass's sums gives `lanes_sum2`'s bits,
+    /// with and without the ReLU, on lengths with and without a remainder.
+    #[test]
+    fn the_wide_gradient_sums_have_the_portable_bits() {
+        if !wide_loops_here() {
+            eprintln!("skipped: this CPU has no AVX2, and only the portable sums run on it");
+            return;
+        }
+        for n in [0, 3, 8, 16, 61, 64, 1024, 1031] {
+            let (x, d, y) = (values(n, 1), values(n, 2), values(n, 3));
+            for relu in [false, true] {
+                for mean in [0.0, 0.3125, -1.7] {
+                    let want = lanes_sum2(&x, &d, &y, |v, d, o| grad_terms(v, d, o, mean, relu));
+                    // SAFETY: `wide_loops_here` checked for AVX2.
+                    #[cfg(target_arch = "x86_64")]
+                    let got = unsafe { grad_lanes_avx2(&x, &d, &y, mean, relu) };
+                    #[cfg(not(target_arch = "x86_64"))]
+                    let got = want;
+                    let bits = |p: (f64, f64)| (p.0.to_bits(), p.1.to_bits());
+                    assert_eq!(bits(got), bits(want), "n {n} relu {relu} mean {mean}");
+                }
+            }
+        }
+    }
+
+    fn wide_loops_here() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::arch::is_x86_feature_detected!("avx2")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
     }
 }

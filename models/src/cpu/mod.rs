@@ -41,6 +41,54 @@ pub(crate) unsafe fn par_filled(
     v
 }
 
+/// Whether the element-wise loops take their AVX2 copies ([`avx2_copy!`]):
+/// a CPU with AVX2, off the portable [`Path`].
+pub(crate) fn wide_loops() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static WIDE: OnceLock<bool> = OnceLock::new();
+        *WIDE
+            .get_or_init(|| path() != Path::Portable && std::arch::is_x86_feature_detected!("avx2"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Defines a function whose body is also compiled for AVX2, the copy taken
+/// where [`wide_loops`] holds: for the element-wise loops (BatchNorm's
+/// passes, `relu(a + b)`), which the x86-64 baseline compiles for SSE2 or
+/// scalar. Both copies do the same operations per element in the same
+/// order: Rust never contracts a multiply and an add into an FMA, and a
+/// sum's lanes keep their own elements in order on either width, so both
+/// give the same bits (`models/tests/threads.rs`' fingerprints hold on
+/// both). Closures called in the body must be small enough to inline.
+macro_rules! avx2_copy {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$m])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
+            fn body($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    body($($arg),*)
+                }
+                if $crate::cpu::wide_loops() {
+                    // SAFETY: the CPU has AVX2 (`wide_loops`).
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            body($($arg),*)
+        }
+    };
+}
+pub(crate) use avx2_copy;
+
 /// Which of samlab's own CPU code paths the kernels may take, from
 /// `SAMLAB_CPU_CONV` (read once per process; docs/numerics.md), for
 /// measuring one path against another:
