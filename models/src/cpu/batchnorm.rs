@@ -491,25 +491,84 @@ avx2_copy! {
     }
 }
 
-avx2_copy! {
-    /// Channel `ch`'s mean and biased variance over its `b` images (of
-    /// `c` channels of `hw` values each), in f64.
-    fn moments_of(x: &[f32], c: usize, hw: usize, ch: usize, b: usize) -> (f64, f64) {
-        let m = (b * hw) as f64;
-        let sum: f64 = planes(x, c, hw, ch, b)
-            .map(|p| lanes_sum(p, |v| v as f64))
-            .sum();
-        let mean = sum / m;
-        let sq: f64 = planes(x, c, hw, ch, b)
-            .map(|p| {
-                lanes_sum(p, |v| {
-                    let d = v as f64 - mean;
-                    d * d
-                })
-            })
-            .sum();
-        (mean, sq / m)
+/// Channel `ch`'s mean and biased variance over its `b` images (of `c`
+/// channels of `hw` values each), in f64: per image [`lanes_sum`]'s sums
+/// (or, where [`super::wide_loops`] holds, [`sum_lanes_avx2`]'s, the same),
+/// then the images in order.
+fn moments_of(x: &[f32], c: usize, hw: usize, ch: usize, b: usize) -> (f64, f64) {
+    let wide = super::wide_loops();
+    let sum_of = |p: &[f32], mean: Option<f64>| -> f64 {
+        if wide {
+            // SAFETY: `wide_loops` checked the CPU has AVX2.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                sum_lanes_avx2(p, mean)
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            unreachable!("wide loops are x86-64 only")
+        } else {
+            match mean {
+                None => lanes_sum(p, |v| v as f64),
+                Some(mean) => lanes_sum(p, |v| square_dev(v, mean)),
+            }
+        }
+    };
+    let m = (b * hw) as f64;
+    let sum: f64 = planes(x, c, hw, ch, b).map(|p| sum_of(p, None)).sum();
+    let mean = sum / m;
+    let sq: f64 = planes(x, c, hw, ch, b).map(|p| sum_of(p, Some(mean))).sum();
+    (mean, sq / m)
+}
+
+/// `(v - mean)^2` in f64, a product then no FMA.
+#[inline(always)]
+fn square_dev(v: f32, mean: f64) -> f64 {
+    let d = v as f64 - mean;
+    d * d
+}
+
+/// [`lanes_sum`] on AVX vectors of `v` (`mean` `None`) or of
+/// [`square_dev`]: lane `j` gets elements `j, j + 8, ...` in order, the
+/// remainder and the sum of the lanes as `lanes_sum` takes them.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn sum_lanes_avx2(xs: &[f32], mean: Option<f64>) -> f64 {
+    use std::arch::x86_64::*;
+    let n = xs.len();
+    let full = n / LANES * LANES;
+    let mut a = [0f64; LANES];
+    // SAFETY: every load reads 8 floats at i < full <= n.
+    unsafe {
+        let mu = _mm256_set1_pd(mean.unwrap_or(0.0));
+        let (mut a0, mut a1) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+        let mut i = 0;
+        while i < full {
+            let v = _mm256_loadu_ps(xs.as_ptr().add(i));
+            let (vl, vh) = (
+                _mm256_cvtps_pd(_mm256_castps256_ps128(v)),
+                _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(v)),
+            );
+            let (tl, th) = if mean.is_some() {
+                let (dl, dh) = (_mm256_sub_pd(vl, mu), _mm256_sub_pd(vh, mu));
+                (_mm256_mul_pd(dl, dl), _mm256_mul_pd(dh, dh))
+            } else {
+                (vl, vh)
+            };
+            a0 = _mm256_add_pd(a0, tl);
+            a1 = _mm256_add_pd(a1, th);
+            i += LANES;
+        }
+        _mm256_storeu_pd(a.as_mut_ptr(), a0);
+        _mm256_storeu_pd(a.as_mut_ptr().add(4), a1);
     }
+    for j in 0..n - full {
+        let v = xs[full + j];
+        a[j] += match mean {
+            None => v as f64,
+            Some(mean) => square_dev(v, mean),
+        };
+    }
+    a.iter().sum()
 }
 
 avx2_copy! {
@@ -755,6 +814,30 @@ mod tests {
                     let bits = |p: (f64, f64)| (p.0.to_bits(), p.1.to_bits());
                     assert_eq!(bits(got), bits(want), "n {n} relu {relu} mean {mean}");
                 }
+            }
+        }
+    }
+
+    /// The AVX copy of the forward pass's sums gives `lanes_sum`'s bits.
+    #[test]
+    fn the_wide_moment_sums_have_the_portable_bits() {
+        if !wide_loops_here() {
+            eprintln!("skipped: this CPU has no AVX2, and only the portable sums run on it");
+            return;
+        }
+        for n in [0, 3, 8, 16, 61, 64, 1024, 1031] {
+            let x = values(n, 4);
+            for mean in [None, Some(0.0), Some(0.3125), Some(-1.7)] {
+                let want = match mean {
+                    None => lanes_sum(&x, |v| v as f64),
+                    Some(m) => lanes_sum(&x, |v| square_dev(v, m)),
+                };
+                // SAFETY: `wide_loops_here` checked for AVX2.
+                #[cfg(target_arch = "x86_64")]
+                let got = unsafe { sum_lanes_avx2(&x, mean) };
+                #[cfg(not(target_arch = "x86_64"))]
+                let got = want;
+                assert_eq!(got.to_bits(), want.to_bits(), "n {n} mean {mean:?}");
             }
         }
     }
