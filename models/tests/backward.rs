@@ -79,3 +79,35 @@ fn a_gradient_that_is_a_view_is_stored_contiguous() {
     assert!(g.is_contiguous());
     assert_eq!(g.to_vec1::<f32>().unwrap(), vec![3., 3.]);
 }
+
+/// A first gradient of another shape than its tensor is refused, as the
+/// sum with zeros refused it: a custom op whose backward returns a wrong
+/// shape.
+#[test]
+fn a_first_gradient_of_the_wrong_shape_is_refused() {
+    struct Wrong;
+    impl candle_core::CustomOp1 for Wrong {
+        fn name(&self) -> &'static str {
+            "wrong-gradient"
+        }
+        fn cpu_fwd(
+            &self,
+            s: &candle_core::CpuStorage,
+            l: &candle_core::Layout,
+        ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+            Ok((s.clone(), l.shape().clone()))
+        }
+        fn bwd(
+            &self,
+            _arg: &Tensor,
+            _res: &Tensor,
+            grad: &Tensor,
+        ) -> candle_core::Result<Option<Tensor>> {
+            Ok(Some(Tensor::cat(&[grad, grad], 0)?))
+        }
+    }
+    let x = var(&[1.0, 2.0]);
+    let y = x.as_tensor().apply_op1(Wrong).unwrap();
+    let err = y.sum_all().unwrap().backward().unwrap_err().to_string();
+    assert!(err.contains("shape mismatch"), "{err}");
+}

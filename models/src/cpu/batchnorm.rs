@@ -475,7 +475,7 @@ const CHUNK: usize = 1 << 14;
 
 avx2_copy! {
     /// `o = relu(p + q)` over a chunk.
-    fn add_relu_chunk(o: &mut [MaybeUninit<f32>], a: &[f32], b: &[f32]) {
+    fn add_relu_chunk / add_relu_chunk_portable(o: &mut [MaybeUninit<f32>], a: &[f32], b: &[f32]) {
         for ((o, &p), &q) in o.iter_mut().zip(a).zip(b) {
             o.write((p + q).max(0.0));
         }
@@ -484,7 +484,7 @@ avx2_copy! {
 
 avx2_copy! {
     /// `o = d where v > 0, else 0` over a chunk.
-    fn relu_grad_chunk(o: &mut [MaybeUninit<f32>], d: &[f32], v: &[f32]) {
+    fn relu_grad_chunk / relu_grad_chunk_portable(o: &mut [MaybeUninit<f32>], d: &[f32], v: &[f32]) {
         for ((o, &d), &v) in o.iter_mut().zip(d).zip(v) {
             o.write(if v > 0.0 { d } else { 0.0 });
         }
@@ -574,7 +574,7 @@ unsafe fn sum_lanes_avx2(xs: &[f32], mean: Option<f64>) -> f64 {
 avx2_copy! {
     /// One image's output: channel `ch` of `xi` normalised by (`mean`,
     /// `scale`, `shift`)`[ch]`, then ReLU with `relu`.
-    fn normalise_image(
+    fn normalise_image / normalise_image_portable(
         yi: &mut [MaybeUninit<f32>],
         xi: &[f32],
         mean: &[f32],
@@ -710,7 +710,7 @@ avx2_copy! {
     /// One image's input gradient, channel by channel: `k * g - ka - kb *
     /// (x - mu)` with `(k, ka, kb, mu) = coef[ch]` and `g` the output
     /// gradient, zero where ReLU cut (with `relu`).
-    fn grad_image(
+    fn grad_image / grad_image_portable(
         dxi: &mut [MaybeUninit<f32>],
         xi: &[f32],
         dyi: &[f32],
@@ -777,20 +777,76 @@ mod tests {
     use super::*;
 
     /// Values from a fixed hash, of both signs, with exact zeros of both
-    /// signs and a NaN among them.
+    /// signs; for seeds 1-3 (the gradient tests' x, dy and y) a NaN at
+    /// index `5 + seed`.
     fn values(n: usize, seed: u32) -> Vec<f32> {
         (0..n as u32)
             .map(|i| {
                 let h = (i ^ seed.wrapping_mul(0x9e37_79b9)).wrapping_mul(0x85eb_ca6b);
                 let h = (h ^ (h >> 13)).wrapping_mul(0xc2b2_ae35);
+                if (1..=3).contains(&seed) && i == 5 + seed {
+                    return f32::NAN;
+                }
                 match h % 23 {
                     0 => 0.0,
                     1 => -0.0,
-                    2 if i == 5 => f32::NAN,
                     _ => ((h >> 8) as f32 / (1u32 << 24) as f32) * 2.0 - 1.0,
                 }
             })
             .collect()
+    }
+
+    fn written(v: &[MaybeUninit<f32>]) -> Vec<u32> {
+        // SAFETY: the callers filled every element first.
+        v.iter()
+            .map(|o| unsafe { o.assume_init() }.to_bits())
+            .collect()
+    }
+
+    /// The AVX2 copies of the element-wise passes give their baseline
+    /// bodies' bits (NaNs, signed zeros, ReLU on and off, lengths off the
+    /// vector width).
+    #[test]
+    fn the_wide_element_wise_passes_have_the_portable_bits() {
+        if !wide_loops_here() {
+            eprintln!("skipped: this CPU has no AVX2, and only the portable passes run on it");
+            return;
+        }
+        let fresh = |n: usize| vec![MaybeUninit::new(f32::NAN); n];
+        for (c, hw) in [(3, 1), (5, 7), (16, 64), (2, 1031)] {
+            let n = c * hw;
+            let (x, d, y) = (values(n, 1), values(n, 2), values(n, 3));
+            let (mu, sc, sh) = (values(c, 11), values(c, 12), values(c, 13));
+            let coef: Vec<(f32, f32, f32, f32)> = (0..c)
+                .map(|i| (sc[i], mu[i] * 0.5, sh[i] * 0.25, mu[i]))
+                .collect();
+            for relu in [false, true] {
+                let (mut a, mut b) = (fresh(n), fresh(n));
+                normalise_image(&mut a, &x, &mu, &sc, &sh, hw, relu);
+                normalise_image_portable(&mut b, &x, &mu, &sc, &sh, hw, relu);
+                assert_eq!(
+                    written(&a),
+                    written(&b),
+                    "normalise c {c} hw {hw} relu {relu}"
+                );
+                let (mut a, mut b) = (fresh(n), fresh(n));
+                grad_image(&mut a, &x, &d, &y, &coef, hw, relu);
+                grad_image_portable(&mut b, &x, &d, &y, &coef, hw, relu);
+                assert_eq!(
+                    written(&a),
+                    written(&b),
+                    "gradient c {c} hw {hw} relu {relu}"
+                );
+            }
+            let (mut a, mut b) = (fresh(n), fresh(n));
+            add_relu_chunk(&mut a, &x, &d);
+            add_relu_chunk_portable(&mut b, &x, &d);
+            assert_eq!(written(&a), written(&b), "add-relu c {c} hw {hw}");
+            let (mut a, mut b) = (fresh(n), fresh(n));
+            relu_grad_chunk(&mut a, &d, &y);
+            relu_grad_chunk_portable(&mut b, &d, &y);
+            assert_eq!(written(&a), written(&b), "relu-grad c {c} hw {hw}");
+        }
     }
 
     /// The AVX copy of the backward pass's sums gives `lanes_sum2`'s bits,
@@ -801,8 +857,12 @@ mod tests {
             eprintln!("skipped: this CPU has no AVX2, and only the portable sums run on it");
             return;
         }
-        for n in [0, 3, 8, 16, 61, 64, 1024, 1031] {
-            let (x, d, y) = (values(n, 1), values(n, 2), values(n, 3));
+        // Seeds 1-3 put a NaN in each of x, dy and y; 21-23 none.
+        for (n, s) in [0, 3, 8, 16, 61, 64, 1024, 1031]
+            .into_iter()
+            .flat_map(|n| [(n, 0), (n, 20)])
+        {
+            let (x, d, y) = (values(n, s + 1), values(n, s + 2), values(n, s + 3));
             for relu in [false, true] {
                 for mean in [0.0, 0.3125, -1.7] {
                     let want = lanes_sum2(&x, &d, &y, |v, d, o| grad_terms(v, d, o, mean, relu));
@@ -812,7 +872,11 @@ mod tests {
                     #[cfg(not(target_arch = "x86_64"))]
                     let got = want;
                     let bits = |p: (f64, f64)| (p.0.to_bits(), p.1.to_bits());
-                    assert_eq!(bits(got), bits(want), "n {n} relu {relu} mean {mean}");
+                    assert_eq!(
+                        bits(got),
+                        bits(want),
+                        "n {n} seeds {s} relu {relu} mean {mean}"
+                    );
                 }
             }
         }

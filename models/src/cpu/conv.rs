@@ -384,7 +384,7 @@ impl Geom {
         };
         let (img, oimg) = (self.img(), self.out_img());
         let packed = d.pack(w);
-        let per_task = d.images_per_task();
+        let per_task = d.images_per_task(self.b);
         // SAFETY: each chunk is the output of `n` consecutive images, and
         // `Direct::images` writes every element of it.
         unsafe {

@@ -98,6 +98,9 @@ pub(crate) const PR: usize = 6;
 /// once per task, and with one image of ResNet-18's 4x4 layer a task read
 /// 9 MiB of weights for 16 pixels (docs/cpu-profile.md, seventh session).
 const CHANNELS_MIN_PIXELS: usize = 96;
+/// The fewest tasks a batch's forward pass splits into along the channels
+/// where it has that many images ([`Direct::images_per_task`]).
+const MIN_TASKS: usize = 16;
 /// The most (tap, channel) sums the channel-tiled weight gradient keeps
 /// (256 KiB of f32, half this CPU's L2).
 const CHANNELS_WGRAD_MAX_SUMS: usize = 1 << 16;
@@ -160,18 +163,21 @@ impl Direct {
     /// Images one forward task ([`images`](Self::images)) takes: one along
     /// the pixels; along the channels, enough images for
     /// [`CHANNELS_MIN_PIXELS`] pixels, and up to [`PR`] - 1 more where
-    /// that makes the pixels fill whole tiles. Fixed by the shapes, never
-    /// by the threads; it changes no sum (each output is summed over its
-    /// own taps in the same order whichever tile holds it).
-    pub(crate) fn images_per_task(&self) -> usize {
+    /// that makes the pixels fill whole tiles; at most a
+    /// [`MIN_TASKS`]th of the `batch`, so that a small batch (a sliced
+    /// pass's slice) still splits into tasks for the threads. Fixed by the
+    /// shapes, never by the threads; it changes no sum (each output is
+    /// summed over its own taps in the same order whichever tile holds it).
+    pub(crate) fn images_per_task(&self, batch: usize) -> usize {
         let p = self.oh() * self.ow();
         if self.tiling == Tiling::Pixels || p >= CHANNELS_MIN_PIXELS {
             return 1;
         }
         let n = CHANNELS_MIN_PIXELS.div_ceil(p);
-        (n..n + PR)
+        let n = (n..n + PR)
             .find(|m| (m * p).is_multiple_of(PR))
-            .unwrap_or(n)
+            .unwrap_or(n);
+        n.min(batch.div_ceil(MIN_TASKS)).max(1)
     }
 
     /// Scratch floats a task of `n` images needs: the padded images and
@@ -733,7 +739,7 @@ unsafe fn tile_channels_avx2(
 ) {
     use std::arch::x86_64::*;
     // SAFETY (every pointer operation below): the caller guarantees the
-    // ranges (see `Direct::image_channels`).
+    // ranges (see `Direct::images_channels`).
     unsafe {
         let mut acc = [[_mm256_setzero_ps(); 2]; PR];
         let mut wv = w;
@@ -829,6 +835,72 @@ mod tests {
             .collect()
     }
 
+    /// The narrow pitch (rows with their left padding only) gives the
+    /// forward pass the bits of the wide one, along the pixels and along
+    /// the channels, for paddings 0-2 and 3x3 and 5x5 kernels, from a
+    /// scratch buffer that starts as NaN (as a reused one holds stale
+    /// values): every padding position the kernels read is a written zero.
+    #[test]
+    fn the_narrow_pitch_changes_no_bit() {
+        if !available() {
+            eprintln!("skipped: the direct kernels need AVX2 and FMA, which this CPU lacks");
+            return;
+        }
+        // (cin, h, w, cout, k, pad, tiling)
+        let shapes = [
+            (16, 32, 32, 16, 3, 1, Tiling::Pixels),
+            (5, 17, 20, 7, 3, 0, Tiling::Pixels),
+            (3, 16, 19, 9, 3, 2, Tiling::Pixels),
+            (4, 18, 16, 6, 5, 2, Tiling::Pixels),
+            (32, 8, 8, 20, 3, 1, Tiling::Channels),
+            (6, 5, 7, 17, 3, 2, Tiling::Channels),
+            (9, 6, 6, 16, 5, 1, Tiling::Channels),
+        ];
+        for (cin, h, w, cout, k, pad, tiling) in shapes {
+            let case = format!("cin {cin} {h}x{w} cout {cout} k {k} pad {pad} {tiling:?}");
+            let run = |pitch: Pitch| {
+                let d = Direct {
+                    cin,
+                    h,
+                    w,
+                    cout,
+                    k,
+                    pad,
+                    stride: 1,
+                    tiling,
+                    pitch,
+                };
+                let n = 2;
+                let x = values(n * cin * h * w, 7);
+                let packed = d.pack(&values(cout * cin * k * k, 8));
+                let mut out = vec![MaybeUninit::new(f32::NAN); n * cout * d.oh() * d.ow()];
+                let mut scratch = vec![f32::NAN; d.scratch_len(n)];
+                if tiling == Tiling::Channels {
+                    d.images(&x, n, &packed, None, &mut out, &mut scratch);
+                } else {
+                    let (img, oimg) = (cin * h * w, cout * d.oh() * d.ow());
+                    for (i, o) in out.chunks_exact_mut(oimg).enumerate() {
+                        d.images(&x[i * img..][..img], 1, &packed, None, o, &mut scratch);
+                    }
+                }
+                // SAFETY: filled with NaN, then written by `images`.
+                let bits: Vec<u32> = out
+                    .iter()
+                    .map(|o| unsafe { o.assume_init() }.to_bits())
+                    .collect();
+                (bits, d.wp())
+            };
+            let ((narrow, wp_n), (wide, wp_w)) = (run(Pitch::Narrow), run(Pitch::Wide));
+            assert_eq!(wp_n, w + pad, "{case}: the narrow pitch");
+            assert_eq!(wp_w, w + 2 * pad, "{case}: the wide pitch");
+            assert!(
+                narrow.iter().all(|&b| !f32::from_bits(b).is_nan()),
+                "{case}: a NaN output"
+            );
+            assert_eq!(narrow, wide, "{case}");
+        }
+    }
+
     /// A task of several images along the channels gives every output the
     /// bits one image per task gave: the grouping moves pixels between
     /// tiles, and no tile sums across pixels. Shapes: ResNet-18's 4x4
@@ -864,7 +936,7 @@ mod tests {
                 tiling: Tiling::Channels,
                 pitch: Pitch::Narrow,
             };
-            let n = d.images_per_task();
+            let n = d.images_per_task(128);
             let p = d.oh() * d.ow();
             let case = format!("cin {cin} h {h} cout {cout} k {k} pad {pad} stride {stride}");
             assert!(
@@ -875,10 +947,11 @@ mod tests {
             let x = values(n * img, cin as u32);
             let packed = d.pack(&values(cout * cin * k * k, cout as u32 + 1));
             let mut together = vec![MaybeUninit::new(f32::NAN); n * oimg];
-            let mut scratch = vec![0f32; d.scratch_len(n)];
+            // Scratch as a reused buffer may hold it: not zeros.
+            let mut scratch = vec![f32::NAN; d.scratch_len(n)];
             d.images(&x, n, &packed, None, &mut together, &mut scratch);
             let mut alone = vec![MaybeUninit::new(f32::NAN); n * oimg];
-            let mut scratch = vec![0f32; d.scratch_len(1)];
+            let mut scratch = vec![f32::NAN; d.scratch_len(1)];
             for (i, o) in alone.chunks_exact_mut(oimg).enumerate() {
                 d.images(&x[i * img..][..img], 1, &packed, None, o, &mut scratch);
             }

@@ -56,8 +56,9 @@ pub(crate) fn wide_loops() -> bool {
     }
 }
 
-/// Defines a function whose body is also compiled for AVX2, the copy taken
-/// where [`wide_loops`] holds: for the element-wise loops (BatchNorm's
+/// Defines a function (`fn name / name_portable(..)`: the baseline body
+/// under the second name) whose body is also compiled for AVX2, the copy
+/// taken where [`wide_loops`] holds: for the element-wise loops (BatchNorm's
 /// passes, `relu(a + b)`), which the x86-64 baseline compiles for SSE2 or
 /// scalar. Both copies do the same operations per element in the same
 /// order: Rust never contracts a multiply and an add into an FMA, and a
@@ -65,25 +66,29 @@ pub(crate) fn wide_loops() -> bool {
 /// give the same bits (`models/tests/threads.rs`' fingerprints hold on
 /// both). Closures called in the body must be small enough to inline.
 macro_rules! avx2_copy {
-    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+    ($(#[$m:meta])* $vis:vis fn $name:ident / $portable:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        /// The baseline body of the function without the portable suffix
+        /// (for comparing its AVX2 copy with it).
+        #[inline(always)]
+        #[allow(clippy::too_many_arguments)]
+        $vis fn $portable($($arg: $ty),*) $(-> $ret)? $body
+
         $(#[$m])*
+        #[allow(clippy::too_many_arguments)]
         $vis fn $name($($arg: $ty),*) $(-> $ret)? {
-            #[inline(always)]
-            #[allow(clippy::too_many_arguments)]
-            fn body($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx2")]
                 #[allow(clippy::too_many_arguments)]
                 unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
-                    body($($arg),*)
+                    $portable($($arg),*)
                 }
                 if $crate::cpu::wide_loops() {
                     // SAFETY: the CPU has AVX2 (`wide_loops`).
                     return unsafe { avx2($($arg),*) };
                 }
             }
-            body($($arg),*)
+            $portable($($arg),*)
         }
     };
 }
