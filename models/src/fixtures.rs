@@ -64,6 +64,15 @@ pub fn f64s(t: &Tensor) -> Result<Vec<f64>> {
         .to_vec1::<f64>()?)
 }
 
+/// An f32 tensor's bits, flattened (what bit-for-bit tests compare).
+pub fn bits(t: &Tensor) -> Result<Vec<u32>> {
+    Ok(t.flatten_all()?
+        .to_vec1::<f32>()?
+        .into_iter()
+        .map(f32::to_bits)
+        .collect())
+}
+
 /// Every parameter's f32 bits, in name order (what bit-for-bit tests
 /// compare).
 pub fn param_bits(model: &Model) -> Result<Vec<u32>> {

@@ -4,19 +4,14 @@
 //! later ones are added to it, as before.
 
 use candle_core::{Device, Tensor, Var};
+use samlab_models::fixtures;
 
 fn var(v: &[f32]) -> Var {
     Var::from_tensor(&Tensor::new(v, &Device::Cpu).unwrap()).unwrap()
 }
 
 fn bits(t: &Tensor) -> Vec<u32> {
-    t.flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap()
-        .iter()
-        .map(|v| v.to_bits())
-        .collect()
+    fixtures::bits(t).unwrap()
 }
 
 /// A tensor read by two ops gets the sum of their gradients.

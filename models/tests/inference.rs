@@ -7,13 +7,7 @@ use candle_core::{Device, Tensor};
 use samlab_models::{Arch, Model, fixtures};
 
 fn bits(t: &Tensor) -> Vec<u32> {
-    t.flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap()
-        .iter()
-        .map(|v| v.to_bits())
-        .collect()
+    fixtures::bits(t).unwrap()
 }
 
 #[test]

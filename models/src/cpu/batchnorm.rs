@@ -782,15 +782,14 @@ mod tests {
     fn values(n: usize, seed: u32) -> Vec<f32> {
         (0..n as u32)
             .map(|i| {
-                let h = (i ^ seed.wrapping_mul(0x9e37_79b9)).wrapping_mul(0x85eb_ca6b);
-                let h = (h ^ (h >> 13)).wrapping_mul(0xc2b2_ae35);
+                let h = crate::cpu::test_hash(i, seed);
                 if (1..=3).contains(&seed) && i == 5 + seed {
                     return f32::NAN;
                 }
                 match h % 23 {
                     0 => 0.0,
                     1 => -0.0,
-                    _ => ((h >> 8) as f32 / (1u32 << 24) as f32) * 2.0 - 1.0,
+                    _ => crate::cpu::test_unit(h),
                 }
             })
             .collect()

@@ -727,6 +727,24 @@ impl ConvOp {
     }
 }
 
+/// The forward pass of the convolution ops: input `x` and weight `w` as
+/// candle hands them over, each output put through the epilogue `epilogue`
+/// makes from the geometry (after checking what it needs), if any.
+fn conv_forward<'a>(
+    stride: usize,
+    padding: usize,
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+    epilogue: impl FnOnce(&Geom) -> candle_core::Result<Option<Epilogue<'a>>>,
+) -> candle_core::Result<(CpuStorage, Shape)> {
+    let g = Geom::new(l1.shape(), l2.shape(), stride, padding)?;
+    let epilogue = epilogue(&g)?;
+    let x = f32s(s1, l1, "input")?;
+    let w = f32s(s2, l2, "weight")?;
+    let out = g.forward_vec(x, w, epilogue);
+    Ok((CpuStorage::F32(out), Shape::from((g.b, g.cout, g.oh, g.ow))))
+}
+
 impl CustomOp2 for ConvOp {
     fn name(&self) -> &'static str {
         "samlab-conv2d"
@@ -739,11 +757,7 @@ impl CustomOp2 for ConvOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = Geom::new(l1.shape(), l2.shape(), self.stride, self.padding)?;
-        let x = f32s(s1, l1, "input")?;
-        let w = f32s(s2, l2, "weight")?;
-        let out = g.forward_vec(x, w, None);
-        Ok((CpuStorage::F32(out), Shape::from((g.b, g.cout, g.oh, g.ow))))
+        conv_forward(self.stride, self.padding, (s1, l1), (s2, l2), |_| Ok(None))
     }
 
     fn bwd(
@@ -803,16 +817,13 @@ impl CustomOp2 for ConvNormOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = Geom::new(l1.shape(), l2.shape(), self.stride, self.padding)?;
-        self.check(&g)?;
-        let x = f32s(s1, l1, "input")?;
-        let w = f32s(s2, l2, "weight")?;
-        let epilogue = Epilogue {
-            norm: &self.norm,
-            residual: None,
-        };
-        let out = g.forward_vec(x, w, Some(epilogue));
-        Ok((CpuStorage::F32(out), Shape::from((g.b, g.cout, g.oh, g.ow))))
+        conv_forward(self.stride, self.padding, (s1, l1), (s2, l2), |g| {
+            self.check(g)?;
+            Ok(Some(Epilogue {
+                norm: &self.norm,
+                residual: None,
+            }))
+        })
     }
 }
 
@@ -836,25 +847,21 @@ impl CustomOp3 for ConvNormAddReluOp {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let op = &self.0;
-        let g = Geom::new(l1.shape(), l2.shape(), op.stride, op.padding)?;
-        op.check(&g)?;
-        let shape = Shape::from((g.b, g.cout, g.oh, g.ow));
-        if l3.shape() != &shape || op.norm.relu {
-            candle_core::bail!(
-                "conv + batch norm + add: shortcut {:?} for outputs {shape:?} (relu before the add: {})",
-                l3.shape(),
-                op.norm.relu
-            );
-        }
-        let x = f32s(s1, l1, "input")?;
-        let w = f32s(s2, l2, "weight")?;
-        let short = f32s(s3, l3, "shortcut")?;
-        let epilogue = Epilogue {
-            norm: &op.norm,
-            residual: Some(short),
-        };
-        let out = g.forward_vec(x, w, Some(epilogue));
-        Ok((CpuStorage::F32(out), shape))
+        conv_forward(op.stride, op.padding, (s1, l1), (s2, l2), |g| {
+            op.check(g)?;
+            let shape = Shape::from((g.b, g.cout, g.oh, g.ow));
+            if l3.shape() != &shape || op.norm.relu {
+                candle_core::bail!(
+                    "conv + batch norm + add: shortcut {:?} for outputs {shape:?} (relu before the add: {})",
+                    l3.shape(),
+                    op.norm.relu
+                );
+            }
+            Ok(Some(Epilogue {
+                norm: &op.norm,
+                residual: Some(f32s(s3, l3, "shortcut")?),
+            }))
+        })
     }
 }
 

@@ -827,11 +827,7 @@ mod tests {
     /// Values from a fixed hash, of both signs.
     fn values(n: usize, seed: u32) -> Vec<f32> {
         (0..n as u32)
-            .map(|i| {
-                let h = (i ^ seed.wrapping_mul(0x9e37_79b9)).wrapping_mul(0x85eb_ca6b);
-                let h = (h ^ (h >> 13)).wrapping_mul(0xc2b2_ae35);
-                ((h >> 8) as f32 / (1u32 << 24) as f32) * 2.0 - 1.0
-            })
+            .map(|i| crate::cpu::test_unit(crate::cpu::test_hash(i, seed)))
             .collect()
     }
 

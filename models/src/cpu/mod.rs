@@ -183,6 +183,19 @@ pub mod measure {
     }
 }
 
+/// A fixed hash of `(i, seed)`, for the kernels' test values.
+#[cfg(test)]
+pub(crate) fn test_hash(i: u32, seed: u32) -> u32 {
+    let h = (i ^ seed.wrapping_mul(0x9e37_79b9)).wrapping_mul(0x85eb_ca6b);
+    (h ^ (h >> 13)).wrapping_mul(0xc2b2_ae35)
+}
+
+/// [`test_hash`] as a value in [-1, 1).
+#[cfg(test)]
+pub(crate) fn test_unit(h: u32) -> f32 {
+    ((h >> 8) as f32 / (1u32 << 24) as f32) * 2.0 - 1.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
