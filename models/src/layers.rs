@@ -10,7 +10,7 @@ use std::cell::{Cell, RefCell};
 
 use candle_core::{DType, Tensor, Var};
 
-use crate::cpu::batchnorm::Norm;
+use crate::cpu::norm::Norm;
 use crate::device_conv::{self, ConvGrad};
 use crate::error::{ErrorKind, Result};
 use crate::params::{Builder, Init};

@@ -37,9 +37,9 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::batchnorm::{Epilogue, Norm};
 use super::dgrad::StridedGrad;
 use super::direct::{self, Direct, Pitch, Tiling};
+use super::norm::{Epilogue, Norm};
 use super::{Path, path};
 
 /// Images per f32 partial sum of the weight gradient (at least).

@@ -23,7 +23,7 @@
 
 use std::mem::MaybeUninit;
 
-use super::batchnorm::Epilogue;
+use super::norm::Epilogue;
 
 /// Output channels per microkernel tile.
 pub(crate) const MR: usize = 4;

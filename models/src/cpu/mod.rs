@@ -10,6 +10,7 @@ pub(crate) mod batchnorm;
 pub(crate) mod conv;
 pub(crate) mod dgrad;
 pub(crate) mod direct;
+pub(crate) mod norm;
 
 use std::mem::MaybeUninit;
 use std::sync::OnceLock;
