@@ -783,7 +783,7 @@ impl CustomOp2 for ConvOp {
 /// normalisation applied as the convolution writes its output: the bits of
 /// [`ConvOp`] then the batch-norm op in evaluation mode, one pass over the
 /// activations fewer. Forward only (`apply_op2_no_bwd`): it serves
-/// [`crate::inference`], where no gradient is taken.
+/// [`crate::layers::inference`], where no gradient is taken.
 pub(crate) struct ConvNormOp {
     pub stride: usize,
     pub padding: usize,

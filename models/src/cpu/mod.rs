@@ -47,9 +47,7 @@ pub(crate) unsafe fn par_filled(
 pub(crate) fn wide_loops() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        static WIDE: OnceLock<bool> = OnceLock::new();
-        *WIDE
-            .get_or_init(|| path() != Path::Portable && std::arch::is_x86_feature_detected!("avx2"))
+        path() != Path::Portable && std::arch::is_x86_feature_detected!("avx2")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {

@@ -61,42 +61,11 @@ impl Norm {
             relu,
         }
     }
-
-    /// Normalises channel `ch`'s values in place.
-    pub(crate) fn apply(&self, ch: usize, vals: &mut [f32]) {
-        let (mu, sc, sh) = (self.mean[ch], self.scale[ch], self.shift[ch]);
-        if self.relu {
-            vals.iter_mut()
-                .for_each(|v| *v = normalise_relu(*v, mu, sc, sh));
-        } else {
-            vals.iter_mut().for_each(|v| *v = normalise(*v, mu, sc, sh));
-        }
-    }
-
-    /// Writes channel `ch`'s normalised `src` into `dst`.
-    #[inline]
-    pub(crate) fn write(
-        &self,
-        ch: usize,
-        src: impl Iterator<Item = f32>,
-        dst: &mut [MaybeUninit<f32>],
-    ) {
-        let (mu, sc, sh) = (self.mean[ch], self.scale[ch], self.shift[ch]);
-        if self.relu {
-            for (o, v) in dst.iter_mut().zip(src) {
-                o.write(normalise_relu(v, mu, sc, sh));
-            }
-        } else {
-            for (o, v) in dst.iter_mut().zip(src) {
-                o.write(normalise(v, mu, sc, sh));
-            }
-        }
-    }
 }
 
 /// What a convolution does to each output as it writes it: a [`Norm`],
 /// and at a residual block's end the block's shortcut added after it and
-/// ReLU, `relu(norm(v) + short)`, as [`AddRelu`] computes it from the
+/// ReLU, `relu(norm(v) + short)`, as `cpu::batchnorm::AddRelu` computes it from the
 /// normalised values.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Epilogue<'a> {
@@ -114,8 +83,21 @@ impl<'a> Epilogue<'a> {
         }
     }
 
+    /// Channel `ch`'s map for the outputs from `at` on: the output at
+    /// `at + i` from its convolution value `v` is `f(i, v)`.
+    #[inline(always)]
+    fn map(&self, ch: usize, at: usize, len: usize) -> impl Fn(usize, f32) -> f32 + '_ {
+        let n = self.norm;
+        let (mu, sc, sh, relu) = (n.mean[ch], n.scale[ch], n.shift[ch], n.relu);
+        let res = self.residual.map(|r| &r[at..][..len]);
+        move |i, v| match res {
+            Some(r) => (normalise(v, mu, sc, sh) + r[i]).max(0.0),
+            None if relu => normalise_relu(v, mu, sc, sh),
+            None => normalise(v, mu, sc, sh),
+        }
+    }
+
     /// Writes channel `ch`'s `src`, the outputs from `at` on, into `dst`.
-    #[inline]
     pub(crate) fn write(
         &self,
         ch: usize,
@@ -123,27 +105,17 @@ impl<'a> Epilogue<'a> {
         src: impl Iterator<Item = f32>,
         dst: &mut [MaybeUninit<f32>],
     ) {
-        let Some(res) = self.residual else {
-            return self.norm.write(ch, src, dst);
-        };
-        let n = self.norm;
-        let (mu, sc, sh) = (n.mean[ch], n.scale[ch], n.shift[ch]);
-        let res = &res[at..][..dst.len()];
-        for ((o, v), &q) in dst.iter_mut().zip(src).zip(res) {
-            o.write((normalise(v, mu, sc, sh) + q).max(0.0));
+        let f = self.map(ch, at, dst.len());
+        for (i, (o, v)) in dst.iter_mut().zip(src).enumerate() {
+            o.write(f(i, v));
         }
     }
 
     /// [`write`](Self::write) in place.
     pub(crate) fn apply(&self, ch: usize, at: usize, vals: &mut [f32]) {
-        let Some(res) = self.residual else {
-            return self.norm.apply(ch, vals);
-        };
-        let n = self.norm;
-        let (mu, sc, sh) = (n.mean[ch], n.scale[ch], n.shift[ch]);
-        let res = &res[at..][..vals.len()];
-        for (v, &q) in vals.iter_mut().zip(res) {
-            *v = (normalise(*v, mu, sc, sh) + q).max(0.0);
+        let f = self.map(ch, at, vals.len());
+        for (i, v) in vals.iter_mut().enumerate() {
+            *v = f(i, *v);
         }
     }
 }

@@ -216,6 +216,8 @@ fn masked(g: &Grads, kept: &[bool], names: &[String]) -> Result<Grads> {
 impl StepKind for Esam {
     type Settings = EsamSettings;
     const USES_SAM: bool = true;
+    // Its second pass takes the samples its selection keeps.
+    const DATA_DEPENDENT_PASSES: bool = true;
 
     fn check(s: &EsamSettings) -> Result<()> {
         if !(s.beta > 0.0 && s.beta <= 1.0) {

@@ -221,6 +221,11 @@ pub trait StepKind: Debug + Default {
     /// ([`GhostForm::Batched`]); a kind that does not is refused it.
     const BATCHED: bool = false;
 
+    /// Whether how many passes a step takes depends on the data (ESAM's
+    /// selection of the samples whose loss rose most), not only on the
+    /// settings.
+    const DATA_DEPENDENT_PASSES: bool = false;
+
     /// Checks the settings (called once, where a study is read).
     fn check(_settings: &Self::Settings) -> Result<()> {
         Ok(())
@@ -323,6 +328,12 @@ macro_rules! steps {
             /// ([`StepKind::BATCHED`]).
             pub fn batched(self) -> bool {
                 match self { $(Method::$variant => <$kind as StepKind>::BATCHED,)* }
+            }
+
+            /// Whether the kind's passes per step depend on the data
+            /// ([`StepKind::DATA_DEPENDENT_PASSES`]).
+            pub fn data_dependent_passes(self) -> bool {
+                match self { $(Method::$variant => <$kind as StepKind>::DATA_DEPENDENT_PASSES,)* }
             }
 
             /// The kind's field in [`KindSettings`] (`kinds: (<field>: ...)`).
